@@ -1,0 +1,370 @@
+"""The ``wardgate`` command. Every command exits non-zero with a one-line reason on bad input
+or when Redis cannot be reached."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import yaml
+from redis.exceptions import RedisError
+
+from wardgate.domain.catalog import Change, plan_apply, plan_delete
+from wardgate.domain.documents import Document, parse_document, to_json_dict
+from wardgate.errors import DocumentError, WardgateError
+from wardgate.settings import Settings, load_settings
+from wardgate.store.documents import RedisDocumentStore
+from wardgate.store.keys import Keys
+from wardgate.store.redis_client import AnyRedis, connect
+
+T = TypeVar("T")
+KIND_NAMES = {"route": "Route", "routes": "Route", "service": "Service", "services": "Service"}
+
+
+class CliError(WardgateError):
+    """A one-line reason for the user."""
+
+
+def run_async(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        return asyncio.run(fn(*args, **kwargs))
+
+    return wrapper
+
+
+def settings_of(ctx: click.Context) -> Settings:
+    obj = ctx.find_root().obj
+    if obj is None or "settings" not in obj:
+        root = ctx.find_root()
+        obj = root.obj = root.obj or {}
+        obj["settings"] = load_settings(config_file=obj.get("config"))
+    return obj["settings"]  # type: ignore[no-any-return]
+
+
+async def open_redis(settings: Settings) -> AnyRedis:
+    client = connect(settings.redis_url, timeout=max(2.0, settings.redis_timeout), name="wardgate-cli")
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        await client.aclose()
+        raise CliError(f"cannot reach Redis at {settings.redis_url}: {exc}") from None
+    return client
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config", type=click.Path(dir_okay=False), help="YAML settings file.")
+@click.pass_context
+def cli(ctx: click.Context, config: str | None) -> None:
+    """Wardgate: Envoy carries the traffic, wardgate decides and configures."""
+    ctx.obj = {"config": config}
+
+
+# --- documents ----------------------------------------------------------------------------
+
+
+def read_documents(paths: tuple[str, ...]) -> list[Document]:
+    """Every document in the files (YAML or JSON, multi-document) or directories given."""
+    files: list[Path] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            files += sorted(
+                f for f in path.iterdir() if f.suffix in (".yaml", ".yml", ".json") and f.is_file()
+            )
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise CliError(f"{p}: no such file or directory")
+    docs: list[Document] = []
+    errors: list[str] = []
+    for f in files:
+        try:
+            loaded = [d for d in yaml.safe_load_all(f.read_text()) if d is not None]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"{f}: cannot read: {exc}") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise CliError(f"{f}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        for i, raw in enumerate(loaded, 1):
+            try:
+                docs.append(parse_document(raw))
+            except DocumentError as exc:
+                errors.append(f"{f} (document {i}): {exc}")
+    if errors:
+        raise CliError("\n".join(errors))
+    if not docs:
+        raise CliError("no documents found in " + ", ".join(paths))
+    return docs
+
+
+def print_changes(changes: list[Change], *, dry_run: bool, revision: int | None = None) -> None:
+    suffix = " (dry run)" if dry_run else ""
+    for c in changes:
+        click.echo(f"{c}{suffix}")
+    if revision is not None and any(c.action != "unchanged" for c in changes):
+        click.echo(f"revision {revision}")
+
+
+@cli.command()
+@click.option("-f", "--filename", "paths", multiple=True, required=True, help="File or directory.")
+@click.option("--dry-run", is_flag=True, help="Validate and show what would change; write nothing.")
+@click.pass_context
+@run_async
+async def apply(ctx: click.Context, paths: tuple[str, ...], dry_run: bool) -> None:
+    """Validate every document, then apply all of them or none."""
+    docs = read_documents(paths)
+    settings = settings_of(ctx)
+    redis = await open_redis(settings)
+    try:
+        store = RedisDocumentStore(redis=redis, keys=Keys(settings.key_prefix))
+        if dry_run:
+            print_changes(plan_apply(await store.load(), docs), dry_run=True)
+            return
+        revision, changes = await store.commit(lambda current: plan_apply(current, docs))
+        print_changes(changes, dry_run=False, revision=revision)
+    finally:
+        await redis.aclose()
+
+
+@cli.command()
+@click.option("-f", "--filename", "paths", multiple=True, required=True, help="File or directory.")
+def validate(paths: tuple[str, ...]) -> None:
+    """Check documents against the schema without touching Redis."""
+    docs = read_documents(paths)
+    for d in docs:
+        click.echo(f"{d.kind.lower()}/{d.name} valid")
+
+
+def _kind(word: str) -> str:
+    kind = KIND_NAMES.get(word.lower())
+    if kind is None:
+        raise CliError(f"unknown kind {word!r}: use routes or services")
+    return kind
+
+
+def _summary(kind: str, doc: dict[str, Any]) -> list[str]:
+    if kind == "Route":
+        m = doc.get("match", {})
+        where = m.get("prefix") or m.get("path") or f"~{m.get('regex')}"
+        methods = ",".join(m.get("methods", [])) or "*"
+        backend = doc.get("backend") or ",".join(
+            f"{b['service']}:{b['weight']}" for b in doc.get("backends", [])
+        )
+        return [doc["name"], f"{methods} {where}", backend, doc.get("auth", {}).get("require", "none")]
+    eps = ",".join(f"{e['address']}:{e['port']}" for e in doc.get("endpoints", []))
+    return [doc["name"], doc.get("protocol", "http"), eps]
+
+
+@cli.command()
+@click.argument("kind")
+@click.argument("name", required=False)
+@click.option("-o", "--output", type=click.Choice(["table", "yaml", "json"]), default="table")
+@click.pass_context
+@run_async
+async def get(ctx: click.Context, kind: str, name: str | None, output: str) -> None:
+    """Show routes or services (all, or one by NAME)."""
+    k = _kind(kind)
+    settings = settings_of(ctx)
+    redis = await open_redis(settings)
+    try:
+        raw = (await RedisDocumentStore(redis=redis, keys=Keys(settings.key_prefix)).load())[k]
+    finally:
+        await redis.aclose()
+    if name is not None and name not in raw:
+        raise CliError(f"{k.lower()}/{name} not found")
+    names = [name] if name is not None else sorted(raw)
+    docs = []
+    for n in names:
+        try:
+            docs.append(json.loads(raw[n]))
+        except json.JSONDecodeError:
+            docs.append({"kind": k, "name": n, "invalid": raw[n]})
+    if output == "json":
+        click.echo(json.dumps(docs[0] if name else docs, indent=2))
+    elif output == "yaml":
+        click.echo(yaml.safe_dump_all(docs, sort_keys=False).rstrip())
+    else:
+        header = ["NAME", "MATCH", "BACKEND", "AUTH"] if k == "Route" else ["NAME", "PROTOCOL", "ENDPOINTS"]
+        rows = [header] + [_summary(k, d) for d in docs]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        for r in rows:
+            click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+@cli.command()
+@click.argument("kind")
+@click.argument("name")
+@click.pass_context
+@run_async
+async def delete(ctx: click.Context, kind: str, name: str) -> None:
+    """Delete a route or a service (refused while a route uses the service)."""
+    k = _kind(kind)
+    settings = settings_of(ctx)
+    redis = await open_redis(settings)
+    try:
+        store = RedisDocumentStore(redis=redis, keys=Keys(settings.key_prefix))
+        revision, changes = await store.commit(lambda current: [plan_delete(current, k, name)])
+        print_changes(changes, dry_run=False, revision=revision)
+    finally:
+        await redis.aclose()
+
+
+@cli.command()
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.option("-n", "--count", default=20, show_default=True, type=click.IntRange(1, 10000))
+@click.pass_context
+@run_async
+async def history(ctx: click.Context, output: str, count: int) -> None:
+    """List applied revisions, newest first."""
+    settings = settings_of(ctx)
+    redis = await open_redis(settings)
+    try:
+        rows = await RedisDocumentStore(redis=redis, keys=Keys(settings.key_prefix)).history(count)
+    finally:
+        await redis.aclose()
+    if output == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["time"]))
+        what = ", ".join(f"{c['kind'].lower()}/{c['name']} {c['action']}" for c in row["changes"])
+        click.echo(f"{row['revision']:>6}  {when}  {row['who']}  {what}")
+
+
+@cli.command()
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+@run_async
+async def status(ctx: click.Context, output: str) -> None:
+    """Revision, connected Envoys (what each ACKed or NACKed), refused documents."""
+    settings = settings_of(ctx)
+    keys = Keys(settings.key_prefix)
+    redis = await open_redis(settings)
+    try:
+        revision = int(await redis.get(keys.revision) or 0)
+        workers = await redis.hgetall(keys.nodes)
+        refused = await redis.hgetall(keys.refused)
+    finally:
+        await redis.aclose()
+    nodes = []
+    now = time.time()
+    for doc in workers.values():
+        entry = json.loads(doc)
+        if now - entry.get("time", 0) > 3600:
+            continue
+        for node in entry.get("nodes", []):
+            nodes.append({**node, "worker": entry.get("worker")})
+    if output == "json":
+        click.echo(json.dumps({"revision": revision, "envoys": nodes, "refused": refused}, indent=2))
+        return
+    click.echo(f"revision: {revision}")
+    click.echo(f"envoys: {len(nodes)}")
+    for n in nodes:
+        click.echo(f"  {n['node']} ({n['mode']}, via {n['worker']})")
+        for t, s in n["types"].items():
+            line = f"    {t}: sent {s['sent_version'] or '-'} acked {s['acked_version'] or '-'}"
+            if s.get("nack_error"):
+                line += f" NACKED {s['nacked_version']}: {s['nack_error'][:200]}"
+            click.echo(line)
+    click.echo(f"refused documents: {len(refused)}")
+    for key, reason in sorted(refused.items()):
+        click.echo(f"  {key}: {reason}")
+
+
+@cli.command()
+@click.option("--node-id", default="envoy-1", show_default=True)
+@click.option("--listen-port", default=10000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--admin-port", default=9901, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--wardgate-host", default="127.0.0.1", show_default=True)
+@click.option("--wardgate-port", default=18000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--delta", is_flag=True, help="Incremental xDS (DELTA_GRPC).")
+def bootstrap(
+    node_id: str, listen_port: int, admin_port: int, wardgate_host: str, wardgate_port: int,
+    delta: bool,
+) -> None:
+    """Print an Envoy bootstrap that takes its configuration from wardgate."""
+    from wardgate.envoy_proc import render_bootstrap
+
+    click.echo(
+        render_bootstrap(
+            node_id=node_id, listen_port=listen_port, admin_port=admin_port,
+            wardgate_port=wardgate_port, wardgate_host=wardgate_host, delta=delta,
+        )
+    )
+
+
+@cli.command()
+@click.option("--workers", type=click.IntRange(1, 64), default=None, help="Processes (SO_REUSEPORT).")
+@click.option("--grpc-port", type=click.IntRange(1, 65535), default=None)
+@click.option("--http-port", type=click.IntRange(1, 65535), default=None)
+@click.option("--bind", "bind_host", default=None, help="Address to listen on.")
+@click.pass_context
+def serve(
+    ctx: click.Context, workers: int | None, grpc_port: int | None, http_port: int | None,
+    bind_host: str | None,
+) -> None:
+    """Run the wardgate service (ADS, ext_authz, rate limit, HTTP) until SIGINT/SIGTERM."""
+    from wardgate.workers import run_workers
+
+    settings = settings_of(ctx).with_overrides(
+        **{
+            k: v
+            for k, v in {
+                "workers": workers, "grpc_port": grpc_port, "http_port": http_port,
+                "bind_host": bind_host,
+            }.items()
+            if v is not None
+        }
+    )
+    run_workers(settings)
+
+
+def _register_subcommands() -> None:
+    from wardgate.cli_identity import sessions, users
+    from wardgate.up import up
+
+    cli.add_command(users)
+    cli.add_command(sessions)
+    cli.add_command(up)
+
+
+_register_subcommands()
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cli.main(args=argv, prog_name="wardgate", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.UsageError as exc:
+        click.echo(f"error: {exc.format_message()} (see 'wardgate {_path(exc)}--help')", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except WardgateError as exc:
+        for line in str(exc).splitlines() or ["failed"]:
+            click.echo(f"error: {line}", err=True)
+        sys.exit(1)
+    except (RedisError, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+def _path(exc: click.UsageError) -> str:
+    ctx = exc.ctx
+    if ctx is None or ctx.parent is None:
+        return ""
+    return ctx.command_path.removeprefix("wardgate").strip() + " "

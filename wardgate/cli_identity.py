@@ -1,0 +1,146 @@
+"""``wardgate users`` and ``wardgate sessions``."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+import time
+
+import click
+
+from wardgate.cli import CliError, open_redis, run_async, settings_of
+from wardgate.domain.passwords import hash_password
+from wardgate.domain.ports import UserRecord
+from wardgate.domain.sessions import MAX_PASSWORD, MAX_USERNAME
+from wardgate.store.keys import Keys
+from wardgate.store.redis_store import RedisSessionStore, RedisUserStore
+
+USERNAME_RE = re.compile(r"^[A-Za-z0-9._@-]{1,%d}$" % MAX_USERNAME)
+ROLE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+@click.group()
+def users() -> None:
+    """Manage the users who sign in with a password."""
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--role", "roles", multiple=True, help="A role; repeat for several.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.pass_context
+@run_async
+async def users_add(ctx: click.Context, name: str, roles: tuple[str, ...], password_stdin: bool) -> None:
+    """Create or replace user NAME."""
+    if not USERNAME_RE.match(name):
+        raise CliError(f"user name {name!r}: 1-{MAX_USERNAME} of letters, digits, . _ @ -")
+    bad = [r for r in roles if not ROLE_RE.match(r)]
+    if bad:
+        raise CliError(f"role {bad[0]!r}: 1-64 of letters, digits, . _ : -")
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("password", hide_input=True, confirmation_prompt=True)
+    if not 8 <= len(password) <= MAX_PASSWORD:
+        raise CliError(f"the password must have 8 to {MAX_PASSWORD} characters")
+    settings = settings_of(ctx)
+    redis = await open_redis(settings)
+    try:
+        store = RedisUserStore(redis=redis, keys=Keys(settings.key_prefix))
+        existed = await store.get_user(name) is not None
+        digest = await asyncio.to_thread(hash_password, password)
+        await store.put_user(UserRecord(name, digest, tuple(dict.fromkeys(roles))))
+        if existed:
+            # New credentials or roles: end the sessions that carried the old ones.
+            await RedisSessionStore(redis=redis, keys=Keys(settings.key_prefix)).delete_user_sessions(name)
+    finally:
+        await redis.aclose()
+    click.echo(f"user/{name} {'configured' if existed else 'created'}")
+
+
+@users.command("list")
+@click.pass_context
+@run_async
+async def users_list(ctx: click.Context) -> None:
+    """List users and their roles."""
+    settings = settings_of(ctx)
+    redis = await open_redis(settings)
+    try:
+        rows = await RedisUserStore(redis=redis, keys=Keys(settings.key_prefix)).list_users()
+    finally:
+        await redis.aclose()
+    for u in rows:
+        click.echo(f"{u.name}  {','.join(u.roles) or '-'}")
+
+
+@users.command("delete")
+@click.argument("name")
+@click.pass_context
+@run_async
+async def users_delete(ctx: click.Context, name: str) -> None:
+    """Delete user NAME and end their sessions."""
+    settings = settings_of(ctx)
+    keys = Keys(settings.key_prefix)
+    redis = await open_redis(settings)
+    try:
+        if not await RedisUserStore(redis=redis, keys=keys).delete_user(name):
+            raise CliError(f"user/{name} not found")
+        ended = await RedisSessionStore(redis=redis, keys=keys).delete_user_sessions(name)
+    finally:
+        await redis.aclose()
+    click.echo(f"user/{name} deleted ({ended} sessions ended)")
+
+
+@click.group()
+def sessions() -> None:
+    """List and revoke sessions."""
+
+
+@sessions.command("list")
+@click.option("--user", default=None)
+@click.pass_context
+@run_async
+async def sessions_list(ctx: click.Context, user: str | None) -> None:
+    """List live sessions (ID is a prefix of the hash of the session id)."""
+    settings = settings_of(ctx)
+    redis = await open_redis(settings)
+    try:
+        rows = await RedisSessionStore(redis=redis, keys=Keys(settings.key_prefix)).list_sessions(user)
+    finally:
+        await redis.aclose()
+    click.echo("ID                USER  CREATED              EXPIRES")
+    for s in rows:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.created_at))
+        expires = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.expires_at))
+        click.echo(f"{s.id_hash[:16]}  {s.user}  {created}  {expires}")
+
+
+@sessions.command("revoke")
+@click.argument("session_id", required=False)
+@click.option("--user", default=None, help="Revoke every session of this user.")
+@click.pass_context
+@run_async
+async def sessions_revoke(ctx: click.Context, session_id: str | None, user: str | None) -> None:
+    """Revoke one session (ID from 'sessions list') or all of a user's (--user)."""
+    if (session_id is None) == (user is None):
+        raise CliError("give a session ID or --user NAME (one of them)")
+    settings = settings_of(ctx)
+    redis = await open_redis(settings)
+    try:
+        store = RedisSessionStore(redis=redis, keys=Keys(settings.key_prefix))
+        if user is not None:
+            click.echo(f"{await store.delete_user_sessions(user)} sessions of {user} revoked")
+            return
+        assert session_id is not None
+        if not re.match(r"^[0-9a-f]{8,64}$", session_id):
+            raise CliError("a session ID is 8 to 64 hex digits, as 'sessions list' shows")
+        matches = [s for s in await store.list_sessions() if s.id_hash.startswith(session_id)]
+        if not matches:
+            raise CliError(f"no session {session_id}")
+        if len(matches) > 1:
+            raise CliError(f"{session_id} matches {len(matches)} sessions; give more digits")
+        await store.delete_session(matches[0].id_hash)
+        click.echo(f"session {session_id} revoked")
+    finally:
+        await redis.aclose()

@@ -1,0 +1,134 @@
+"""The set of documents as a whole: what is valid, what is refused, what a change would do."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from wardgate.domain.documents import (
+    Document,
+    Route,
+    Service,
+    check_references,
+    parse_document,
+    to_json_dict,
+)
+from wardgate.errors import DocumentError, ReferenceError_
+
+KIND_ORDER = ("Service", "Route")  # services first: routes refer to them
+
+
+@dataclasses.dataclass(frozen=True)
+class Catalog:
+    routes: dict[str, Route]
+    services: dict[str, Service]
+    refused: dict[str, str]  # "Kind/name" -> reason
+
+    @classmethod
+    def from_raw(cls, raw: Mapping[str, Mapping[str, str]]) -> Catalog:
+        """Parse what Redis holds; a document that fails is refused on its own, with a reason."""
+        refused: dict[str, str] = {}
+        parsed: dict[str, dict[str, Any]] = {"Route": {}, "Service": {}}
+        for kind in KIND_ORDER:
+            for name, text in sorted(raw.get(kind, {}).items()):
+                try:
+                    data = json.loads(text)
+                    doc = parse_document(data, expect_kind=kind)
+                    if doc.name != name:
+                        raise DocumentError(
+                            f"stored under field '{name}' but named '{doc.name}'", kind=kind,
+                            name=name,
+                        )
+                    parsed[kind][name] = doc
+                except json.JSONDecodeError as exc:
+                    refused[f"{kind}/{name}"] = f"not valid JSON: {exc.msg} at {exc.pos}"
+                except DocumentError as exc:
+                    refused[f"{kind}/{name}"] = exc.reason
+        services: dict[str, Service] = parsed["Service"]
+        routes: dict[str, Route] = {}
+        for name, route in parsed["Route"].items():
+            missing = [s for s in route.services() if s not in services]
+            if missing:
+                refused[f"Route/{name}"] = f"backend service {', '.join(missing)} does not exist"
+            else:
+                routes[name] = route
+        return cls(routes=routes, services=services, refused=refused)
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    kind: str
+    name: str
+    action: str  # created | configured | unchanged | deleted
+    value: str | None  # the JSON to store; None for a delete
+
+    def __str__(self) -> str:
+        return f"{self.kind.lower()}/{self.name} {self.action}"
+
+
+def canonical_json(doc: Document) -> str:
+    return json.dumps(to_json_dict(doc), sort_keys=True, separators=(",", ":"))
+
+
+def plan_apply(
+    current: Mapping[str, Mapping[str, str]], documents: Iterable[Document]
+) -> list[Change]:
+    """What applying ``documents`` would change; raises ``DocumentError`` if the result is invalid.
+
+    All or nothing: the whole resulting set must be consistent (every route's services exist
+    after the change). Documents already stored but invalid are left as they are.
+    """
+    changes: list[Change] = []
+    seen: set[tuple[str, str]] = set()
+    for doc in documents:
+        if (doc.kind, doc.name) in seen:
+            raise DocumentError("appears twice in the input", kind=doc.kind, name=doc.name)
+        seen.add((doc.kind, doc.name))
+        value = canonical_json(doc)
+        old = current.get(doc.kind, {}).get(doc.name)
+        action = "created" if old is None else ("unchanged" if _same(old, value) else "configured")
+        changes.append(Change(doc.kind, doc.name, action, value))
+    _check_result(current, changes)
+    return sorted(changes, key=lambda c: (KIND_ORDER.index(c.kind), c.name))
+
+
+def plan_delete(current: Mapping[str, Mapping[str, str]], kind: str, name: str) -> Change:
+    if name not in current.get(kind, {}):
+        raise DocumentError("not found", kind=kind, name=name)
+    change = Change(kind, name, "deleted", None)
+    _check_result(current, [change])
+    return change
+
+
+def _same(old: str, new: str) -> bool:
+    try:
+        return bool(json.loads(old) == json.loads(new))
+    except json.JSONDecodeError:
+        return False
+
+
+def _check_result(current: Mapping[str, Mapping[str, str]], changes: list[Change]) -> None:
+    after = {kind: dict(current.get(kind, {})) for kind in KIND_ORDER}
+    for c in changes:
+        if c.value is None:
+            after[c.kind].pop(c.name, None)
+        else:
+            after[c.kind][c.name] = c.value
+    catalog = Catalog.from_raw(after)
+    routes = {n: r for n, r in catalog.routes.items()}
+    # A route that is only invalid because of this change is the change's fault.
+    touched = {(c.kind, c.name) for c in changes}
+    for key, reason in catalog.refused.items():
+        kind, name = key.split("/", 1)
+        if reason.startswith("backend service") and kind == "Route":
+            if (kind, name) in touched:
+                raise ReferenceError_(reason, kind=kind, name=name)
+            was_ok = name in Catalog.from_raw(current).routes
+            if was_ok:
+                gone = reason.removeprefix("backend service ").removesuffix(" does not exist")
+                raise ReferenceError_(
+                    f"route {name} still uses it", kind="Service", name=gone.split(",")[0]
+                )
+    check_references(routes, catalog.services)

@@ -1,0 +1,34 @@
+"""Durations as operators write them: ``250ms``, ``5s``, ``1m``, ``2h``, ``1d``."""
+
+from __future__ import annotations
+
+import re
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+NAMED_PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Return seconds for ``text``; raise ``ValueError`` with a readable reason."""
+    if not isinstance(text, str):
+        raise ValueError(f"a duration is a string such as '250ms', '5s' or '1m', not {text!r}")
+    m = _RE.match(text)
+    if not m:
+        raise ValueError(f"'{text}' is not a duration; write it like '250ms', '5s', '1m', '2h'")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_period(text: str) -> float:
+    """A rate-limit period: ``second|minute|hour|day`` or a duration such as ``30s``."""
+    if isinstance(text, str) and text.strip().lower() in NAMED_PERIODS:
+        return NAMED_PERIODS[text.strip().lower()]
+    seconds = parse_duration(text)
+    if seconds < 1 or seconds != int(seconds):
+        raise ValueError(f"a period must be a whole number of seconds, at least 1s: '{text}'")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """The canonical protobuf JSON form: ``1.5s``."""
+    return f"{seconds:g}s"

@@ -1,0 +1,66 @@
+"""The storage the domain needs, named by role. Implementations live in ``wardgate.store``."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Protocol
+
+
+@dataclasses.dataclass(frozen=True)
+class UserRecord:
+    name: str
+    password_hash: str
+    roles: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionRecord:
+    id_hash: str
+    user: str
+    roles: tuple[str, ...]
+    created_at: float
+    expires_at: float
+
+
+class UserStore(Protocol):
+    async def get_user(self, name: str) -> UserRecord | None: ...
+    async def put_user(self, user: UserRecord) -> None: ...
+    async def delete_user(self, name: str) -> bool: ...
+    async def list_users(self) -> list[UserRecord]: ...
+
+
+class SessionStore(Protocol):
+    async def create_session(self, record: SessionRecord) -> None: ...
+    async def get_session(self, id_hash: str) -> SessionRecord | None: ...
+    async def delete_session(self, id_hash: str) -> bool: ...
+    async def list_sessions(self, user: str | None = None) -> list[SessionRecord]: ...
+    async def delete_user_sessions(self, user: str) -> int: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class LimitCheck:
+    """One limit to check for one client, as the counter store sees it."""
+
+    algorithm: int  # 1 fixed window, 2 sliding window, 3 token bucket (GCRA)
+    limit: int
+    period_ms: int
+    window_start_ms: int
+    key: str
+    previous_key: str
+    shadow: bool = False  # counted, never refuses (and never blocks the others)
+
+
+@dataclasses.dataclass(frozen=True)
+class LimitOutcome:
+    allowed: bool
+    remaining: int
+    reset_ms: int
+
+
+class CounterStore(Protocol):
+    async def check_and_commit(
+        self, checks: Sequence[LimitCheck], *, now_ms: int
+    ) -> list[LimitOutcome]:
+        """Check every limit; spend from all of them only if all allow. One round trip."""
+        ...

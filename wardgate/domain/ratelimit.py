@@ -1,0 +1,133 @@
+"""Rate-limit decisions from the descriptors Envoy sends.
+
+Each route rule travels in its descriptor, so the service needs no copy of the configuration
+and can never disagree with what Envoy was told: the first entry is
+``wg_rule = "<route>#<index>|<requests>|<period seconds>|<algorithm>|<shadow 0/1>"``, the
+entries after it name the client (``remote_address``, ``user``, ``api_key``, ``header``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+
+from wardgate.domain.ports import CounterStore, LimitCheck, LimitOutcome
+
+RULE_KEY = "wg_rule"
+ALGORITHMS = {"fixed_window": 1, "sliding_window": 2, "token_bucket": 3}
+MAX_VALUE_LEN = 256
+
+
+def encode_rule(rule_id: str, requests: int, period: int, algorithm: str, shadow: bool) -> str:
+    return f"{rule_id}|{requests}|{period}|{algorithm}|{int(shadow)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class LimitRequest:
+    rule: str
+    requests: int
+    period: int
+    algorithm: str
+    shadow: bool
+    client: str  # the dimension values joined, e.g. "remote_address=10.0.0.1"
+
+
+def parse_descriptor(entries: Sequence[tuple[str, str]]) -> LimitRequest | None:
+    """A ``LimitRequest``, or ``None`` if the descriptor is not one of wardgate's."""
+    if not entries or entries[0][0] != RULE_KEY:
+        return None
+    try:
+        rule, requests, period, algorithm, shadow = entries[0][1].split("|")
+        req, per = int(requests), int(period)
+    except ValueError:
+        return None
+    if algorithm not in ALGORITHMS or req < 1 or per < 1:
+        return None
+    client = "&".join(f"{k}={v[:MAX_VALUE_LEN]}" for k, v in entries[1:]) or "*"
+    return LimitRequest(rule, req, per, algorithm, shadow == "1", client)
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    request: LimitRequest
+    allowed: bool
+    remaining: int
+    reset_seconds: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    verdicts: list[Verdict]  # one per descriptor wardgate understood, in order
+    from_cache: bool = False
+
+    @property
+    def retry_after(self) -> int:
+        refused = [v.reset_seconds for v in self.verdicts if not v.allowed and not v.request.shadow]
+        return max(refused, default=0)
+
+
+class RateLimiter:
+    """Decides with one ``CounterStore`` round trip, or none when a key is known to be over."""
+
+    def __init__(
+        self,
+        *,
+        counters: CounterStore,
+        key_for: Callable[[str, str, int], str],
+        clock: Callable[[], float] = time.time,
+        max_known_over: int = 100_000,
+    ) -> None:
+        self._counters = counters
+        self._key_for = key_for
+        self._clock = clock
+        self._over: dict[str, int] = {}  # counter key -> ms when it resets
+        self._max_over = max_known_over
+
+    def _check(self, req: LimitRequest, now_ms: int) -> LimitCheck:
+        period_ms = req.period * 1000
+        if req.algorithm == "token_bucket":
+            key = self._key_for(req.rule, req.client, -1)
+            return LimitCheck(3, req.requests, period_ms, 0, key, key, req.shadow)
+        window = now_ms // period_ms
+        return LimitCheck(
+            ALGORITHMS[req.algorithm],
+            req.requests,
+            period_ms,
+            window * period_ms,
+            self._key_for(req.rule, req.client, window),
+            self._key_for(req.rule, req.client, window - 1),
+            req.shadow,
+        )
+
+    async def decide(self, requests: Sequence[LimitRequest]) -> Decision:
+        if not requests:
+            return Decision(True, [])
+        now_ms = int(self._clock() * 1000)
+        checks = [self._check(r, now_ms) for r in requests]
+        # A key known to be over its limit until a later time is refused without Redis.
+        for req, check in zip(requests, checks, strict=True):
+            until = self._over.get(check.key)
+            if until is not None and not req.shadow:
+                if until > now_ms:
+                    return Decision(
+                        False,
+                        [
+                            Verdict(r, r is not req, 0, max(1, -(-(until - now_ms) // 1000)))
+                            for r in requests
+                        ],
+                        from_cache=True,
+                    )
+                del self._over[check.key]
+        outcomes: list[LimitOutcome] = await self._counters.check_and_commit(checks, now_ms=now_ms)
+        verdicts = []
+        allowed = True
+        for req, check, out in zip(requests, checks, outcomes, strict=True):
+            reset_s = max(1, -(-out.reset_ms // 1000)) if out.reset_ms > 0 else 0
+            verdicts.append(Verdict(req, out.allowed, out.remaining, reset_s))
+            if not out.allowed and not req.shadow:
+                allowed = False
+                if len(self._over) < self._max_over:
+                    self._over[check.key] = now_ms + out.reset_ms
+        return Decision(allowed, verdicts)

@@ -1,0 +1,110 @@
+"""Server-side sessions: login, lookup, logout, revocation.
+
+The session id is 256 random bits (43 URL-safe characters) handed to the client once, in the
+cookie; the store only ever sees its SHA-256. Every login makes a new id (no fixation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import re
+import secrets
+import time
+from collections.abc import Callable
+
+from wardgate.domain.passwords import verify_password
+from wardgate.domain.ports import SessionRecord, SessionStore, UserStore
+
+SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")
+MAX_COOKIE_HEADER = 8192
+MAX_USERNAME = 128
+MAX_PASSWORD = 1024
+
+
+def hash_session_id(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+def parse_cookies(header: str | None) -> dict[str, str]:
+    """Parse a ``Cookie`` header leniently; the first occurrence of a name wins."""
+    out: dict[str, str] = {}
+    if not header or len(header) > MAX_COOKIE_HEADER:
+        return out
+    for part in header.split(";"):
+        name, sep, value = part.strip().partition("=")
+        if sep and name and name not in out:
+            out[name] = value.strip().strip('"')
+    return out
+
+
+def strip_cookie(header: str, name: str) -> str:
+    """The ``Cookie`` header without cookie ``name`` (what the upstream should see)."""
+    kept = [p.strip() for p in header.split(";") if p.strip().partition("=")[0] != name]
+    return "; ".join(p for p in kept if p)
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    user: str
+    roles: tuple[str, ...]
+    method: str  # session | jwt | api_key
+    expires_at: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LoginResult:
+    session_id: str
+    identity: Identity
+
+
+class SessionService:
+    def __init__(
+        self,
+        *,
+        users: UserStore,
+        sessions: SessionStore,
+        ttl_seconds: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._users = users
+        self._sessions = sessions
+        self._ttl = ttl_seconds
+        self._clock = clock
+
+    async def login(self, username: str, password: str) -> LoginResult | None:
+        """A new session for good credentials; ``None`` (after the same work) otherwise."""
+        if not (0 < len(username) <= MAX_USERNAME) or len(password) > MAX_PASSWORD:
+            await asyncio.to_thread(verify_password, None, password[:MAX_PASSWORD])
+            return None
+        user = await self._users.get_user(username)
+        stored = user.password_hash if user else None
+        ok = await asyncio.to_thread(verify_password, stored, password)
+        if not ok or user is None:
+            return None
+        session_id = secrets.token_urlsafe(32)
+        now = self._clock()
+        record = SessionRecord(
+            id_hash=hash_session_id(session_id),
+            user=user.name,
+            roles=user.roles,
+            created_at=now,
+            expires_at=now + self._ttl,
+        )
+        await self._sessions.create_session(record)
+        return LoginResult(session_id, Identity(user.name, user.roles, "session", record.expires_at))
+
+    async def resolve(self, session_id: str | None) -> Identity | None:
+        """The identity behind a cookie value, or ``None`` if it is malformed, unknown or expired."""
+        if not session_id or not SESSION_ID_RE.match(session_id):
+            return None
+        record = await self._sessions.get_session(hash_session_id(session_id))
+        if record is None or record.expires_at <= self._clock():
+            return None
+        return Identity(record.user, record.roles, "session", record.expires_at)
+
+    async def logout(self, session_id: str | None) -> bool:
+        if not session_id or not SESSION_ID_RE.match(session_id):
+            return False
+        return await self._sessions.delete_session(hash_session_id(session_id))

@@ -1,0 +1,84 @@
+"""Rate limit ``ShouldRateLimit``: descriptors in, ``RateLimiter`` decision out."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import grpc
+from google.protobuf import duration_pb2
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from wardgate.domain.ratelimit import LimitRequest, RateLimiter, parse_descriptor
+from wardgate.errors import StoreError
+from wardgate.metrics import Metrics
+
+log = logging.getLogger("wardgate.ratelimit")
+OK = rls_pb2.RateLimitResponse.Code.OK
+OVER = rls_pb2.RateLimitResponse.Code.OVER_LIMIT
+_UNITS = {1: "SECOND", 60: "MINUTE", 3600: "HOUR", 86400: "DAY"}
+
+
+def _unit(period: int) -> int:
+    # Envoy's limit carries a unit, not a period; a period of e.g. 30s reports as per-second
+    # with the count scaled down (rounded up), the reset header stays exact.
+    name = _UNITS.get(period, "SECOND")
+    return int(rls_pb2.RateLimitResponse.RateLimit.Unit.Value(name))
+
+
+def _requests_per_unit(req: LimitRequest) -> int:
+    if req.period in _UNITS:
+        return req.requests
+    return max(1, -(-req.requests // req.period))
+
+
+class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
+    def __init__(self, *, limiter: RateLimiter, metrics: Metrics, fail_open: bool) -> None:
+        self._limiter = limiter
+        self._metrics = metrics
+        self._fail_open = fail_open
+
+    async def ShouldRateLimit(  # noqa: N802 - gRPC method name
+        self, request: rls_pb2.RateLimitRequest, context: grpc.aio.ServicerContext
+    ) -> rls_pb2.RateLimitResponse:
+        started = time.perf_counter()
+        parsed = [
+            parse_descriptor([(e.key, e.value) for e in d.entries]) for d in request.descriptors
+        ]
+        requests = [p for p in parsed if p is not None]
+        try:
+            decision = await self._limiter.decide(requests)
+        except StoreError as exc:
+            self._metrics.store_errors.labels("ratelimit").inc()
+            mode = "open" if self._fail_open else "closed"
+            self._metrics.ratelimit_failures.labels(mode).inc()
+            log.warning("ratelimit: store unavailable (%s), failing %s", exc, mode)
+            return rls_pb2.RateLimitResponse(overall_code=OK if self._fail_open else OVER)
+        finally:
+            self._metrics.ratelimit_seconds.observe(time.perf_counter() - started)
+        verdicts = iter(decision.verdicts)
+        response = rls_pb2.RateLimitResponse(overall_code=OK if decision.allowed else OVER)
+        for p in parsed:
+            if p is None:
+                response.statuses.add(code=OK)
+                continue
+            v = next(verdicts)
+            if v.allowed:
+                label = "ok" if v.remaining >= p.requests * 0.2 else "near"
+            else:
+                label = "shadow_over" if p.shadow else "over"
+            self._metrics.ratelimit_decisions.labels(p.rule, label).inc()
+            response.statuses.add(
+                code=OK if v.allowed or p.shadow else OVER,
+                current_limit=rls_pb2.RateLimitResponse.RateLimit(
+                    requests_per_unit=_requests_per_unit(p), unit=_unit(p.period)  # type: ignore[arg-type]
+                ),
+                limit_remaining=v.remaining,
+                duration_until_reset=duration_pb2.Duration(seconds=v.reset_seconds),
+            )
+        if not decision.allowed:
+            response.response_headers_to_add.append(
+                base_pb2.HeaderValue(key="retry-after", value=str(max(1, decision.retry_after)))
+            )
+        return response

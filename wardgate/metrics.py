@@ -1,0 +1,100 @@
+"""Every Prometheus metric wardgate exports, defined once and passed in.
+
+With ``--workers N`` each process has its own registry; set PROMETHEUS_MULTIPROC_DIR to
+aggregate them (``wardgate serve`` does this for you when N > 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_FAST = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Metrics:
+    registry: CollectorRegistry
+    authz_decisions: Counter
+    authz_seconds: Histogram
+    ratelimit_decisions: Counter
+    ratelimit_seconds: Histogram
+    ratelimit_failures: Counter
+    store_errors: Counter
+    logins: Counter
+    xds_connected: Gauge
+    xds_pushes: Counter
+    xds_acks: Counter
+    xds_nacks: Counter
+    snapshot_builds: Counter
+    snapshot_seconds: Histogram
+    documents_refused: Gauge
+    documents: Gauge
+
+
+def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
+    r = registry or CollectorRegistry()
+    return Metrics(
+        registry=r,
+        authz_decisions=Counter(
+            "wardgate_authz_decisions_total",
+            "ext_authz decisions by outcome and credential method.",
+            ["decision", "method", "reason"],
+            registry=r,
+        ),
+        authz_seconds=Histogram(
+            "wardgate_authz_check_seconds", "Time to answer one Check.", buckets=_FAST, registry=r
+        ),
+        ratelimit_decisions=Counter(
+            "wardgate_ratelimit_decisions_total",
+            "Rate-limit verdicts per rule: ok, near (under 20% left), over, shadow_over.",
+            ["rule", "decision"],
+            registry=r,
+        ),
+        ratelimit_seconds=Histogram(
+            "wardgate_ratelimit_decision_seconds",
+            "Time to answer one ShouldRateLimit.",
+            buckets=_FAST,
+            registry=r,
+        ),
+        ratelimit_failures=Counter(
+            "wardgate_ratelimit_failures_total",
+            "ShouldRateLimit calls answered by the failure mode because Redis could not answer.",
+            ["mode"],
+            registry=r,
+        ),
+        store_errors=Counter(
+            "wardgate_store_errors_total", "Redis errors by component.", ["component"], registry=r
+        ),
+        logins=Counter(
+            "wardgate_logins_total", "Login attempts by result.", ["result"], registry=r
+        ),
+        xds_connected=Gauge(
+            "wardgate_xds_connected_nodes", "Envoy ADS streams open now.", ["mode"], registry=r
+        ),
+        xds_pushes=Counter(
+            "wardgate_xds_pushes_total", "xDS responses sent, by type.", ["type"], registry=r
+        ),
+        xds_acks=Counter("wardgate_xds_acks_total", "xDS ACKs, by type.", ["type"], registry=r),
+        xds_nacks=Counter("wardgate_xds_nacks_total", "xDS NACKs, by type.", ["type"], registry=r),
+        snapshot_builds=Counter(
+            "wardgate_xds_snapshot_builds_total",
+            "Snapshot builds by result (changed, unchanged, failed).",
+            ["result"],
+            registry=r,
+        ),
+        snapshot_seconds=Histogram(
+            "wardgate_xds_snapshot_build_seconds",
+            "Time to read, validate and translate the documents.",
+            registry=r,
+        ),
+        documents_refused=Gauge(
+            "wardgate_documents_refused", "Stored documents refused by validation now.", registry=r
+        ),
+        documents=Gauge("wardgate_documents", "Valid documents served, by kind.", ["kind"], registry=r),
+    )
+
+
+def type_label(type_url: str) -> str:
+    return type_url.rsplit(".", 1)[-1]

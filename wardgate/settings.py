@@ -1,0 +1,136 @@
+"""Settings, read and validated once at start-up.
+
+Every setting has an environment variable (``WARDGATE_<NAME>``, except ``REDIS_URL``), a key of
+the same lower-case name in the optional ``--config FILE`` (YAML), and a default. The
+environment wins over the file. ``docs/CONFIGURATION.md`` lists them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wardgate.domain.durations import parse_duration
+from wardgate.errors import SettingsError
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "wardgate:"
+    bind_host: str = "127.0.0.1"
+    grpc_port: int = 18000
+    http_port: int = 18080
+    # Where Envoy reaches wardgate's HTTP side (the /auth/* endpoints).
+    http_advertise_host: str = "127.0.0.1"
+    http_advertise_port: int = 0  # 0: same as http_port
+    # The listener Envoy opens when its bootstrap does not say (node metadata listen_port).
+    listen_port: int = 10000
+    workers: int = 1
+    redis_timeout: float = 0.25
+    resync_interval: float = 5.0
+    session_ttl: float = 12 * 3600.0
+    session_cookie: str = "wg_session"
+    cookie_secure: bool = False
+    authz_failure_mode: str = "closed"  # closed: 503 when Redis cannot answer; open: allow
+    ratelimit_failure_mode: str = "open"  # open: allow when Redis cannot answer; closed: 429
+    ext_authz_timeout: float = 0.25
+    ratelimit_timeout: float = 0.1
+    log_level: str = "INFO"
+
+    @property
+    def advertised_http_port(self) -> int:
+        return self.http_advertise_port or self.http_port
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+_DURATIONS = {
+    "redis_timeout",
+    "resync_interval",
+    "session_ttl",
+    "ext_authz_timeout",
+    "ratelimit_timeout",
+}
+_CHOICES = {
+    "authz_failure_mode": {"closed", "open"},
+    "ratelimit_failure_mode": {"open", "closed"},
+    "log_level": {"DEBUG", "INFO", "WARNING", "ERROR"},
+}
+
+
+def env_name(field: str) -> str:
+    return "REDIS_URL" if field == "redis_url" else f"WARDGATE_{field.upper()}"
+
+
+def _coerce(field: dataclasses.Field[Any], raw: Any) -> Any:
+    name = field.name
+    try:
+        if name in _DURATIONS:
+            value: Any = parse_duration(raw) if isinstance(raw, str) else float(raw)
+            if value <= 0:
+                raise ValueError("must be positive")
+            return value
+        if field.type in ("int", int):
+            value = int(raw)
+            if value < 0:
+                raise ValueError("must not be negative")
+            return value
+        if field.type in ("bool", bool):
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError("must be true or false")
+        value = str(raw)
+        if name == "log_level":
+            value = value.upper()
+        if name in _CHOICES and value not in _CHOICES[name]:
+            raise ValueError(f"must be one of {', '.join(sorted(_CHOICES[name]))}")
+        return value
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(f"setting {name} ({env_name(name)}): {raw!r}: {exc}") from None
+
+
+def load_settings(
+    *,
+    config_file: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Defaults, then the config file, then the environment, then explicit overrides."""
+    environ = os.environ if environ is None else environ
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    values: dict[str, Any] = {}
+    if config_file:
+        path = Path(config_file)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise SettingsError(f"cannot read config file {path}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise SettingsError(f"config file {path} must hold a mapping of settings")
+        for key, raw in loaded.items():
+            if key not in fields:
+                raise SettingsError(f"config file {path}: unknown setting {key!r}")
+            values[key] = _coerce(fields[key], raw)
+    for name, field in fields.items():
+        raw = environ.get(env_name(name))
+        if raw is not None and raw != "":
+            values[name] = _coerce(field, raw)
+    for name, raw in overrides.items():
+        if raw is not None:
+            values[name] = _coerce(fields[name], raw)
+    settings = Settings(**values)
+    if not settings.key_prefix:
+        raise SettingsError("setting key_prefix (WARDGATE_KEY_PREFIX) must not be empty")
+    return settings

@@ -1,0 +1,126 @@
+"""Route/Service documents in Redis hashes, written atomically with a revision and history."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import socket
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from redis.exceptions import RedisError, WatchError
+
+from wardgate.domain.catalog import KIND_ORDER, Change
+from wardgate.errors import ConflictError, StoreError
+from wardgate.store.keys import Keys
+from wardgate.store.redis_client import AnyRedis
+
+RawDocuments = dict[str, dict[str, str]]
+
+
+def _who() -> str:
+    try:
+        return f"{getpass.getuser()}@{socket.gethostname()}"
+    except (OSError, KeyError):
+        return "unknown"
+
+
+class RedisDocumentStore:
+    def __init__(self, *, redis: AnyRedis, keys: Keys) -> None:
+        self._r = redis
+        self._k = keys
+
+    async def load(self) -> RawDocuments:
+        try:
+            async with self._r.pipeline(transaction=False) as pipe:
+                for kind in KIND_ORDER:
+                    pipe.hgetall(self._k.documents(kind))
+                results = await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+        return {kind: dict(r) for kind, r in zip(KIND_ORDER, results, strict=True)}
+
+    async def revision(self) -> int:
+        try:
+            return int(await self._r.get(self._k.revision) or 0)
+        except RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
+    async def commit(
+        self, plan: Callable[[RawDocuments], Sequence[Change]], *, attempts: int = 5
+    ) -> tuple[int, list[Change]]:
+        """Read, plan, write all changes or none (WATCH/MULTI), and announce them.
+
+        ``plan`` sees the current documents and returns the changes (raising to refuse).
+        Returns the new revision (the old one if nothing changed) and the changes.
+        """
+        watched = [self._k.documents(kind) for kind in KIND_ORDER]
+        for _ in range(attempts):
+            try:
+                async with self._r.pipeline(transaction=True) as pipe:
+                    await pipe.watch(*watched)
+                    current = {}
+                    for kind, key in zip(KIND_ORDER, watched, strict=True):
+                        current[kind] = dict(await pipe.hgetall(key))
+                    changes = list(plan(current))
+                    effective = [c for c in changes if c.action != "unchanged"]
+                    if not effective:
+                        await pipe.unwatch()
+                        return int(await self._r.get(self._k.revision) or 0), changes
+                    pipe.multi()
+                    for c in effective:
+                        if c.value is None:
+                            pipe.hdel(self._k.documents(c.kind), c.name)
+                        else:
+                            pipe.hset(self._k.documents(c.kind), c.name, c.value)
+                    pipe.incr(self._k.revision)
+                    results = await pipe.execute()
+                revision = int(results[-1])
+                await self._record(revision, effective, current)
+                return revision, changes
+            except WatchError:
+                continue
+            except RedisError as exc:
+                raise StoreError(f"redis: {exc}") from exc
+        raise ConflictError("the documents kept changing under us; try again")
+
+    async def _record(self, revision: int, changes: list[Change], before: RawDocuments) -> None:
+        entry: dict[str, Any] = {
+            "revision": revision,
+            "time": f"{time.time():.3f}",
+            "who": _who(),
+            "changes": json.dumps(
+                [
+                    {
+                        "kind": c.kind,
+                        "name": c.name,
+                        "action": c.action,
+                        "before": before.get(c.kind, {}).get(c.name),
+                    }
+                    for c in changes
+                ]
+            ),
+        }
+        try:
+            await self._r.xadd(self._k.history, entry, maxlen=10_000, approximate=True)
+            await self._r.publish(self._k.changes_channel, str(revision))
+        except RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
+    async def history(self, count: int = 50) -> list[dict[str, Any]]:
+        try:
+            rows = await self._r.xrevrange(self._k.history, count=count)
+        except RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+        out = []
+        for _id, fields in rows:
+            out.append(
+                {
+                    "revision": int(fields["revision"]),
+                    "time": float(fields["time"]),
+                    "who": fields.get("who", ""),
+                    "changes": json.loads(fields.get("changes", "[]")),
+                }
+            )
+        return out

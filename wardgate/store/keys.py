@@ -1,0 +1,162 @@
+"""Every Redis key name and Lua script wardgate uses, in one place.
+
+All keys start with the configured prefix (default ``wardgate:``; under Redis Cluster give it
+a hash tag, e.g. ``{wardgate}:``, so the document hashes share a slot). Rate-limit counters
+carry their own hash tag per counter so that they spread over the cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Keys:
+    prefix: str = "wardgate:"
+
+    # -- documents (hashes: field = name, value = JSON document) --
+    @property
+    def routes(self) -> str:
+        return f"{self.prefix}routes"
+
+    @property
+    def services(self) -> str:
+        return f"{self.prefix}services"
+
+    @property
+    def issuers(self) -> str:
+        return f"{self.prefix}issuers"
+
+    def documents(self, kind: str) -> str:
+        return {"Route": self.routes, "Service": self.services, "Issuer": self.issuers}[kind]
+
+    @property
+    def revision(self) -> str:
+        """INCR'd by every CLI write; part of the change record."""
+        return f"{self.prefix}revision"
+
+    @property
+    def history(self) -> str:
+        """A stream: one entry per applied change (revision, who, what)."""
+        return f"{self.prefix}history"
+
+    @property
+    def changes_channel(self) -> str:
+        """Pub/sub channel the CLI publishes on after every write."""
+        return f"{self.prefix}changes"
+
+    @property
+    def refused(self) -> str:
+        """Hash: 'Kind/name' -> reason, for raw writes the watcher refused."""
+        return f"{self.prefix}status:refused"
+
+    @property
+    def nodes(self) -> str:
+        """Hash: node id -> JSON of what that Envoy ACKed/NACKed (written by ADS)."""
+        return f"{self.prefix}status:nodes"
+
+    # -- identity --
+    @property
+    def users(self) -> str:
+        """Hash: user name -> JSON {password_hash, roles}."""
+        return f"{self.prefix}users"
+
+    def session(self, id_hash: str) -> str:
+        """Hash of one session, keyed by the SHA-256 of its id (never the id itself)."""
+        return f"{self.prefix}session:{id_hash}"
+
+    def user_sessions(self, user: str) -> str:
+        """Set of session id hashes of one user, for revoke-all and listing."""
+        return f"{self.prefix}user_sessions:{user}"
+
+    @property
+    def sessions_channel(self) -> str:
+        """Pub/sub channel announcing revoked sessions (for local caches)."""
+        return f"{self.prefix}sessions:revoked"
+
+    # -- rate limiting --
+    def counter(self, rule: str, value: str, window: int) -> str:
+        # The hash tag holds rule and client: one counter per slot, spread over a cluster.
+        return f"{self.prefix}rl:{{{rule}|{value}}}:{window}"
+
+    def bucket(self, rule: str, value: str) -> str:
+        return f"{self.prefix}rl:{{{rule}|{value}}}:tat"
+
+
+# Check-then-commit over several limits in one round trip.
+# KEYS: per limit i, two keys: KEYS[2i-1] = current (counter or GCRA tat), KEYS[2i] = previous
+#       window counter (sliding window; unused otherwise).
+# ARGV[1] = now in milliseconds; then per limit, 5 values: algorithm (1 fixed, 2 sliding,
+#       3 token bucket), limit, period in ms, window start in ms, shadow (1: never refuses).
+# Returns a flat list, per limit: allowed (1/0), remaining, ms until reset.
+# A refused request spends nothing: counters are only incremented if every limit allows it.
+RATE_LIMIT_LUA = r"""
+local now = tonumber(ARGV[1])
+local n = #KEYS / 2
+local out = {}
+local ok = true
+local plan = {}
+for i = 1, n do
+  local alg = tonumber(ARGV[2 + (i-1)*5])
+  local limit = tonumber(ARGV[3 + (i-1)*5])
+  local period = tonumber(ARGV[4 + (i-1)*5])
+  local wstart = tonumber(ARGV[5 + (i-1)*5])
+  local shadow = ARGV[6 + (i-1)*5] == '1'
+  local cur = KEYS[2*i-1]
+  local allowed, remaining, reset
+  if alg == 3 then
+    -- GCRA: one theoretical arrival time per key; burst = limit, emission = period/limit
+    local emission = period / limit
+    local tat = tonumber(redis.call('GET', cur) or '0')
+    if tat < now then tat = now end
+    local new_tat = tat + emission
+    local allow_at = new_tat - period
+    if allow_at <= now then
+      allowed = 1
+      remaining = math.floor((now - allow_at) / emission)
+      plan[i] = {'tat', cur, new_tat, math.ceil(new_tat - now)}
+      reset = math.ceil(new_tat - now)
+    else
+      allowed = 0
+      remaining = 0
+      reset = math.ceil(allow_at - now)
+    end
+  else
+    local count = tonumber(redis.call('GET', cur) or '0')
+    local estimate = count
+    if alg == 2 then
+      local prev = tonumber(redis.call('GET', KEYS[2*i]) or '0')
+      local weight = 1 - ((now - wstart) / period)
+      if weight < 0 then weight = 0 end
+      estimate = count + prev * weight
+    end
+    reset = wstart + period - now
+    if estimate + 1 <= limit then
+      allowed = 1
+      remaining = math.floor(limit - estimate - 1)
+      plan[i] = {'incr', cur, period}
+    else
+      allowed = 0
+      remaining = 0
+    end
+  end
+  if allowed == 0 and not shadow then ok = false end
+  out[#out+1] = allowed
+  out[#out+1] = remaining
+  out[#out+1] = reset
+end
+if ok then
+  for i = 1, n do
+    local p = plan[i]
+    if p == nil then
+      -- a shadow limit that is over: nothing to spend
+    elseif p[1] == 'tat' then
+      redis.call('SET', p[2], p[3], 'PX', p[4])
+    else
+      local c = redis.call('INCR', p[2])
+      if c == 1 then redis.call('PEXPIRE', p[2], p[3] * 2) end
+    end
+  end
+end
+return out
+"""

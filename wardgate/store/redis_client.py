@@ -1,0 +1,30 @@
+"""Connecting to Redis: ``redis://``, ``rediss://`` (TLS) and ``redis+cluster://`` URLs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+
+from wardgate.errors import SettingsError
+
+AnyRedis = Any  # aioredis.Redis | RedisCluster; both speak the commands wardgate uses
+
+
+def connect(url: str, *, timeout: float, name: str = "wardgate") -> AnyRedis:
+    """A client for ``url`` whose every command gives up after ``timeout`` seconds."""
+    kwargs: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "decode_responses": True,
+        "client_name": name,
+    }
+    if url.startswith(("redis+cluster://", "rediss+cluster://")):
+        return RedisCluster.from_url(url.replace("+cluster", "", 1), **kwargs)
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError(
+            f"REDIS_URL {url!r}: use redis://host:port/db, rediss://... or redis+cluster://host:port"
+        )
+    kwargs["retry_on_timeout"] = False
+    return aioredis.Redis.from_url(url, **kwargs)

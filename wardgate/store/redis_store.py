@@ -1,0 +1,174 @@
+"""Redis implementations of the domain's storage ports."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from redis.exceptions import NoScriptError, RedisError
+
+from wardgate.domain.ports import LimitCheck, LimitOutcome, SessionRecord, UserRecord
+from wardgate.errors import StoreError
+from wardgate.store.keys import RATE_LIMIT_LUA, Keys
+from wardgate.store.redis_client import AnyRedis
+
+
+class RedisUserStore:
+    def __init__(self, *, redis: AnyRedis, keys: Keys) -> None:
+        self._r = redis
+        self._k = keys
+
+    async def get_user(self, name: str) -> UserRecord | None:
+        try:
+            raw = await self._r.hget(self._k.users, name)
+        except RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+        return _user(name, raw) if raw else None
+
+    async def put_user(self, user: UserRecord) -> None:
+        doc = {"password_hash": user.password_hash, "roles": list(user.roles)}
+        try:
+            await self._r.hset(self._k.users, user.name, json.dumps(doc))
+        except RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
+    async def delete_user(self, name: str) -> bool:
+        try:
+            return bool(await self._r.hdel(self._k.users, name))
+        except RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
+    async def list_users(self) -> list[UserRecord]:
+        try:
+            raw = await self._r.hgetall(self._k.users)
+        except RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+        return [_user(name, value) for name, value in sorted(raw.items())]
+
+
+def _user(name: str, raw: str) -> UserRecord:
+    doc = json.loads(raw)
+    return UserRecord(name, doc["password_hash"], tuple(doc.get("roles", ())))
+
+
+class RedisSessionStore:
+    """One hash per session (keyed by the id's SHA-256) that expires by itself, plus a set per
+    user for listing and revoking all of a user's sessions."""
+
+    def __init__(self, *, redis: AnyRedis, keys: Keys) -> None:
+        self._r = redis
+        self._k = keys
+
+    async def create_session(self, record: SessionRecord) -> None:
+        key = self._k.session(record.id_hash)
+        ttl_ms = max(1, int((record.expires_at - record.created_at) * 1000))
+        try:
+            async with self._r.pipeline(transaction=False) as pipe:
+                pipe.hset(
+                    key,
+                    mapping={
+                        "user": record.user,
+                        "roles": ",".join(record.roles),
+                        "created_at": repr(record.created_at),
+                        "expires_at": repr(record.expires_at),
+                    },
+                )
+                pipe.pexpire(key, ttl_ms)
+                pipe.sadd(self._k.user_sessions(record.user), record.id_hash)
+                pipe.pexpire(self._k.user_sessions(record.user), ttl_ms, gt=True)
+                pipe.pexpire(self._k.user_sessions(record.user), ttl_ms, nx=True)
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
+    async def get_session(self, id_hash: str) -> SessionRecord | None:
+        try:
+            raw = await self._r.hgetall(self._k.session(id_hash))
+        except RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+        return _session(id_hash, raw) if raw else None
+
+    async def delete_session(self, id_hash: str) -> bool:
+        try:
+            user = await self._r.hget(self._k.session(id_hash), "user")
+            if user is None:
+                return False
+            async with self._r.pipeline(transaction=False) as pipe:
+                pipe.delete(self._k.session(id_hash))
+                pipe.srem(self._k.user_sessions(user), id_hash)
+                pipe.publish(self._k.sessions_channel, id_hash)
+                deleted, *_ = await pipe.execute()
+            return bool(deleted)
+        except RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
+    async def list_sessions(self, user: str | None = None) -> list[SessionRecord]:
+        try:
+            if user is not None:
+                hashes = sorted(await self._r.smembers(self._k.user_sessions(user)))
+            else:
+                hashes = []
+                async for key in self._r.scan_iter(match=self._k.session("*"), count=500):
+                    hashes.append(key.rsplit(":", 1)[-1])
+            out = []
+            for id_hash in hashes:
+                raw = await self._r.hgetall(self._k.session(id_hash))
+                if raw:
+                    out.append(_session(id_hash, raw))
+            return sorted(out, key=lambda s: (s.user, s.created_at))
+        except RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
+    async def delete_user_sessions(self, user: str) -> int:
+        try:
+            hashes = await self._r.smembers(self._k.user_sessions(user))
+            count = 0
+            for id_hash in hashes:
+                count += await self._r.delete(self._k.session(id_hash))
+                await self._r.publish(self._k.sessions_channel, id_hash)
+            await self._r.delete(self._k.user_sessions(user))
+            return int(count)
+        except RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
+
+def _session(id_hash: str, raw: dict[str, str]) -> SessionRecord:
+    return SessionRecord(
+        id_hash=id_hash,
+        user=raw.get("user", ""),
+        roles=tuple(r for r in raw.get("roles", "").split(",") if r),
+        created_at=float(raw.get("created_at", 0)),
+        expires_at=float(raw.get("expires_at", 0)),
+    )
+
+
+class RedisCounterStore:
+    """All limits of one request in one EVALSHA (EVAL once after a script flush)."""
+
+    def __init__(self, *, redis: AnyRedis) -> None:
+        self._r = redis
+        self._sha: str | None = None
+
+    async def check_and_commit(
+        self, checks: Sequence[LimitCheck], *, now_ms: int
+    ) -> list[LimitOutcome]:
+        keys: list[str] = []
+        args: list[Any] = [now_ms]
+        for c in checks:
+            keys += [c.key, c.previous_key]
+            args += [c.algorithm, c.limit, c.period_ms, c.window_start_ms, int(c.shadow)]
+        try:
+            if self._sha is None:
+                self._sha = await self._r.script_load(RATE_LIMIT_LUA)
+            try:
+                flat = await self._r.evalsha(self._sha, len(keys), *keys, *args)
+            except NoScriptError:
+                self._sha = await self._r.script_load(RATE_LIMIT_LUA)
+                flat = await self._r.evalsha(self._sha, len(keys), *keys, *args)
+        except RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+        return [
+            LimitOutcome(bool(int(flat[i])), int(flat[i + 1]), int(flat[i + 2]))
+            for i in range(0, len(flat), 3)
+        ]

@@ -1,0 +1,71 @@
+"""``wardgate serve --workers N``: N processes sharing the ports through SO_REUSEPORT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import time
+
+from wardgate.settings import Settings
+
+log = logging.getLogger("wardgate")
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+        force=True,
+    )
+
+
+def _worker(settings: Settings) -> None:
+    from wardgate.server import serve
+
+    _configure_logging(settings)
+    try:
+        import uvloop  # type: ignore[import-not-found]
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(serve(settings))
+
+
+def run_workers(settings: Settings) -> None:
+    _configure_logging(settings)
+    if settings.workers <= 1:
+        _worker(settings)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(settings,), daemon=False) for _ in range(settings.workers)]
+    for p in procs:
+        p.start()
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for p in procs:
+            if p.is_alive() and p.pid:
+                os.kill(p.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    log.info("started %d workers: %s", len(procs), [p.pid for p in procs])
+    while not stopping:
+        for i, p in enumerate(procs):
+            if not p.is_alive() and not stopping:
+                log.warning("worker %s exited with %s; restarting", p.pid, p.exitcode)
+                procs[i] = ctx.Process(target=_worker, args=(settings,), daemon=False)
+                procs[i].start()
+        time.sleep(0.5)
+    for p in procs:
+        p.join(timeout=10)
+        if p.is_alive():
+            p.kill()
+    sys.exit(0)

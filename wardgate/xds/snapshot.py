@@ -1,0 +1,117 @@
+"""Versioned, in-memory snapshots of Envoy resources: the only thing the ADS servicer reads.
+
+A snapshot holds, per resource type, the resources by name and a version computed from their
+content, so every wardgate replica gives the same documents the same version. The listener
+depends on the Envoy's node group (where it listens), so it is built per group on demand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+
+TYPE_CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+TYPE_ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+TYPE_LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+TYPE_ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+# Make before break: clusters (and their endpoints) before the listeners and routes using them.
+PUSH_ORDER = (TYPE_CLUSTER, TYPE_ENDPOINT, TYPE_LISTENER, TYPE_ROUTE)
+WILDCARD_TYPES = frozenset({TYPE_CLUSTER, TYPE_LISTENER})
+
+
+@dataclasses.dataclass(frozen=True)
+class Resources:
+    items: dict[str, any_pb2.Any]
+    version: str
+
+    @classmethod
+    def of(cls, messages: Iterable[Message], name: Callable[[Any], str]) -> Resources:
+        items: dict[str, any_pb2.Any] = {}
+        digest = hashlib.sha256()
+        for msg in sorted(messages, key=name):
+            packed = any_pb2.Any()
+            packed.Pack(msg, deterministic=True)
+            items[name(msg)] = packed
+            digest.update(name(msg).encode() + b"\0" + packed.value + b"\0")
+        return cls(items, digest.hexdigest()[:16])
+
+
+EMPTY = Resources({}, "empty")
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeGroup:
+    """What makes two Envoys need different resources: where their listener binds."""
+
+    listen_address: str
+    listen_port: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    resources: dict[str, Resources]
+    revision: int = 0  # the document revision it was built from (for status), not its version
+
+    def get(self, type_url: str) -> Resources:
+        return self.resources.get(type_url, EMPTY)
+
+
+ListenerFactory = Callable[[NodeGroup], Message]
+
+
+class SnapshotCache:
+    """Holds the latest base snapshot; streams wait on ``changed()`` for a newer one."""
+
+    def __init__(self, *, listener_factory: ListenerFactory) -> None:
+        self._listener_factory = listener_factory
+        self._base: Snapshot | None = None
+        self._listeners: dict[NodeGroup, Resources] = {}
+        self._generation = 0
+        self._changed = asyncio.Event()
+
+    @property
+    def ready(self) -> bool:
+        return self._base is not None
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def set_base(self, snapshot: Snapshot) -> bool:
+        """Publish ``snapshot``; returns whether any resource changed."""
+        old = self._base
+        if old is not None and all(
+            old.get(t).version == snapshot.get(t).version for t in PUSH_ORDER
+        ):
+            self._base = snapshot  # same content, maybe a newer revision number
+            return False
+        self._base = snapshot
+        self._generation += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return True
+
+    def snapshot_for(self, group: NodeGroup) -> Snapshot | None:
+        if self._base is None:
+            return None
+        listener = self._listeners.get(group)
+        if listener is None:
+            listener = Resources.of([self._listener_factory(group)], lambda m: m.name)
+            self._listeners[group] = listener
+        return Snapshot({**self._base.resources, TYPE_LISTENER: listener}, self._base.revision)
+
+    async def wait_changed(self, generation: int, timeout: float | None = None) -> None:
+        """Return when the generation is past ``generation`` (or after ``timeout``)."""
+        if self._generation != generation:
+            return
+        event = self._changed
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            pass

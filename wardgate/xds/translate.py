@@ -1,0 +1,496 @@
+"""Documents -> Envoy resources (clusters, one route configuration, the listener).
+
+Resources are built as plain dicts in Envoy's JSON form (readable, diffable, the same shape as
+Envoy's documentation) and parsed into protobuf messages once. Route order is explicit:
+``docs/ROUTING.md`` and ``route_sort_key`` below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from typing import Any
+
+from google.protobuf import json_format
+
+# Importing these registers the message types that "@type" below refers to.
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.buffer.v3 import buffer_pb2  # noqa: F401
+from envoy.extensions.filters.http.cors.v3 import cors_pb2  # noqa: F401
+from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2  # noqa: F401
+from envoy.extensions.filters.http.ratelimit.v3 import rate_limit_pb2  # noqa: F401
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2  # noqa: F401
+from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
+from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
+    http_connection_manager_pb2,
+)
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
+from wardgate.domain.catalog import Catalog
+from wardgate.domain.documents import Route, Service
+from wardgate.domain.durations import format_duration, parse_duration
+from wardgate.domain.ratelimit import RULE_KEY, encode_rule
+
+ROUTE_CONFIG_NAME = "wardgate_routes"
+LISTENER_NAME = "wardgate_http"
+GRPC_CLUSTER = "wardgate_grpc"  # static in the bootstrap: ADS, ext_authz, rate limit
+HTTP_CLUSTER = "wardgate_auth"  # wardgate's HTTP side (/auth/*), served by CDS
+RATELIMIT_DOMAIN = "wardgate"
+IDENTITY_HEADERS = ["x-user-id", "x-user-roles", "x-auth-method"]
+EXT_AUTHZ = "envoy.filters.http.ext_authz"
+F_CORS = "envoy.filters.http.cors"
+F_RBAC = "envoy.filters.http.rbac"
+F_BUFFER = "envoy.filters.http.buffer"
+
+T = "type.googleapis.com/"
+T_EXT_AUTHZ_ROUTE = T + "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
+T_CORS_POLICY = T + "envoy.extensions.filters.http.cors.v3.CorsPolicy"
+T_RBAC_ROUTE = T + "envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
+T_BUFFER_ROUTE = T + "envoy.extensions.filters.http.buffer.v3.BufferPerRoute"
+T_HTTP_OPTIONS = T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+LB_POLICIES = {
+    "round_robin": "ROUND_ROBIN",
+    "least_request": "LEAST_REQUEST",
+    "random": "RANDOM",
+    "ring_hash": "RING_HASH",
+    "maglev": "MAGLEV",
+}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TranslateOptions:
+    http_host: str = "127.0.0.1"
+    http_port: int = 18080
+    ext_authz_timeout: float = 0.25
+    ratelimit_timeout: float = 0.1
+    authz_fail_open: bool = False
+    ratelimit_fail_closed: bool = False
+    login_limit_per_minute: int = 30
+    max_request_bytes: int = 1 << 20
+
+
+def _d(text: str) -> str:
+    return format_duration(parse_duration(text))
+
+
+def _socket(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+# --- clusters -----------------------------------------------------------------------------
+
+
+def build_cluster(svc: Service) -> cluster_pb2.Cluster:
+    endpoints = svc.endpoints or []
+    c: dict[str, Any] = {
+        "name": svc.name,
+        "type": "STATIC" if all(_is_ip(e.address) for e in endpoints) else "STRICT_DNS",
+        "connect_timeout": _d(svc.connect_timeout),
+        "lb_policy": LB_POLICIES[svc.lb],
+        "load_assignment": {
+            "cluster_name": svc.name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {"address": _socket(e.address, e.port)},
+                            "load_balancing_weight": e.weight,
+                        }
+                        for e in endpoints
+                    ]
+                }
+            ],
+        },
+    }
+    if svc.protocol in ("http2", "grpc"):
+        c["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": T_HTTP_OPTIONS,
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
+    if svc.health_check:
+        hc = svc.health_check
+        check: dict[str, Any] = {
+            "timeout": _d(hc.timeout),
+            "interval": _d(hc.interval),
+            "unhealthy_threshold": hc.unhealthy_threshold,
+            "healthy_threshold": hc.healthy_threshold,
+            "no_traffic_interval": _d(hc.interval),
+        }
+        if svc.protocol == "grpc":
+            check["grpc_health_check"] = {}
+        else:
+            check["http_health_check"] = {"path": hc.path}
+        c["health_checks"] = [check]
+    if svc.circuit_breaker:
+        cb = svc.circuit_breaker.model_dump(exclude_none=True)
+        if cb:
+            c["circuit_breakers"] = {"thresholds": [cb]}
+    if svc.outlier_detection:
+        od = svc.outlier_detection
+        c["outlier_detection"] = {
+            "consecutive_5xx": od.consecutive_5xx,
+            "interval": _d(od.interval),
+            "base_ejection_time": _d(od.base_ejection_time),
+            "max_ejection_percent": od.max_ejection_percent,
+        }
+    return json_format.ParseDict(c, cluster_pb2.Cluster())
+
+
+def build_auth_cluster(opts: TranslateOptions) -> cluster_pb2.Cluster:
+    c = {
+        "name": HTTP_CLUSTER,
+        "type": "STATIC" if _is_ip(opts.http_host) else "STRICT_DNS",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": HTTP_CLUSTER,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": _socket(opts.http_host, opts.http_port)}}]}
+            ],
+        },
+    }
+    return json_format.ParseDict(c, cluster_pb2.Cluster())
+
+
+# --- routes -------------------------------------------------------------------------------
+
+
+def route_sort_key(route: Route) -> tuple[int, int, int, int, str]:
+    """Higher ``priority`` first; then exact path, regex, prefix; longer paths first; routes
+    with more conditions (methods, headers, hosts) first; then by name."""
+    m = route.match
+    kind = 0 if m.path is not None else (1 if m.regex is not None else 2)
+    length = len(m.path or m.prefix or m.regex or "")
+    conditions = bool(m.methods) + len(m.headers or {}) + bool(m.hosts)
+    return (-route.priority, kind, -length, -conditions, route.name)
+
+
+def _regex_alternatives(values: list[str]) -> str:
+    return "|".join(re.escape(v) for v in values)
+
+
+def _host_regex(hosts: list[str]) -> str:
+    alts = []
+    for host in hosts:
+        if host.startswith("*."):
+            alts.append(r"[^.:]+(\.[^.:]+)*" + re.escape(host[1:]))
+        else:
+            alts.append(re.escape(host))
+    return rf"^({'|'.join(alts)})(:[0-9]+)?$"
+
+
+def _route_match(route: Route) -> dict[str, Any]:
+    m = route.match
+    match: dict[str, Any] = {}
+    if m.path is not None:
+        match["path"] = m.path
+    elif m.regex is not None:
+        match["safe_regex"] = {"regex": m.regex}
+    else:
+        prefix = m.prefix or "/"
+        # "/api/users" matches /api/users and /api/users/..., never /api/usersX.
+        key = "prefix" if prefix.endswith("/") else "path_separated_prefix"
+        match[key] = prefix
+    headers: list[dict[str, Any]] = []
+    if m.methods:
+        regex = f"^({_regex_alternatives(m.methods)})$"
+        headers.append({"name": ":method", "string_match": {"safe_regex": {"regex": regex}}})
+    for name, value in (m.headers or {}).items():
+        headers.append({"name": name, "string_match": {"exact": value}})
+    if m.hosts:
+        headers.append(
+            {"name": ":authority", "string_match": {"safe_regex": {"regex": _host_regex(m.hosts)}}}
+        )
+    if headers:
+        match["headers"] = headers
+    return match
+
+
+def _rate_limit_actions(route: Route) -> list[dict[str, Any]]:
+    out = []
+    for i, rule in enumerate(route.rate_limits):
+        value = encode_rule(
+            f"{route.name}#{i}", rule.requests, rule.period_seconds, rule.algorithm, rule.shadow
+        )
+        actions: list[dict[str, Any]] = [
+            {"generic_key": {"descriptor_key": RULE_KEY, "descriptor_value": value}}
+        ]
+        if rule.by == "ip":
+            actions.append({"remote_address": {}})
+        elif rule.by in ("user", "api_key"):
+            actions.append(
+                {
+                    "metadata": {
+                        "descriptor_key": rule.by,
+                        "metadata_key": {"key": EXT_AUTHZ, "path": [{"key": rule.by}]},
+                        "source": "DYNAMIC",
+                    }
+                }
+            )
+        elif rule.by.startswith("header:"):
+            name = rule.by.split(":", 1)[1]
+            actions.append({"request_headers": {"header_name": name, "descriptor_key": "header"}})
+        out.append({"actions": actions})
+    return out
+
+
+def _rbac(route: Route) -> dict[str, Any] | None:
+    def ids(cidrs: list[str]) -> dict[str, Any]:
+        principals = []
+        for cidr in cidrs:
+            net = ipaddress.ip_network(cidr, strict=False)
+            principals.append(
+                {
+                    "remote_ip": {
+                        "address_prefix": str(net.network_address),
+                        "prefix_len": net.prefixlen,
+                    }
+                }
+            )
+        return {"or_ids": {"ids": principals}}
+
+    if not route.ip_allow and not route.ip_deny:
+        return None
+    if route.ip_allow:
+        principal: dict[str, Any] = ids(route.ip_allow)
+        if route.ip_deny:
+            principal = {"and_ids": {"ids": [principal, {"not_id": ids(route.ip_deny)}]}}
+        action = "ALLOW"
+    else:
+        principal, action = ids(route.ip_deny or []), "DENY"
+    policy = {"permissions": [{"any": True}], "principals": [principal]}
+    return {"@type": T_RBAC_ROUTE, "rbac": {"rules": {"action": action, "policies": {"ip": policy}}}}
+
+
+def _cors(route: Route) -> dict[str, Any] | None:
+    if route.cors is None:
+        return None
+    c = route.cors
+    policy: dict[str, Any] = {
+        "@type": T_CORS_POLICY,
+        "allow_origin_string_match": [
+            {"safe_regex": {"regex": ".*"}} if o == "*" else {"exact": o} for o in c.allow_origins
+        ],
+        "allow_credentials": c.allow_credentials,
+    }
+    methods = c.allow_methods or route.match.methods
+    if methods:
+        policy["allow_methods"] = ", ".join(methods)
+    if c.allow_headers:
+        policy["allow_headers"] = ", ".join(c.allow_headers)
+    if c.expose_headers:
+        policy["expose_headers"] = ", ".join(c.expose_headers)
+    if c.max_age:
+        policy["max_age"] = str(int(parse_duration(c.max_age)))
+    return policy
+
+
+def route_entry(route: Route) -> dict[str, Any]:
+    action: dict[str, Any] = {}
+    if route.backend is not None:
+        action["cluster"] = route.backend
+    else:
+        action["weighted_clusters"] = {
+            "clusters": [{"name": b.service, "weight": b.weight} for b in route.backends or []]
+        }
+    if route.rewrite_prefix is not None:
+        action["prefix_rewrite"] = route.rewrite_prefix
+    action["timeout"] = _d(route.timeout) if route.timeout else "15s"
+    if route.retries is not None:
+        policy: dict[str, Any] = {
+            "retry_on": ",".join(route.retries.on),
+            "num_retries": route.retries.attempts,
+        }
+        if route.retries.per_try_timeout:
+            policy["per_try_timeout"] = _d(route.retries.per_try_timeout)
+        action["retry_policy"] = policy
+    if route.rate_limits:
+        action["rate_limits"] = _rate_limit_actions(route)
+    if route.websocket:
+        action["upgrade_configs"] = [{"upgrade_type": "websocket"}]
+
+    per_filter: dict[str, Any] = {}
+    entry: dict[str, Any] = {"name": route.name, "match": _route_match(route), "route": action}
+    if route.auth.require == "none":
+        per_filter[EXT_AUTHZ] = {"@type": T_EXT_AUTHZ_ROUTE, "disabled": True}
+        # Nothing adds identity headers on a public route: drop whatever the client sent.
+        entry["request_headers_to_remove"] = IDENTITY_HEADERS
+    else:
+        ctx = {"route": route.name, "auth": route.auth.require}
+        if route.auth.roles:
+            ctx["roles"] = ",".join(route.auth.roles)
+        if route.cors:
+            ctx["cors_origins"] = " ".join(o for o in route.cors.allow_origins if o != "*")
+        per_filter[EXT_AUTHZ] = {
+            "@type": T_EXT_AUTHZ_ROUTE,
+            "check_settings": {"context_extensions": ctx},
+        }
+    if cors := _cors(route):
+        per_filter[F_CORS] = cors
+    if rbac := _rbac(route):
+        per_filter[F_RBAC] = rbac
+    if route.max_body_bytes is not None:
+        per_filter[F_BUFFER] = {
+            "@type": T_BUFFER_ROUTE,
+            "buffer": {"max_request_bytes": route.max_body_bytes},
+        }
+    else:
+        per_filter[F_BUFFER] = {"@type": T_BUFFER_ROUTE, "disabled": True}
+    entry["typed_per_filter_config"] = per_filter
+    return entry
+
+
+def builtin_routes(opts: TranslateOptions) -> list[dict[str, Any]]:
+    """wardgate's own endpoints, reached through Envoy: /auth/login, /auth/logout, /auth/session."""
+    common = {
+        "typed_per_filter_config": {
+            EXT_AUTHZ: {"@type": T_EXT_AUTHZ_ROUTE, "disabled": True},
+            F_BUFFER: {"@type": T_BUFFER_ROUTE, "buffer": {"max_request_bytes": 16384}},
+        },
+        "request_headers_to_remove": IDENTITY_HEADERS,
+    }
+    login_limit = encode_rule("wardgate.login#0", opts.login_limit_per_minute, 60, "fixed_window", False)
+    out = []
+    for path in ("/auth/login", "/auth/logout", "/auth/session"):
+        action: dict[str, Any] = {"cluster": HTTP_CLUSTER, "timeout": "5s"}
+        if path == "/auth/login":
+            action["rate_limits"] = [
+                {
+                    "actions": [
+                        {"generic_key": {"descriptor_key": RULE_KEY, "descriptor_value": login_limit}},
+                        {"remote_address": {}},
+                    ]
+                }
+            ]
+        out.append({"name": f"wardgate{path.replace('/', '.')}", "match": {"path": path}, "route": action, **common})
+    return out
+
+
+def build_route_configuration(
+    routes: list[Route], opts: TranslateOptions
+) -> route_pb2.RouteConfiguration:
+    entries = builtin_routes(opts) + [route_entry(r) for r in sorted(routes, key=route_sort_key)]
+    config = {
+        "name": ROUTE_CONFIG_NAME,
+        "virtual_hosts": [{"name": "wardgate", "domains": ["*"], "routes": entries}],
+    }
+    return json_format.ParseDict(config, route_pb2.RouteConfiguration())
+
+
+# --- listener -----------------------------------------------------------------------------
+
+
+def _error_body(code: str, message: str) -> dict[str, Any]:
+    return {
+        "json_format": {"error": code, "message": message, "request_id": "%REQ(X-REQUEST-ID)%"},
+        "content_type": "application/json",
+    }
+
+
+def _mapper(status: int, code: str, message: str, flag: str | None = None) -> dict[str, Any]:
+    status_filter = {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": status, "runtime_key": f"wardgate.local_reply.{status}"}}}}
+    if flag is not None:
+        filt: dict[str, Any] = {
+            "and_filter": {"filters": [status_filter, {"response_flag_filter": {"flags": [flag]}}]}
+        }
+    else:
+        filt = status_filter
+    return {"filter": filt, "body_format_override": _error_body(code, message)}
+
+
+LOCAL_REPLIES = [
+    (400, "bad_request", "the request is malformed", None),
+    (403, "forbidden", "your address is not allowed on this route", "RBAC"),
+    (404, "not_found", "no route matches this request", None),
+    (413, "payload_too_large", "the request body is larger than this route allows", None),
+    (429, "rate_limited", "too many requests; retry later", None),
+    (431, "headers_too_large", "the request headers are too large", None),
+    (502, "bad_gateway", "the upstream service answered badly", None),
+    (503, "unavailable", "a service the gateway needs is unavailable", None),
+    (504, "upstream_timeout", "the upstream service did not answer in time", None),
+]
+
+
+def build_listener(address: str, port: int, opts: TranslateOptions) -> listener_pb2.Listener:
+    grpc = {"envoy_grpc": {"cluster_name": GRPC_CLUSTER}}
+    filters = [
+        {"name": F_CORS, "typed_config": {"@type": T + "envoy.extensions.filters.http.cors.v3.Cors"}},
+        {"name": F_RBAC, "typed_config": {"@type": T + "envoy.extensions.filters.http.rbac.v3.RBAC"}},
+        {
+            "name": EXT_AUTHZ,
+            "typed_config": {
+                "@type": T + "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                "grpc_service": {**grpc, "timeout": format_duration(opts.ext_authz_timeout)},
+                "transport_api_version": "V3",
+                "failure_mode_allow": opts.authz_fail_open,
+                "status_on_error": {"code": "ServiceUnavailable"},
+            },
+        },
+        {
+            "name": "envoy.filters.http.ratelimit",
+            "typed_config": {
+                "@type": T + "envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+                "domain": RATELIMIT_DOMAIN,
+                "timeout": format_duration(opts.ratelimit_timeout),
+                "failure_mode_deny": opts.ratelimit_fail_closed,
+                "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
+                "rate_limit_service": {"grpc_service": grpc, "transport_api_version": "V3"},
+            },
+        },
+        {
+            "name": F_BUFFER,
+            "typed_config": {
+                "@type": T + "envoy.extensions.filters.http.buffer.v3.Buffer",
+                "max_request_bytes": opts.max_request_bytes,
+            },
+        },
+        {
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": T + "envoy.extensions.filters.http.router.v3.Router"},
+        },
+    ]
+    hcm = {
+        "@type": T
+        + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "wardgate",
+        "codec_type": "AUTO",
+        "use_remote_address": True,
+        "rds": {
+            "route_config_name": ROUTE_CONFIG_NAME,
+            "config_source": {"ads": {}, "resource_api_version": "V3"},
+        },
+        "http_filters": filters,
+        "local_reply_config": {"mappers": [_mapper(*m) for m in LOCAL_REPLIES]},
+        "upgrade_configs": [{"upgrade_type": "websocket", "enabled": False}],
+    }
+    listener = {
+        "name": LISTENER_NAME,
+        "address": _socket(address, port),
+        "filter_chains": [
+            {
+                "filters": [
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                ]
+            }
+        ],
+    }
+    return json_format.ParseDict(listener, listener_pb2.Listener())
+
+
+def build_base(catalog: Catalog, opts: TranslateOptions) -> tuple[list[cluster_pb2.Cluster], route_pb2.RouteConfiguration]:
+    clusters = [build_auth_cluster(opts)] + [
+        build_cluster(s) for _, s in sorted(catalog.services.items())
+    ]
+    return clusters, build_route_configuration(list(catalog.routes.values()), opts)
