@@ -85,14 +85,15 @@ def ensure_redis_server() -> str:
 def start_redis(port: int, workdir: Path, *, log: Path | None = None) -> subprocess.Popen[bytes]:
     binary = ensure_redis_server()
     workdir.mkdir(parents=True, exist_ok=True)
-    out = open(log or workdir / "redis.log", "ab")  # noqa: SIM115 - owned by the process
-    proc = subprocess.Popen(
-        [
-            binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", str(workdir), "--protected-mode", "yes", "--notify-keyspace-events", "Khg",
-        ],
-        stdout=out, stderr=subprocess.STDOUT,
-    )
+    with open(log or workdir / "redis.log", "ab") as out:
+        proc = subprocess.Popen(
+            [
+                binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", str(workdir), "--protected-mode", "yes",
+                "--notify-keyspace-events", "Khg",
+            ],
+            stdout=out, stderr=subprocess.STDOUT,
+        )
     wait_port(port, proc=proc, what="redis-server")
     return proc
 
@@ -100,11 +101,11 @@ def start_redis(port: int, workdir: Path, *, log: Path | None = None) -> subproc
 def start_wardgate(
     *, env: Mapping[str, str], http_port: int, log: Path, args: tuple[str, ...] = ()
 ) -> subprocess.Popen[bytes]:
-    out = open(log, "ab")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "wardgate", "serve", *args],
-        env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
-    )
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wardgate", "serve", *args],
+            env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+        )
     wait_http(f"http://127.0.0.1:{http_port}/healthz", timeout=20)
     return proc
 
@@ -128,24 +129,24 @@ def start_envoy(
             wardgate_port=wardgate_port, delta=delta,
         )
     )
-    out = open(workdir / f"envoy-{node_id}.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            find_envoy(), "-c", str(config), "--use-dynamic-base-id", "--concurrency",
-            str(concurrency), "--log-level", log_level, "--drain-time-s", "1",
-        ],
-        stdout=out, stderr=subprocess.STDOUT,
-    )
+    with open(workdir / f"envoy-{node_id}.log", "ab") as out:
+        proc = subprocess.Popen(
+            [
+                find_envoy(), "-c", str(config), "--use-dynamic-base-id", "--concurrency",
+                str(concurrency), "--log-level", log_level, "--drain-time-s", "1",
+            ],
+            stdout=out, stderr=subprocess.STDOUT,
+        )
     wait_port(admin_port, proc=proc, what="envoy", timeout=30)
     return proc
 
 
 def start_upstream(port: int, name: str, log: Path) -> subprocess.Popen[bytes]:
-    out = open(log, "ab")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "wardgate.demo.upstream", "--port", str(port), "--name", name],
-        stdout=out, stderr=subprocess.STDOUT,
-    )
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wardgate.demo.upstream", "--port", str(port), "--name", name],
+            stdout=out, stderr=subprocess.STDOUT,
+        )
     wait_port(port, proc=proc, what=f"upstream {name}")
     return proc
 

@@ -33,7 +33,9 @@ def render_bootstrap(
 ) -> str:
     for place in _TEMPLATE_PLACES:
         if place.exists():
-            template = string.Template(place.read_text())
+            # Comments describe the placeholders; only the configuration is substituted.
+            lines = [ln for ln in place.read_text().splitlines() if not ln.lstrip().startswith("#")]
+            template = string.Template("\n".join(lines) + "\n")
             break
     else:
         raise SettingsError("envoy/bootstrap.yaml not found next to the wardgate package")

@@ -399,26 +399,41 @@ def _error_body(code: str, message: str) -> dict[str, Any]:
     }
 
 
-def _mapper(status: int, code: str, message: str, flag: str | None = None) -> dict[str, Any]:
-    status_filter = {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": status, "runtime_key": f"wardgate.local_reply.{status}"}}}}
-    if flag is not None:
-        filt: dict[str, Any] = {
-            "and_filter": {"filters": [status_filter, {"response_flag_filter": {"flags": [flag]}}]}
+def _status_is(status: int) -> dict[str, Any]:
+    return {
+        "status_code_filter": {
+            "comparison": {
+                "op": "EQ",
+                "value": {"default_value": status, "runtime_key": f"wardgate.local_reply.{status}"},
+            }
         }
-    else:
-        filt = status_filter
-    return {"filter": filt, "body_format_override": _error_body(code, message)}
+    }
 
 
-LOCAL_REPLIES = [
+def _mapper(status: int, code: str | None, message: str = "", flag: str | None = None) -> dict[str, Any]:
+    filt: dict[str, Any] = _status_is(status)
+    if flag is not None:
+        filt = {"and_filter": {"filters": [filt, {"response_flag_filter": {"flags": [flag]}}]}}
+    mapper: dict[str, Any] = {"filter": filt}
+    if code is not None:  # None: the first match wins and keeps the body as it is
+        mapper["body_format_override"] = _error_body(code, message)
+    return mapper
+
+
+# Local replies Envoy makes itself get the JSON error body. The first matching mapper wins:
+# wardgate's own 401/403 denials (flag UAEX) already carry one and are kept as they are.
+LOCAL_REPLIES: list[tuple[int, str | None, str, str | None]] = [
+    (401, None, "", "UAEX"),
+    (403, None, "", "UAEX"),
+    (503, "unavailable", "authorization is unavailable; retry shortly", "UAEX"),
     (400, "bad_request", "the request is malformed", None),
-    (403, "forbidden", "your address is not allowed on this route", "RBAC"),
+    (403, "forbidden", "your address is not allowed on this route", None),
     (404, "not_found", "no route matches this request", None),
     (413, "payload_too_large", "the request body is larger than this route allows", None),
     (429, "rate_limited", "too many requests; retry later", None),
     (431, "headers_too_large", "the request headers are too large", None),
     (502, "bad_gateway", "the upstream service answered badly", None),
-    (503, "unavailable", "a service the gateway needs is unavailable", None),
+    (503, "unavailable", "the upstream service is unavailable", None),
     (504, "upstream_timeout", "the upstream service did not answer in time", None),
 ]
 

@@ -1,0 +1,146 @@
+"""Routes written to Redis go live through a real Envoy, and bad ones never reach it."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.support import Stack, echo, eventually, route, service
+
+pytestmark = pytest.mark.e2e
+
+
+def test_route_applied_with_cli_is_served_within_a_second_and_leaves_on_delete(stack: Stack) -> None:
+    with stack.client() as http:
+        assert http.get("/live-cli/x").status_code == 404
+        started = time.monotonic()
+        stack.apply(route("live-cli", "/live-cli", "echo"))
+        eventually(lambda: http.get("/live-cli/x").status_code == 200, timeout=1.0, interval=0.01)
+        served_after = time.monotonic() - started
+        assert echo(http.get("/live-cli/a/b"))["path"] == "/live-cli/a/b"
+        result = stack.cli("delete", "route", "live-cli")
+        assert result.returncode == 0, result.stderr
+        assert "route/live-cli deleted" in result.stdout
+        eventually(lambda: http.get("/live-cli/x").status_code == 404, timeout=1.0, interval=0.01)
+    assert served_after < 1.0
+
+
+def test_raw_hset_is_picked_up_like_a_cli_change(stack: Stack) -> None:
+    doc = route("live-raw", "/live-raw", "echo")
+    r = stack.redis()
+    with stack.client() as http:
+        r.hset(f"{stack.prefix}routes", "live-raw", json.dumps(doc))
+        eventually(lambda: http.get("/live-raw").status_code == 200, timeout=1.0, interval=0.01)
+        r.hdel(f"{stack.prefix}routes", "live-raw")
+        eventually(lambda: http.get("/live-raw").status_code == 404, timeout=1.0, interval=0.01)
+
+
+def test_not_found_has_the_json_error_body(stack: Stack) -> None:
+    with stack.client() as http:
+        resp = http.get("/no/such/route")
+    assert resp.status_code == 404
+    assert resp.headers["content-type"] == "application/json"
+    body = resp.json()
+    assert body["error"] == "not_found"
+    assert body["message"]
+    assert len(body["request_id"]) >= 16
+
+
+def test_prefix_matches_whole_path_segments_and_rewrites(stack: Stack) -> None:
+    stack.apply(route("seg", "/seg/api", "echo", rewrite_prefix="/inner"))
+    with stack.client() as http:
+        eventually(lambda: http.get("/seg/api").status_code == 200, timeout=2)
+        assert echo(http.get("/seg/api/users"))["path"] == "/inner/users"
+        assert http.get("/seg/apiX").status_code == 404
+
+
+def test_methods_and_headers_narrow_a_route(stack: Stack) -> None:
+    stack.apply(
+        route("narrow", "/narrow", "echo", match={"prefix": "/narrow", "methods": ["GET"], "headers": {"x-api-version": "v2"}})
+    )
+    with stack.client() as http:
+        eventually(lambda: http.get("/narrow", headers={"x-api-version": "v2"}).status_code == 200, timeout=2)
+        assert http.get("/narrow").status_code == 404
+        assert http.post("/narrow", headers={"x-api-version": "v2"}).status_code == 404
+
+
+def test_invalid_document_is_refused_by_the_cli_and_nothing_changes(stack: Stack) -> None:
+    stack.apply(route("keep", "/keep", "echo"))
+    before = stack.redis().hgetall(f"{stack.prefix}routes")
+    bad = stack.workdir / "bad.yaml"
+    bad.write_text(
+        "kind: Route\nname: keep\nmatch: {prefix: /keep2}\nbackend: echo\n---\n"
+        "kind: Route\nname: broken\nmatch: {prefix: nope}\nbackend: echo\n"
+    )
+    result = stack.cli("apply", "-f", str(bad))
+    assert result.returncode == 1
+    assert "route/broken" in result.stderr and "must start with '/'" in result.stderr
+    assert stack.redis().hgetall(f"{stack.prefix}routes") == before
+    missing = stack.workdir / "missing.yaml"
+    missing.write_text("kind: Route\nname: orphan\nmatch: {prefix: /orphan}\nbackend: no-such-service\n")
+    result = stack.cli("apply", "-f", str(missing))
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0
+    assert "no-such-service does not exist" in result.stderr
+    assert stack.redis().hgetall(f"{stack.prefix}routes") == before
+    with stack.client() as http:
+        assert http.get("/keep").status_code == 200
+        assert http.get("/keep2").status_code == 404
+
+
+def test_raw_invalid_document_is_refused_alone_and_shown_in_status(stack: Stack) -> None:
+    stack.apply(route("steady", "/steady", "echo"))
+    r = stack.redis()
+    with stack.client() as http:
+        eventually(lambda: http.get("/steady").status_code == 200, timeout=2)
+        r.hset(f"{stack.prefix}routes", "rawbad", json.dumps({"kind": "Route", "name": "rawbad", "match": {"prefix": "/rawbad"}, "backend": "echo", "timeout": "soon"}))
+        r.hset(f"{stack.prefix}routes", "rawjunk", "{not json")
+        r.hset(f"{stack.prefix}routes", "rawgood", json.dumps(route("rawgood", "/rawgood", "echo")))
+        eventually(lambda: http.get("/rawgood").status_code == 200, timeout=2)
+        assert http.get("/steady").status_code == 200
+        assert http.get("/rawbad").status_code == 404
+
+        def refused() -> bool:
+            status = json.loads(stack.cli("status", "-o", "json").stdout)
+            return "Route/rawbad" in status["refused"] and "Route/rawjunk" in status["refused"]
+
+        eventually(refused, timeout=3)
+        text = stack.cli("status").stdout
+        assert "Route/rawbad: timeout" in text
+        assert "not valid JSON" in text
+        r.hdel(f"{stack.prefix}routes", "rawbad", "rawjunk", "rawgood")
+
+
+def test_status_lists_the_connected_envoy_and_what_it_acked(stack: Stack) -> None:
+    def connected() -> dict:
+        status = json.loads(stack.cli("status", "-o", "json").stdout)
+        envoys = [e for e in status["envoys"] if e["node"] == "envoy-test"]
+        assert envoys and envoys[0]["types"]["RouteConfiguration"]["acked_version"]
+        return envoys[0]
+
+    envoy = eventually(connected, timeout=5, interval=0.3)
+    for t in ("Cluster", "Listener", "RouteConfiguration"):
+        assert envoy["types"][t]["acked_version"] == envoy["types"][t]["sent_version"]
+
+
+def test_services_translate_to_clusters_envoy_accepts(stack: Stack) -> None:
+    stack.apply(
+        service(
+            "full", stack.upstream_port, protocol="http", lb="least_request",
+            health_check={"path": "/healthz", "interval": "1s"},
+            circuit_breaker={"max_connections": 100, "max_pending_requests": 10, "max_requests": 100, "max_retries": 3},
+            outlier_detection={"consecutive_5xx": 5, "base_ejection_time": "30s"},
+        ),
+        route("full", "/full", "full", timeout="2s", retries={"attempts": 2, "on": ["5xx", "reset"]},
+              cors={"allow_origins": ["https://app.example.com"], "allow_credentials": True},
+              ip_deny=["203.0.113.0/24"], max_body_bytes=1024),
+    )
+    with stack.client() as http:
+        eventually(lambda: http.get("/full").status_code == 200, timeout=3)
+        big = http.post("/full", content=b"x" * 4096)
+        assert big.status_code == 413
+        assert big.json()["error"] == "payload_too_large"
+        assert http.post("/full", content=b"x" * 100).status_code == 200
+    assert "full::" in stack.admin("/clusters")
