@@ -1,0 +1,139 @@
+"""Sessions, roles and identity headers, through a real Envoy."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.support import Stack, echo, eventually, route
+
+pytestmark = pytest.mark.e2e
+SPOOFED = {"x-user-id": "mallory", "x-user-roles": "admin", "x-auth-method": "session"}
+
+
+@pytest.fixture(scope="module")
+def auth_routes(stack: Stack) -> Stack:
+    for name, password, roles in (("alice", "alice-password", ["user"]), ("root", "root-password", ["admin", "user"])):
+        args = ["users", "add", name, "--password-stdin"] + [a for r in roles for a in ("--role", r)]
+        result = stack.cli(*args, stdin=password + "\n")
+        assert result.returncode == 0, result.stderr
+    stack.apply(
+        route("au-public", "/au/public", "echo"),
+        route("au-me", "/au/me", "echo", auth={"require": "session"}),
+        route("au-admin", "/au/admin", "echo", auth={"require": "session", "roles": ["admin"]},
+              cors={"allow_origins": ["https://app.example.com"]}),
+    )
+    with stack.client() as http:
+        eventually(lambda: http.get("/au/public").status_code == 200, timeout=3)
+        eventually(lambda: http.get("/au/admin").status_code == 401, timeout=3)
+    return stack
+
+
+@contextlib.contextmanager
+def login(stack: Stack, user: str, password: str) -> Iterator[httpx.Client]:
+    with stack.client() as client:
+        resp = client.post("/auth/login", json={"username": user, "password": password})
+        assert resp.status_code == 200, resp.text
+        yield client
+
+
+def test_login_sets_a_strict_opaque_cookie(auth_routes: Stack) -> None:
+    with auth_routes.client() as http:
+        resp = http.post("/auth/login", json={"username": "alice", "password": "alice-password"})
+    assert resp.status_code == 200
+    assert resp.json()["user"] == "alice" and resp.json()["roles"] == ["user"]
+    cookie = resp.headers["set-cookie"]
+    value = cookie.split(";")[0].split("=", 1)[1]
+    assert cookie.startswith("wg_session=")
+    assert len(value) == 43  # 256 bits, URL-safe base64
+    for attr in ("HttpOnly", "SameSite=Lax", "Path=/"):
+        assert attr in cookie
+    # Redis keeps only the hash of the id.
+    keys = auth_routes.redis().keys(f"{auth_routes.prefix}session:*")
+    assert keys and all(value not in k for k in keys)
+
+
+def test_wrong_credentials_get_401_and_no_cookie(auth_routes: Stack) -> None:
+    with auth_routes.client() as http:
+        for body in ({"username": "alice", "password": "nope"}, {"username": "nobody", "password": "x"}):
+            resp = http.post("/auth/login", json=body)
+            assert resp.status_code == 401
+            assert "set-cookie" not in resp.headers
+            assert resp.json()["error"] == "invalid_credentials"
+        assert http.post("/auth/login", content=b"{not json", headers={"content-type": "application/json"}).status_code == 400
+        assert http.post("/auth/login", json={"username": 1, "password": []}).status_code == 400
+
+
+def test_protected_route_without_session_is_401_with_json(auth_routes: Stack) -> None:
+    with auth_routes.client() as http:
+        resp = http.get("/au/me")
+        assert resp.status_code == 401
+        assert resp.json()["error"] == "unauthenticated"
+        assert resp.json()["request_id"]
+        for bad in (b"garbage", b"a" * 43, b"x" * 5000, b"wg_session=", "\u00e9".encode() * 10):
+            http.cookies.clear()
+            resp = http.get("/au/me", headers={"cookie": b"wg_session=" + bad})
+            assert resp.status_code == 401, bad
+
+
+def test_session_without_the_role_is_403_and_with_it_200_with_identity(auth_routes: Stack) -> None:
+    with login(auth_routes, "alice", "alice-password") as alice:
+        assert alice.get("/au/admin").status_code == 403
+        assert alice.get("/au/admin").json()["error"] == "forbidden"
+        seen = echo(alice.get("/au/me"))["headers"]
+        assert (seen["x-user-id"], seen["x-user-roles"], seen["x-auth-method"]) == ("alice", "user", "session")
+        assert "x-request-id" in seen
+        assert "wg_session" not in seen.get("cookie", "")
+    with login(auth_routes, "root", "root-password") as root:
+        seen = echo(root.get("/au/admin"))["headers"]
+        assert seen["x-user-id"] == "root" and seen["x-user-roles"] == "admin,user"
+
+
+def test_client_sent_identity_headers_never_reach_the_upstream(auth_routes: Stack) -> None:
+    with auth_routes.client() as anon:
+        seen = echo(anon.get("/au/public", headers=SPOOFED))["headers"]
+        assert not set(SPOOFED) & set(seen)
+    with login(auth_routes, "alice", "alice-password") as alice:
+        seen = echo(alice.get("/au/me", headers=SPOOFED))["headers"]
+        assert seen["x-user-id"] == "alice" and seen["x-user-roles"] == "user"
+        seen = echo(alice.get("/au/public", headers={**SPOOFED, "cookie": "theme=dark"}))["headers"]
+        assert not set(SPOOFED) & set(seen)
+
+
+def test_other_cookies_still_reach_the_upstream(auth_routes: Stack) -> None:
+    with login(auth_routes, "alice", "alice-password") as alice:
+        alice.cookies.set("theme", "dark")
+        seen = echo(alice.get("/au/me"))["headers"]
+        assert "theme=dark" in seen["cookie"] and "wg_session" not in seen["cookie"]
+
+
+def test_logout_ends_the_session(auth_routes: Stack) -> None:
+    with login(auth_routes, "alice", "alice-password") as alice:
+        assert alice.get("/auth/session").json()["user"] == "alice"
+        cookie = alice.cookies["wg_session"]
+        assert alice.post("/auth/logout").status_code == 204
+        assert alice.get("/au/me", headers={"cookie": f"wg_session={cookie}"}).status_code == 401
+        assert alice.get("/auth/session", headers={"cookie": f"wg_session={cookie}"}).status_code == 401
+
+
+def test_revoking_a_users_sessions_from_the_cli(auth_routes: Stack) -> None:
+    with login(auth_routes, "alice", "alice-password") as alice:
+        assert alice.get("/au/me").status_code == 200
+        listed = auth_routes.cli("sessions", "list", "--user", "alice")
+        assert listed.returncode == 0 and "alice" in listed.stdout
+        result = auth_routes.cli("sessions", "revoke", "--user", "alice")
+        assert result.returncode == 0, result.stderr
+        assert alice.get("/au/me").status_code == 401
+
+
+def test_cross_site_unsafe_request_with_session_cookie_is_403(auth_routes: Stack) -> None:
+    with login(auth_routes, "root", "root-password") as root:
+        host = f"127.0.0.1:{auth_routes.listen_port}"
+        assert root.post("/au/admin", headers={"origin": "https://evil.example"}).json()["error"] == "csrf"
+        assert root.post("/au/admin", headers={"origin": "https://evil.example"}).status_code == 403
+        assert root.post("/au/admin", headers={"origin": f"http://{host}"}).status_code == 200
+        assert root.post("/au/admin", headers={"origin": "https://app.example.com"}).status_code == 200
+        assert root.get("/au/admin", headers={"origin": "https://evil.example"}).status_code == 200

@@ -1,0 +1,53 @@
+"""Redis or wardgate going away: authorization fails closed, rate limiting fails open, Envoy
+keeps its configuration, and everything recovers by itself."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support import Stack, eventually, route
+from wardgate import devstack
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def test_redis_down_fails_closed_for_auth_open_for_limits_and_recovers(private_stack: Stack) -> None:
+    s = private_stack
+    assert s.cli("users", "add", "carol", "--password-stdin", stdin="carol-password\n").returncode == 0
+    s.apply(
+        route("fm-open", "/fm-open", "echo", rate_limits=[{"by": "ip", "requests": 1000, "per": "hour"}]),
+        route("fm-closed", "/fm-closed", "echo", auth={"require": "session"}),
+    )
+    with s.client() as http:
+        eventually(lambda: http.get("/fm-open").status_code == 200, timeout=3)
+        assert http.post("/auth/login", json={"username": "carol", "password": "carol-password"}).status_code == 200
+        assert http.get("/fm-closed").status_code == 200
+
+        devstack.stop(s.procs.pop("redis-server"))
+        resp = http.get("/fm-closed")
+        assert resp.status_code == 503
+        assert resp.json()["error"] == "unavailable"
+        assert http.get("/fm-open").status_code == 200  # fail open
+        assert http.post("/auth/login", json={"username": "carol", "password": "carol-password"}).status_code == 503
+        metrics = http.get(f"http://127.0.0.1:{s.http_port}/metrics").text
+        assert 'wardgate_ratelimit_failures_total{mode="open"}' in metrics
+        assert 'wardgate_authz_decisions_total{decision="error",method="none",reason="store_error"}' in metrics
+
+        port = int(s.redis_url.rsplit(":", 1)[1].split("/")[0])
+        s.procs["redis-server"] = devstack.start_redis(port, s.workdir / "redis2")
+        # A fresh, empty Redis: the session is gone, so 401 means wardgate reaches Redis again.
+        eventually(lambda: http.get("/fm-closed").status_code == 401, timeout=5)
+
+
+def test_envoy_keeps_serving_while_wardgate_is_down_and_reconnects(private_stack: Stack) -> None:
+    s = private_stack
+    s.apply(route("fm-keep", "/fm-keep", "echo"))
+    with s.client() as http:
+        eventually(lambda: http.get("/fm-keep").status_code == 200, timeout=3)
+        devstack.stop(s.procs.pop("wardgate"))
+        assert http.get("/fm-keep").status_code == 200
+        assert http.get("/nothing-here").status_code == 404
+        s.start_wardgate()
+        s.apply(route("fm-new", "/fm-new", "echo"))
+        eventually(lambda: http.get("/fm-new").status_code == 200, timeout=10)
+        assert http.get("/fm-keep").status_code == 200
