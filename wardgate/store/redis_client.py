@@ -12,8 +12,14 @@ from wardgate.errors import SettingsError
 AnyRedis = Any  # aioredis.Redis | RedisCluster; both speak the commands wardgate uses
 
 
-def connect(url: str, *, timeout: float, name: str = "wardgate") -> AnyRedis:
-    """A client for ``url`` whose every command gives up after ``timeout`` seconds."""
+def connect(
+    url: str, *, timeout: float, name: str = "wardgate", max_connections: int = 64
+) -> AnyRedis:
+    """A client for ``url`` whose every command gives up after ``timeout`` seconds.
+
+    At most ``max_connections`` connections; a command that finds them all busy waits for
+    one up to ``timeout`` instead of failing at once (redis-py's default pool raises).
+    """
     kwargs: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
@@ -21,10 +27,14 @@ def connect(url: str, *, timeout: float, name: str = "wardgate") -> AnyRedis:
         "client_name": name,
     }
     if url.startswith(("redis+cluster://", "rediss+cluster://")):
-        return RedisCluster.from_url(url.replace("+cluster", "", 1), **kwargs)
+        return RedisCluster.from_url(
+            url.replace("+cluster", "", 1), max_connections=max_connections, **kwargs
+        )
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise SettingsError(
             f"REDIS_URL {url!r}: use redis://host:port/db, rediss://... or redis+cluster://host:port"
         )
-    kwargs["retry_on_timeout"] = False
-    return aioredis.Redis.from_url(url, **kwargs)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=timeout, **kwargs
+    )
+    return aioredis.Redis.from_pool(pool)  # closing the client closes the pool

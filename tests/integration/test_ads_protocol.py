@@ -1,0 +1,186 @@
+"""The state-of-the-world ADS servicer on a real grpc.aio server, driven by a scripted client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import json_format
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.rpc import status_pb2
+from wardgate import devstack
+from wardgate.metrics import create_metrics
+from wardgate.xds.nodes import NodeRegistry
+from wardgate.xds.snapshot import TYPE_CLUSTER, TYPE_LISTENER, TYPE_ROUTE, Resources, Snapshot, SnapshotCache
+from wardgate.xds.sotw import AggregatedDiscoveryService
+from wardgate.xds.translate import TranslateOptions, build_listener
+
+pytestmark = pytest.mark.integration
+
+
+def clusters(*names: str) -> Resources:
+    msgs = [json_format.ParseDict({"name": n, "type": "STATIC", "connect_timeout": "1s"}, cluster_pb2.Cluster()) for n in names]
+    return Resources.of(msgs, lambda m: m.name)
+
+
+def routes(name: str, prefix: str) -> Resources:
+    msg = json_format.ParseDict(
+        {"name": name, "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": prefix}, "direct_response": {"status": 200}}]}]},
+        route_pb2.RouteConfiguration(),
+    )
+    return Resources.of([msg], lambda m: m.name)
+
+
+class Client:
+    def __init__(self, stub: Any) -> None:
+        self.queue: asyncio.Queue[discovery_pb2.DiscoveryRequest] = asyncio.Queue()
+        self.call = stub.StreamAggregatedResources(self._requests())
+        self.responses: asyncio.Queue[discovery_pb2.DiscoveryResponse] = asyncio.Queue()
+        self.reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        async for resp in self.call:
+            await self.responses.put(resp)
+
+    async def _requests(self) -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
+        while True:
+            yield await self.queue.get()
+
+    async def send(self, type_url: str, *, names: tuple[str, ...] = (), version: str = "", nonce: str = "", error: str | None = None) -> None:
+        req = discovery_pb2.DiscoveryRequest(
+            type_url=type_url, resource_names=list(names), version_info=version, response_nonce=nonce,
+            node=base_pb2.Node(id="test-node"),
+        )
+        if error is not None:
+            req.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
+        await self.queue.put(req)
+
+    async def recv(self, timeout: float = 2.0) -> discovery_pb2.DiscoveryResponse:
+        return await asyncio.wait_for(self.responses.get(), timeout)
+
+    async def nothing(self, timeout: float = 0.3) -> bool:
+        try:
+            await asyncio.wait_for(self.responses.get(), timeout)
+        except TimeoutError:
+            return True
+        return False
+
+
+async def with_server(test: Any) -> None:
+    cache = SnapshotCache(listener_factory=lambda g: build_listener(g.listen_address, g.listen_port, TranslateOptions()))
+    nodes = NodeRegistry()
+    metrics = create_metrics()
+    server = grpc.aio.server()
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
+        AggregatedDiscoveryService(cache=cache, nodes=nodes, metrics=metrics, default_listen_port=10000), server
+    )
+    port = devstack.free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            client = Client(ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel))
+            try:
+                await test(client, cache, nodes, metrics)
+            finally:
+                client.call.cancel()
+                with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                    await client.reader
+    finally:
+        await server.stop(None)
+
+
+def test_push_ack_and_push_only_on_change() -> None:
+    async def test(c: Client, cache: SnapshotCache, nodes: NodeRegistry, metrics: Any) -> None:
+        await c.send(TYPE_CLUSTER)
+        assert await c.nothing()  # no snapshot yet: the request waits
+        cache.set_base(Snapshot({TYPE_CLUSTER: clusters("a"), TYPE_ROUTE: routes("rc", "/")}))
+        first = await c.recv()
+        assert [r.type_url for r in first.resources] == [TYPE_CLUSTER]
+        await c.send(TYPE_CLUSTER, version=first.version_info, nonce=first.nonce)
+        assert await c.nothing()  # ACK of the current version: nothing to send
+        cache.set_base(Snapshot({TYPE_CLUSTER: clusters("a"), TYPE_ROUTE: routes("rc", "/")}))
+        assert await c.nothing()  # same content, same version: not pushed again
+        cache.set_base(Snapshot({TYPE_CLUSTER: clusters("a", "b"), TYPE_ROUTE: routes("rc", "/")}))
+        second = await c.recv()
+        assert second.version_info != first.version_info and len(second.resources) == 2
+        assert second.nonce != first.nonce
+        assert len(nodes) == 1 and nodes.snapshot()[0]["node"] == "test-node"
+
+    asyncio.run(with_server(test))
+
+
+def test_nack_is_recorded_and_the_rejected_version_is_not_resent() -> None:
+    async def test(c: Client, cache: SnapshotCache, nodes: NodeRegistry, metrics: Any) -> None:
+        cache.set_base(Snapshot({TYPE_CLUSTER: clusters("a")}))
+        await c.send(TYPE_CLUSTER)
+        first = await c.recv()
+        await c.send(TYPE_CLUSTER, version="", nonce=first.nonce, error="bad cluster a")
+        assert await c.nothing(0.5)
+        state = nodes.snapshot()[0]["types"]["Cluster"]
+        assert state["nack_error"] == "bad cluster a" and state["nacked_version"] == first.version_info
+        assert metrics.xds_nacks.labels("Cluster")._value.get() == 1
+        cache.set_base(Snapshot({TYPE_CLUSTER: clusters("fixed")}))
+        fixed = await c.recv()
+        assert fixed.resources[0].value != first.resources[0].value
+
+    asyncio.run(with_server(test))
+
+
+def test_stale_nonce_is_ignored() -> None:
+    async def test(c: Client, cache: SnapshotCache, nodes: NodeRegistry, metrics: Any) -> None:
+        cache.set_base(Snapshot({TYPE_CLUSTER: clusters("a")}))
+        await c.send(TYPE_CLUSTER)
+        first = await c.recv()
+        cache.set_base(Snapshot({TYPE_CLUSTER: clusters("a", "b")}))
+        await c.send(TYPE_CLUSTER, version=first.version_info, nonce=first.nonce)
+        second = await c.recv()
+        # A late request answering the first response: stale, must not trigger anything.
+        await c.send(TYPE_CLUSTER, version=first.version_info, nonce=first.nonce, error="late")
+        assert await c.nothing()
+        assert nodes.snapshot()[0]["types"]["Cluster"]["nack_error"] == ""
+        await c.send(TYPE_CLUSTER, version=second.version_info, nonce=second.nonce)
+        assert await c.nothing()
+
+    asyncio.run(with_server(test))
+
+
+def test_named_resources_that_appear_later_are_pushed() -> None:
+    async def test(c: Client, cache: SnapshotCache, nodes: NodeRegistry, metrics: Any) -> None:
+        cache.set_base(Snapshot({TYPE_ROUTE: routes("other", "/")}))
+        await c.send(TYPE_ROUTE, names=("wanted",))
+        empty = await c.recv()
+        assert list(empty.resources) == []
+        await c.send(TYPE_ROUTE, names=("wanted",), version=empty.version_info, nonce=empty.nonce)
+        cache.set_base(Snapshot({TYPE_ROUTE: Resources({**routes("other", "/").items, **routes("wanted", "/w").items}, "v2")}))
+        got = await c.recv()
+        assert len(got.resources) == 1
+        msg = route_pb2.RouteConfiguration()
+        got.resources[0].Unpack(msg)
+        assert msg.name == "wanted"
+
+    asyncio.run(with_server(test))
+
+
+def test_listener_follows_the_node_metadata_port() -> None:
+    async def test(c: Client, cache: SnapshotCache, nodes: NodeRegistry, metrics: Any) -> None:
+        cache.set_base(Snapshot({TYPE_CLUSTER: clusters("a")}))
+        req = discovery_pb2.DiscoveryRequest(type_url=TYPE_LISTENER, node=base_pb2.Node(id="n"))
+        req.node.metadata.update({"listen_port": 12345})
+        await c.queue.put(req)
+        resp = await c.recv()
+        from envoy.config.listener.v3 import listener_pb2
+
+        listener = listener_pb2.Listener()
+        resp.resources[0].Unpack(listener)
+        assert listener.address.socket_address.port_value == 12345
+
+    asyncio.run(with_server(test))

@@ -1,0 +1,126 @@
+"""Session, user and document stores against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import redis as sync_redis
+
+from wardgate.domain.catalog import plan_apply, plan_delete
+from wardgate.domain.documents import parse_document
+from wardgate.domain.ports import SessionRecord, UserRecord
+from wardgate.errors import DocumentError, StoreError
+from wardgate.store.documents import RedisDocumentStore
+from wardgate.store.keys import Keys
+from wardgate.store.redis_client import connect
+from wardgate.store.redis_store import RedisSessionStore, RedisUserStore
+from wardgate import devstack
+
+pytestmark = pytest.mark.integration
+
+
+def run(redis_url: str, body: Callable[[Any], Awaitable[Any]]) -> Any:
+    async def main() -> Any:
+        r = connect(redis_url, timeout=2.0)
+        try:
+            return await body(r)
+        finally:
+            await r.aclose()
+
+    return asyncio.run(main())
+
+
+def test_sessions_expire_list_and_revoke_per_user(redis_url: str, prefix: str) -> None:
+    keys = Keys(prefix)
+
+    async def body(r: Any) -> None:
+        store = RedisSessionStore(redis=r, keys=keys)
+        for i, user in enumerate(["ann", "ann", "bob"]):
+            await store.create_session(SessionRecord(f"{i:064x}", user, ("user",), 1000.0, 1000.0 + 60))
+        got = await store.get_session(f"{0:064x}")
+        assert got is not None and got.user == "ann" and got.roles == ("user",)
+        assert 0 < await r.pttl(keys.session(f"{0:064x}")) <= 60_000
+        assert [s.user for s in await store.list_sessions("ann")] == ["ann", "ann"]
+        assert len(await store.list_sessions()) == 3
+        assert await store.delete_user_sessions("ann") == 2
+        assert await store.get_session(f"{0:064x}") is None
+        assert await store.delete_session(f"{2:064x}") is True
+        assert await store.delete_session(f"{2:064x}") is False
+        assert await store.list_sessions() == []
+
+    run(redis_url, body)
+
+
+def test_users_round_trip(redis_url: str, prefix: str) -> None:
+    async def body(r: Any) -> None:
+        store = RedisUserStore(redis=r, keys=Keys(prefix))
+        await store.put_user(UserRecord("dora", "scrypt$1$1$1$c2FsdA==$aGFzaA==", ("admin", "ops")))
+        assert (await store.get_user("dora")) == UserRecord("dora", "scrypt$1$1$1$c2FsdA==$aGFzaA==", ("admin", "ops"))
+        assert [u.name for u in await store.list_users()] == ["dora"]
+        assert await store.delete_user("dora") is True
+        assert await store.get_user("dora") is None
+
+    run(redis_url, body)
+
+
+def test_unreachable_redis_raises_store_error_quickly() -> None:
+    async def main() -> None:
+        r = connect(f"redis://127.0.0.1:{devstack.free_port()}/0", timeout=0.2)
+        try:
+            with pytest.raises(StoreError):
+                await RedisUserStore(redis=r, keys=Keys()).get_user("x")
+        finally:
+            await r.aclose()
+
+    asyncio.run(main())
+
+
+SVC = {"kind": "Service", "name": "s", "endpoints": [{"address": "127.0.0.1", "port": 1}]}
+ROUTE = {"kind": "Route", "name": "r", "match": {"prefix": "/r"}, "backend": "s"}
+
+
+def test_commit_is_all_or_nothing_and_recorded(redis_url: str, prefix: str) -> None:
+    keys = Keys(prefix)
+
+    async def body(r: Any) -> None:
+        store = RedisDocumentStore(redis=r, keys=keys)
+        docs = [parse_document(SVC), parse_document(ROUTE)]
+        revision, changes = await store.commit(lambda cur: plan_apply(cur, docs))
+        assert revision == 1 and [c.action for c in changes] == ["created", "created"]
+        bad = [parse_document({**ROUTE, "name": "r2", "backend": "missing"}), parse_document({**SVC, "name": "s2"})]
+        with pytest.raises(DocumentError):
+            await store.commit(lambda cur: plan_apply(cur, bad))
+        assert set(await r.hkeys(keys.services)) == {"s"}
+        assert await store.revision() == 1
+        with pytest.raises(DocumentError, match="route r still uses it"):
+            await store.commit(lambda cur: [plan_delete(cur, "Service", "s")])
+        history = await store.history()
+        assert history[0]["revision"] == 1 and history[0]["changes"][0]["before"] is None
+
+    run(redis_url, body)
+
+
+def test_commit_retries_when_a_concurrent_writer_interferes(redis_url: str, prefix: str) -> None:
+    keys = Keys(prefix)
+
+    async def body(r: Any) -> None:
+        store = RedisDocumentStore(redis=r, keys=keys)
+        calls = {"n": 0}
+
+        def plan(cur: Any) -> Any:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                # Someone else writes between our read and our write: WATCH must catch it.
+                with sync_redis.Redis.from_url(redis_url) as intruder:
+                    intruder.hset(keys.services, "intruder", json.dumps({**SVC, "name": "intruder"}))
+            return plan_apply(cur, [parse_document(SVC)])
+
+        await store.commit(plan)
+        assert calls["n"] == 2
+        assert set(await r.hkeys(keys.services)) == {"s", "intruder"}
+
+    run(redis_url, body)
