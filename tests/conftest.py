@@ -15,13 +15,16 @@ _prefixes = itertools.count(1)
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
-        "--redis-url", default=os.environ.get("WARDGATE_TEST_REDIS_URL"),
+        "--redis-url",
+        default=os.environ.get("WARDGATE_TEST_REDIS_URL"),
         help="Use this Redis instead of starting a private redis-server.",
     )
 
 
 @pytest.fixture(scope="session")
-def redis_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def redis_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     given = request.config.getoption("--redis-url")
     if given:
         yield given
@@ -43,7 +46,9 @@ def prefix() -> str:
 def _start_stack(workdir: Path, redis_url: str, prefix: str) -> Stack:
     stack = new_stack(workdir, redis_url, prefix)
     try:
-        stack.procs["upstream"] = devstack.start_upstream(stack.upstream_port, "echo", workdir / "upstream.log")
+        stack.procs["upstream"] = devstack.start_upstream(
+            stack.upstream_port, "echo", workdir / "upstream.log"
+        )
         stack.start_wardgate()
         stack.start_envoy()
         stack.apply(service("echo", stack.upstream_port))

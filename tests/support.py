@@ -53,10 +53,15 @@ class Stack:
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.base, timeout=5.0, **kwargs)
 
-    def cli(self, *args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "wardgate", *args],
-            input=stdin, capture_output=True, text=True, timeout=60,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
             env={**os.environ, **self.env, **(env or {})},
         )
 
@@ -72,14 +77,20 @@ class Stack:
 
     def start_wardgate(self, *args: str, extra_env: dict[str, str] | None = None) -> None:
         self.procs["wardgate"] = devstack.start_wardgate(
-            env={**self.env, **(extra_env or {})}, http_port=self.http_port,
-            log=self.workdir / "wardgate.log", args=args,
+            env={**self.env, **(extra_env or {})},
+            http_port=self.http_port,
+            log=self.workdir / "wardgate.log",
+            args=args,
         )
 
     def start_envoy(self, node_id: str = "envoy-test", **kwargs: Any) -> subprocess.Popen[bytes]:
         proc = devstack.start_envoy(
-            workdir=self.workdir, node_id=node_id, listen_port=self.listen_port,
-            admin_port=self.admin_port, wardgate_port=self.grpc_port, **kwargs,
+            workdir=self.workdir,
+            node_id=node_id,
+            listen_port=self.listen_port,
+            admin_port=self.admin_port,
+            wardgate_port=self.grpc_port,
+            **kwargs,
         )
         self.procs[node_id] = proc
         return proc
@@ -91,9 +102,13 @@ class Stack:
 
 def new_stack(workdir: Path, redis_url: str, prefix: str) -> Stack:
     return Stack(
-        workdir=workdir, redis_url=redis_url, prefix=prefix,
-        grpc_port=devstack.free_port(), http_port=devstack.free_port(),
-        listen_port=devstack.free_port(), admin_port=devstack.free_port(),
+        workdir=workdir,
+        redis_url=redis_url,
+        prefix=prefix,
+        grpc_port=devstack.free_port(),
+        http_port=devstack.free_port(),
+        listen_port=devstack.free_port(),
+        admin_port=devstack.free_port(),
         upstream_port=devstack.free_port(),
     )
 
@@ -115,7 +130,12 @@ def eventually(check: Callable[[], Any], *, timeout: float = 5.0, interval: floa
 
 
 def service(name: str, port: int, **extra: Any) -> dict[str, Any]:
-    return {"kind": "Service", "name": name, "endpoints": [{"address": "127.0.0.1", "port": port}], **extra}
+    return {
+        "kind": "Service",
+        "name": name,
+        "endpoints": [{"address": "127.0.0.1", "port": port}],
+        **extra,
+    }
 
 
 def route(name: str, prefix: str, backend: str, **extra: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import yaml
 from redis.exceptions import RedisError
 
 from wardgate.domain.catalog import Change, plan_apply, plan_delete
-from wardgate.domain.documents import Document, parse_document, to_json_dict
+from wardgate.domain.documents import Document, parse_document
 from wardgate.errors import DocumentError, WardgateError
 from wardgate.settings import Settings, load_settings
 from wardgate.store.documents import RedisDocumentStore
@@ -51,7 +51,9 @@ def settings_of(ctx: click.Context) -> Settings:
 
 
 async def open_redis(settings: Settings) -> AnyRedis:
-    client = connect(settings.redis_url, timeout=max(2.0, settings.redis_timeout), name="wardgate-cli")
+    client = connect(
+        settings.redis_url, timeout=max(2.0, settings.redis_timeout), name="wardgate-cli"
+    )
     try:
         await client.ping()
     except (RedisError, OSError) as exc:
@@ -160,7 +162,12 @@ def _summary(kind: str, doc: dict[str, Any]) -> list[str]:
         backend = doc.get("backend") or ",".join(
             f"{b['service']}:{b['weight']}" for b in doc.get("backends", [])
         )
-        return [doc["name"], f"{methods} {where}", backend, doc.get("auth", {}).get("require", "none")]
+        return [
+            doc["name"],
+            f"{methods} {where}",
+            backend,
+            doc.get("auth", {}).get("require", "none"),
+        ]
     eps = ",".join(f"{e['address']}:{e['port']}" for e in doc.get("endpoints", []))
     return [doc["name"], doc.get("protocol", "http"), eps]
 
@@ -194,7 +201,11 @@ async def get(ctx: click.Context, kind: str, name: str | None, output: str) -> N
     elif output == "yaml":
         click.echo(yaml.safe_dump_all(docs, sort_keys=False).rstrip())
     else:
-        header = ["NAME", "MATCH", "BACKEND", "AUTH"] if k == "Route" else ["NAME", "PROTOCOL", "ENDPOINTS"]
+        header = (
+            ["NAME", "MATCH", "BACKEND", "AUTH"]
+            if k == "Route"
+            else ["NAME", "PROTOCOL", "ENDPOINTS"]
+        )
         rows = [header] + [_summary(k, d) for d in docs]
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         for r in rows:
@@ -265,7 +276,9 @@ async def status(ctx: click.Context, output: str) -> None:
         for node in entry.get("nodes", []):
             nodes.append({**node, "worker": entry.get("worker")})
     if output == "json":
-        click.echo(json.dumps({"revision": revision, "envoys": nodes, "refused": refused}, indent=2))
+        click.echo(
+            json.dumps({"revision": revision, "envoys": nodes, "refused": refused}, indent=2)
+        )
         return
     click.echo(f"revision: {revision}")
     click.echo(f"envoys: {len(nodes)}")
@@ -289,7 +302,11 @@ async def status(ctx: click.Context, output: str) -> None:
 @click.option("--wardgate-port", default=18000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--delta", is_flag=True, help="Incremental xDS (DELTA_GRPC).")
 def bootstrap(
-    node_id: str, listen_port: int, admin_port: int, wardgate_host: str, wardgate_port: int,
+    node_id: str,
+    listen_port: int,
+    admin_port: int,
+    wardgate_host: str,
+    wardgate_port: int,
     delta: bool,
 ) -> None:
     """Print an Envoy bootstrap that takes its configuration from wardgate."""
@@ -297,20 +314,29 @@ def bootstrap(
 
     click.echo(
         render_bootstrap(
-            node_id=node_id, listen_port=listen_port, admin_port=admin_port,
-            wardgate_port=wardgate_port, wardgate_host=wardgate_host, delta=delta,
+            node_id=node_id,
+            listen_port=listen_port,
+            admin_port=admin_port,
+            wardgate_port=wardgate_port,
+            wardgate_host=wardgate_host,
+            delta=delta,
         )
     )
 
 
 @cli.command()
-@click.option("--workers", type=click.IntRange(1, 64), default=None, help="Processes (SO_REUSEPORT).")
+@click.option(
+    "--workers", type=click.IntRange(1, 64), default=None, help="Processes (SO_REUSEPORT)."
+)
 @click.option("--grpc-port", type=click.IntRange(1, 65535), default=None)
 @click.option("--http-port", type=click.IntRange(1, 65535), default=None)
 @click.option("--bind", "bind_host", default=None, help="Address to listen on.")
 @click.pass_context
 def serve(
-    ctx: click.Context, workers: int | None, grpc_port: int | None, http_port: int | None,
+    ctx: click.Context,
+    workers: int | None,
+    grpc_port: int | None,
+    http_port: int | None,
     bind_host: str | None,
 ) -> None:
     """Run the wardgate service (ADS, ext_authz, rate limit, HTTP) until SIGINT/SIGTERM."""
@@ -320,7 +346,9 @@ def serve(
         **{
             k: v
             for k, v in {
-                "workers": workers, "grpc_port": grpc_port, "http_port": http_port,
+                "workers": workers,
+                "grpc_port": grpc_port,
+                "http_port": http_port,
                 "bind_host": bind_host,
             }.items()
             if v is not None

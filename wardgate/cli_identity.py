@@ -16,7 +16,7 @@ from wardgate.domain.sessions import MAX_PASSWORD, MAX_USERNAME
 from wardgate.store.keys import Keys
 from wardgate.store.redis_store import RedisSessionStore, RedisUserStore
 
-USERNAME_RE = re.compile(r"^[A-Za-z0-9._@-]{1,%d}$" % MAX_USERNAME)
+USERNAME_RE = re.compile(rf"^[A-Za-z0-9._@-]{{1,{MAX_USERNAME}}}$")
 ROLE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
@@ -31,7 +31,9 @@ def users() -> None:
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 @click.pass_context
 @run_async
-async def users_add(ctx: click.Context, name: str, roles: tuple[str, ...], password_stdin: bool) -> None:
+async def users_add(
+    ctx: click.Context, name: str, roles: tuple[str, ...], password_stdin: bool
+) -> None:
     """Create or replace user NAME."""
     if not USERNAME_RE.match(name):
         raise CliError(f"user name {name!r}: 1-{MAX_USERNAME} of letters, digits, . _ @ -")
@@ -53,7 +55,9 @@ async def users_add(ctx: click.Context, name: str, roles: tuple[str, ...], passw
         await store.put_user(UserRecord(name, digest, tuple(dict.fromkeys(roles))))
         if existed:
             # New credentials or roles: end the sessions that carried the old ones.
-            await RedisSessionStore(redis=redis, keys=Keys(settings.key_prefix)).delete_user_sessions(name)
+            await RedisSessionStore(
+                redis=redis, keys=Keys(settings.key_prefix)
+            ).delete_user_sessions(name)
     finally:
         await redis.aclose()
     click.echo(f"user/{name} {'configured' if existed else 'created'}")
@@ -106,7 +110,9 @@ async def sessions_list(ctx: click.Context, user: str | None) -> None:
     settings = settings_of(ctx)
     redis = await open_redis(settings)
     try:
-        rows = await RedisSessionStore(redis=redis, keys=Keys(settings.key_prefix)).list_sessions(user)
+        rows = await RedisSessionStore(redis=redis, keys=Keys(settings.key_prefix)).list_sessions(
+            user
+        )
     finally:
         await redis.aclose()
     click.echo("ID                USER  CREATED              EXPIRES")

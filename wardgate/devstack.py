@@ -31,13 +31,17 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def wait_port(port: int, *, proc: subprocess.Popen[bytes] | None = None, timeout: float = 15.0, what: str = "") -> None:
+def wait_port(
+    port: int, *, proc: subprocess.Popen[bytes] | None = None, timeout: float = 15.0, what: str = ""
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if port_open(port):
             return
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what or proc.args} exited with {proc.returncode} before listening on {port}")
+            raise RuntimeError(
+                f"{what or proc.args!r} exited with {proc.returncode} before listening on {port}"
+            )
         time.sleep(0.05)
     raise TimeoutError(f"{what or 'process'} did not listen on port {port} within {timeout}s")
 
@@ -67,11 +71,15 @@ def ensure_redis_server() -> str:
     if found:
         return found
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        print("redis-server is missing: installing it with apt-get ...", file=sys.stderr, flush=True)
+        print(
+            "redis-server is missing: installing it with apt-get ...", file=sys.stderr, flush=True
+        )
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, stdout=subprocess.DEVNULL)
         subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "redis-server"], check=True, env=env,
+            ["apt-get", "install", "-y", "-qq", "redis-server"],
+            check=True,
+            env=env,
             stdout=subprocess.DEVNULL,
         )
         found = shutil.which("redis-server")
@@ -88,11 +96,24 @@ def start_redis(port: int, workdir: Path, *, log: Path | None = None) -> subproc
     with open(log or workdir / "redis.log", "ab") as out:
         proc = subprocess.Popen(
             [
-                binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(workdir), "--protected-mode", "yes",
-                "--notify-keyspace-events", "Khg",
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(workdir),
+                "--protected-mode",
+                "yes",
+                "--notify-keyspace-events",
+                "Khg",
             ],
-            stdout=out, stderr=subprocess.STDOUT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     wait_port(port, proc=proc, what="redis-server")
     return proc
@@ -104,7 +125,9 @@ def start_wardgate(
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "wardgate", "serve", *args],
-            env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     wait_http(f"http://127.0.0.1:{http_port}/healthz", timeout=20)
     return proc
@@ -125,17 +148,29 @@ def start_envoy(
     config = workdir / f"envoy-{node_id}.yaml"
     config.write_text(
         render_bootstrap(
-            node_id=node_id, listen_port=listen_port, admin_port=admin_port,
-            wardgate_port=wardgate_port, delta=delta,
+            node_id=node_id,
+            listen_port=listen_port,
+            admin_port=admin_port,
+            wardgate_port=wardgate_port,
+            delta=delta,
         )
     )
     with open(workdir / f"envoy-{node_id}.log", "ab") as out:
         proc = subprocess.Popen(
             [
-                find_envoy(), "-c", str(config), "--use-dynamic-base-id", "--concurrency",
-                str(concurrency), "--log-level", log_level, "--drain-time-s", "1",
+                find_envoy(),
+                "-c",
+                str(config),
+                "--use-dynamic-base-id",
+                "--concurrency",
+                str(concurrency),
+                "--log-level",
+                log_level,
+                "--drain-time-s",
+                "1",
             ],
-            stdout=out, stderr=subprocess.STDOUT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     wait_port(admin_port, proc=proc, what="envoy", timeout=30)
     return proc
@@ -145,7 +180,8 @@ def start_upstream(port: int, name: str, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "wardgate.demo.upstream", "--port", str(port), "--name", name],
-            stdout=out, stderr=subprocess.STDOUT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     wait_port(port, proc=proc, what=f"upstream {name}")
     return proc

@@ -36,7 +36,7 @@ class DocumentError(WardgateError):
         super().__init__(f"{where}{reason}")
 
 
-class ReferenceError_(DocumentError):  # noqa: N801 - avoid shadowing the builtin ReferenceError
+class ReferenceError_(DocumentError):
     """A document refers to a document that does not exist (or is being deleted)."""
 
 

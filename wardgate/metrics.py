@@ -92,7 +92,9 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         documents_refused=Gauge(
             "wardgate_documents_refused", "Stored documents refused by validation now.", registry=r
         ),
-        documents=Gauge("wardgate_documents", "Valid documents served, by kind.", ["kind"], registry=r),
+        documents=Gauge(
+            "wardgate_documents", "Valid documents served, by kind.", ["kind"], registry=r
+        ),
     )
 
 

@@ -13,12 +13,12 @@ import time
 
 import grpc
 from aiohttp import web
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from redis.exceptions import RedisError
-
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.ratelimit.v3 import rls_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from redis.exceptions import RedisError
+
 from wardgate.domain.authz import Authorizer
 from wardgate.domain.ratelimit import RateLimiter
 from wardgate.domain.sessions import SessionService
@@ -70,7 +70,9 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
     metrics = metrics or create_metrics()
     keys = Keys(settings.key_prefix)
     hot = connect(settings.redis_url, timeout=settings.redis_timeout, name="wardgate-hot")
-    control = connect(settings.redis_url, timeout=max(5.0, settings.redis_timeout), name="wardgate-control")
+    control = connect(
+        settings.redis_url, timeout=max(5.0, settings.redis_timeout), name="wardgate-control"
+    )
 
     users = RedisUserStore(redis=hot, keys=keys)
     session_store = RedisSessionStore(redis=hot, keys=keys)
@@ -159,7 +161,10 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     log.info(
         "wardgate serving: gRPC %s, HTTP %s:%d, redis %s",
-        address, settings.bind_host, settings.http_port, _redact(settings.redis_url),
+        address,
+        settings.bind_host,
+        settings.http_port,
+        _redact(settings.redis_url),
     )
     try:
         await stop.wait()

@@ -26,7 +26,10 @@ from wardgate.store.redis_store import RedisUserStore
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DEMO_UPSTREAM_PORT = 8081
-DEMO_USERS = {"alice": ("alice-password", ("user",)), "admin": ("admin-password", ("admin", "user"))}
+DEMO_USERS = {
+    "alice": ("alice-password", ("user",)),
+    "admin": ("admin-password", ("admin", "user")),
+}
 
 
 async def _seed(redis_url: str, examples: Path, offset: int, upstream_port: int) -> None:
@@ -42,9 +45,13 @@ async def _seed(redis_url: str, examples: Path, offset: int, upstream_port: int)
         shifted.append(d)
     redis = connect(redis_url, timeout=5.0, name="wardgate-up")
     try:
-        store = RedisDocumentStore(redis=redis, keys=Keys(os.environ.get("WARDGATE_KEY_PREFIX", "wardgate:")))
+        store = RedisDocumentStore(
+            redis=redis, keys=Keys(os.environ.get("WARDGATE_KEY_PREFIX", "wardgate:"))
+        )
         await store.commit(lambda current: plan_apply(current, shifted))
-        users = RedisUserStore(redis=redis, keys=Keys(os.environ.get("WARDGATE_KEY_PREFIX", "wardgate:")))
+        users = RedisUserStore(
+            redis=redis, keys=Keys(os.environ.get("WARDGATE_KEY_PREFIX", "wardgate:"))
+        )
         for name, (password, roles) in DEMO_USERS.items():
             if await users.get_user(name) is None:
                 digest = await asyncio.to_thread(hash_password, password)
@@ -54,30 +61,61 @@ async def _seed(redis_url: str, examples: Path, offset: int, upstream_port: int)
 
 
 @click.command()
-@click.option("--listen-port", type=click.IntRange(1, 65535), default=10000, show_default=True,
-              envvar="WARDGATE_LISTEN_PORT")
+@click.option(
+    "--listen-port",
+    type=click.IntRange(1, 65535),
+    default=10000,
+    show_default=True,
+    envvar="WARDGATE_LISTEN_PORT",
+)
 @click.option("--admin-port", type=click.IntRange(1, 65535), default=9901, show_default=True)
 @click.option("--grpc-port", type=click.IntRange(1, 65535), default=18000, show_default=True)
 @click.option("--http-port", type=click.IntRange(1, 65535), default=18080, show_default=True)
-@click.option("--redis-port", type=click.IntRange(1, 65535), default=16379, show_default=True,
-              help="Port of the private redis-server (when REDIS_URL is not set).")
-@click.option("--port-offset", type=click.IntRange(0, 1000), default=0, show_default=True,
-              help="Added to every port.")
-@click.option("--examples", type=click.Path(file_okay=False), default=str(EXAMPLES), show_default=True)
+@click.option(
+    "--redis-port",
+    type=click.IntRange(1, 65535),
+    default=16379,
+    show_default=True,
+    help="Port of the private redis-server (when REDIS_URL is not set).",
+)
+@click.option(
+    "--port-offset",
+    type=click.IntRange(0, 1000),
+    default=0,
+    show_default=True,
+    help="Added to every port.",
+)
+@click.option(
+    "--examples", type=click.Path(file_okay=False), default=str(EXAMPLES), show_default=True
+)
 @click.option("--workdir", type=click.Path(file_okay=False), default=None, help="Logs and configs.")
 def up(
-    listen_port: int, admin_port: int, grpc_port: int, http_port: int, redis_port: int,
-    port_offset: int, examples: str, workdir: str | None,
+    listen_port: int,
+    admin_port: int,
+    grpc_port: int,
+    http_port: int,
+    redis_port: int,
+    port_offset: int,
+    examples: str,
+    workdir: str | None,
 ) -> None:
     """Run Redis, wardgate, Envoy and a demo upstream with the demo routes; Ctrl-C stops all."""
     o = port_offset
     listen_port, admin_port, grpc_port, http_port, redis_port = (
-        listen_port + o, admin_port + o, grpc_port + o, http_port + o, redis_port + o,
+        listen_port + o,
+        admin_port + o,
+        grpc_port + o,
+        http_port + o,
+        redis_port + o,
     )
     upstream_port = DEMO_UPSTREAM_PORT + o
-    for name, port in [("listener", listen_port), ("Envoy admin", admin_port), ("gRPC", grpc_port),
-                       ("HTTP", http_port), ("demo upstream", upstream_port)] + (
-                           [] if os.environ.get("REDIS_URL") else [("redis", redis_port)]):
+    for name, port in [
+        ("listener", listen_port),
+        ("Envoy admin", admin_port),
+        ("gRPC", grpc_port),
+        ("HTTP", http_port),
+        ("demo upstream", upstream_port),
+    ] + ([] if os.environ.get("REDIS_URL") else [("redis", redis_port)]):
         if devstack.port_open(port):
             raise CliError(f"port {port} ({name}) is already in use; try --port-offset N")
     work = Path(workdir or tempfile.mkdtemp(prefix="wardgate-up-"))
@@ -98,7 +136,9 @@ def up(
             procs.append(("redis-server", devstack.start_redis(redis_port, work / "redis")))
             redis_url = f"redis://127.0.0.1:{redis_port}/0"
         click.echo(f"starting the demo upstream on 127.0.0.1:{upstream_port}")
-        procs.append(("upstream", devstack.start_upstream(upstream_port, "echo", work / "upstream.log")))
+        procs.append(
+            ("upstream", devstack.start_upstream(upstream_port, "echo", work / "upstream.log"))
+        )
         asyncio.run(_seed(redis_url, Path(examples), o, upstream_port))
         click.echo(f"starting wardgate (gRPC {grpc_port}, HTTP {http_port})")
         env = {
@@ -107,18 +147,34 @@ def up(
             "WARDGATE_HTTP_PORT": str(http_port),
             "WARDGATE_LISTEN_PORT": str(listen_port),
         }
-        procs.append(("wardgate", devstack.start_wardgate(env=env, http_port=http_port, log=work / "wardgate.log")))
+        procs.append(
+            (
+                "wardgate",
+                devstack.start_wardgate(env=env, http_port=http_port, log=work / "wardgate.log"),
+            )
+        )
         click.echo(f"starting envoy (listener {listen_port}, admin {admin_port})")
-        procs.append(("envoy", devstack.start_envoy(
-            workdir=work, node_id="envoy-up", listen_port=listen_port, admin_port=admin_port,
-            wardgate_port=grpc_port, concurrency=2,
-        )))
+        procs.append(
+            (
+                "envoy",
+                devstack.start_envoy(
+                    workdir=work,
+                    node_id="envoy-up",
+                    listen_port=listen_port,
+                    admin_port=admin_port,
+                    wardgate_port=grpc_port,
+                    concurrency=2,
+                ),
+            )
+        )
         devstack.wait_http(f"http://127.0.0.1:{listen_port}/public", timeout=30)
-        _tour(listen_port, admin_port, http_port, work)
+        _tour(listen_port, admin_port, http_port, work, redis_url)
         while not stopping:
             for name, p in procs:
                 if p.poll() is not None:
-                    click.echo(f"{name} exited with {p.returncode}; stopping (logs in {work})", err=True)
+                    click.echo(
+                        f"{name} exited with {p.returncode}; stopping (logs in {work})", err=True
+                    )
                     stopping = True
             time.sleep(0.3)
     finally:
@@ -130,7 +186,7 @@ def up(
     sys.exit(0)
 
 
-def _tour(listen: int, admin: int, http: int, work: Path) -> None:
+def _tour(listen: int, admin: int, http: int, work: Path, redis_url: str) -> None:
     base = f"http://127.0.0.1:{listen}"
     click.echo(
         f"""
@@ -144,7 +200,7 @@ wardgate is up. Try:
   curl -i -b /tmp/wg.jar {base}/api/admin           # 403: alice lacks role admin
   curl -i {base}/nowhere                            # 404 with a JSON body
 
-  wardgate get routes        (REDIS_URL is {os.environ.get('REDIS_URL') or 'the private redis above'})
+  REDIS_URL={redis_url} wardgate get routes
   metrics: http://127.0.0.1:{http}/metrics   envoy admin: http://127.0.0.1:{admin}/
   logs: {work}
 

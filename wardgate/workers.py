@@ -42,7 +42,9 @@ def run_workers(settings: Settings) -> None:
         _worker(settings)
         return
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(settings,), daemon=False) for _ in range(settings.workers)]
+    procs = [
+        ctx.Process(target=_worker, args=(settings,), daemon=False) for _ in range(settings.workers)
+    ]
     for p in procs:
         p.start()
     stopping = False

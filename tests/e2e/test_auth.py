@@ -16,15 +16,25 @@ SPOOFED = {"x-user-id": "mallory", "x-user-roles": "admin", "x-auth-method": "se
 
 @pytest.fixture(scope="module")
 def auth_routes(stack: Stack) -> Stack:
-    for name, password, roles in (("alice", "alice-password", ["user"]), ("root", "root-password", ["admin", "user"])):
-        args = ["users", "add", name, "--password-stdin"] + [a for r in roles for a in ("--role", r)]
+    for name, password, roles in (
+        ("alice", "alice-password", ["user"]),
+        ("root", "root-password", ["admin", "user"]),
+    ):
+        args = ["users", "add", name, "--password-stdin"] + [
+            a for r in roles for a in ("--role", r)
+        ]
         result = stack.cli(*args, stdin=password + "\n")
         assert result.returncode == 0, result.stderr
     stack.apply(
         route("au-public", "/au/public", "echo"),
         route("au-me", "/au/me", "echo", auth={"require": "session"}),
-        route("au-admin", "/au/admin", "echo", auth={"require": "session", "roles": ["admin"]},
-              cors={"allow_origins": ["https://app.example.com"]}),
+        route(
+            "au-admin",
+            "/au/admin",
+            "echo",
+            auth={"require": "session", "roles": ["admin"]},
+            cors={"allow_origins": ["https://app.example.com"]},
+        ),
     )
     with stack.client() as http:
         eventually(lambda: http.get("/au/public").status_code == 200, timeout=3)
@@ -58,12 +68,20 @@ def test_login_sets_a_strict_opaque_cookie(auth_routes: Stack) -> None:
 
 def test_wrong_credentials_get_401_and_no_cookie(auth_routes: Stack) -> None:
     with auth_routes.client() as http:
-        for body in ({"username": "alice", "password": "nope"}, {"username": "nobody", "password": "x"}):
+        for body in (
+            {"username": "alice", "password": "nope"},
+            {"username": "nobody", "password": "x"},
+        ):
             resp = http.post("/auth/login", json=body)
             assert resp.status_code == 401
             assert "set-cookie" not in resp.headers
             assert resp.json()["error"] == "invalid_credentials"
-        assert http.post("/auth/login", content=b"{not json", headers={"content-type": "application/json"}).status_code == 400
+        assert (
+            http.post(
+                "/auth/login", content=b"{not json", headers={"content-type": "application/json"}
+            ).status_code
+            == 400
+        )
         assert http.post("/auth/login", json={"username": 1, "password": []}).status_code == 400
 
 
@@ -84,7 +102,11 @@ def test_session_without_the_role_is_403_and_with_it_200_with_identity(auth_rout
         assert alice.get("/au/admin").status_code == 403
         assert alice.get("/au/admin").json()["error"] == "forbidden"
         seen = echo(alice.get("/au/me"))["headers"]
-        assert (seen["x-user-id"], seen["x-user-roles"], seen["x-auth-method"]) == ("alice", "user", "session")
+        assert (seen["x-user-id"], seen["x-user-roles"], seen["x-auth-method"]) == (
+            "alice",
+            "user",
+            "session",
+        )
         assert "x-request-id" in seen
         assert "wg_session" not in seen.get("cookie", "")
     with login(auth_routes, "root", "root-password") as root:
@@ -116,7 +138,10 @@ def test_logout_ends_the_session(auth_routes: Stack) -> None:
         cookie = alice.cookies["wg_session"]
         assert alice.post("/auth/logout").status_code == 204
         assert alice.get("/au/me", headers={"cookie": f"wg_session={cookie}"}).status_code == 401
-        assert alice.get("/auth/session", headers={"cookie": f"wg_session={cookie}"}).status_code == 401
+        assert (
+            alice.get("/auth/session", headers={"cookie": f"wg_session={cookie}"}).status_code
+            == 401
+        )
 
 
 def test_revoking_a_users_sessions_from_the_cli(auth_routes: Stack) -> None:
@@ -132,8 +157,13 @@ def test_revoking_a_users_sessions_from_the_cli(auth_routes: Stack) -> None:
 def test_cross_site_unsafe_request_with_session_cookie_is_403(auth_routes: Stack) -> None:
     with login(auth_routes, "root", "root-password") as root:
         host = f"127.0.0.1:{auth_routes.listen_port}"
-        assert root.post("/au/admin", headers={"origin": "https://evil.example"}).json()["error"] == "csrf"
+        assert (
+            root.post("/au/admin", headers={"origin": "https://evil.example"}).json()["error"]
+            == "csrf"
+        )
         assert root.post("/au/admin", headers={"origin": "https://evil.example"}).status_code == 403
         assert root.post("/au/admin", headers={"origin": f"http://{host}"}).status_code == 200
-        assert root.post("/au/admin", headers={"origin": "https://app.example.com"}).status_code == 200
+        assert (
+            root.post("/au/admin", headers={"origin": "https://app.example.com"}).status_code == 200
+        )
         assert root.get("/au/admin", headers={"origin": "https://evil.example"}).status_code == 200

@@ -15,10 +15,16 @@ from wardgate import devstack
 pytestmark = pytest.mark.e2e
 
 
-def run(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "wardgate", *args], capture_output=True, text=True, timeout=60,
-        env={**os.environ, **(env or {})}, input=stdin,
+        [sys.executable, "-m", "wardgate", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        input=stdin,
     )
 
 
@@ -59,7 +65,9 @@ def test_validate_is_offline_and_names_the_problem(tmp_path) -> None:  # type: i
     good.write_text("kind: Service\nname: a\nendpoints: [{address: 127.0.0.1, port: 1}]\n")
     assert run("validate", "-f", str(good)).returncode == 0
     bad = tmp_path / "bad.yaml"
-    bad.write_text("kind: Route\nname: a\nmatch: {prefix: /a}\nbackend: a\nauth: {require: magic}\n")
+    bad.write_text(
+        "kind: Route\nname: a\nmatch: {prefix: /a}\nbackend: a\nauth: {require: magic}\n"
+    )
     result = run("validate", "-f", str(bad))
     assert result.returncode == 1 and "auth.require" in result.stderr
     junk = tmp_path / "junk.yaml"
@@ -72,7 +80,11 @@ def test_apply_dry_run_get_history_and_delete(stack: Stack, tmp_path) -> None:  
     path = tmp_path / "docs.yaml"
     import yaml
 
-    path.write_text(yaml.safe_dump_all([service("cli-svc", stack.upstream_port), route("cli-r", "/cli-r", "cli-svc")]))
+    path.write_text(
+        yaml.safe_dump_all(
+            [service("cli-svc", stack.upstream_port), route("cli-r", "/cli-r", "cli-svc")]
+        )
+    )
     dry = stack.cli("apply", "-f", str(path), "--dry-run")
     assert dry.returncode == 0
     assert "route/cli-r created (dry run)" in dry.stdout

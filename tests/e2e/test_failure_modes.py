@@ -11,16 +11,30 @@ from wardgate import devstack
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def test_redis_down_fails_closed_for_auth_open_for_limits_and_recovers(private_stack: Stack) -> None:
+def test_redis_down_fails_closed_for_auth_open_for_limits_and_recovers(
+    private_stack: Stack,
+) -> None:
     s = private_stack
-    assert s.cli("users", "add", "carol", "--password-stdin", stdin="carol-password\n").returncode == 0
+    assert (
+        s.cli("users", "add", "carol", "--password-stdin", stdin="carol-password\n").returncode == 0
+    )
     s.apply(
-        route("fm-open", "/fm-open", "echo", rate_limits=[{"by": "ip", "requests": 1000, "per": "hour"}]),
+        route(
+            "fm-open",
+            "/fm-open",
+            "echo",
+            rate_limits=[{"by": "ip", "requests": 1000, "per": "hour"}],
+        ),
         route("fm-closed", "/fm-closed", "echo", auth={"require": "session"}),
     )
     with s.client() as http:
         eventually(lambda: http.get("/fm-open").status_code == 200, timeout=3)
-        assert http.post("/auth/login", json={"username": "carol", "password": "carol-password"}).status_code == 200
+        assert (
+            http.post(
+                "/auth/login", json={"username": "carol", "password": "carol-password"}
+            ).status_code
+            == 200
+        )
         assert http.get("/fm-closed").status_code == 200
 
         devstack.stop(s.procs.pop("redis-server"))
@@ -28,10 +42,18 @@ def test_redis_down_fails_closed_for_auth_open_for_limits_and_recovers(private_s
         assert resp.status_code == 503
         assert resp.json()["error"] == "unavailable"
         assert http.get("/fm-open").status_code == 200  # fail open
-        assert http.post("/auth/login", json={"username": "carol", "password": "carol-password"}).status_code == 503
+        assert (
+            http.post(
+                "/auth/login", json={"username": "carol", "password": "carol-password"}
+            ).status_code
+            == 503
+        )
         metrics = http.get(f"http://127.0.0.1:{s.http_port}/metrics").text
         assert 'wardgate_ratelimit_failures_total{mode="open"}' in metrics
-        assert 'wardgate_authz_decisions_total{decision="error",method="none",reason="store_error"}' in metrics
+        assert (
+            'wardgate_authz_decisions_total{decision="error",method="none",reason="store_error"}'
+            in metrics
+        )
 
         port = int(s.redis_url.rsplit(":", 1)[1].split("/")[0])
         s.procs["redis-server"] = devstack.start_redis(port, s.workdir / "redis2")

@@ -10,7 +10,9 @@ pytestmark = pytest.mark.e2e
 
 
 def test_per_ip_limit_answers_429_with_headers_after_the_limit(stack: Stack) -> None:
-    stack.apply(route("rl-ip", "/rl-ip", "echo", rate_limits=[{"by": "ip", "requests": 5, "per": "hour"}]))
+    stack.apply(
+        route("rl-ip", "/rl-ip", "echo", rate_limits=[{"by": "ip", "requests": 5, "per": "hour"}])
+    )
     with stack.client() as http:
         eventually(lambda: http.get("/rl-ip").status_code in (200, 429), timeout=3)
         # the probe above may have spent some: count what is left from the headers
@@ -43,13 +45,26 @@ def test_refused_requests_spend_nothing_and_other_routes_are_separate(stack: Sta
 
 def test_per_user_limit_counts_each_user_apart(stack: Stack) -> None:
     for name in ("rl-u1", "rl-u2"):
-        assert stack.cli("users", "add", name, "--password-stdin", stdin="password-123\n").returncode == 0
-    stack.apply(route("rl-user", "/rl-user", "echo", auth={"require": "session"},
-                      rate_limits=[{"by": "user", "requests": 2, "per": "hour"}]))
+        assert (
+            stack.cli("users", "add", name, "--password-stdin", stdin="password-123\n").returncode
+            == 0
+        )
+    stack.apply(
+        route(
+            "rl-user",
+            "/rl-user",
+            "echo",
+            auth={"require": "session"},
+            rate_limits=[{"by": "user", "requests": 2, "per": "hour"}],
+        )
+    )
     clients = []
     for name in ("rl-u1", "rl-u2"):
         c = stack.client()
-        assert c.post("/auth/login", json={"username": name, "password": "password-123"}).status_code == 200
+        assert (
+            c.post("/auth/login", json={"username": name, "password": "password-123"}).status_code
+            == 200
+        )
         clients.append(c)
     u1, u2 = clients
     eventually(lambda: u1.get("/rl-user").status_code in (200, 429), timeout=3)

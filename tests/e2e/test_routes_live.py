@@ -12,7 +12,9 @@ from tests.support import Stack, echo, eventually, route, service
 pytestmark = pytest.mark.e2e
 
 
-def test_route_applied_with_cli_is_served_within_a_second_and_leaves_on_delete(stack: Stack) -> None:
+def test_route_applied_with_cli_is_served_within_a_second_and_leaves_on_delete(
+    stack: Stack,
+) -> None:
     with stack.client() as http:
         assert http.get("/live-cli/x").status_code == 404
         started = time.monotonic()
@@ -58,10 +60,18 @@ def test_prefix_matches_whole_path_segments_and_rewrites(stack: Stack) -> None:
 
 def test_methods_and_headers_narrow_a_route(stack: Stack) -> None:
     stack.apply(
-        route("narrow", "/narrow", "echo", match={"prefix": "/narrow", "methods": ["GET"], "headers": {"x-api-version": "v2"}})
+        route(
+            "narrow",
+            "/narrow",
+            "echo",
+            match={"prefix": "/narrow", "methods": ["GET"], "headers": {"x-api-version": "v2"}},
+        )
     )
     with stack.client() as http:
-        eventually(lambda: http.get("/narrow", headers={"x-api-version": "v2"}).status_code == 200, timeout=2)
+        eventually(
+            lambda: http.get("/narrow", headers={"x-api-version": "v2"}).status_code == 200,
+            timeout=2,
+        )
         assert http.get("/narrow").status_code == 404
         assert http.post("/narrow", headers={"x-api-version": "v2"}).status_code == 404
 
@@ -79,7 +89,9 @@ def test_invalid_document_is_refused_by_the_cli_and_nothing_changes(stack: Stack
     assert "route/broken" in result.stderr and "must start with '/'" in result.stderr
     assert stack.redis().hgetall(f"{stack.prefix}routes") == before
     missing = stack.workdir / "missing.yaml"
-    missing.write_text("kind: Route\nname: orphan\nmatch: {prefix: /orphan}\nbackend: no-such-service\n")
+    missing.write_text(
+        "kind: Route\nname: orphan\nmatch: {prefix: /orphan}\nbackend: no-such-service\n"
+    )
     result = stack.cli("apply", "-f", str(missing))
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0
@@ -95,7 +107,19 @@ def test_raw_invalid_document_is_refused_alone_and_shown_in_status(stack: Stack)
     r = stack.redis()
     with stack.client() as http:
         eventually(lambda: http.get("/steady").status_code == 200, timeout=2)
-        r.hset(f"{stack.prefix}routes", "rawbad", json.dumps({"kind": "Route", "name": "rawbad", "match": {"prefix": "/rawbad"}, "backend": "echo", "timeout": "soon"}))
+        r.hset(
+            f"{stack.prefix}routes",
+            "rawbad",
+            json.dumps(
+                {
+                    "kind": "Route",
+                    "name": "rawbad",
+                    "match": {"prefix": "/rawbad"},
+                    "backend": "echo",
+                    "timeout": "soon",
+                }
+            ),
+        )
         r.hset(f"{stack.prefix}routes", "rawjunk", "{not json")
         r.hset(f"{stack.prefix}routes", "rawgood", json.dumps(route("rawgood", "/rawgood", "echo")))
         eventually(lambda: http.get("/rawgood").status_code == 200, timeout=2)
@@ -128,14 +152,29 @@ def test_status_lists_the_connected_envoy_and_what_it_acked(stack: Stack) -> Non
 def test_services_translate_to_clusters_envoy_accepts(stack: Stack) -> None:
     stack.apply(
         service(
-            "full", stack.upstream_port, protocol="http", lb="least_request",
+            "full",
+            stack.upstream_port,
+            protocol="http",
+            lb="least_request",
             health_check={"path": "/healthz", "interval": "1s"},
-            circuit_breaker={"max_connections": 100, "max_pending_requests": 10, "max_requests": 100, "max_retries": 3},
+            circuit_breaker={
+                "max_connections": 100,
+                "max_pending_requests": 10,
+                "max_requests": 100,
+                "max_retries": 3,
+            },
             outlier_detection={"consecutive_5xx": 5, "base_ejection_time": "30s"},
         ),
-        route("full", "/full", "full", timeout="2s", retries={"attempts": 2, "on": ["5xx", "reset"]},
-              cors={"allow_origins": ["https://app.example.com"], "allow_credentials": True},
-              ip_deny=["203.0.113.0/24"], max_body_bytes=1024),
+        route(
+            "full",
+            "/full",
+            "full",
+            timeout="2s",
+            retries={"attempts": 2, "on": ["5xx", "reset"]},
+            cors={"allow_origins": ["https://app.example.com"], "allow_credentials": True},
+            ip_deny=["203.0.113.0/24"],
+            max_body_bytes=1024,
+        ),
     )
     with stack.client() as http:
         eventually(lambda: http.get("/full").status_code == 200, timeout=3)

@@ -26,8 +26,20 @@ def test_up_serves_the_demo_and_ctrl_c_stops_everything(tmp_path) -> None:  # ty
     assert offset
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "wardgate", "up", "--port-offset", str(offset), "--workdir", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "wardgate",
+            "up",
+            "--port-offset",
+            str(offset),
+            "--workdir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
     base = f"http://127.0.0.1:{10000 + offset}"
     try:
@@ -42,7 +54,9 @@ def test_up_serves_the_demo_and_ctrl_c_stops_everything(tmp_path) -> None:  # ty
         assert f"curl -i {base}/public/hello" in out
         assert httpx.get(f"{base}/public/hello").status_code == 200
         assert httpx.get(f"{base}/api/me").status_code == 401
-        login = httpx.post(f"{base}/auth/login", json={"username": "alice", "password": "alice-password"})
+        login = httpx.post(
+            f"{base}/auth/login", json={"username": "alice", "password": "alice-password"}
+        )
         assert login.status_code == 200
         me = httpx.get(f"{base}/api/me", cookies=login.cookies)
         assert me.json()["headers"]["x-user-id"] == "alice"

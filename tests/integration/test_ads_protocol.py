@@ -9,17 +9,24 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import json_format
-
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.protobuf import json_format
 from google.rpc import status_pb2
+
 from wardgate import devstack
 from wardgate.metrics import create_metrics
 from wardgate.xds.nodes import NodeRegistry
-from wardgate.xds.snapshot import TYPE_CLUSTER, TYPE_LISTENER, TYPE_ROUTE, Resources, Snapshot, SnapshotCache
+from wardgate.xds.snapshot import (
+    TYPE_CLUSTER,
+    TYPE_LISTENER,
+    TYPE_ROUTE,
+    Resources,
+    Snapshot,
+    SnapshotCache,
+)
 from wardgate.xds.sotw import AggregatedDiscoveryService
 from wardgate.xds.translate import TranslateOptions, build_listener
 
@@ -27,13 +34,27 @@ pytestmark = pytest.mark.integration
 
 
 def clusters(*names: str) -> Resources:
-    msgs = [json_format.ParseDict({"name": n, "type": "STATIC", "connect_timeout": "1s"}, cluster_pb2.Cluster()) for n in names]
+    msgs = [
+        json_format.ParseDict(
+            {"name": n, "type": "STATIC", "connect_timeout": "1s"}, cluster_pb2.Cluster()
+        )
+        for n in names
+    ]
     return Resources.of(msgs, lambda m: m.name)
 
 
 def routes(name: str, prefix: str) -> Resources:
     msg = json_format.ParseDict(
-        {"name": name, "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": prefix}, "direct_response": {"status": 200}}]}]},
+        {
+            "name": name,
+            "virtual_hosts": [
+                {
+                    "name": "v",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": prefix}, "direct_response": {"status": 200}}],
+                }
+            ],
+        },
         route_pb2.RouteConfiguration(),
     )
     return Resources.of([msg], lambda m: m.name)
@@ -54,9 +75,20 @@ class Client:
         while True:
             yield await self.queue.get()
 
-    async def send(self, type_url: str, *, names: tuple[str, ...] = (), version: str = "", nonce: str = "", error: str | None = None) -> None:
+    async def send(
+        self,
+        type_url: str,
+        *,
+        names: tuple[str, ...] = (),
+        version: str = "",
+        nonce: str = "",
+        error: str | None = None,
+    ) -> None:
         req = discovery_pb2.DiscoveryRequest(
-            type_url=type_url, resource_names=list(names), version_info=version, response_nonce=nonce,
+            type_url=type_url,
+            resource_names=list(names),
+            version_info=version,
+            response_nonce=nonce,
             node=base_pb2.Node(id="test-node"),
         )
         if error is not None:
@@ -75,12 +107,19 @@ class Client:
 
 
 async def with_server(test: Any) -> None:
-    cache = SnapshotCache(listener_factory=lambda g: build_listener(g.listen_address, g.listen_port, TranslateOptions()))
+    cache = SnapshotCache(
+        listener_factory=lambda g: build_listener(
+            g.listen_address, g.listen_port, TranslateOptions()
+        )
+    )
     nodes = NodeRegistry()
     metrics = create_metrics()
     server = grpc.aio.server()
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
-        AggregatedDiscoveryService(cache=cache, nodes=nodes, metrics=metrics, default_listen_port=10000), server
+        AggregatedDiscoveryService(
+            cache=cache, nodes=nodes, metrics=metrics, default_listen_port=10000
+        ),
+        server,
     )
     port = devstack.free_port()
     server.add_insecure_port(f"127.0.0.1:{port}")
@@ -126,7 +165,9 @@ def test_nack_is_recorded_and_the_rejected_version_is_not_resent() -> None:
         await c.send(TYPE_CLUSTER, version="", nonce=first.nonce, error="bad cluster a")
         assert await c.nothing(0.5)
         state = nodes.snapshot()[0]["types"]["Cluster"]
-        assert state["nack_error"] == "bad cluster a" and state["nacked_version"] == first.version_info
+        assert (
+            state["nack_error"] == "bad cluster a" and state["nacked_version"] == first.version_info
+        )
         assert metrics.xds_nacks.labels("Cluster")._value.get() == 1
         cache.set_base(Snapshot({TYPE_CLUSTER: clusters("fixed")}))
         fixed = await c.recv()
@@ -160,7 +201,15 @@ def test_named_resources_that_appear_later_are_pushed() -> None:
         empty = await c.recv()
         assert list(empty.resources) == []
         await c.send(TYPE_ROUTE, names=("wanted",), version=empty.version_info, nonce=empty.nonce)
-        cache.set_base(Snapshot({TYPE_ROUTE: Resources({**routes("other", "/").items, **routes("wanted", "/w").items}, "v2")}))
+        cache.set_base(
+            Snapshot(
+                {
+                    TYPE_ROUTE: Resources(
+                        {**routes("other", "/").items, **routes("wanted", "/w").items}, "v2"
+                    )
+                }
+            )
+        )
         got = await c.recv()
         assert len(got.resources) == 1
         msg = route_pb2.RouteConfiguration()

@@ -32,9 +32,13 @@ def run(redis_url: str, body: Callable[[Any], Awaitable[Any]]) -> Any:
     return asyncio.run(main())
 
 
-def fixed(key: str, limit: int, now_ms: int, period_ms: int = 60_000, shadow: bool = False) -> LimitCheck:
+def fixed(
+    key: str, limit: int, now_ms: int, period_ms: int = 60_000, shadow: bool = False
+) -> LimitCheck:
     window = now_ms // period_ms
-    return LimitCheck(1, limit, period_ms, window * period_ms, f"{key}:{window}", f"{key}:{window - 1}", shadow)
+    return LimitCheck(
+        1, limit, period_ms, window * period_ms, f"{key}:{window}", f"{key}:{window - 1}", shadow
+    )
 
 
 def test_fixed_window_allows_exactly_n_under_concurrency(redis_url: str, prefix: str) -> None:
@@ -42,14 +46,18 @@ def test_fixed_window_allows_exactly_n_under_concurrency(redis_url: str, prefix:
         store = RedisCounterStore(redis=r)
         now = 1_000_000
         check = fixed(f"{prefix}c{next(_ids)}", 50, now)
-        results = await asyncio.gather(*[store.check_and_commit([check], now_ms=now) for _ in range(300)])
+        results = await asyncio.gather(
+            *[store.check_and_commit([check], now_ms=now) for _ in range(300)]
+        )
         return [o[0].allowed for o in results]
 
     allowed = run(redis_url, body)
     assert allowed.count(True) == 50
 
 
-def test_a_refused_request_spends_nothing_from_the_other_limits(redis_url: str, prefix: str) -> None:
+def test_a_refused_request_spends_nothing_from_the_other_limits(
+    redis_url: str, prefix: str
+) -> None:
     async def body(r: Any) -> tuple[list[bool], int]:
         store = RedisCounterStore(redis=r)
         now = 5_000_000
@@ -103,7 +111,12 @@ def test_remaining_and_reset_are_reported(redis_url: str, prefix: str) -> None:
             out.append((o.allowed, o.remaining, o.reset_ms))
         return out
 
-    assert run(redis_url, body) == [(True, 2, 45_000), (True, 1, 45_000), (True, 0, 45_000), (False, 0, 45_000)]
+    assert run(redis_url, body) == [
+        (True, 2, 45_000),
+        (True, 1, 45_000),
+        (True, 0, 45_000),
+        (False, 0, 45_000),
+    ]
 
 
 class Model:
@@ -129,7 +142,9 @@ class Model:
         return False
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     limit=st.integers(1, 6),
     period=st.sampled_from([1000, 5000, 60_000]),
@@ -144,7 +159,11 @@ def test_script_agrees_with_the_reference_model(
     async def body(r: Any) -> tuple[list[bool], list[bool]]:
         keys = Keys(prefix)
         clock = {"now": 1_000_000_000.0}
-        limiter = RateLimiter(counters=RedisCounterStore(redis=r), key_for=keys.counter, clock=lambda: clock["now"] / 1000)
+        limiter = RateLimiter(
+            counters=RedisCounterStore(redis=r),
+            key_for=keys.counter,
+            clock=lambda: clock["now"] / 1000,
+        )
         model = Model()
         got, want = [], []
         now = 1_000_000_000
@@ -154,7 +173,11 @@ def test_script_agrees_with_the_reference_model(
             clock["now"] = now
             decision = await limiter.decide([req])
             got.append(decision.allowed)
-            want.append(model.fixed(limit, period, now) if algorithm == "fixed_window" else model.gcra(limit, period, now))
+            want.append(
+                model.fixed(limit, period, now)
+                if algorithm == "fixed_window"
+                else model.gcra(limit, period, now)
+            )
         return got, want
 
     got, want = run(redis_url, body)
@@ -173,11 +196,17 @@ def test_sliding_window_weighs_the_previous_window(redis_url: str, prefix: str) 
             await store.check_and_commit([prev], now_ms=start + 9_999)
         # A quarter into window 101 the previous window still weighs 75%: 7.5 of 10 used.
         cur = LimitCheck(2, 10, period, start + period, f"{key}:101", f"{key}:100")
-        early = [(await store.check_and_commit([cur], now_ms=start + period + 2_500))[0].allowed for _ in range(5)]
+        early = [
+            (await store.check_and_commit([cur], now_ms=start + period + 2_500))[0].allowed
+            for _ in range(5)
+        ]
         # Three quarters in, it weighs 25%: 2.5 + 2 already counted.
-        late = [(await store.check_and_commit([cur], now_ms=start + period + 7_500))[0].allowed for _ in range(10)]
+        late = [
+            (await store.check_and_commit([cur], now_ms=start + period + 7_500))[0].allowed
+            for _ in range(10)
+        ]
         return early.count(True), late.count(True)
 
     early, late = run(redis_url, body)
     assert early == 2  # floor(10 - 7.5) = 2
-    assert late == 5   # 10 - 2.5 - 2 = 5.5 -> 5
+    assert late == 5  # 10 - 2.5 - 2 = 5.5 -> 5

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import redis as sync_redis
 
+from wardgate import devstack
 from wardgate.domain.catalog import plan_apply, plan_delete
 from wardgate.domain.documents import parse_document
 from wardgate.domain.ports import SessionRecord, UserRecord
@@ -18,7 +19,6 @@ from wardgate.store.documents import RedisDocumentStore
 from wardgate.store.keys import Keys
 from wardgate.store.redis_client import connect
 from wardgate.store.redis_store import RedisSessionStore, RedisUserStore
-from wardgate import devstack
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +40,9 @@ def test_sessions_expire_list_and_revoke_per_user(redis_url: str, prefix: str) -
     async def body(r: Any) -> None:
         store = RedisSessionStore(redis=r, keys=keys)
         for i, user in enumerate(["ann", "ann", "bob"]):
-            await store.create_session(SessionRecord(f"{i:064x}", user, ("user",), 1000.0, 1000.0 + 60))
+            await store.create_session(
+                SessionRecord(f"{i:064x}", user, ("user",), 1000.0, 1000.0 + 60)
+            )
         got = await store.get_session(f"{0:064x}")
         assert got is not None and got.user == "ann" and got.roles == ("user",)
         assert 0 < await r.pttl(keys.session(f"{0:064x}")) <= 60_000
@@ -59,7 +61,9 @@ def test_users_round_trip(redis_url: str, prefix: str) -> None:
     async def body(r: Any) -> None:
         store = RedisUserStore(redis=r, keys=Keys(prefix))
         await store.put_user(UserRecord("dora", "scrypt$1$1$1$c2FsdA==$aGFzaA==", ("admin", "ops")))
-        assert (await store.get_user("dora")) == UserRecord("dora", "scrypt$1$1$1$c2FsdA==$aGFzaA==", ("admin", "ops"))
+        assert (await store.get_user("dora")) == UserRecord(
+            "dora", "scrypt$1$1$1$c2FsdA==$aGFzaA==", ("admin", "ops")
+        )
         assert [u.name for u in await store.list_users()] == ["dora"]
         assert await store.delete_user("dora") is True
         assert await store.get_user("dora") is None
@@ -91,7 +95,10 @@ def test_commit_is_all_or_nothing_and_recorded(redis_url: str, prefix: str) -> N
         docs = [parse_document(SVC), parse_document(ROUTE)]
         revision, changes = await store.commit(lambda cur: plan_apply(cur, docs))
         assert revision == 1 and [c.action for c in changes] == ["created", "created"]
-        bad = [parse_document({**ROUTE, "name": "r2", "backend": "missing"}), parse_document({**SVC, "name": "s2"})]
+        bad = [
+            parse_document({**ROUTE, "name": "r2", "backend": "missing"}),
+            parse_document({**SVC, "name": "s2"}),
+        ]
         with pytest.raises(DocumentError):
             await store.commit(lambda cur: plan_apply(cur, bad))
         assert set(await r.hkeys(keys.services)) == {"s"}
@@ -116,7 +123,9 @@ def test_commit_retries_when_a_concurrent_writer_interferes(redis_url: str, pref
             if calls["n"] == 1:
                 # Someone else writes between our read and our write: WATCH must catch it.
                 with sync_redis.Redis.from_url(redis_url) as intruder:
-                    intruder.hset(keys.services, "intruder", json.dumps({**SVC, "name": "intruder"}))
+                    intruder.hset(
+                        keys.services, "intruder", json.dumps({**SVC, "name": "intruder"})
+                    )
             return plan_apply(cur, [parse_document(SVC)])
 
         await store.commit(plan)

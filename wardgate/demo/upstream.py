@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 
 from aiohttp import web
 
@@ -20,10 +21,8 @@ def create_app(name: str) -> web.Application:
         if path.startswith("/status/") and path[8:].isdigit():
             status = int(path[8:])
         if path.startswith("/delay/"):
-            try:
+            with contextlib.suppress(ValueError):
                 await asyncio.sleep(min(float(path[7:]), 30.0))
-            except ValueError:
-                pass
         return web.json_response(
             {
                 "service": name,

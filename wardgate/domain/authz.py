@@ -81,7 +81,9 @@ class Authorizer:
         cookie_header = facts.headers.get("cookie")
         cookies = parse_cookies(cookie_header)
         session_id = cookies.get(self._cookie)
-        rewritten = strip_cookie(cookie_header, self._cookie) if session_id is not None else None
+        rewritten = None
+        if session_id is not None and cookie_header is not None:
+            rewritten = strip_cookie(cookie_header, self._cookie)
         if policy.require == "none":
             return Allow(None, rewritten)
         identity: Identity | None = None

@@ -38,7 +38,8 @@ class Catalog:
                     doc = parse_document(data, expect_kind=kind)
                     if doc.name != name:
                         raise DocumentError(
-                            f"stored under field '{name}' but named '{doc.name}'", kind=kind,
+                            f"stored under field '{name}' but named '{doc.name}'",
+                            kind=kind,
                             name=name,
                         )
                     parsed[kind][name] = doc

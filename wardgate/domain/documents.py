@@ -23,7 +23,9 @@ from wardgate.domain.durations import parse_duration, parse_period
 from wardgate.errors import DocumentError, ReferenceError_
 
 NAME_RE = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
-Name = Annotated[str, Field(pattern=NAME_RE, description="lower-case letters, digits, '.', '_', '-'")]
+Name = Annotated[
+    str, Field(pattern=NAME_RE, description="lower-case letters, digits, '.', '_', '-'")
+]
 HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"}
 RETRY_CONDITIONS = {
     "5xx",
@@ -156,7 +158,9 @@ class RateLimit(_Doc):
     def _by(cls, value: str) -> str:
         value = value.strip().lower()
         if not RATE_DIMENSIONS_RE.match(value):
-            raise ValueError(f"rate_limits.by '{value}': use ip, user, api_key, route or header:NAME")
+            raise ValueError(
+                f"rate_limits.by '{value}': use ip, user, api_key, route or header:NAME"
+            )
         return value
 
     @field_validator("per")
@@ -275,9 +279,7 @@ class OutlierDetection(_Doc):
     base_ejection_time: str = "30s"
     max_ejection_percent: int = Field(default=50, ge=1, le=100)
 
-    _d = field_validator("interval", "base_ejection_time")(
-        classmethod(lambda cls, v: _duration(v))
-    )
+    _d = field_validator("interval", "base_ejection_time")(classmethod(lambda cls, v: _duration(v)))
 
 
 class Service(_Doc):
@@ -324,7 +326,7 @@ def parse_document(raw: Any, *, expect_kind: str | None = None) -> Document:
     if not isinstance(raw, dict):
         raise DocumentError(f"a document is a mapping, not {type(raw).__name__}")
     kind = raw.get("kind")
-    name = raw.get("name") if isinstance(raw.get("name"), str) else ""
+    name: str = raw["name"] if isinstance(raw.get("name"), str) else ""
     if kind is None and expect_kind is not None:
         kind = expect_kind
         raw = {**raw, "kind": kind}

@@ -40,7 +40,11 @@ def verify_password(stored: str | None, password: str) -> bool:
             return False
         want = base64.b64decode(digest)
         got = hashlib.scrypt(
-            password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
+            password.encode(),
+            salt=base64.b64decode(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
             dklen=len(want),
         )
     except (ValueError, TypeError):

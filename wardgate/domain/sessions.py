@@ -93,10 +93,12 @@ class SessionService:
             expires_at=now + self._ttl,
         )
         await self._sessions.create_session(record)
-        return LoginResult(session_id, Identity(user.name, user.roles, "session", record.expires_at))
+        return LoginResult(
+            session_id, Identity(user.name, user.roles, "session", record.expires_at)
+        )
 
     async def resolve(self, session_id: str | None) -> Identity | None:
-        """The identity behind a cookie value, or ``None`` if it is malformed, unknown or expired."""
+        """The identity behind a cookie value; ``None`` if malformed, unknown or expired."""
         if not session_id or not SESSION_ID_RE.match(session_id):
             return None
         record = await self._sessions.get_session(hash_session_id(session_id))

@@ -6,12 +6,12 @@ import logging
 import time
 
 import grpc
-from google.protobuf import struct_pb2
-from google.rpc import code_pb2, status_pb2
-
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
+from google.rpc import code_pb2, status_pb2
+
 from wardgate.domain.authz import Allow, Authorizer, Deny, RequestFacts, RoutePolicy
 from wardgate.errors import StoreError
 from wardgate.extproc.responses import error_body
@@ -29,14 +29,16 @@ def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
     )
 
 
-def denied(status: int, code: str, message: str, request_id: str) -> external_auth_pb2.CheckResponse:
+def denied(
+    status: int, code: str, message: str, request_id: str
+) -> external_auth_pb2.CheckResponse:
     headers = [_header("content-type", "application/json"), _header("cache-control", "no-store")]
     if status == 401:
         headers.append(_header("www-authenticate", 'Cookie realm="wardgate"'))
     return external_auth_pb2.CheckResponse(
         status=status_pb2.Status(code=_GRPC_CODE.get(status, code_pb2.UNAVAILABLE), message=code),
         denied_response=external_auth_pb2.DeniedHttpResponse(
-            status=http_status_pb2.HttpStatus(code=status),  # type: ignore[arg-type]
+            status=http_status_pb2.HttpStatus(code=status),
             headers=headers,
             body=error_body(code, message, request_id),
         ),
@@ -85,7 +87,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
                 self._policies[key] = policy
         return policy
 
-    async def Check(  # noqa: N802 - gRPC method name
+    async def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
     ) -> external_auth_pb2.CheckResponse:
         started = time.perf_counter()

@@ -6,10 +6,10 @@ import logging
 import time
 
 import grpc
-from google.protobuf import duration_pb2
-
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from google.protobuf import duration_pb2
+
 from wardgate.domain.ratelimit import LimitRequest, RateLimiter, parse_descriptor
 from wardgate.errors import StoreError
 from wardgate.metrics import Metrics
@@ -39,7 +39,7 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[m
         self._metrics = metrics
         self._fail_open = fail_open
 
-    async def ShouldRateLimit(  # noqa: N802 - gRPC method name
+    async def ShouldRateLimit(
         self, request: rls_pb2.RateLimitRequest, context: grpc.aio.ServicerContext
     ) -> rls_pb2.RateLimitResponse:
         started = time.perf_counter()
@@ -72,7 +72,8 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[m
             response.statuses.add(
                 code=OK if v.allowed or p.shadow else OVER,
                 current_limit=rls_pb2.RateLimitResponse.RateLimit(
-                    requests_per_unit=_requests_per_unit(p), unit=_unit(p.period)  # type: ignore[arg-type]
+                    requests_per_unit=_requests_per_unit(p),
+                    unit=_unit(p.period),
                 ),
                 limit_remaining=v.remaining,
                 duration_until_reset=duration_pb2.Duration(seconds=v.reset_seconds),

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import time
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -50,7 +50,9 @@ def create_app(
             body = json.loads(await request.read() or b"null")
         except (ValueError, UnicodeDecodeError):
             metrics.logins.labels("bad_request").inc()
-            return _error(400, "bad_request", 'send JSON {"username": ..., "password": ...}', request)
+            return _error(
+                400, "bad_request", 'send JSON {"username": ..., "password": ...}', request
+            )
         if not isinstance(body, dict) or not all(
             isinstance(body.get(k), str) for k in ("username", "password")
         ):
@@ -90,7 +92,9 @@ def create_app(
             metrics.store_errors.labels("logout").inc()
             return _error(503, "unavailable", "sign-out is unavailable; retry shortly", request)
         response = web.Response(status=204)
-        response.del_cookie(cookie_name, path="/", secure=secure(request), httponly=True, samesite="Lax")
+        response.del_cookie(
+            cookie_name, path="/", secure=secure(request), httponly=True, samesite="Lax"
+        )
         return response
 
     async def session(request: web.Request) -> web.Response:

@@ -8,6 +8,7 @@ depends on the Envoy's node group (where it listens), so it is built per group o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 from collections.abc import Callable, Iterable
@@ -111,7 +112,5 @@ class SnapshotCache:
         if self._generation != generation:
             return
         event = self._changed
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
-        except TimeoutError:
-            pass

@@ -17,8 +17,8 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
-
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
 from wardgate.metrics import Metrics, type_label
 from wardgate.xds.nodes import NodeRegistry, NodeState
 from wardgate.xds.snapshot import PUSH_ORDER, WILDCARD_TYPES, NodeGroup, SnapshotCache
@@ -64,7 +64,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         self._default_port = default_listen_port
         self._delta = delta
 
-    async def StreamAggregatedResources(  # noqa: N802 - gRPC method name
+    async def StreamAggregatedResources(
         self,
         request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
         context: grpc.aio.ServicerContext,
@@ -121,7 +121,9 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
                         )
                         self._nodes.connect(state)
                         gauge.inc()
-                        log.info("envoy %s connected (stream %d, %s)", state.node_id, stream_id, group)
+                        log.info(
+                            "envoy %s connected (stream %d, %s)", state.node_id, stream_id, group
+                        )
                     self._on_request(req, watches, state)
                 if group is None:
                     continue
@@ -175,7 +177,10 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
             self._metrics.xds_nacks.labels(label).inc()
             log.warning(
                 "envoy %s NACKed %s version %s: %s",
-                state.node_id, label, watch.sent_version, req.error_detail.message[:500],
+                state.node_id,
+                label,
+                watch.sent_version,
+                req.error_detail.message[:500],
             )
         elif req.response_nonce:
             ts.acked_version = req.version_info

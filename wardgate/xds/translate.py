@@ -12,8 +12,6 @@ import ipaddress
 import re
 from typing import Any
 
-from google.protobuf import json_format
-
 # Importing these registers the message types that "@type" below refers to.
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
@@ -28,6 +26,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noq
     http_connection_manager_pb2,
 )
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
+from google.protobuf import json_format
+
 from wardgate.domain.catalog import Catalog
 from wardgate.domain.documents import Route, Service
 from wardgate.domain.durations import format_duration, parse_duration
@@ -157,7 +157,11 @@ def build_auth_cluster(opts: TranslateOptions) -> cluster_pb2.Cluster:
         "load_assignment": {
             "cluster_name": HTTP_CLUSTER,
             "endpoints": [
-                {"lb_endpoints": [{"endpoint": {"address": _socket(opts.http_host, opts.http_port)}}]}
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": _socket(opts.http_host, opts.http_port)}}
+                    ]
+                }
             ],
         },
     }
@@ -271,7 +275,10 @@ def _rbac(route: Route) -> dict[str, Any] | None:
     else:
         principal, action = ids(route.ip_deny or []), "DENY"
     policy = {"permissions": [{"any": True}], "principals": [principal]}
-    return {"@type": T_RBAC_ROUTE, "rbac": {"rules": {"action": action, "policies": {"ip": policy}}}}
+    return {
+        "@type": T_RBAC_ROUTE,
+        "rbac": {"rules": {"action": action, "policies": {"ip": policy}}},
+    }
 
 
 def _cors(route: Route) -> dict[str, Any] | None:
@@ -361,7 +368,9 @@ def builtin_routes(opts: TranslateOptions) -> list[dict[str, Any]]:
         },
         "request_headers_to_remove": IDENTITY_HEADERS,
     }
-    login_limit = encode_rule("wardgate.login#0", opts.login_limit_per_minute, 60, "fixed_window", False)
+    login_limit = encode_rule(
+        "wardgate.login#0", opts.login_limit_per_minute, 60, "fixed_window", False
+    )
     out = []
     for path in ("/auth/login", "/auth/logout", "/auth/session"):
         action: dict[str, Any] = {"cluster": HTTP_CLUSTER, "timeout": "5s"}
@@ -369,12 +378,24 @@ def builtin_routes(opts: TranslateOptions) -> list[dict[str, Any]]:
             action["rate_limits"] = [
                 {
                     "actions": [
-                        {"generic_key": {"descriptor_key": RULE_KEY, "descriptor_value": login_limit}},
+                        {
+                            "generic_key": {
+                                "descriptor_key": RULE_KEY,
+                                "descriptor_value": login_limit,
+                            }
+                        },
                         {"remote_address": {}},
                     ]
                 }
             ]
-        out.append({"name": f"wardgate{path.replace('/', '.')}", "match": {"path": path}, "route": action, **common})
+        out.append(
+            {
+                "name": f"wardgate{path.replace('/', '.')}",
+                "match": {"path": path},
+                "route": action,
+                **common,
+            }
+        )
     return out
 
 
@@ -410,7 +431,9 @@ def _status_is(status: int) -> dict[str, Any]:
     }
 
 
-def _mapper(status: int, code: str | None, message: str = "", flag: str | None = None) -> dict[str, Any]:
+def _mapper(
+    status: int, code: str | None, message: str = "", flag: str | None = None
+) -> dict[str, Any]:
     filt: dict[str, Any] = _status_is(status)
     if flag is not None:
         filt = {"and_filter": {"filters": [filt, {"response_flag_filter": {"flags": [flag]}}]}}
@@ -441,8 +464,14 @@ LOCAL_REPLIES: list[tuple[int, str | None, str, str | None]] = [
 def build_listener(address: str, port: int, opts: TranslateOptions) -> listener_pb2.Listener:
     grpc = {"envoy_grpc": {"cluster_name": GRPC_CLUSTER}}
     filters = [
-        {"name": F_CORS, "typed_config": {"@type": T + "envoy.extensions.filters.http.cors.v3.Cors"}},
-        {"name": F_RBAC, "typed_config": {"@type": T + "envoy.extensions.filters.http.rbac.v3.RBAC"}},
+        {
+            "name": F_CORS,
+            "typed_config": {"@type": T + "envoy.extensions.filters.http.cors.v3.Cors"},
+        },
+        {
+            "name": F_RBAC,
+            "typed_config": {"@type": T + "envoy.extensions.filters.http.rbac.v3.RBAC"},
+        },
         {
             "name": EXT_AUTHZ,
             "typed_config": {
@@ -504,7 +533,9 @@ def build_listener(address: str, port: int, opts: TranslateOptions) -> listener_
     return json_format.ParseDict(listener, listener_pb2.Listener())
 
 
-def build_base(catalog: Catalog, opts: TranslateOptions) -> tuple[list[cluster_pb2.Cluster], route_pb2.RouteConfiguration]:
+def build_base(
+    catalog: Catalog, opts: TranslateOptions
+) -> tuple[list[cluster_pb2.Cluster], route_pb2.RouteConfiguration]:
     clusters = [build_auth_cluster(opts)] + [
         build_cluster(s) for _, s in sorted(catalog.services.items())
     ]

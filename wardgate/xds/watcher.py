@@ -8,6 +8,7 @@ safety net. Redis being down leaves the last snapshot in place; the loop retries
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -86,7 +87,10 @@ class DocumentWatcher:
         if changed:
             log.info(
                 "snapshot: revision %d, %d routes, %d services, %d refused",
-                revision, len(catalog.routes), len(catalog.services), len(catalog.refused),
+                revision,
+                len(catalog.routes),
+                len(catalog.services),
+                len(catalog.refused),
             )
         return changed
 
@@ -119,7 +123,8 @@ class DocumentWatcher:
         except RedisError as exc:
             log.warning(
                 "keyspace notifications unavailable (%s); raw writes are seen by the %.1fs re-read",
-                exc, self._resync,
+                exc,
+                self._resync,
             )
             return False
 
@@ -145,7 +150,9 @@ class DocumentWatcher:
                 deadline = time.monotonic() + self._resync
                 while True:
                     timeout = max(0.0, deadline - time.monotonic())
-                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(timeout, 0.5))
+                    msg = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=min(timeout, 0.5)
+                    )
                     if msg is None and not self._wake.is_set() and time.monotonic() < deadline:
                         continue
                     self._wake.clear()
@@ -163,10 +170,8 @@ class DocumentWatcher:
                 backoff = min(backoff * 2, 5.0)
             finally:
                 if pubsub is not None:
-                    try:
+                    with contextlib.suppress(RedisError, OSError):
                         await pubsub.aclose()
-                    except (RedisError, OSError):
-                        pass
 
 
 def status_document(watcher: DocumentWatcher) -> dict[str, Any]:
