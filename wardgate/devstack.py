@@ -176,13 +176,16 @@ def start_envoy(
     return proc
 
 
-def start_upstream(port: int, name: str, log: Path) -> subprocess.Popen[bytes]:
+def start_upstream(
+    port: int, name: str, log: Path, *, grpc: bool = False
+) -> subprocess.Popen[bytes]:
+    """The demo REST upstream (echo), or with ``grpc`` the demo gRPC Greeter."""
+    if grpc:
+        args = [sys.executable, "-m", "wardgate.demo.grpc_upstream", "--port", str(port)]
+    else:
+        args = [sys.executable, "-m", "wardgate.demo.upstream", "--port", str(port), "--name", name]
     with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "wardgate.demo.upstream", "--port", str(port), "--name", name],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
     wait_port(port, proc=proc, what=f"upstream {name}")
     return proc
 

@@ -26,6 +26,7 @@ from wardgate.store.redis_store import RedisUserStore
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DEMO_UPSTREAM_PORT = 8081
+DEMO_GRPC_PORT = 8082
 DEMO_USERS = {
     "alice": ("alice-password", ("user",)),
     "admin": ("admin-password", ("admin", "user")),
@@ -37,10 +38,8 @@ async def _seed(redis_url: str, examples: Path, offset: int, upstream_port: int)
     shifted = []
     for d in docs:
         if isinstance(d, Service) and d.endpoints:
-            eps = [
-                e.model_copy(update={"port": upstream_port}) if e.port == DEMO_UPSTREAM_PORT else e
-                for e in d.endpoints
-            ]
+            moved = {DEMO_UPSTREAM_PORT: upstream_port, DEMO_GRPC_PORT: DEMO_GRPC_PORT + offset}
+            eps = [e.model_copy(update={"port": moved.get(e.port, e.port)}) for e in d.endpoints]
             d = d.model_copy(update={"endpoints": eps})
         shifted.append(d)
     redis = connect(redis_url, timeout=5.0, name="wardgate-up")
@@ -115,6 +114,7 @@ def up(
         ("gRPC", grpc_port),
         ("HTTP", http_port),
         ("demo upstream", upstream_port),
+        ("demo gRPC upstream", DEMO_GRPC_PORT + o),
     ] + ([] if os.environ.get("REDIS_URL") else [("redis", redis_port)]):
         if devstack.port_open(port):
             raise CliError(f"port {port} ({name}) is already in use; try --port-offset N")
@@ -135,9 +135,20 @@ def up(
             click.echo(f"starting redis-server on 127.0.0.1:{redis_port}")
             procs.append(("redis-server", devstack.start_redis(redis_port, work / "redis")))
             redis_url = f"redis://127.0.0.1:{redis_port}/0"
-        click.echo(f"starting the demo upstream on 127.0.0.1:{upstream_port}")
+        click.echo(
+            f"starting the demo upstreams on 127.0.0.1:{upstream_port} (REST) and "
+            f"127.0.0.1:{DEMO_GRPC_PORT + o} (gRPC)"
+        )
         procs.append(
             ("upstream", devstack.start_upstream(upstream_port, "echo", work / "upstream.log"))
+        )
+        procs.append(
+            (
+                "grpc-upstream",
+                devstack.start_upstream(
+                    DEMO_GRPC_PORT + o, "greeter", work / "grpc-upstream.log", grpc=True
+                ),
+            )
         )
         asyncio.run(_seed(redis_url, Path(examples), o, upstream_port))
         click.echo(f"starting wardgate (gRPC {grpc_port}, HTTP {http_port})")
@@ -199,6 +210,7 @@ wardgate is up. Try:
   curl -i -b /tmp/wg.jar {base}/api/me              # 200, upstream sees x-user-id: alice
   curl -i -b /tmp/wg.jar {base}/api/admin           # 403: alice lacks role admin
   curl -i {base}/nowhere                            # 404 with a JSON body
+  python -m wardgate.demo.grpc_upstream --call 127.0.0.1:{listen} --name you   # gRPC route
 
   REDIS_URL={redis_url} wardgate get routes
   metrics: http://127.0.0.1:{http}/metrics   envoy admin: http://127.0.0.1:{admin}/

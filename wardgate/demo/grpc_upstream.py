@@ -1,0 +1,69 @@
+"""A demo gRPC upstream: ``wardgate.demo.v1.Greeter`` plus gRPC health.
+
+``python -m wardgate.demo.grpc_upstream --port 8082`` serves it;
+``python -m wardgate.demo.grpc_upstream --call 127.0.0.1:10000 --name you`` calls it
+(through the gateway at that address).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from wardgate._proto.wardgate.demo.v1 import greeter_pb2, greeter_pb2_grpc
+
+
+class Greeter(greeter_pb2_grpc.GreeterServicer):  # type: ignore[misc]
+    async def SayHello(  # noqa: N802 - gRPC method name
+        self, request: greeter_pb2.HelloRequest, context: grpc.aio.ServicerContext
+    ) -> greeter_pb2.HelloReply:
+        metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+        return greeter_pb2.HelloReply(
+            message=f"hello, {request.name or 'world'}", metadata=metadata
+        )
+
+
+async def serve(host: str, port: int) -> None:
+    server = grpc.aio.server()
+    greeter_pb2_grpc.add_GreeterServicer_to_server(Greeter(), server)
+    checks = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(checks, server)
+    server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    await checks.set("", health_pb2.HealthCheckResponse.SERVING)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(grace=1.0)
+
+
+async def call(target: str, name: str) -> greeter_pb2.HelloReply:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = greeter_pb2_grpc.GreeterStub(channel)
+        reply: greeter_pb2.HelloReply = await stub.SayHello(
+            greeter_pb2.HelloRequest(name=name), timeout=5
+        )
+        return reply
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=8082)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--call", metavar="HOST:PORT", help="Call SayHello there and print it.")
+    parser.add_argument("--name", default="world")
+    args = parser.parse_args()
+    if args.call:
+        print(asyncio.run(call(args.call, args.name)))
+        return
+    asyncio.run(serve(args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()
