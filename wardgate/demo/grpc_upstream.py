@@ -18,7 +18,7 @@ from wardgate._proto.wardgate.demo.v1 import greeter_pb2, greeter_pb2_grpc
 
 
 class Greeter(greeter_pb2_grpc.GreeterServicer):  # type: ignore[misc]
-    async def SayHello(  # noqa: N802 - gRPC method name
+    async def SayHello(
         self, request: greeter_pb2.HelloRequest, context: grpc.aio.ServicerContext
     ) -> greeter_pb2.HelloReply:
         metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
