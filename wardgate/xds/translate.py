@@ -29,7 +29,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa
 from google.protobuf import json_format
 
 from wardgate.domain.catalog import Catalog
-from wardgate.domain.documents import Route, Service
+from wardgate.domain.documents import Route, Service, host_regex
 from wardgate.domain.durations import format_duration, parse_duration
 from wardgate.domain.ratelimit import RULE_KEY, encode_rule
 
@@ -185,16 +185,6 @@ def _regex_alternatives(values: list[str]) -> str:
     return "|".join(re.escape(v) for v in values)
 
 
-def _host_regex(hosts: list[str]) -> str:
-    alts = []
-    for host in hosts:
-        if host.startswith("*."):
-            alts.append(r"[^.:]+(\.[^.:]+)*" + re.escape(host[1:]))
-        else:
-            alts.append(re.escape(host))
-    return rf"^({'|'.join(alts)})(:[0-9]+)?$"
-
-
 def _route_match(route: Route) -> dict[str, Any]:
     m = route.match
     match: dict[str, Any] = {}
@@ -215,7 +205,7 @@ def _route_match(route: Route) -> dict[str, Any]:
         headers.append({"name": name, "string_match": {"exact": value}})
     if m.hosts:
         headers.append(
-            {"name": ":authority", "string_match": {"safe_regex": {"regex": _host_regex(m.hosts)}}}
+            {"name": ":authority", "string_match": {"safe_regex": {"regex": host_regex(m.hosts)}}}
         )
     if headers:
         match["headers"] = headers
