@@ -17,7 +17,7 @@ import click
 import yaml
 from redis.exceptions import RedisError
 
-from wardgate.domain.catalog import Change, plan_apply, plan_delete
+from wardgate.domain.catalog import Change, plan_apply, plan_delete, plan_restore
 from wardgate.domain.documents import Document, parse_document
 from wardgate.errors import DocumentError, WardgateError
 from wardgate.settings import Settings, load_settings
@@ -250,6 +250,33 @@ async def history(ctx: click.Context, output: str, count: int) -> None:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["time"]))
         what = ", ".join(f"{c['kind'].lower()}/{c['name']} {c['action']}" for c in row["changes"])
         click.echo(f"{row['revision']:>6}  {when}  {row['who']}  {what}")
+
+
+@cli.command()
+@click.argument("revision", type=click.IntRange(0))
+@click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
+@click.pass_context
+@run_async
+async def rollback(ctx: click.Context, revision: int, dry_run: bool) -> None:
+    """Bring the documents back to how they were at REVISION (a new revision records it).
+
+    Only changes made through wardgate (apply, delete, rollback) are in the history; raw
+    writes to Redis are not undone.
+    """
+    settings = settings_of(ctx)
+    redis = await open_redis(settings)
+    try:
+        store = RedisDocumentStore(redis=redis, keys=Keys(settings.key_prefix))
+        targets = await store.targets_at(revision)
+        if dry_run:
+            print_changes(plan_restore(await store.load(), targets), dry_run=True)
+            return
+        new_revision, changes = await store.commit(lambda cur: plan_restore(cur, targets))
+        print_changes(changes, dry_run=False, revision=new_revision)
+        if not any(c.action != "unchanged" for c in changes):
+            click.echo(f"already at revision {revision}")
+    finally:
+        await redis.aclose()
 
 
 @cli.command()

@@ -106,3 +106,25 @@ def test_apply_dry_run_get_history_and_delete(stack: Stack, tmp_path) -> None:  
     actions = [(c["name"], c["action"]) for h in history for c in h["changes"]]
     assert ("cli-r", "deleted") in actions and ("cli-r", "created") in actions
     assert history[0]["revision"] > history[-1]["revision"]
+
+
+def test_rollback_restores_an_earlier_revision(stack: Stack) -> None:
+    first = stack.apply(route("rb", "/rb-one", "echo"))
+    rev1 = int(first.stdout.split("revision ")[1].split()[0])
+    stack.apply(route("rb", "/rb-two", "echo"), route("rb-extra", "/rb-extra", "echo"))
+    dry = stack.cli("rollback", str(rev1), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "route/rb configured (dry run)" in dry.stdout
+    assert "route/rb-extra deleted (dry run)" in dry.stdout
+    done = stack.cli("rollback", str(rev1))
+    assert done.returncode == 0, done.stderr
+    got = json.loads(stack.cli("get", "routes", "rb", "-o", "json").stdout)
+    assert got["match"] == {"prefix": "/rb-one"}
+    assert stack.redis().hget(f"{stack.prefix}routes", "rb-extra") is None
+    with stack.client() as http:
+        from tests.support import eventually
+
+        eventually(lambda: http.get("/rb-one").status_code == 200, timeout=2)
+        eventually(lambda: http.get("/rb-extra").status_code == 404, timeout=2)
+    unknown = stack.cli("rollback", "999999")
+    assert unknown.returncode == 1 and "not in the history" in unknown.stderr

@@ -133,3 +133,28 @@ def _check_result(current: Mapping[str, Mapping[str, str]], changes: list[Change
                     f"route {name} still uses it", kind="Service", name=gone.split(",")[0]
                 )
     check_references(routes, catalog.services)
+
+
+def plan_restore(
+    current: Mapping[str, Mapping[str, str]], targets: Mapping[tuple[str, str], str | None]
+) -> list[Change]:
+    """Changes that bring each (kind, name) in ``targets`` to its value (None: absent).
+
+    Used by rollback; the result is validated like any apply (all or nothing).
+    """
+    changes: list[Change] = []
+    for (kind, name), value in sorted(targets.items()):
+        old = current.get(kind, {}).get(name)
+        if value is None:
+            if old is not None:
+                changes.append(Change(kind, name, "deleted", None))
+            continue
+        try:
+            doc = parse_document(json.loads(value), expect_kind=kind)
+        except (json.JSONDecodeError, DocumentError) as exc:
+            raise DocumentError(f"cannot restore: {exc}", kind=kind, name=name) from None
+        new = canonical_json(doc)
+        action = "created" if old is None else ("unchanged" if _same(old, new) else "configured")
+        changes.append(Change(kind, name, action, new))
+    _check_result(current, changes)
+    return sorted(changes, key=lambda c: (KIND_ORDER.index(c.kind), c.name))

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 import re2  # type: ignore[import-untyped]
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -24,8 +25,19 @@ from wardgate.domain.durations import parse_duration, parse_period
 from wardgate.errors import DocumentError, ReferenceError_
 
 NAME_RE = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
+RESERVED_PREFIX = "wardgate"
+
+
+def _not_reserved(name: str) -> str:
+    if name.startswith(RESERVED_PREFIX):
+        raise ValueError(f"names starting with '{RESERVED_PREFIX}' are reserved for the gateway")
+    return name
+
+
 Name = Annotated[
-    str, Field(pattern=NAME_RE, description="lower-case letters, digits, '.', '_', '-'")
+    str,
+    Field(pattern=NAME_RE, description="lower-case letters, digits, '.', '_', '-'"),
+    AfterValidator(_not_reserved),
 ]
 HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"}
 RETRY_CONDITIONS = {
@@ -78,7 +90,9 @@ class _Doc(BaseModel):
 
 
 def _duration(value: Any) -> str:
-    parse_duration(value)
+    seconds = parse_duration(value)
+    if not 0 < seconds <= 86400:
+        raise ValueError(f"'{value}' must be more than 0 and at most 1d")
     return str(value)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from redis.exceptions import RedisError, WatchError
 
 from wardgate.domain.catalog import KIND_ORDER, Change
-from wardgate.errors import ConflictError, StoreError
+from wardgate.errors import ConflictError, DocumentError, StoreError
 from wardgate.store.keys import Keys
 from wardgate.store.redis_client import AnyRedis
 
@@ -107,6 +107,23 @@ class RedisDocumentStore:
             await self._r.publish(self._k.changes_channel, str(revision))
         except RedisError as exc:
             raise StoreError(f"redis: {exc}") from exc
+
+    async def targets_at(self, revision: int) -> dict[tuple[str, str], str | None]:
+        """What every document changed after ``revision`` looked like at ``revision``."""
+        try:
+            rows = await self._r.xrevrange(self._k.history)
+        except RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+        known = {int(fields["revision"]) for _id, fields in rows}
+        if revision != 0 and revision not in known:
+            raise DocumentError(f"revision {revision} is not in the history")
+        targets: dict[tuple[str, str], str | None] = {}
+        for _id, fields in rows:  # newest first: the oldest 'before' after revision wins
+            if int(fields["revision"]) <= revision:
+                continue
+            for change in json.loads(fields.get("changes", "[]")):
+                targets[(change["kind"], change["name"])] = change.get("before")
+        return targets
 
     async def history(self, count: int = 50) -> list[dict[str, Any]]:
         try:
