@@ -30,9 +30,9 @@ from wardgate.settings import Settings
 from wardgate.store.keys import Keys
 from wardgate.store.redis_client import connect
 from wardgate.store.redis_store import RedisCounterStore, RedisSessionStore, RedisUserStore
+from wardgate.xds.ads import AggregatedDiscoveryService
 from wardgate.xds.nodes import NodeRegistry
 from wardgate.xds.snapshot import NodeGroup, SnapshotCache
-from wardgate.xds.sotw import AggregatedDiscoveryService
 from wardgate.xds.translate import TranslateOptions, build_listener
 from wardgate.xds.watcher import DocumentWatcher
 

@@ -27,7 +27,7 @@ from wardgate.xds.snapshot import (
     Snapshot,
     SnapshotCache,
 )
-from wardgate.xds.sotw import AggregatedDiscoveryService
+from wardgate.xds.ads import AggregatedDiscoveryService
 from wardgate.xds.translate import TranslateOptions, build_listener
 
 pytestmark = pytest.mark.integration

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -30,6 +31,14 @@ WILDCARD_TYPES = frozenset({TYPE_CLUSTER, TYPE_LISTENER})
 class Resources:
     items: dict[str, any_pb2.Any]
     version: str
+
+    @functools.cached_property
+    def versions(self) -> dict[str, str]:
+        """Per resource: a version from its content (for incremental xDS)."""
+        return {
+            name: hashlib.sha256(name.encode() + b"\0" + item.value).hexdigest()[:16]
+            for name, item in self.items.items()
+        }
 
     @classmethod
     def of(cls, messages: Iterable[Message], name: Callable[[Any], str]) -> Resources:

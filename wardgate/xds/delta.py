@@ -1,0 +1,151 @@
+"""ADS, incremental (delta): per-resource versions, subscriptions, removals.
+
+Rules followed (Envoy's xds_protocol): subscription changes are honoured even when they come
+with a stale nonce (only the ACK/NACK meaning of a stale nonce is ignored); a resource newly
+subscribed is sent even if the client claims to have it (``initial_resource_versions`` only
+tells us what it holds, so that we can announce removals); a NACKed version is not re-sent
+until the resource changes; ``removed_resources`` says a resource is gone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from envoy.service.discovery.v3 import discovery_pb2
+
+from wardgate.metrics import Metrics, type_label
+from wardgate.xds.nodes import NodeRegistry, NodeState
+from wardgate.xds.snapshot import PUSH_ORDER, WILDCARD_TYPES, Snapshot, SnapshotCache
+from wardgate.xds.stream import StreamSession, request_batches
+
+log = logging.getLogger("wardgate.xds")
+
+
+@dataclasses.dataclass
+class _DeltaWatch:
+    wildcard: bool = False
+    names: set[str] = dataclasses.field(default_factory=set)
+    known: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> version it has
+    nonce: str = ""
+    nonce_version: str = ""
+
+
+def _on_request(
+    req: discovery_pb2.DeltaDiscoveryRequest,
+    watches: dict[str, _DeltaWatch],
+    state: NodeState,
+    nodes: NodeRegistry,
+    metrics: Metrics,
+) -> None:
+    type_url = req.type_url
+    first = type_url not in watches
+    watch = watches.setdefault(type_url, _DeltaWatch())
+    subscribe = list(req.resource_names_subscribe)
+    if first:
+        if not subscribe and type_url in WILDCARD_TYPES:
+            watch.wildcard = True  # the legacy wildcard: an empty first subscription
+        # What the client already holds (a reconnect): remembered only so that we can tell
+        # it what has been removed meanwhile; everything it wants is sent again.
+        for name in req.initial_resource_versions:
+            watch.known[name] = ""
+    for name in subscribe:
+        if name == "*":
+            watch.wildcard = True
+        else:
+            watch.names.add(name)
+            watch.known.pop(name, None)  # newly subscribed: send it even if it has it
+    for name in req.resource_names_unsubscribe:
+        if name == "*":
+            watch.wildcard = False
+        else:
+            watch.names.discard(name)
+            watch.known.pop(name, None)
+    if req.response_nonce and req.response_nonce == watch.nonce:
+        ts = state.type(type_url)
+        label = type_label(type_url)
+        if req.HasField("error_detail"):
+            ts.nacked_version = watch.nonce_version
+            ts.nack_error = req.error_detail.message[:2000]
+            ts.nack_time = time.time()
+            metrics.xds_nacks.labels(label).inc()
+            log.warning(
+                "envoy %s NACKed %s version %s: %s",
+                state.node_id,
+                label,
+                watch.nonce_version,
+                req.error_detail.message[:500],
+            )
+        else:
+            ts.acked_version = watch.nonce_version
+            metrics.xds_acks.labels(label).inc()
+        nodes.touch()
+
+
+def _response(
+    type_url: str, watch: _DeltaWatch, snapshot: Snapshot, nonce: str
+) -> discovery_pb2.DeltaDiscoveryResponse | None:
+    res = snapshot.get(type_url)
+    versions = res.versions
+    wanted = versions.keys() if watch.wildcard else watch.names & versions.keys()
+    send = sorted(n for n in wanted if watch.known.get(n) != versions[n])
+    removed = sorted(
+        n for n in watch.known if n not in versions and (watch.wildcard or n in watch.names)
+    )
+    # Names the client holds but no longer wants (and never asked for) are forgotten quietly.
+    for name in [n for n in watch.known if not watch.wildcard and n not in watch.names]:
+        del watch.known[name]
+    if not send and not removed:
+        return None
+    response = discovery_pb2.DeltaDiscoveryResponse(
+        system_version_info=res.version,
+        type_url=type_url,
+        nonce=nonce,
+        removed_resources=removed,
+    )
+    for name in send:
+        response.resources.add(name=name, version=versions[name], resource=res.items[name])
+        watch.known[name] = versions[name]
+    for name in removed:
+        del watch.known[name]
+    watch.nonce = nonce
+    watch.nonce_version = res.version
+    return response
+
+
+async def delta_stream(
+    request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
+    *,
+    cache: SnapshotCache,
+    nodes: NodeRegistry,
+    metrics: Metrics,
+    default_port: int,
+) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
+    session = StreamSession(nodes=nodes, metrics=metrics, mode="delta", default_port=default_port)
+    watches: dict[str, _DeltaWatch] = {}
+    nonces = itertools.count(1)
+    try:
+        async for batch in request_batches(request_iterator, cache):
+            for req in batch:
+                _on_request(req, watches, session.see(req), nodes, metrics)
+            if session.group is None or session.state is None:
+                continue
+            snapshot = cache.snapshot_for(session.group)
+            if snapshot is None:
+                continue
+            for type_url in PUSH_ORDER:
+                watch = watches.get(type_url)
+                if watch is None:
+                    continue
+                response = _response(type_url, watch, snapshot, str(next(nonces)))
+                if response is None:
+                    continue
+                session.state.type(type_url).sent_version = response.system_version_info
+                nodes.touch()
+                metrics.xds_pushes.labels(type_label(type_url)).inc()
+                yield response
+    finally:
+        session.close()

@@ -1,0 +1,131 @@
+"""What both ADS variants share: reading a stream's requests while watching the cache, and
+registering the Envoy behind the stream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import grpc
+
+from wardgate.metrics import Metrics
+from wardgate.xds.nodes import NodeRegistry, NodeState
+from wardgate.xds.snapshot import NodeGroup, SnapshotCache
+
+log = logging.getLogger("wardgate.xds")
+_stream_ids = itertools.count(1)
+
+
+class HasNode(Protocol):
+    @property
+    def node(self) -> Any: ...
+
+
+def node_group(node: Any, default_port: int) -> NodeGroup:
+    """Where this Envoy's listener binds, from its node metadata (``listen_port``,
+    ``listen_address``), else the configured default port on 0.0.0.0."""
+    fields = node.metadata.fields
+    port = default_port
+    address = "0.0.0.0"
+    if "listen_port" in fields:
+        value = fields["listen_port"]
+        try:
+            port = int(value.number_value or value.string_value or default_port)
+        except ValueError:
+            port = default_port
+        if not 0 < port < 65536:
+            port = default_port
+    if "listen_address" in fields and fields["listen_address"].string_value:
+        address = fields["listen_address"].string_value
+    return NodeGroup(address, port)
+
+
+async def request_batches(
+    request_iterator: AsyncIterator[Any], cache: SnapshotCache
+) -> AsyncIterator[list[Any]]:
+    """Yield the requests that have arrived (an empty list when only the snapshot changed);
+    end when the client closes the stream."""
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    done = object()
+
+    async def read() -> None:
+        try:
+            async for req in request_iterator:
+                await queue.put(req)
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            pass
+        finally:
+            await queue.put(done)
+
+    reader = asyncio.create_task(read())
+    try:
+        while True:
+            generation = cache.generation
+            if queue.empty():
+                waiter = asyncio.create_task(queue.get())
+                changed = asyncio.create_task(cache.wait_changed(generation))
+                finished, _ = await asyncio.wait(
+                    {waiter, changed}, return_when=asyncio.FIRST_COMPLETED
+                )
+                changed.cancel()
+                if waiter in finished:
+                    batch = [waiter.result()]
+                else:
+                    waiter.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await waiter
+                    batch = []
+            else:
+                batch = [queue.get_nowait()]
+            while not queue.empty():
+                batch.append(queue.get_nowait())
+            if done in batch:
+                yield [r for r in batch[: batch.index(done)]]
+                return
+            yield batch
+    finally:
+        reader.cancel()
+
+
+class StreamSession:
+    """Registers the Envoy of one stream on its first request, unregisters at the end."""
+
+    def __init__(self, *, nodes: NodeRegistry, metrics: Metrics, mode: str, default_port: int):
+        self.id = next(_stream_ids)
+        self.state: NodeState | None = None
+        self.group: NodeGroup | None = None
+        self._nodes = nodes
+        self._gauge = metrics.xds_connected.labels(mode)
+        self._mode = mode
+        self._default_port = default_port
+
+    def see(self, req: HasNode) -> NodeState:
+        if self.state is None:
+            node = req.node
+            self.group = node_group(node, self._default_port)
+            self.state = NodeState(
+                node_id=node.id or f"stream-{self.id}",
+                cluster=node.cluster,
+                stream=self.id,
+                mode=self._mode,
+            )
+            self._nodes.connect(self.state)
+            self._gauge.inc()
+            log.info(
+                "envoy %s connected (%s, stream %d, %s)",
+                self.state.node_id,
+                self._mode,
+                self.id,
+                self.group,
+            )
+        return self.state
+
+    def close(self) -> None:
+        if self.state is not None:
+            self._gauge.dec()
+            self._nodes.disconnect(self.id)
+            log.info("envoy %s disconnected (stream %d)", self.state.node_id, self.id)
