@@ -386,8 +386,10 @@ def serve(
 
 def _register_subcommands() -> None:
     from wardgate.cli_identity import sessions, users
+    from wardgate.cli_registry import register
     from wardgate.up import up
 
+    cli.add_command(register)
     cli.add_command(users)
     cli.add_command(sessions)
     cli.add_command(up)

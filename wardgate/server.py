@@ -22,14 +22,17 @@ from redis.exceptions import RedisError
 from wardgate.domain.authz import Authorizer
 from wardgate.domain.ratelimit import RateLimiter
 from wardgate.domain.sessions import SessionService
+from wardgate.errors import StoreError
 from wardgate.extproc.authz import AuthorizationService
 from wardgate.extproc.ratelimit import RateLimitService
 from wardgate.http.app import create_app
+from wardgate.http.registry import add_registry_routes
 from wardgate.metrics import Metrics, create_metrics
 from wardgate.settings import Settings
 from wardgate.store.keys import Keys
 from wardgate.store.redis_client import connect
 from wardgate.store.redis_store import RedisCounterStore, RedisSessionStore, RedisUserStore
+from wardgate.store.registry import RedisRegistryStore
 from wardgate.xds.ads import AggregatedDiscoveryService
 from wardgate.xds.nodes import NodeRegistry
 from wardgate.xds.snapshot import NodeGroup, SnapshotCache
@@ -141,6 +144,24 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
         cookie_name=settings.session_cookie,
         cookie_secure=settings.cookie_secure,
         ready=ready,
+    )
+    registry = RedisRegistryStore(redis=hot, keys=keys)
+
+    async def is_registry_service(name: str) -> bool:
+        try:
+            raw = await hot.hget(keys.services, name)
+        except RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+        try:
+            return bool(raw) and json.loads(raw).get("discovery") == "registry"
+        except (ValueError, AttributeError):
+            return False
+
+    add_registry_routes(
+        app,
+        registry=registry,
+        is_registry_service=is_registry_service,
+        token=settings.registry_token,
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

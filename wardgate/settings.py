@@ -42,6 +42,8 @@ class Settings:
     ext_authz_timeout: float = 0.25
     ratelimit_timeout: float = 0.1
     log_level: str = "INFO"
+    # Bearer token required by POST /registry/* (empty: no token; keep the HTTP port private).
+    registry_token: str = ""
 
     @property
     def advertised_http_port(self) -> int:

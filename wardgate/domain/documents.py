@@ -344,9 +344,14 @@ class Service(_Doc):
     @model_validator(mode="after")
     def _endpoints(self) -> Service:
         if self.discovery == "registry":
-            raise ValueError("discovery: registry is not available yet; list endpoints")
-        if not self.endpoints:
-            raise ValueError("a static service needs at least one endpoint")
+            if self.endpoints:
+                raise ValueError(
+                    "a registry service takes its endpoints from heartbeats; drop endpoints"
+                )
+        elif not self.endpoints:
+            raise ValueError(
+                "a static service needs at least one endpoint (or discovery: registry)"
+            )
         return self
 
 

@@ -55,6 +55,17 @@ class Keys:
         """Hash: node id -> JSON of what that Envoy ACKed/NACKed (written by ADS)."""
         return f"{self.prefix}status:nodes"
 
+    # -- service registry --
+    def registry(self, service: str) -> str:
+        """Sorted set of one service's live instances: member 'address:port:weight',
+        score = the time (ms) its last heartbeat expires."""
+        return f"{self.prefix}registry:{service}"
+
+    @property
+    def registry_channel(self) -> str:
+        """Pub/sub channel announcing an instance that appeared or left."""
+        return f"{self.prefix}registry:changes"
+
     # -- identity --
     @property
     def users(self) -> str:

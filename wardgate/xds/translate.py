@@ -10,10 +10,12 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
+from collections.abc import Mapping
 from typing import Any
 
 # Importing these registers the message types that "@type" below refers to.
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.buffer.v3 import buffer_pb2  # noqa: F401
@@ -91,28 +93,48 @@ def _is_ip(host: str) -> bool:
 # --- clusters -----------------------------------------------------------------------------
 
 
+def uses_eds(svc: Service) -> bool:
+    """Endpoints by EDS (changing them never touches the cluster), unless an endpoint is a
+    host name, which only a STRICT_DNS cluster resolves."""
+    return svc.discovery == "registry" or all(_is_ip(e.address) for e in svc.endpoints or [])
+
+
+def build_load_assignment(
+    name: str, endpoints: list[tuple[str, int, int]]
+) -> endpoint_pb2.ClusterLoadAssignment:
+    cla: dict[str, Any] = {"cluster_name": name, "endpoints": []}
+    if endpoints:
+        cla["endpoints"] = [
+            {
+                "lb_endpoints": [
+                    {"endpoint": {"address": _socket(a, p)}, "load_balancing_weight": w}
+                    for a, p, w in endpoints
+                ]
+            }
+        ]
+    return json_format.ParseDict(cla, endpoint_pb2.ClusterLoadAssignment())
+
+
 def build_cluster(svc: Service) -> cluster_pb2.Cluster:
-    endpoints = svc.endpoints or []
     c: dict[str, Any] = {
         "name": svc.name,
-        "type": "STATIC" if all(_is_ip(e.address) for e in endpoints) else "STRICT_DNS",
         "connect_timeout": _d(svc.connect_timeout),
         "lb_policy": LB_POLICIES[svc.lb],
-        "load_assignment": {
-            "cluster_name": svc.name,
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {
-                            "endpoint": {"address": _socket(e.address, e.port)},
-                            "load_balancing_weight": e.weight,
-                        }
-                        for e in endpoints
-                    ]
-                }
-            ],
-        },
     }
+    if uses_eds(svc):
+        c["type"] = "EDS"
+        c["eds_cluster_config"] = {
+            "service_name": svc.name,
+            "eds_config": {"ads": {}, "resource_api_version": "V3"},
+        }
+    else:
+        c["type"] = "STRICT_DNS"
+        c["load_assignment"] = json_format.MessageToDict(
+            build_load_assignment(
+                svc.name, [(e.address, e.port, e.weight) for e in svc.endpoints or []]
+            ),
+            preserving_proto_field_name=True,
+        )
     if svc.protocol in ("http2", "grpc"):
         c["typed_extension_protocol_options"] = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -523,10 +545,33 @@ def build_listener(address: str, port: int, opts: TranslateOptions) -> listener_
     return json_format.ParseDict(listener, listener_pb2.Listener())
 
 
+@dataclasses.dataclass(frozen=True)
+class Base:
+    clusters: list[cluster_pb2.Cluster]
+    endpoints: list[endpoint_pb2.ClusterLoadAssignment]
+    routes: route_pb2.RouteConfiguration
+
+
 def build_base(
-    catalog: Catalog, opts: TranslateOptions
-) -> tuple[list[cluster_pb2.Cluster], route_pb2.RouteConfiguration]:
-    clusters = [build_auth_cluster(opts)] + [
-        build_cluster(s) for _, s in sorted(catalog.services.items())
-    ]
-    return clusters, build_route_configuration(list(catalog.routes.values()), opts)
+    catalog: Catalog,
+    opts: TranslateOptions,
+    instances: Mapping[str, list[tuple[str, int, int]]] | None = None,
+) -> Base:
+    """Every resource but the listener. ``instances`` are the live endpoints of the
+    ``discovery: registry`` services."""
+    instances = instances or {}
+    services = [s for _, s in sorted(catalog.services.items())]
+    endpoints = []
+    for svc in services:
+        if not uses_eds(svc):
+            continue
+        if svc.discovery == "registry":
+            eps = list(instances.get(svc.name, []))
+        else:
+            eps = [(e.address, e.port, e.weight) for e in svc.endpoints or []]
+        endpoints.append(build_load_assignment(svc.name, eps))
+    return Base(
+        clusters=[build_auth_cluster(opts)] + [build_cluster(s) for s in services],
+        endpoints=endpoints,
+        routes=build_route_configuration(list(catalog.routes.values()), opts),
+    )

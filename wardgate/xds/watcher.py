@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -17,19 +17,22 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from wardgate.domain.catalog import KIND_ORDER, Catalog
+from wardgate.domain.registry import Instance
 from wardgate.errors import StoreError
 from wardgate.metrics import Metrics
 from wardgate.store.documents import RawDocuments, RedisDocumentStore
 from wardgate.store.keys import Keys
 from wardgate.store.redis_client import AnyRedis
+from wardgate.store.registry import RedisRegistryStore
 from wardgate.xds.snapshot import (
     TYPE_CLUSTER,
+    TYPE_ENDPOINT,
     TYPE_ROUTE,
     Resources,
     Snapshot,
     SnapshotCache,
 )
-from wardgate.xds.translate import TranslateOptions, build_base
+from wardgate.xds.translate import Base, TranslateOptions, build_base, build_load_assignment
 
 log = logging.getLogger("wardgate.watcher")
 
@@ -54,7 +57,12 @@ class DocumentWatcher:
         self._metrics = metrics
         self._resync = resync_interval
         self._manage_events = manage_keyspace_events
+        self._registry = RedisRegistryStore(redis=redis, keys=keys)
         self._last_raw: RawDocuments | None = None
+        self._base: Base | None = None
+        self._revision = 0
+        self._registry_services: list[str] = []
+        self._live: dict[str, list[Instance]] = {}
         self._wake = asyncio.Event()
         self.refused: dict[str, str] = {}
         self.last_error: str = ""
@@ -66,18 +74,16 @@ class DocumentWatcher:
         revision = await self._store.revision()
         if raw == self._last_raw and self._cache.ready:
             self._metrics.snapshot_builds.labels("unchanged").inc()
-            return False
+            return await self.refresh_instances()
         catalog = Catalog.from_raw(raw)
-        clusters, route_config = build_base(catalog, self._options)
-        snapshot = Snapshot(
-            {
-                TYPE_CLUSTER: Resources.of(clusters, lambda m: m.name),
-                TYPE_ROUTE: Resources.of([route_config], lambda m: m.name),
-            },
-            revision=revision,
+        self._registry_services = sorted(
+            name for name, svc in catalog.services.items() if svc.discovery == "registry"
         )
-        changed = self._cache.set_base(snapshot)
+        self._live = await self._registry.live(self._registry_services, now=time.time())
+        self._base = build_base(catalog, self._options, self._endpoints_of(self._live))
         self._last_raw = raw
+        self._revision = revision
+        changed = self._publish()
         self._metrics.snapshot_seconds.observe(time.perf_counter() - started)
         self._metrics.snapshot_builds.labels("changed" if changed else "unchanged").inc()
         self._metrics.documents.labels("Route").set(len(catalog.routes))
@@ -93,6 +99,44 @@ class DocumentWatcher:
                 len(catalog.refused),
             )
         return changed
+
+    @staticmethod
+    def _endpoints_of(live: dict[str, list[Instance]]) -> dict[str, list[tuple[str, int, int]]]:
+        return {name: [(i.address, i.port, i.weight) for i in ins] for name, ins in live.items()}
+
+    async def refresh_instances(self) -> bool:
+        """Re-read only the registry: heartbeats that expired or appeared. Cheap."""
+        if self._base is None or not self._registry_services:
+            return False
+        live = await self._registry.live(self._registry_services, now=time.time())
+        if live == self._live:
+            return False
+        self._live = live
+        endpoints = self._endpoints_of(live)
+        registry = set(self._registry_services)
+        self._base = dataclasses.replace(
+            self._base,
+            endpoints=[
+                build_load_assignment(cla.cluster_name, endpoints.get(cla.cluster_name, []))
+                if cla.cluster_name in registry
+                else cla
+                for cla in self._base.endpoints
+            ],
+        )
+        log.info("registry: %s", {n: len(i) for n, i in live.items()})
+        return self._publish()
+
+    def _publish(self) -> bool:
+        assert self._base is not None
+        snapshot = Snapshot(
+            {
+                TYPE_CLUSTER: Resources.of(self._base.clusters, lambda m: m.name),
+                TYPE_ENDPOINT: Resources.of(self._base.endpoints, lambda m: m.cluster_name),
+                TYPE_ROUTE: Resources.of([self._base.routes], lambda m: m.name),
+            },
+            revision=self._revision,
+        )
+        return self._cache.set_base(snapshot)
 
     async def _publish_refused(self, refused: dict[str, str]) -> None:
         for key in sorted(set(refused) - set(self.refused)):
@@ -132,14 +176,15 @@ class DocumentWatcher:
         self._wake.set()
 
     async def run(self) -> None:
-        """Forever: subscribe, sync on every notification and every resync interval."""
+        """Forever: subscribe; a full sync on every document notification and every resync
+        interval; a registry refresh on registry notifications and every second."""
         backoff = 0.2
         while True:
             pubsub = None
             try:
                 keyspace = await self._enable_keyspace_events()
                 pubsub = self._redis.pubsub()
-                await pubsub.subscribe(self._keys.changes_channel)
+                await pubsub.subscribe(self._keys.changes_channel, self._keys.registry_channel)
                 if keyspace:
                     await pubsub.psubscribe(
                         *[f"__keyspace@*__:{self._keys.documents(k)}" for k in KIND_ORDER]
@@ -147,20 +192,7 @@ class DocumentWatcher:
                 await self.sync()
                 self.last_error = ""
                 backoff = 0.2
-                deadline = time.monotonic() + self._resync
-                while True:
-                    timeout = max(0.0, deadline - time.monotonic())
-                    msg = await pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=min(timeout, 0.5)
-                    )
-                    if msg is None and not self._wake.is_set() and time.monotonic() < deadline:
-                        continue
-                    self._wake.clear()
-                    # Coalesce a burst of notifications into one sync.
-                    while await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.005):
-                        pass
-                    await self.sync()
-                    deadline = time.monotonic() + self._resync
+                await self._listen(pubsub)
             except (RedisError, StoreError, OSError) as exc:
                 self.last_error = str(exc)
                 self._metrics.snapshot_builds.labels("failed").inc()
@@ -173,9 +205,26 @@ class DocumentWatcher:
                     with contextlib.suppress(RedisError, OSError):
                         await pubsub.aclose()
 
-
-def status_document(watcher: DocumentWatcher) -> dict[str, Any]:
-    return {"refused": watcher.refused, "error": watcher.last_error}
-
-
-_ = json
+    async def _listen(self, pubsub: Any) -> None:
+        resync_at = time.monotonic() + self._resync
+        registry_at = time.monotonic() + 1.0
+        while True:
+            now = time.monotonic()
+            wait = max(0.0, min(resync_at, registry_at) - now, 0.0)
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(wait, 0.5))
+            full = self._wake.is_set() or time.monotonic() >= resync_at
+            registry = time.monotonic() >= registry_at
+            while msg is not None:  # coalesce a burst of notifications
+                if msg.get("channel") == self._keys.registry_channel:
+                    registry = True
+                else:
+                    full = True
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.005)
+            if full:
+                self._wake.clear()
+                await self.sync()  # also refreshes the registry
+                resync_at = time.monotonic() + self._resync
+                registry_at = time.monotonic() + 1.0
+            elif registry:
+                await self.refresh_instances()
+                registry_at = time.monotonic() + 1.0
