@@ -8,6 +8,7 @@ environment wins over the file. ``docs/CONFIGURATION.md`` lists them all.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -76,13 +77,19 @@ def _coerce(field: dataclasses.Field[Any], raw: Any) -> Any:
     try:
         if name in _DURATIONS:
             value: Any = parse_duration(raw) if isinstance(raw, str) else float(raw)
-            if value <= 0:
-                raise ValueError("must be positive")
+            if not math.isfinite(value) or value <= 0 or value > 86400:
+                raise ValueError("must be more than 0 and at most 1d")
             return value
         if field.type in ("int", int):
+            if isinstance(raw, bool) or not isinstance(raw, int | str):
+                raise ValueError("must be a whole number")
             value = int(raw)
             if value < 0:
                 raise ValueError("must not be negative")
+            if name.endswith("_port") and value > 65535:
+                raise ValueError("a port is at most 65535")
+            if name.endswith("_port") and value == 0 and name != "http_advertise_port":
+                raise ValueError("a port is at least 1")
             return value
         if field.type in ("bool", bool):
             if isinstance(raw, bool):

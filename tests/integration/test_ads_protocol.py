@@ -18,6 +18,7 @@ from google.rpc import status_pb2
 
 from wardgate import devstack
 from wardgate.metrics import create_metrics
+from wardgate.xds.ads import AggregatedDiscoveryService
 from wardgate.xds.nodes import NodeRegistry
 from wardgate.xds.snapshot import (
     TYPE_CLUSTER,
@@ -27,7 +28,6 @@ from wardgate.xds.snapshot import (
     Snapshot,
     SnapshotCache,
 )
-from wardgate.xds.ads import AggregatedDiscoveryService
 from wardgate.xds.translate import TranslateOptions, build_listener
 
 pytestmark = pytest.mark.integration

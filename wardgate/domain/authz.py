@@ -33,7 +33,7 @@ class RoutePolicy:
             route=ext.get("route", ""),
             require=require,
             roles=frozenset(r for r in ext.get("roles", "").split(",") if r),
-            cors_origins=frozenset(o for o in ext.get("cors_origins", "").split(" ") if o),
+            cors_origins=frozenset(o.lower() for o in ext.get("cors_origins", "").split(" ") if o),
         )
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+# At most 9 digits each side of the point: no overflow, and exact to the nanosecond.
+_RE = re.compile(r"^\s*(\d{1,9}(?:\.\d{1,9})?)\s*(ms|s|m|h|d)\s*$")
 NAMED_PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
 
 
@@ -30,5 +31,7 @@ def parse_period(text: str) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """The canonical protobuf JSON form: ``1.5s``."""
-    return f"{seconds:g}s"
+    """Protobuf's JSON form, exact to the nanosecond: ``1.5s``, ``0.00001s``."""
+    nanos = round(seconds * 1_000_000_000)
+    whole, frac = divmod(nanos, 1_000_000_000)
+    return f"{whole}.{frac:09d}".rstrip("0") + "s" if frac else f"{whole}s"

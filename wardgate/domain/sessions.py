@@ -33,7 +33,8 @@ def parse_cookies(header: str | None) -> dict[str, str]:
     if not header or len(header) > MAX_COOKIE_HEADER:
         return out
     for part in header.split(";"):
-        name, sep, value = part.strip().partition("=")
+        name, sep, value = part.partition("=")
+        name = name.strip()
         if sep and name and name not in out:
             out[name] = value.strip().strip('"')
     return out
@@ -41,7 +42,7 @@ def parse_cookies(header: str | None) -> dict[str, str]:
 
 def strip_cookie(header: str, name: str) -> str:
     """The ``Cookie`` header without cookie ``name`` (what the upstream should see)."""
-    kept = [p.strip() for p in header.split(";") if p.strip().partition("=")[0] != name]
+    kept = [p.strip() for p in header.split(";") if p.partition("=")[0].strip() != name]
     return "; ".join(p for p in kept if p)
 
 

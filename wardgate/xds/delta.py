@@ -19,7 +19,14 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from wardgate.metrics import Metrics, type_label
 from wardgate.xds.nodes import NodeRegistry, NodeState
-from wardgate.xds.snapshot import PUSH_ORDER, WILDCARD_TYPES, Snapshot, SnapshotCache
+from wardgate.xds.ordering import Sequencer
+from wardgate.xds.snapshot import (
+    PUSH_ORDER,
+    TYPE_CLUSTER,
+    WILDCARD_TYPES,
+    Snapshot,
+    SnapshotCache,
+)
 from wardgate.xds.stream import StreamSession, request_batches
 
 log = logging.getLogger("wardgate.xds")
@@ -40,6 +47,7 @@ def _on_request(
     state: NodeState,
     nodes: NodeRegistry,
     metrics: Metrics,
+    seq: Sequencer,
 ) -> None:
     type_url = req.type_url
     first = type_url not in watches
@@ -65,6 +73,7 @@ def _on_request(
             watch.names.discard(name)
             watch.known.pop(name, None)
     if req.response_nonce and req.response_nonce == watch.nonce:
+        seq.answered(type_url, req.response_nonce, accepted=not req.HasField("error_detail"))
         ts = state.type(type_url)
         label = type_label(type_url)
         if req.HasField("error_detail"):
@@ -86,10 +95,15 @@ def _on_request(
 
 
 def _response(
-    type_url: str, watch: _DeltaWatch, snapshot: Snapshot, nonce: str
+    type_url: str, watch: _DeltaWatch, snapshot: Snapshot, nonce: str, seq: Sequencer
 ) -> discovery_pb2.DeltaDiscoveryResponse | None:
     res = snapshot.get(type_url)
-    versions = res.versions
+    items, versions = res.items, res.versions
+    if type_url == TYPE_CLUSTER:
+        items, _ = seq.clusters(snapshot)
+        # A removed cluster still routed to keeps the version the client has: not resent,
+        # not removed, until routes that no longer use it are accepted.
+        versions = {**versions, **{n: watch.known.get(n, "") for n in items if n not in versions}}
     wanted = versions.keys() if watch.wildcard else watch.names & versions.keys()
     send = sorted(n for n in wanted if watch.known.get(n) != versions[n])
     removed = sorted(
@@ -107,12 +121,13 @@ def _response(
         removed_resources=removed,
     )
     for name in send:
-        response.resources.add(name=name, version=versions[name], resource=res.items[name])
+        response.resources.add(name=name, version=versions[name], resource=items[name])
         watch.known[name] = versions[name]
     for name in removed:
         del watch.known[name]
     watch.nonce = nonce
     watch.nonce_version = res.version
+    seq.sent(type_url, nonce, snapshot, dict(items))
     return response
 
 
@@ -127,10 +142,11 @@ async def delta_stream(
     session = StreamSession(nodes=nodes, metrics=metrics, mode="delta", default_port=default_port)
     watches: dict[str, _DeltaWatch] = {}
     nonces = itertools.count(1)
+    seq = Sequencer()
     try:
         async for batch in request_batches(request_iterator, cache):
             for req in batch:
-                _on_request(req, watches, session.see(req), nodes, metrics)
+                _on_request(req, watches, session.see(req), nodes, metrics, seq)
             if session.group is None or session.state is None:
                 continue
             snapshot = cache.snapshot_for(session.group)
@@ -138,9 +154,9 @@ async def delta_stream(
                 continue
             for type_url in PUSH_ORDER:
                 watch = watches.get(type_url)
-                if watch is None:
+                if watch is None or seq.hold(type_url):
                     continue
-                response = _response(type_url, watch, snapshot, str(next(nonces)))
+                response = _response(type_url, watch, snapshot, str(next(nonces)), seq)
                 if response is None:
                     continue
                 session.state.type(type_url).sent_version = response.system_version_info

@@ -67,6 +67,9 @@ class NodeGroup:
 class Snapshot:
     resources: dict[str, Resources]
     revision: int = 0  # the document revision it was built from (for status), not its version
+    # The clusters the route configurations refer to: a cluster an Envoy's routes still use
+    # is removed only after it has accepted routes that no longer do (make before break).
+    route_clusters: frozenset[str] = frozenset()
 
     def get(self, type_url: str) -> Resources:
         return self.resources.get(type_url, EMPTY)
@@ -114,7 +117,9 @@ class SnapshotCache:
         if listener is None:
             listener = Resources.of([self._listener_factory(group)], lambda m: m.name)
             self._listeners[group] = listener
-        return Snapshot({**self._base.resources, TYPE_LISTENER: listener}, self._base.revision)
+        return dataclasses.replace(
+            self._base, resources={**self._base.resources, TYPE_LISTENER: listener}
+        )
 
     async def wait_changed(self, generation: int, timeout: float | None = None) -> None:
         """Return when the generation is past ``generation`` (or after ``timeout``)."""

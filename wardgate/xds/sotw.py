@@ -19,7 +19,8 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from wardgate.metrics import Metrics, type_label
 from wardgate.xds.nodes import NodeRegistry, NodeState
-from wardgate.xds.snapshot import PUSH_ORDER, WILDCARD_TYPES, SnapshotCache
+from wardgate.xds.ordering import Sequencer
+from wardgate.xds.snapshot import PUSH_ORDER, TYPE_CLUSTER, WILDCARD_TYPES, SnapshotCache
 from wardgate.xds.stream import StreamSession, request_batches
 
 log = logging.getLogger("wardgate.xds")
@@ -40,11 +41,14 @@ def _on_request(
     state: NodeState,
     nodes: NodeRegistry,
     metrics: Metrics,
+    seq: Sequencer,
 ) -> None:
     type_url = req.type_url
     watch = watches.setdefault(type_url, _Watch())
     if req.response_nonce and req.response_nonce != watch.sent_nonce:
         return  # stale: a newer response is on its way
+    if req.response_nonce:
+        seq.answered(type_url, req.response_nonce, accepted=not req.HasField("error_detail"))
     ts = state.type(type_url)
     label = type_label(type_url)
     if req.HasField("error_detail"):
@@ -82,10 +86,11 @@ async def sotw_stream(
     session = StreamSession(nodes=nodes, metrics=metrics, mode="sotw", default_port=default_port)
     watches: dict[str, _Watch] = {}
     nonces = itertools.count(1)
+    seq = Sequencer()
     try:
         async for batch in request_batches(request_iterator, cache):
             for req in batch:
-                _on_request(req, watches, session.see(req), nodes, metrics)
+                _on_request(req, watches, session.see(req), nodes, metrics, seq)
             if session.group is None or session.state is None:
                 continue
             snapshot = cache.snapshot_for(session.group)
@@ -93,26 +98,33 @@ async def sotw_stream(
                 continue  # nothing built yet: requests stay outstanding
             for type_url in PUSH_ORDER:
                 watch = watches.get(type_url)
-                if watch is None or not watch.waiting:
+                if watch is None or not watch.waiting or seq.hold(type_url):
                     continue
                 res = snapshot.get(type_url)
+                available, version = res.items, res.version
+                if type_url == TYPE_CLUSTER:
+                    available, version = seq.clusters(snapshot)
                 names = frozenset(watch.names) if watch.names is not None else None
-                if watch.sent_version == res.version and watch.sent_names == names:
+                if watch.sent_version == version and watch.sent_names == names:
                     continue
                 if names is None:
-                    items = list(res.items.values())
+                    chosen = dict(available)
                 else:
-                    items = [res.items[n] for n in sorted(names) if n in res.items]
+                    chosen = {n: available[n] for n in sorted(names) if n in available}
                 nonce = str(next(nonces))
                 watch.waiting = False
-                watch.sent_version = res.version
+                watch.sent_version = version
                 watch.sent_nonce = nonce
                 watch.sent_names = names
-                session.state.type(type_url).sent_version = res.version
+                seq.sent(type_url, nonce, snapshot, chosen)
+                session.state.type(type_url).sent_version = version
                 nodes.touch()
                 metrics.xds_pushes.labels(type_label(type_url)).inc()
                 yield discovery_pb2.DiscoveryResponse(
-                    version_info=res.version, resources=items, type_url=type_url, nonce=nonce
+                    version_info=version,
+                    resources=list(chosen.values()),
+                    type_url=type_url,
+                    nonce=nonce,
                 )
     finally:
         session.close()

@@ -545,6 +545,17 @@ def build_listener(address: str, port: int, opts: TranslateOptions) -> listener_
     return json_format.ParseDict(listener, listener_pb2.Listener())
 
 
+def clusters_of(config: route_pb2.RouteConfiguration) -> frozenset[str]:
+    """The clusters a route configuration sends traffic to."""
+    names: set[str] = set()
+    for vhost in config.virtual_hosts:
+        for r in vhost.routes:
+            if r.route.cluster:
+                names.add(r.route.cluster)
+            names.update(w.name for w in r.route.weighted_clusters.clusters)
+    return frozenset(names)
+
+
 @dataclasses.dataclass(frozen=True)
 class Base:
     clusters: list[cluster_pb2.Cluster]

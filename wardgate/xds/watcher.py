@@ -32,7 +32,13 @@ from wardgate.xds.snapshot import (
     Snapshot,
     SnapshotCache,
 )
-from wardgate.xds.translate import Base, TranslateOptions, build_base, build_load_assignment
+from wardgate.xds.translate import (
+    Base,
+    TranslateOptions,
+    build_base,
+    build_load_assignment,
+    clusters_of,
+)
 
 log = logging.getLogger("wardgate.watcher")
 
@@ -135,6 +141,7 @@ class DocumentWatcher:
                 TYPE_ROUTE: Resources.of([self._base.routes], lambda m: m.name),
             },
             revision=self._revision,
+            route_clusters=clusters_of(self._base.routes),
         )
         return self._cache.set_base(snapshot)
 
@@ -198,6 +205,12 @@ class DocumentWatcher:
                 self._metrics.snapshot_builds.labels("failed").inc()
                 self._metrics.store_errors.labels("watcher").inc()
                 log.warning("document watcher: %s; keeping the last snapshot, retrying", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except Exception as exc:  # a translation bug must not stop every later update
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self._metrics.snapshot_builds.labels("failed").inc()
+                log.exception("document watcher failed; keeping the last snapshot, retrying")
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:

@@ -1,0 +1,66 @@
+"""Make before break, per stream: the order in which an Envoy is given changes.
+
+- Listeners and routes wait while a cluster or endpoint response is unanswered: a route is
+  never sent before the cluster it names has been accepted (and its endpoints sent).
+- A cluster that the Envoy's accepted routes still use is kept in what we send until the
+  Envoy has accepted routes that no longer use it: routes are removed before their clusters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from google.protobuf import any_pb2
+
+from wardgate.xds.snapshot import TYPE_CLUSTER, TYPE_ENDPOINT, TYPE_LISTENER, TYPE_ROUTE, Snapshot
+
+_AHEAD = (TYPE_CLUSTER, TYPE_ENDPOINT)
+_BEHIND = (TYPE_LISTENER, TYPE_ROUTE)
+
+
+class Sequencer:
+    def __init__(self) -> None:
+        self._pending: dict[str, str] = {}  # type -> nonce sent and not yet answered
+        self._route_uses: dict[str, frozenset[str]] = {}  # RDS nonce -> clusters it used
+        self.routes_in_use: frozenset[str] = frozenset()  # clusters of the accepted routes
+        self.sent_clusters: dict[str, any_pb2.Any] = {}
+
+    def hold(self, type_url: str) -> bool:
+        """Whether a response of ``type_url`` must wait for an answer to an earlier one."""
+        return type_url in _BEHIND and any(t in self._pending for t in _AHEAD)
+
+    def clusters(self, snapshot: Snapshot) -> tuple[dict[str, any_pb2.Any], str]:
+        """The clusters to send: the snapshot's, plus any removed one still routed to."""
+        res = snapshot.get(TYPE_CLUSTER)
+        keep = sorted(
+            n for n in self.routes_in_use if n not in res.items and n in self.sent_clusters
+        )
+        if not keep:
+            return res.items, res.version
+        items = dict(res.items)
+        for name in keep:
+            items[name] = self.sent_clusters[name]
+        tag = hashlib.sha256("\0".join(keep).encode()).hexdigest()[:8]
+        return items, f"{res.version}+{tag}"
+
+    def kept(self) -> frozenset[str]:
+        """Names of clusters still routed to (not to be announced as removed)."""
+        return self.routes_in_use
+
+    def sent(
+        self, type_url: str, nonce: str, snapshot: Snapshot, clusters: dict[str, any_pb2.Any]
+    ) -> None:
+        self._pending[type_url] = nonce
+        if type_url == TYPE_CLUSTER:
+            self.sent_clusters = dict(clusters)
+        elif type_url == TYPE_ROUTE:
+            self._route_uses[nonce] = snapshot.route_clusters
+
+    def answered(self, type_url: str, nonce: str, *, accepted: bool) -> None:
+        if self._pending.get(type_url) == nonce:
+            del self._pending[type_url]
+        if type_url == TYPE_ROUTE:
+            uses = self._route_uses.pop(nonce, None)
+            if accepted and uses is not None:
+                self.routes_in_use = uses
+            self._route_uses = {n: u for n, u in self._route_uses.items() if int(n) > int(nonce)}
