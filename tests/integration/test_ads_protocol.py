@@ -233,3 +233,66 @@ def test_listener_follows_the_node_metadata_port() -> None:
         assert listener.address.socket_address.port_value == 12345
 
     asyncio.run(with_server(test))
+
+
+def _routes_to(name: str, cluster: str) -> Resources:
+    msg = json_format.ParseDict(
+        {
+            "name": name,
+            "virtual_hosts": [
+                {
+                    "name": "v",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}],
+                }
+            ],
+        },
+        route_pb2.RouteConfiguration(),
+    )
+    return Resources.of([msg], lambda m: m.name)
+
+
+def _snap(cluster: str) -> Snapshot:
+    return Snapshot(
+        {TYPE_CLUSTER: clusters(cluster), TYPE_ROUTE: _routes_to("rc", cluster)},
+        route_clusters=frozenset({cluster}),
+    )
+
+
+def _names(resp: discovery_pb2.DiscoveryResponse) -> set[str]:
+    out = set()
+    for r in resp.resources:
+        msg = (
+            cluster_pb2.Cluster() if r.type_url == TYPE_CLUSTER else route_pb2.RouteConfiguration()
+        )
+        r.Unpack(msg)
+        out.add(msg.name)
+    return out
+
+
+def test_routes_wait_for_clusters_and_clusters_outlive_their_routes() -> None:
+    async def test(c: Client, cache: SnapshotCache, nodes: NodeRegistry, metrics: Any) -> None:
+        cache.set_base(_snap("old"))
+        await c.send(TYPE_CLUSTER)
+        cds = await c.recv()
+        await c.send(TYPE_ROUTE, names=("rc",))
+        assert await c.nothing()  # routes wait: the clusters are not accepted yet
+        await c.send(TYPE_CLUSTER, version=cds.version_info, nonce=cds.nonce)
+        rds = await c.recv()
+        assert rds.type_url == TYPE_ROUTE
+        await c.send(TYPE_ROUTE, names=("rc",), version=rds.version_info, nonce=rds.nonce)
+
+        # Switch every route from "old" to "new": add "new", keep "old" while routed to.
+        cache.set_base(_snap("new"))
+        cds2 = await c.recv()
+        assert cds2.type_url == TYPE_CLUSTER and _names(cds2) == {"old", "new"}
+        assert await c.nothing()  # the new routes wait for that CDS to be accepted
+        await c.send(TYPE_CLUSTER, version=cds2.version_info, nonce=cds2.nonce)
+        rds2 = await c.recv()
+        assert rds2.type_url == TYPE_ROUTE
+        await c.send(TYPE_ROUTE, names=("rc",), version=rds2.version_info, nonce=rds2.nonce)
+        # Routes to "old" are gone from the Envoy: now "old" itself goes.
+        cds3 = await c.recv()
+        assert cds3.type_url == TYPE_CLUSTER and _names(cds3) == {"new"}
+
+    asyncio.run(with_server(test))
