@@ -73,3 +73,42 @@ def test_envoy_keeps_serving_while_wardgate_is_down_and_reconnects(private_stack
         s.apply(route("fm-new", "/fm-new", "echo"))
         eventually(lambda: http.get("/fm-new").status_code == 200, timeout=10)
         assert http.get("/fm-keep").status_code == 200
+
+
+def test_failing_open_never_lets_spoofed_identity_headers_through(private_stack: Stack) -> None:
+    s = private_stack
+    devstack.stop(s.procs.pop("wardgate"))
+    s.start_wardgate(extra_env={"WARDGATE_AUTHZ_FAILURE_MODE": "open"})
+    s.apply(route("fo-prot", "/fo-prot", "echo", auth={"require": "session"}))
+    spoof = {"x-user-id": "mallory", "x-user-roles": "admin", "x-auth-method": "session"}
+    with s.client() as http:
+        eventually(lambda: http.get("/fo-prot").status_code == 401, timeout=10)
+        devstack.stop(s.procs.pop("wardgate"))
+        # ext_authz cannot be reached: the request passes (fail open) but as nobody.
+        resp = eventually(
+            lambda: (r := http.get("/fo-prot", headers=spoof)).status_code == 200 and r, timeout=5
+        )
+        seen = resp.json()["headers"]
+        assert not set(spoof) & set(seen)
+
+
+def test_rate_limit_failing_closed_answers_503_json(private_stack: Stack) -> None:
+    s = private_stack
+    devstack.stop(s.procs.pop("wardgate"))
+    s.start_wardgate(extra_env={"WARDGATE_RATELIMIT_FAILURE_MODE": "closed"})
+    s.apply(
+        route(
+            "fc-rl", "/fc-rl", "echo", rate_limits=[{"by": "ip", "requests": 100, "per": "minute"}]
+        )
+    )
+    with s.client() as http:
+        eventually(lambda: http.get("/fc-rl").status_code == 200, timeout=10)
+        devstack.stop(s.procs.pop("redis-server"))
+        resp = http.get("/fc-rl")
+        assert resp.status_code == 429  # wardgate up, Redis down: refused, with a retry hint
+        assert resp.json()["error"] == "rate_limited"
+        assert resp.headers["retry-after"] == "1"
+        devstack.stop(s.procs.pop("wardgate"))
+        resp = http.get("/fc-rl")
+        assert resp.status_code == 503
+        assert resp.json()["error"] == "unavailable"

@@ -183,3 +183,31 @@ def test_services_translate_to_clusters_envoy_accepts(stack: Stack) -> None:
         assert big.json()["error"] == "payload_too_large"
         assert http.post("/full", content=b"x" * 100).status_code == 200
     assert "full::" in stack.admin("/clusters")
+
+
+def test_cors_preflight_is_answered_by_envoy(stack: Stack) -> None:
+    stack.apply(
+        route(
+            "cors",
+            "/cors",
+            "echo",
+            match={"prefix": "/cors", "methods": ["POST"]},
+            auth={"require": "session"},
+            cors={
+                "allow_origins": ["https://app.example.com"],
+                "allow_credentials": True,
+                "max_age": "10m",
+            },
+        )
+    )
+    with stack.client() as http:
+        headers = {"origin": "https://app.example.com", "access-control-request-method": "POST"}
+        resp = eventually(
+            lambda: (r := http.options("/cors", headers=headers)).status_code == 200 and r,
+            timeout=3,
+        )
+        assert resp.headers["access-control-allow-origin"] == "https://app.example.com"
+        assert resp.headers["access-control-allow-credentials"] == "true"
+        assert resp.headers["access-control-max-age"] == "600"
+        other = http.options("/cors", headers={**headers, "origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers

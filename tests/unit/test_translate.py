@@ -229,11 +229,18 @@ def test_valid_timeouts_translate_exactly(timeout: str, seconds: int, nanos: int
 # --- auth ---------------------------------------------------------------------------------
 
 
-def test_public_route_disables_ext_authz_and_removes_identity_headers() -> None:
+def test_public_route_disables_ext_authz() -> None:
     (entry,) = user_entries([route("pub", {"prefix": "/"})])
     ext = per_filter(entry, "envoy.filters.http.ext_authz", ext_authz_pb2.ExtAuthzPerRoute())
     assert ext.disabled is True
-    assert set(entry.request_headers_to_remove) >= {"x-user-id", "x-user-roles", "x-auth-method"}
+
+
+def test_identity_headers_are_removed_before_any_other_filter() -> None:
+    hcm = hcm_of(OPTS)
+    first = hcm.http_filters[0]
+    assert first.name == "envoy.filters.http.header_mutation"
+    removed = {m.remove for m in header_mutation(first).mutations.request_mutations}
+    assert removed == {"x-user-id", "x-user-roles", "x-auth-method"}
 
 
 def test_protected_route_carries_its_policy_in_context_extensions() -> None:
@@ -404,7 +411,6 @@ def test_builtin_auth_routes_come_first_and_go_to_wardgate_auth() -> None:
         assert e.route.cluster == HTTP_CLUSTER == "wardgate_auth"
         ext = per_filter(e, "envoy.filters.http.ext_authz", ext_authz_pb2.ExtAuthzPerRoute())
         assert ext.disabled
-        assert "x-user-id" in e.request_headers_to_remove
     assert all_entries[3].name == "catch-all"
 
 
@@ -621,6 +627,7 @@ def hcm_of(opts: TranslateOptions) -> http_connection_manager_pb2.HttpConnection
 def test_listener_http_filters_in_order() -> None:
     hcm = hcm_of(OPTS)
     assert [f.name for f in hcm.http_filters] == [
+        "envoy.filters.http.header_mutation",
         "envoy.filters.http.cors",
         "envoy.filters.http.rbac",
         "envoy.filters.http.ext_authz",
@@ -677,3 +684,20 @@ def test_listener_local_replies_have_json_bodies() -> None:
     first = mappers[0]
     assert not first.HasField("body_format_override")
     assert first.filter.and_filter.filters[1].response_flag_filter.flags == ["UAEX"]
+
+
+def header_mutation(f: Any) -> Any:
+    from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
+
+    msg = header_mutation_pb2.HeaderMutation()
+    f.typed_config.Unpack(msg)
+    return msg
+
+
+def test_cors_routes_with_methods_also_match_the_preflight() -> None:
+    r = route(
+        "c", {"prefix": "/c", "methods": ["POST"]}, cors={"allow_origins": ["https://a.example"]}
+    )
+    (entry,) = user_entries([r])
+    (method,) = [h for h in entry.match.headers if h.name == ":method"]
+    assert "OPTIONS" in method.string_match.safe_regex.regex

@@ -54,7 +54,12 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[m
             mode = "open" if self._fail_open else "closed"
             self._metrics.ratelimit_failures.labels(mode).inc()
             log.warning("ratelimit: store unavailable (%s), failing %s", exc, mode)
-            return rls_pb2.RateLimitResponse(overall_code=OK if self._fail_open else OVER)
+            if self._fail_open:
+                return rls_pb2.RateLimitResponse(overall_code=OK)
+            return rls_pb2.RateLimitResponse(
+                overall_code=OVER,
+                response_headers_to_add=[base_pb2.HeaderValue(key="retry-after", value="1")],
+            )
         finally:
             self._metrics.ratelimit_seconds.observe(time.perf_counter() - started)
         verdicts = iter(decision.verdicts)

@@ -21,6 +21,7 @@ from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.buffer.v3 import buffer_pb2  # noqa: F401
 from envoy.extensions.filters.http.cors.v3 import cors_pb2  # noqa: F401
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2  # noqa: F401
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2  # noqa: F401
 from envoy.extensions.filters.http.ratelimit.v3 import rate_limit_pb2  # noqa: F401
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2  # noqa: F401
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
@@ -52,6 +53,7 @@ T_CORS_POLICY = T + "envoy.extensions.filters.http.cors.v3.CorsPolicy"
 T_RBAC_ROUTE = T + "envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
 T_BUFFER_ROUTE = T + "envoy.extensions.filters.http.buffer.v3.BufferPerRoute"
 T_HTTP_OPTIONS = T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+T_HEADER_MUTATION = T + "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
 
 LB_POLICIES = {
     "round_robin": "ROUND_ROBIN",
@@ -221,7 +223,10 @@ def _route_match(route: Route) -> dict[str, Any]:
         match[key] = prefix
     headers: list[dict[str, Any]] = []
     if m.methods:
-        regex = f"^({_regex_alternatives(m.methods)})$"
+        methods = list(m.methods)
+        if route.cors is not None and "OPTIONS" not in methods:
+            methods.append("OPTIONS")  # the CORS preflight must reach the CORS filter
+        regex = f"^({_regex_alternatives(methods)})$"
         headers.append({"name": ":method", "string_match": {"safe_regex": {"regex": regex}}})
     for name, value in (m.headers or {}).items():
         headers.append({"name": name, "string_match": {"exact": value}})
@@ -344,8 +349,6 @@ def route_entry(route: Route) -> dict[str, Any]:
     entry: dict[str, Any] = {"name": route.name, "match": _route_match(route), "route": action}
     if route.auth.require == "none":
         per_filter[EXT_AUTHZ] = {"@type": T_EXT_AUTHZ_ROUTE, "disabled": True}
-        # Nothing adds identity headers on a public route: drop whatever the client sent.
-        entry["request_headers_to_remove"] = IDENTITY_HEADERS
     else:
         ctx = {"route": route.name, "auth": route.auth.require}
         if route.auth.roles:
@@ -378,7 +381,6 @@ def builtin_routes(opts: TranslateOptions) -> list[dict[str, Any]]:
             EXT_AUTHZ: {"@type": T_EXT_AUTHZ_ROUTE, "disabled": True},
             F_BUFFER: {"@type": T_BUFFER_ROUTE, "buffer": {"max_request_bytes": 16384}},
         },
-        "request_headers_to_remove": IDENTITY_HEADERS,
     }
     login_limit = encode_rule(
         "wardgate.login#0", opts.login_limit_per_minute, 60, "fixed_window", False
@@ -467,6 +469,7 @@ LOCAL_REPLIES: list[tuple[int, str | None, str, str | None]] = [
     (413, "payload_too_large", "the request body is larger than this route allows", None),
     (429, "rate_limited", "too many requests; retry later", None),
     (431, "headers_too_large", "the request headers are too large", None),
+    (500, "internal", "the gateway failed to handle this request", None),
     (502, "bad_gateway", "the upstream service answered badly", None),
     (503, "unavailable", "the upstream service is unavailable", None),
     (504, "upstream_timeout", "the upstream service did not answer in time", None),
@@ -476,6 +479,15 @@ LOCAL_REPLIES: list[tuple[int, str | None, str, str | None]] = [
 def build_listener(address: str, port: int, opts: TranslateOptions) -> listener_pb2.Listener:
     grpc = {"envoy_grpc": {"cluster_name": GRPC_CLUSTER}}
     filters = [
+        {
+            # First of all: whatever identity headers the client sent are dropped, so only
+            # ext_authz can set them, on every route, even when authorization fails open.
+            "name": "envoy.filters.http.header_mutation",
+            "typed_config": {
+                "@type": T_HEADER_MUTATION,
+                "mutations": {"request_mutations": [{"remove": h} for h in IDENTITY_HEADERS]},
+            },
+        },
         {
             "name": F_CORS,
             "typed_config": {"@type": T + "envoy.extensions.filters.http.cors.v3.Cors"},
@@ -501,6 +513,7 @@ def build_listener(address: str, port: int, opts: TranslateOptions) -> listener_
                 "domain": RATELIMIT_DOMAIN,
                 "timeout": format_duration(opts.ratelimit_timeout),
                 "failure_mode_deny": opts.ratelimit_fail_closed,
+                "status_on_error": {"code": "ServiceUnavailable"},
                 "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
                 "rate_limit_service": {"grpc_service": grpc, "transport_api_version": "V3"},
             },
