@@ -211,3 +211,29 @@ def test_cors_preflight_is_answered_by_envoy(stack: Stack) -> None:
         assert resp.headers["access-control-max-age"] == "600"
         other = http.options("/cors", headers={**headers, "origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
+
+
+def test_a_bad_raw_write_keeps_the_last_good_version_served(stack: Stack) -> None:
+    stack.apply(route("lastgood", "/lastgood", "echo"))
+    r = stack.redis()
+    with stack.client() as http:
+        eventually(lambda: http.get("/lastgood").status_code == 200, timeout=2)
+        broken = {**route("lastgood", "/lastgood-v2", "echo"), "timeout": "whenever"}
+        r.hset(f"{stack.prefix}routes", "lastgood", json.dumps(broken))
+
+        def refused() -> bool:
+            status = json.loads(stack.cli("status", "-o", "json").stdout)
+            reason = status["refused"].get("Route/lastgood", "")
+            return "still serving the last good version" in reason
+
+        eventually(refused, timeout=3)
+        assert http.get("/lastgood").status_code == 200
+        assert http.get("/lastgood-v2").status_code == 404
+        # A good write replaces it as usual.
+        r.hset(
+            f"{stack.prefix}routes",
+            "lastgood",
+            json.dumps(route("lastgood", "/lastgood-v3", "echo")),
+        )
+        eventually(lambda: http.get("/lastgood-v3").status_code == 200, timeout=2)
+        assert http.get("/lastgood").status_code == 404

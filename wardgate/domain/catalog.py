@@ -26,36 +26,61 @@ class Catalog:
     services: dict[str, Service]
     refused: dict[str, str]  # "Kind/name" -> reason
 
+    # For each served document, the JSON it was served from (the last good version).
+    served: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
+
     @classmethod
-    def from_raw(cls, raw: Mapping[str, Mapping[str, str]]) -> Catalog:
-        """Parse what Redis holds; a document that fails is refused on its own, with a reason."""
+    def from_raw(
+        cls,
+        raw: Mapping[str, Mapping[str, str]],
+        last_good: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> Catalog:
+        """Parse what Redis holds; a document that fails is refused on its own, with a reason.
+
+        With ``last_good`` (what was served before), a refused document that has a last good
+        version keeps being served in that version: a bad raw write never takes a working
+        route off the gateway.
+        """
         refused: dict[str, str] = {}
         parsed: dict[str, dict[str, Any]] = {"Route": {}, "Service": {}}
+        served: dict[tuple[str, str], str] = {}
         for kind in KIND_ORDER:
             for name, text in sorted(raw.get(kind, {}).items()):
                 try:
-                    data = json.loads(text)
-                    doc = parse_document(data, expect_kind=kind)
-                    if doc.name != name:
-                        raise DocumentError(
-                            f"stored under field '{name}' but named '{doc.name}'",
-                            kind=kind,
-                            name=name,
-                        )
-                    parsed[kind][name] = doc
+                    parsed[kind][name] = _parse_stored(kind, name, text)
+                    served[(kind, name)] = text
+                    continue
                 except json.JSONDecodeError as exc:
                     refused[f"{kind}/{name}"] = f"not valid JSON: {exc.msg} at {exc.pos}"
                 except DocumentError as exc:
                     refused[f"{kind}/{name}"] = exc.reason
+                previous = (last_good or {}).get(kind, {}).get(name)
+                if previous is not None and previous != text:
+                    try:
+                        parsed[kind][name] = _parse_stored(kind, name, previous)
+                        served[(kind, name)] = previous
+                        refused[f"{kind}/{name}"] += " (still serving the last good version)"
+                    except (json.JSONDecodeError, DocumentError):
+                        pass
         services: dict[str, Service] = parsed["Service"]
         routes: dict[str, Route] = {}
         for name, route in parsed["Route"].items():
             missing = [s for s in route.services() if s not in services]
             if missing:
                 refused[f"Route/{name}"] = f"backend service {', '.join(missing)} does not exist"
+                served.pop(("Route", name), None)
             else:
                 routes[name] = route
-        return cls(routes=routes, services=services, refused=refused)
+        return cls(routes=routes, services=services, refused=refused, served=served)
+
+
+def _parse_stored(kind: str, name: str, text: str) -> Document:
+    doc = parse_document(json.loads(text), expect_kind=kind)
+    if doc.name != name:
+        raise DocumentError(
+            f"stored under field '{name}' but named '{doc.name}'", kind=kind, name=name
+        )
+    return doc
 
 
 @dataclasses.dataclass(frozen=True)

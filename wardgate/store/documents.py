@@ -41,6 +41,33 @@ class RedisDocumentStore:
             raise StoreError(f"redis: {exc}") from exc
         return {kind: dict(r) for kind, r in zip(KIND_ORDER, results, strict=True)}
 
+    async def load_last_good(self) -> RawDocuments:
+        try:
+            async with self._r.pipeline(transaction=False) as pipe:
+                for kind in KIND_ORDER:
+                    pipe.hgetall(self._k.last_good(kind))
+                results = await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+        return {kind: dict(r) for kind, r in zip(KIND_ORDER, results, strict=True)}
+
+    async def save_last_good(self, served: dict[tuple[str, str], str], old: RawDocuments) -> None:
+        """Record what is served now (only the differences from ``old``)."""
+        try:
+            async with self._r.pipeline(transaction=False) as pipe:
+                for kind in KIND_ORDER:
+                    now = {n: v for (k, n), v in served.items() if k == kind}
+                    before = old.get(kind, {})
+                    changed = {n: v for n, v in now.items() if before.get(n) != v}
+                    gone = [n for n in before if n not in now]
+                    if changed:
+                        pipe.hset(self._k.last_good(kind), mapping=changed)
+                    if gone:
+                        pipe.hdel(self._k.last_good(kind), *gone)
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
     async def revision(self) -> int:
         try:
             return int(await self._r.get(self._k.revision) or 0)

@@ -30,6 +30,11 @@ class Keys:
     def documents(self, kind: str) -> str:
         return {"Route": self.routes, "Service": self.services, "Issuer": self.issuers}[kind]
 
+    def last_good(self, kind: str) -> str:
+        """Hash like the documents hash: the version of each document last served, so that
+        every replica falls back to the same one when a raw write breaks a document."""
+        return f"{self.prefix}lastgood:{self.documents(kind).removeprefix(self.prefix)}"
+
     @property
     def revision(self) -> str:
         """INCR'd by every CLI write; part of the change record."""

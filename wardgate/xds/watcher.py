@@ -81,7 +81,9 @@ class DocumentWatcher:
         if raw == self._last_raw and self._cache.ready:
             self._metrics.snapshot_builds.labels("unchanged").inc()
             return await self.refresh_instances()
-        catalog = Catalog.from_raw(raw)
+        last_good = await self._store.load_last_good()
+        catalog = Catalog.from_raw(raw, last_good)
+        await self._store.save_last_good(catalog.served, last_good)
         self._registry_services = sorted(
             name for name, svc in catalog.services.items() if svc.discovery == "registry"
         )
