@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import socket
@@ -86,34 +87,48 @@ class RedisDocumentStore:
         for _ in range(attempts):
             try:
                 async with self._r.pipeline(transaction=True) as pipe:
-                    await pipe.watch(*watched)
+                    await pipe.watch(*watched, self._k.revision)
                     current = {}
                     for kind, key in zip(KIND_ORDER, watched, strict=True):
                         current[kind] = dict(await pipe.hgetall(key))
+                    revision = int(await pipe.get(self._k.revision) or 0)
                     changes = list(plan(current))
                     effective = [c for c in changes if c.action != "unchanged"]
                     if not effective:
                         await pipe.unwatch()
-                        return int(await self._r.get(self._k.revision) or 0), changes
+                        return revision, changes
+                    revision += 1
+                    # Documents, revision and history entry in one transaction: a change is
+                    # never in Redis without its history (rollback can always reach it).
                     pipe.multi()
                     for c in effective:
                         if c.value is None:
                             pipe.hdel(self._k.documents(c.kind), c.name)
                         else:
                             pipe.hset(self._k.documents(c.kind), c.name, c.value)
-                    pipe.incr(self._k.revision)
-                    results = await pipe.execute()
-                revision = int(results[-1])
-                await self._record(revision, effective, current)
-                return revision, changes
+                    pipe.set(self._k.revision, revision)
+                    pipe.xadd(
+                        self._k.history,
+                        self._entry(revision, effective, current),
+                        maxlen=10_000,
+                        approximate=True,
+                    )
+                    await pipe.execute()
+                break
             except WatchError:
                 continue
             except RedisError as exc:
                 raise StoreError(f"redis: {exc}") from exc
-        raise ConflictError("the documents kept changing under us; try again")
+        else:
+            raise ConflictError("the documents kept changing under us; try again")
+        # Applied; should the announcement fail, watchers still see keyspace events and re-read.
+        with contextlib.suppress(RedisError):
+            await self._r.publish(self._k.changes_channel, str(revision))
+        return revision, changes
 
-    async def _record(self, revision: int, changes: list[Change], before: RawDocuments) -> None:
-        entry: dict[str, Any] = {
+    @staticmethod
+    def _entry(revision: int, changes: list[Change], before: RawDocuments) -> dict[str, Any]:
+        return {
             "revision": revision,
             "time": f"{time.time():.3f}",
             "who": _who(),
@@ -129,11 +144,6 @@ class RedisDocumentStore:
                 ]
             ),
         }
-        try:
-            await self._r.xadd(self._k.history, entry, maxlen=10_000, approximate=True)
-            await self._r.publish(self._k.changes_channel, str(revision))
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
 
     async def targets_at(self, revision: int) -> dict[tuple[str, str], str | None]:
         """What every document changed after ``revision`` looked like at ``revision``."""
