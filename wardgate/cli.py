@@ -298,8 +298,8 @@ async def status(ctx: click.Context, output: str) -> None:
     now = time.time()
     for doc in workers.values():
         entry = json.loads(doc)
-        if now - entry.get("time", 0) > 3600:
-            continue
+        if now - entry.get("time", 0) > 60:
+            continue  # a worker that stopped reporting (its reports come every 15 s)
         for node in entry.get("nodes", []):
             nodes.append({**node, "worker": entry.get("worker")})
     if output == "json":

@@ -1,14 +1,16 @@
 """Every Prometheus metric wardgate exports, defined once and passed in.
 
-With ``--workers N`` each process has its own registry; set PROMETHEUS_MULTIPROC_DIR to
-aggregate them (``wardgate serve`` does this for you when N > 1).
+With ``--workers N`` (N > 1) ``wardgate serve`` sets PROMETHEUS_MULTIPROC_DIR so that every
+worker writes its figures there and ``/metrics``, whichever worker answers, adds them up.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 _FAST = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -31,6 +33,19 @@ class Metrics:
     snapshot_seconds: Histogram
     documents_refused: Gauge
     documents: Gauge
+
+
+def multiprocess() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def exposition(metrics: Metrics) -> bytes:
+    """The text /metrics serves: this process's registry, or all workers' figures."""
+    if multiprocess():
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return bytes(generate_latest(registry))
+    return bytes(generate_latest(metrics.registry))
 
 
 def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
@@ -71,7 +86,11 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
             "wardgate_logins_total", "Login attempts by result.", ["result"], registry=r
         ),
         xds_connected=Gauge(
-            "wardgate_xds_connected_nodes", "Envoy ADS streams open now.", ["mode"], registry=r
+            "wardgate_xds_connected_nodes",
+            "Envoy ADS streams open now.",
+            ["mode"],
+            registry=r,
+            multiprocess_mode="livesum",
         ),
         xds_pushes=Counter(
             "wardgate_xds_pushes_total", "xDS responses sent, by type.", ["type"], registry=r

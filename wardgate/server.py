@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import time
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -53,16 +54,22 @@ def translate_options(settings: Settings) -> TranslateOptions:
     )
 
 
-async def _report_nodes(nodes: NodeRegistry, redis: object, keys: Keys, worker: str) -> None:
-    """Copy what the connected Envoys ACKed/NACKed to Redis for ``wardgate status``."""
+NODE_REPORT_EVERY = 15.0  # seconds; `wardgate status` ignores reports older than 4x this
+
+
+async def _report_nodes(nodes: NodeRegistry, redis: Any, keys: Keys, worker: str) -> None:
+    """Copy what the connected Envoys ACKed/NACKed to Redis for ``wardgate status``: at once
+    after a change, and every NODE_REPORT_EVERY seconds as a sign of life."""
+    last = 0.0
     while True:
-        await asyncio.sleep(1.0)
-        if not nodes.dirty:
+        await asyncio.sleep(0.5)
+        if not nodes.dirty and time.monotonic() - last < NODE_REPORT_EVERY:
             continue
         nodes.dirty = False
         doc = json.dumps({"worker": worker, "time": time.time(), "nodes": nodes.snapshot()})
         try:
-            await redis.hset(keys.nodes, worker, doc)  # type: ignore[attr-defined]
+            await redis.hset(keys.nodes, worker, doc)
+            last = time.monotonic()
         except RedisError as exc:
             nodes.dirty = True
             log.debug("node status not recorded: %s", exc)

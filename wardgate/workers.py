@@ -6,9 +6,13 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
+
+from prometheus_client import multiprocess
 
 from wardgate.settings import Settings
 
@@ -41,6 +45,9 @@ def run_workers(settings: Settings) -> None:
     if settings.workers <= 1:
         _worker(settings)
         return
+    # Every worker writes its metrics here; /metrics adds them up (see wardgate.metrics).
+    metrics_dir = tempfile.mkdtemp(prefix="wardgate-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     ctx = multiprocessing.get_context("spawn")
     procs = [
         ctx.Process(target=_worker, args=(settings,), daemon=False) for _ in range(settings.workers)
@@ -63,6 +70,8 @@ def run_workers(settings: Settings) -> None:
         for i, p in enumerate(procs):
             if not p.is_alive() and not stopping:
                 log.warning("worker %s exited with %s; restarting", p.pid, p.exitcode)
+                if p.pid:
+                    multiprocess.mark_process_dead(p.pid)  # type: ignore[no-untyped-call]
                 procs[i] = ctx.Process(target=_worker, args=(settings,), daemon=False)
                 procs[i].start()
         time.sleep(0.5)
@@ -70,4 +79,5 @@ def run_workers(settings: Settings) -> None:
         p.join(timeout=10)
         if p.is_alive():
             p.kill()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     sys.exit(0)

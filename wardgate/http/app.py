@@ -9,12 +9,12 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from wardgate.domain.sessions import SessionService, parse_cookies
 from wardgate.errors import StoreError
 from wardgate.extproc.responses import error_body
-from wardgate.metrics import Metrics
+from wardgate.metrics import Metrics, exposition
 
 log = logging.getLogger("wardgate.http")
 MAX_LOGIN_BODY = 16 * 1024
@@ -121,7 +121,7 @@ def create_app(
         )
 
     async def prometheus(_request: web.Request) -> web.Response:
-        body = generate_latest(metrics.registry)
+        body = exposition(metrics)
         return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
 
     app.router.add_post("/auth/login", login)
