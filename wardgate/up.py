@@ -67,15 +67,34 @@ async def _seed(redis_url: str, examples: Path, offset: int, upstream_port: int)
     show_default=True,
     envvar="WARDGATE_LISTEN_PORT",
 )
-@click.option("--admin-port", type=click.IntRange(1, 65535), default=9901, show_default=True)
-@click.option("--grpc-port", type=click.IntRange(1, 65535), default=18000, show_default=True)
-@click.option("--http-port", type=click.IntRange(1, 65535), default=18080, show_default=True)
+@click.option(
+    "--admin-port",
+    type=click.IntRange(1, 65535),
+    default=9901,
+    show_default=True,
+    envvar="WARDGATE_ADMIN_PORT",
+)
+@click.option(
+    "--grpc-port",
+    type=click.IntRange(1, 65535),
+    default=18000,
+    show_default=True,
+    envvar="WARDGATE_GRPC_PORT",
+)
+@click.option(
+    "--http-port",
+    type=click.IntRange(1, 65535),
+    default=18080,
+    show_default=True,
+    envvar="WARDGATE_HTTP_PORT",
+)
 @click.option(
     "--redis-port",
     type=click.IntRange(1, 65535),
     default=16379,
     show_default=True,
     help="Port of the private redis-server (when REDIS_URL is not set).",
+    envvar="WARDGATE_REDIS_PORT",
 )
 @click.option(
     "--port-offset",
@@ -83,6 +102,7 @@ async def _seed(redis_url: str, examples: Path, offset: int, upstream_port: int)
     default=0,
     show_default=True,
     help="Added to every port.",
+    envvar="WARDGATE_PORT_OFFSET",
 )
 @click.option(
     "--examples", type=click.Path(file_okay=False), default=str(EXAMPLES), show_default=True

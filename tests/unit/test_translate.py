@@ -701,3 +701,51 @@ def test_cors_routes_with_methods_also_match_the_preflight() -> None:
     (entry,) = user_entries([r])
     (method,) = [h for h in entry.match.headers if h.name == ":method"]
     assert "OPTIONS" in method.string_match.safe_regex.regex
+
+
+def test_translation_is_incremental_per_document() -> None:
+    from wardgate.domain.catalog import Catalog
+    from wardgate.domain.documents import parse_document
+    from wardgate.xds.translate import Translator, build_base
+
+    svc = parse_document(
+        {"kind": "Service", "name": "s", "endpoints": [{"address": "127.0.0.1", "port": 1}]}
+    )
+    routes = {
+        f"r{i}": parse_document(
+            {"kind": "Route", "name": f"r{i}", "match": {"prefix": f"/r{i}"}, "backend": "s"}
+        )
+        for i in range(50)
+    }
+    translator = Translator(OPTS)
+    build_base(Catalog(routes=routes, services={"s": svc}, refused={}), OPTS, translator=translator)
+    assert translator.translated == 51
+    changed = dict(routes)
+    changed["r7"] = parse_document(
+        {"kind": "Route", "name": "r7", "match": {"prefix": "/seven"}, "backend": "s"}
+    )
+    base = build_base(
+        Catalog(routes=changed, services={"s": svc}, refused={}), OPTS, translator=translator
+    )
+    assert translator.translated == 52  # only the changed route was translated again
+    prefixes = [r.match.path_separated_prefix for r in base.routes.virtual_hosts[0].routes]
+    assert "/seven" in prefixes and "/r7" not in prefixes
+
+
+def test_consistent_hashing_backends_hash_on_the_client_address() -> None:
+    from wardgate.domain.catalog import Catalog
+    from wardgate.domain.documents import parse_document
+    from wardgate.xds.translate import build_base
+
+    svc = parse_document(
+        {
+            "kind": "Service",
+            "name": "s",
+            "lb": "ring_hash",
+            "endpoints": [{"address": "127.0.0.1", "port": 1}],
+        }
+    )
+    r = parse_document({"kind": "Route", "name": "r", "match": {"prefix": "/r"}, "backend": "s"})
+    base = build_base(Catalog(routes={"r": r}, services={"s": svc}, refused={}), OPTS)
+    (entry,) = [x for x in base.routes.virtual_hosts[0].routes if x.name == "r"]
+    assert entry.route.hash_policy[0].connection_properties.source_ip is True

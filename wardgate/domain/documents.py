@@ -231,7 +231,7 @@ class Cors(_Doc):
     @classmethod
     def _origins(cls, value: list[str]) -> list[str]:
         for origin in value:
-            if origin != "*" and not re.match(r"^https?://[A-Za-z0-9.*-]+(:\d+)?$", origin):
+            if origin != "*" and not re.match(r"^https?://[A-Za-z0-9.-]+(:\d+)?$", origin):
                 raise ValueError(f"'{origin}' is not an origin such as https://app.example.com")
         return value
 

@@ -62,7 +62,7 @@ class Keys:
 
     # -- service registry --
     def registry(self, service: str) -> str:
-        """Sorted set of one service's live instances: member 'address:port:weight',
+        """Sorted set of one service's live instances: member 'address|port|weight',
         score = the time (ms) its last heartbeat expires."""
         return f"{self.prefix}registry:{service}"
 
@@ -94,9 +94,6 @@ class Keys:
     def counter(self, rule: str, value: str, window: int) -> str:
         # The hash tag holds rule and client: one counter per slot, spread over a cluster.
         return f"{self.prefix}rl:{{{rule}|{value}}}:{window}"
-
-    def bucket(self, rule: str, value: str) -> str:
-        return f"{self.prefix}rl:{{{rule}|{value}}}:tat"
 
 
 # Check-then-commit over several limits in one round trip.

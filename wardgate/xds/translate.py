@@ -17,7 +17,7 @@ from typing import Any
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
-from envoy.config.route.v3 import route_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.buffer.v3 import buffer_pb2  # noqa: F401
 from envoy.extensions.filters.http.cors.v3 import cors_pb2  # noqa: F401
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2  # noqa: F401
@@ -321,8 +321,12 @@ def _cors(route: Route) -> dict[str, Any] | None:
     return policy
 
 
-def route_entry(route: Route) -> dict[str, Any]:
+def route_entry(route: Route, *, hashing: bool = False) -> dict[str, Any]:
+    """One route in Envoy's JSON form. ``hashing``: a backend balances by consistent hashing
+    (ring_hash, maglev), so the route says what to hash: the client's address."""
     action: dict[str, Any] = {}
+    if hashing:
+        action["hash_policy"] = [{"connection_properties": {"source_ip": True}}]
     if route.backend is not None:
         action["cluster"] = route.backend
     else:
@@ -413,15 +417,70 @@ def builtin_routes(opts: TranslateOptions) -> list[dict[str, Any]]:
     return out
 
 
+def _hashing(route: Route, services: Mapping[str, Service]) -> bool:
+    return any(services[n].lb in ("ring_hash", "maglev") for n in route.services() if n in services)
+
+
+def _route_message(entry: dict[str, Any]) -> route_components_pb2.Route:
+    return json_format.ParseDict(entry, route_components_pb2.Route())
+
+
+class Translator:
+    """Translates documents, remembering each document's result: a change to one document
+    re-translates that document only (the route configuration is then re-assembled)."""
+
+    def __init__(self, opts: TranslateOptions, *, max_cached: int = 100_000) -> None:
+        self.opts = opts
+        self._routes: dict[tuple[str, bool], route_components_pb2.Route] = {}
+        self._clusters: dict[str, cluster_pb2.Cluster] = {}
+        self._max = max_cached
+        self._builtin = [
+            json_format.ParseDict(e, route_components_pb2.Route()) for e in builtin_routes(opts)
+        ]
+        self.translated = 0  # documents translated (not served from memory), for tests/metrics
+
+    def route(self, route: Route, hashing: bool) -> route_components_pb2.Route:
+        key = (route.model_dump_json(), hashing)
+        msg = self._routes.get(key)
+        if msg is None:
+            msg = json_format.ParseDict(
+                route_entry(route, hashing=hashing), route_components_pb2.Route()
+            )
+            self.translated += 1
+            if len(self._routes) >= self._max:
+                self._routes.clear()
+            self._routes[key] = msg
+        return msg
+
+    def cluster(self, svc: Service) -> cluster_pb2.Cluster:
+        key = svc.model_dump_json()
+        msg = self._clusters.get(key)
+        if msg is None:
+            msg = build_cluster(svc)
+            self.translated += 1
+            if len(self._clusters) >= self._max:
+                self._clusters.clear()
+            self._clusters[key] = msg
+        return msg
+
+    def route_configuration(
+        self, routes: list[Route], services: Mapping[str, Service]
+    ) -> route_pb2.RouteConfiguration:
+        config = route_pb2.RouteConfiguration(name=ROUTE_CONFIG_NAME)
+        vhost = config.virtual_hosts.add(name="wardgate", domains=["*"])
+        vhost.routes.extend(self._builtin)
+        vhost.routes.extend(
+            self.route(r, _hashing(r, services)) for r in sorted(routes, key=route_sort_key)
+        )
+        return config
+
+
 def build_route_configuration(
-    routes: list[Route], opts: TranslateOptions
+    routes: list[Route],
+    opts: TranslateOptions,
+    services: Mapping[str, Service] | None = None,
 ) -> route_pb2.RouteConfiguration:
-    entries = builtin_routes(opts) + [route_entry(r) for r in sorted(routes, key=route_sort_key)]
-    config = {
-        "name": ROUTE_CONFIG_NAME,
-        "virtual_hosts": [{"name": "wardgate", "domains": ["*"], "routes": entries}],
-    }
-    return json_format.ParseDict(config, route_pb2.RouteConfiguration())
+    return Translator(opts).route_configuration(routes, services or {})
 
 
 # --- listener -----------------------------------------------------------------------------
@@ -580,9 +639,12 @@ def build_base(
     catalog: Catalog,
     opts: TranslateOptions,
     instances: Mapping[str, list[tuple[str, int, int]]] | None = None,
+    *,
+    translator: Translator | None = None,
 ) -> Base:
     """Every resource but the listener. ``instances`` are the live endpoints of the
-    ``discovery: registry`` services."""
+    ``discovery: registry`` services; a long-lived ``translator`` makes it incremental."""
+    translator = translator or Translator(opts)
     instances = instances or {}
     services = [s for _, s in sorted(catalog.services.items())]
     endpoints = []
@@ -595,7 +657,7 @@ def build_base(
             eps = [(e.address, e.port, e.weight) for e in svc.endpoints or []]
         endpoints.append(build_load_assignment(svc.name, eps))
     return Base(
-        clusters=[build_auth_cluster(opts)] + [build_cluster(s) for s in services],
+        clusters=[build_auth_cluster(opts)] + [translator.cluster(s) for s in services],
         endpoints=endpoints,
-        routes=build_route_configuration(list(catalog.routes.values()), opts),
+        routes=translator.route_configuration(list(catalog.routes.values()), catalog.services),
     )

@@ -35,6 +35,7 @@ from wardgate.xds.snapshot import (
 from wardgate.xds.translate import (
     Base,
     TranslateOptions,
+    Translator,
     build_base,
     build_load_assignment,
     clusters_of,
@@ -64,6 +65,7 @@ class DocumentWatcher:
         self._resync = resync_interval
         self._manage_events = manage_keyspace_events
         self._registry = RedisRegistryStore(redis=redis, keys=keys)
+        self._translator = Translator(options)
         self._last_raw: RawDocuments | None = None
         self._base: Base | None = None
         self._revision = 0
@@ -88,7 +90,9 @@ class DocumentWatcher:
             name for name, svc in catalog.services.items() if svc.discovery == "registry"
         )
         self._live = await self._registry.live(self._registry_services, now=time.time())
-        self._base = build_base(catalog, self._options, self._endpoints_of(self._live))
+        self._base = build_base(
+            catalog, self._options, self._endpoints_of(self._live), translator=self._translator
+        )
         self._last_raw = raw
         self._revision = revision
         changed = self._publish()
