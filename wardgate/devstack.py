@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from wardgate.envoy_proc import find_envoy, render_bootstrap
@@ -65,6 +65,15 @@ def wait_http(url: str, *, timeout: float = 15.0, ok: tuple[int, ...] = (200,)) 
     raise TimeoutError(f"{url} did not answer {ok} within {timeout}s (last: {last})")
 
 
+def _started(proc: subprocess.Popen[bytes], ready: Callable[[], object]) -> None:
+    """Wait until ``proc`` is ready; if it never is, stop it before raising."""
+    try:
+        ready()
+    except BaseException:
+        stop(proc)
+        raise
+
+
 def ensure_redis_server() -> str:
     """The redis-server binary, installed with apt-get when missing and we are root."""
     found = shutil.which("redis-server")
@@ -115,7 +124,7 @@ def start_redis(port: int, workdir: Path, *, log: Path | None = None) -> subproc
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    wait_port(port, proc=proc, what="redis-server")
+    _started(proc, lambda: wait_port(port, proc=proc, what="redis-server"))
     return proc
 
 
@@ -129,7 +138,7 @@ def start_wardgate(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    wait_http(f"http://127.0.0.1:{http_port}/healthz", timeout=20)
+    _started(proc, lambda: wait_http(f"http://127.0.0.1:{http_port}/healthz", timeout=20))
     return proc
 
 
@@ -172,7 +181,7 @@ def start_envoy(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    wait_port(admin_port, proc=proc, what="envoy", timeout=30)
+    _started(proc, lambda: wait_port(admin_port, proc=proc, what="envoy", timeout=30))
     return proc
 
 
@@ -186,7 +195,7 @@ def start_upstream(
         args = [sys.executable, "-m", "wardgate.demo.upstream", "--port", str(port), "--name", name]
     with open(log, "ab") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-    wait_port(port, proc=proc, what=f"upstream {name}")
+    _started(proc, lambda: wait_port(port, proc=proc, what=f"upstream {name}"))
     return proc
 
 
