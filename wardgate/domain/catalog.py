@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from collections.abc import Iterable, Mapping
@@ -34,6 +35,8 @@ class Catalog:
         cls,
         raw: Mapping[str, Mapping[str, str]],
         last_good: Mapping[str, Mapping[str, str]] | None = None,
+        *,
+        memo: ParseMemo | None = None,
     ) -> Catalog:
         """Parse what Redis holds; a document that fails is refused on its own, with a reason.
 
@@ -47,21 +50,17 @@ class Catalog:
         for kind in KIND_ORDER:
             for name, text in sorted(raw.get(kind, {}).items()):
                 try:
-                    parsed[kind][name] = _parse_stored(kind, name, text)
+                    parsed[kind][name] = (memo or _NO_MEMO).parse(kind, name, text)
                     served[(kind, name)] = text
                     continue
-                except json.JSONDecodeError as exc:
-                    refused[f"{kind}/{name}"] = f"not valid JSON: {exc.msg} at {exc.pos}"
                 except DocumentError as exc:
                     refused[f"{kind}/{name}"] = exc.reason
                 previous = (last_good or {}).get(kind, {}).get(name)
                 if previous is not None and previous != text:
-                    try:
-                        parsed[kind][name] = _parse_stored(kind, name, previous)
+                    with contextlib.suppress(DocumentError):
+                        parsed[kind][name] = (memo or _NO_MEMO).parse(kind, name, previous)
                         served[(kind, name)] = previous
                         refused[f"{kind}/{name}"] += " (still serving the last good version)"
-                    except (json.JSONDecodeError, DocumentError):
-                        pass
         services: dict[str, Service] = parsed["Service"]
         routes: dict[str, Route] = {}
         for name, route in parsed["Route"].items():
@@ -74,8 +73,46 @@ class Catalog:
         return cls(routes=routes, services=services, refused=refused, served=served)
 
 
+class ParseMemo:
+    """Remembers each stored text's parse (document or error), so that re-reading thousands
+    of unchanged documents costs a dictionary look-up each, not a validation."""
+
+    def __init__(self, *, max_entries: int = 200_000) -> None:
+        self._seen: dict[tuple[str, str, str], Document | str] = {}  # document or reason
+        self._max = max_entries
+
+    def parse(self, kind: str, name: str, text: str) -> Document:
+        key = (kind, name, text)
+        found = self._seen.get(key)
+        if found is None:
+            try:
+                found = _parse_stored(kind, name, text)
+            except DocumentError as exc:
+                found = exc.reason
+            if len(self._seen) >= self._max:
+                self._seen.clear()
+            self._seen[key] = found
+        if isinstance(found, str):
+            raise DocumentError(found, kind=kind, name=name)
+        return found
+
+
+class _NoMemo(ParseMemo):
+    def parse(self, kind: str, name: str, text: str) -> Document:
+        return _parse_stored(kind, name, text)
+
+
+_NO_MEMO = _NoMemo()
+
+
 def _parse_stored(kind: str, name: str, text: str) -> Document:
-    doc = parse_document(json.loads(text), expect_kind=kind)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DocumentError(
+            f"not valid JSON: {exc.msg} at {exc.pos}", kind=kind, name=name
+        ) from None
+    doc = parse_document(data, expect_kind=kind)
     if doc.name != name:
         raise DocumentError(
             f"stored under field '{name}' but named '{doc.name}'", kind=kind, name=name

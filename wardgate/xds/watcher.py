@@ -16,7 +16,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from wardgate.domain.catalog import KIND_ORDER, Catalog
+from wardgate.domain.catalog import KIND_ORDER, Catalog, ParseMemo
 from wardgate.domain.registry import Instance
 from wardgate.errors import StoreError
 from wardgate.metrics import Metrics
@@ -66,6 +66,7 @@ class DocumentWatcher:
         self._manage_events = manage_keyspace_events
         self._registry = RedisRegistryStore(redis=redis, keys=keys)
         self._translator = Translator(options)
+        self._memo = ParseMemo()
         self._last_raw: RawDocuments | None = None
         self._base: Base | None = None
         self._revision = 0
@@ -84,7 +85,7 @@ class DocumentWatcher:
             self._metrics.snapshot_builds.labels("unchanged").inc()
             return await self.refresh_instances()
         last_good = await self._store.load_last_good()
-        catalog = Catalog.from_raw(raw, last_good)
+        catalog = Catalog.from_raw(raw, last_good, memo=self._memo)
         await self._store.save_last_good(catalog.served, last_good)
         self._registry_services = sorted(
             name for name, svc in catalog.services.items() if svc.discovery == "registry"
