@@ -1,0 +1,238 @@
+"""xDS at scale: 10,000 routes over 1,000 services.
+
+    python bench/xds_scale.py [--routes 10000] [--services 1000] [--changes 50]
+
+Measures, in one run:
+1. in process: the time and memory to build the full snapshot cold (parse, validate,
+   translate, serialize and hash every document), and to rebuild it after one route changed
+   with the watcher's memories (parse memo, per-document translator);
+2. end to end: with a real redis-server, one wardgate worker and two Envoys (one state of the
+   world, one delta), the time from one changed route written to Redis (a raw HSET, picked up
+   by keyspace notification) until each Envoy serves it, p50/p99 over N changes.
+The baseline for (2) is the same measurement with 10 routes, in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+
+import redis
+
+from wardgate import devstack
+from wardgate.domain.catalog import Catalog, ParseMemo
+from wardgate.xds.assemble import Translator, build_base
+from wardgate.xds.snapshot import Resources
+from wardgate.xds.translate import TranslateOptions
+
+
+def documents(routes: int, services: int, upstream_port: int) -> dict[str, dict[str, str]]:
+    svcs = {
+        f"s{i}": json.dumps(
+            {
+                "kind": "Service",
+                "name": f"s{i}",
+                "endpoints": [{"address": "127.0.0.1", "port": upstream_port}],
+            }
+        )
+        for i in range(services)
+    }
+    rts = {
+        f"r{i}": json.dumps(
+            {
+                "kind": "Route",
+                "name": f"r{i}",
+                "match": {"prefix": f"/r/{i}", "methods": ["GET", "POST"]},
+                "backend": f"s{i % services}",
+                "timeout": "5s",
+                "auth": {"require": "none"},
+                "rate_limits": [{"by": "ip", "requests": 1000, "per": "minute"}],
+            }
+        )
+        for i in range(routes)
+    }
+    return {"Route": rts, "Service": svcs}
+
+
+def build(raw: dict[str, dict[str, str]], memo: ParseMemo | None, tr: Translator) -> None:
+    catalog = Catalog.from_raw(raw, memo=memo)
+    base = build_base(catalog, tr.opts, translator=tr)
+    Resources.of(base.clusters, lambda m: m.name)
+    Resources.of(base.endpoints, lambda m: m.cluster_name)
+    Resources.of([base.routes], lambda m: m.name)
+
+
+def in_process(routes: int, services: int) -> dict[str, float]:
+    raw = documents(routes, services, 8081)
+    opts = TranslateOptions()
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    memo, tr = ParseMemo(), Translator(opts)
+    build(raw, memo, tr)
+    cold = time.perf_counter() - t0
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    warm = []
+    for k in range(20):
+        changed = {kind: dict(docs) for kind, docs in raw.items()}
+        doc = json.loads(changed["Route"]["r7"])
+        doc["match"]["prefix"] = f"/changed/{k}"
+        changed["Route"]["r7"] = json.dumps(doc)
+        t0 = time.perf_counter()
+        build(changed, memo, tr)
+        warm.append(time.perf_counter() - t0)
+    return {"cold_s": cold, "peak_mib": peak / 2**20, "warm_p50_s": statistics.median(warm)}
+
+
+class Poller(threading.Thread):
+    """Asks one Envoy for a path until it answers 200; records how long that took."""
+
+    def __init__(self, port: int, path: str, started: float, timeout: float = 30.0) -> None:
+        super().__init__(daemon=True)
+        self.port, self.path, self.started, self.timeout = port, path, started, timeout
+        self.elapsed: float | None = None
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+        deadline = self.started + self.timeout
+        while time.monotonic() < deadline:
+            try:
+                conn.request("GET", self.path)
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status == 200:
+                    self.elapsed = time.monotonic() - self.started
+                    return
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+            time.sleep(0.002)
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def propagation(routes: int, services: int, changes: int, work: Path) -> dict[str, object]:
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        rport = devstack.free_port()
+        procs.append(devstack.start_redis(rport, work / "redis"))
+        url = f"redis://127.0.0.1:{rport}/0"
+        up_port = devstack.free_port()
+        procs.append(devstack.start_upstream(up_port, "echo", work / "upstream.log"))
+        r = redis.Redis.from_url(url, decode_responses=True)
+        raw = documents(routes, services, up_port)
+        pipe = r.pipeline(transaction=False)
+        for kind, key in (("Service", "wardgate:services"), ("Route", "wardgate:routes")):
+            items = list(raw[kind].items())
+            for i in range(0, len(items), 1000):
+                pipe.hset(key, mapping=dict(items[i : i + 1000]))
+        pipe.execute()
+        grpc_port, http_port = devstack.free_port(), devstack.free_port()
+        env = {
+            "REDIS_URL": url,
+            "WARDGATE_GRPC_PORT": str(grpc_port),
+            "WARDGATE_HTTP_PORT": str(http_port),
+            "WARDGATE_LOG_LEVEL": "WARNING",
+        }
+        wg = devstack.start_wardgate(env=env, http_port=http_port, log=work / "wardgate.log")
+        procs.append(wg)
+        ports = {}
+        for mode in ("sotw", "delta"):
+            listen, admin = devstack.free_port(), devstack.free_port()
+            procs.append(
+                devstack.start_envoy(
+                    workdir=work,
+                    node_id=f"envoy-{mode}",
+                    listen_port=listen,
+                    admin_port=admin,
+                    wardgate_port=grpc_port,
+                    delta=mode == "delta",
+                )
+            )
+            ports[mode] = listen
+        t0 = time.monotonic()
+        first = {m: Poller(p, f"/r/{routes - 1}", t0, timeout=120) for m, p in ports.items()}
+        for t in first.values():
+            t.start()
+        for t in first.values():
+            t.join()
+        initial = {m: t.elapsed for m, t in first.items()}
+        times: dict[str, list[float]] = {"sotw": [], "delta": []}
+        for k in range(changes):
+            name = f"r{(k * 7919) % routes}"
+            doc = json.loads(raw["Route"][name])
+            doc["match"]["prefix"] = f"/changed/{k}"
+            started = time.monotonic()
+            r.hset("wardgate:routes", name, json.dumps(doc))
+            pollers = {m: Poller(p, f"/changed/{k}", started) for m, p in ports.items()}
+            for t in pollers.values():
+                t.start()
+            for m, t in pollers.items():
+                t.join()
+                if t.elapsed is None:
+                    raise RuntimeError(f"change {k} never reached the {m} Envoy")
+                times[m].append(t.elapsed)
+        with open(f"/proc/{wg.pid}/status") as f:
+            rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+        r.close()
+        return {"initial_s": initial, "times": times, "wardgate_rss_mib": rss}
+    finally:
+        for p in reversed(procs):
+            devstack.stop(p)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--routes", type=int, default=10_000)
+    parser.add_argument("--services", type=int, default=1_000)
+    parser.add_argument("--changes", type=int, default=50)
+    args = parser.parse_args()
+    with open("/proc/cpuinfo") as f:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
+    envoy = (
+        subprocess.run(
+            [devstack.find_envoy(), "--version"], capture_output=True, text=True, check=False
+        )
+        .stdout.split("version:")[-1]
+        .strip()
+    )
+    print(
+        f"machine: {os.cpu_count()} cores, {cpu}; Python {platform.python_version()}; Envoy {envoy}"
+    )
+    print(f"documents: {args.routes} routes over {args.services} services; {args.changes} changes")
+    built = in_process(args.routes, args.services)
+    print(
+        f"snapshot build, cold: {built['cold_s'] * 1000:.0f} ms, peak Python memory "
+        f"{built['peak_mib']:.0f} MiB; after one changed route: {built['warm_p50_s'] * 1000:.1f} ms"
+    )
+    with tempfile.TemporaryDirectory(prefix="wardgate-bench-") as tmp:
+        base = propagation(10, 10, args.changes, Path(tmp) / "small")
+        big = propagation(args.routes, args.services, args.changes, Path(tmp) / "big")
+    print(
+        f"initial load of {args.routes} routes served after: "
+        + ", ".join(f"{m} {v:.1f} s" for m, v in big["initial_s"].items())
+    )  # type: ignore[union-attr]
+    print(f"wardgate RSS with {args.routes} routes: {big['wardgate_rss_mib']:.0f} MiB")
+    print("\nchange -> served (ms)      p50      p99      max")
+    for label, result in (("10 routes", base), (f"{args.routes} routes", big)):
+        for mode, values in result["times"].items():  # type: ignore[union-attr]
+            ms = [v * 1000 for v in values]
+            print(f"  {label:>12} {mode:<6} {pct(ms, 50):8.1f} {pct(ms, 99):8.1f} {max(ms):8.1f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
