@@ -24,7 +24,8 @@ def test_two_workers_share_the_ports_and_the_metrics(private_stack: Stack) -> No
         def denied_total() -> float:
             text = httpx.get(f"http://127.0.0.1:{s.http_port}/metrics", timeout=3).text
             found = re.findall(
-                r'^wardgate_authz_decisions_total\{decision="deny",method="session",reason="unauthenticated"\} (\S+)$',
+                r"^wardgate_authz_decisions_total"
+                r'\{decision="deny",method="session",reason="unauthenticated"\} (\S+)$',
                 text,
                 re.M,
             )

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
-from envoy.config.route.v3 import route_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.http.ratelimit.v3 import rate_limit_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -21,14 +21,14 @@ from wardgate.domain.authz import RoutePolicy
 from wardgate.domain.catalog import Catalog
 from wardgate.domain.documents import Route, Service, host_regex, parse_document
 from wardgate.domain.ratelimit import RULE_KEY, encode_rule, parse_descriptor
+from wardgate.xds.assemble import build_base, build_route_configuration
 from wardgate.xds.translate import (
     HTTP_CLUSTER,
     ROUTE_CONFIG_NAME,
     TranslateOptions,
-    build_base,
     build_cluster,
     build_listener,
-    build_route_configuration,
+    virtual_host_head,
 )
 
 OPTS = TranslateOptions()
@@ -70,7 +70,13 @@ def one(r: Route) -> dict[str, Any]:
 
 
 def per_filter(entry: route_pb2.Route, name: str, message: Any) -> Any:
-    assert name in entry.typed_per_filter_config, sorted(entry.typed_per_filter_config)
+    """The config of filter ``name`` in effect on ``entry``: its own, else the virtual
+    host's (which every route inherits)."""
+    if name not in entry.typed_per_filter_config:
+        head = json_format.ParseDict(virtual_host_head(), route_components_pb2.VirtualHost())
+        assert name in head.typed_per_filter_config, name
+        assert head.typed_per_filter_config[name].Unpack(message)
+        return message
     assert entry.typed_per_filter_config[name].Unpack(message)
     return message
 
@@ -360,8 +366,8 @@ def test_cors_policy() -> None:
 
 def test_no_cors_no_cors_policy() -> None:
     d = one(route("r", {"prefix": "/"}))
-    assert "envoy.filters.http.cors" not in d["typed_per_filter_config"]
-    assert "envoy.filters.http.rbac" not in d["typed_per_filter_config"]
+    assert "envoy.filters.http.cors" not in d.get("typed_per_filter_config", {})
+    assert "envoy.filters.http.rbac" not in d.get("typed_per_filter_config", {})
 
 
 def test_ip_deny_becomes_a_deny_rbac_policy() -> None:
@@ -397,7 +403,9 @@ def test_max_body_bytes_sets_the_buffer_and_its_absence_disables_it() -> None:
     assert limited["typed_per_filter_config"]["envoy.filters.http.buffer"]["buffer"] == {
         "max_request_bytes": 4096
     }
-    assert unlimited["typed_per_filter_config"]["envoy.filters.http.buffer"]["disabled"] is True
+    assert "envoy.filters.http.buffer" not in unlimited.get("typed_per_filter_config", {})
+    head = virtual_host_head()["typed_per_filter_config"]
+    assert head["envoy.filters.http.buffer"]["disabled"] is True  # inherited: disabled
 
 
 # --- built-in routes ----------------------------------------------------------------------
@@ -706,7 +714,7 @@ def test_cors_routes_with_methods_also_match_the_preflight() -> None:
 def test_translation_is_incremental_per_document() -> None:
     from wardgate.domain.catalog import Catalog
     from wardgate.domain.documents import parse_document
-    from wardgate.xds.translate import Translator, build_base
+    from wardgate.xds.assemble import Translator, build_base
 
     svc = parse_document(
         {"kind": "Service", "name": "s", "endpoints": [{"address": "127.0.0.1", "port": 1}]}
@@ -735,7 +743,7 @@ def test_translation_is_incremental_per_document() -> None:
 def test_consistent_hashing_backends_hash_on_the_client_address() -> None:
     from wardgate.domain.catalog import Catalog
     from wardgate.domain.documents import parse_document
-    from wardgate.xds.translate import build_base
+    from wardgate.xds.assemble import build_base
 
     svc = parse_document(
         {

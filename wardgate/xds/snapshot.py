@@ -52,6 +52,16 @@ class Resources:
         return cls(items, digest.hexdigest()[:16])
 
 
+def resources_from_bytes(type_url: str, items: list[tuple[str, bytes]]) -> Resources:
+    """Resources from already serialized (deterministic) messages of one type."""
+    packed: dict[str, any_pb2.Any] = {}
+    digest = hashlib.sha256()
+    for name, data in sorted(items):
+        packed[name] = any_pb2.Any(type_url=type_url, value=data)
+        digest.update(name.encode() + b"\0" + data + b"\0")
+    return Resources(packed, digest.hexdigest()[:16])
+
+
 EMPTY = Resources({}, "empty")
 
 

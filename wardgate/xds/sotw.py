@@ -66,6 +66,7 @@ def _on_request(
     elif req.response_nonce:
         ts.acked_version = req.version_info
         metrics.xds_acks.labels(label).inc()
+        log.debug("envoy %s ACKed %s %s", state.node_id, label, req.version_info)
     nodes.touch()
     names = list(req.resource_names)
     if "*" in names or (not names and type_url in WILDCARD_TYPES and watch.names is None):
@@ -120,6 +121,7 @@ async def sotw_stream(
                 session.state.type(type_url).sent_version = version
                 nodes.touch()
                 metrics.xds_pushes.labels(type_label(type_url)).inc()
+                log.debug("envoy %s: sending %s %s", session.state.node_id, type_url, version)
                 yield discovery_pb2.DiscoveryResponse(
                     version_info=version,
                     resources=list(chosen.values()),

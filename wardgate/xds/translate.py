@@ -10,14 +10,12 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
-from collections.abc import Mapping
 from typing import Any
 
 # Importing these registers the message types that "@type" below refers to.
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
-from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.buffer.v3 import buffer_pb2  # noqa: F401
 from envoy.extensions.filters.http.cors.v3 import cors_pb2  # noqa: F401
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2  # noqa: F401
@@ -31,7 +29,6 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noq
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from google.protobuf import json_format
 
-from wardgate.domain.catalog import Catalog
 from wardgate.domain.documents import Route, Service, host_regex
 from wardgate.domain.durations import format_duration, parse_duration
 from wardgate.domain.ratelimit import RULE_KEY, encode_rule
@@ -351,9 +348,10 @@ def route_entry(route: Route, *, hashing: bool = False) -> dict[str, Any]:
 
     per_filter: dict[str, Any] = {}
     entry: dict[str, Any] = {"name": route.name, "match": _route_match(route), "route": action}
-    if route.auth.require == "none":
-        per_filter[EXT_AUTHZ] = {"@type": T_EXT_AUTHZ_ROUTE, "disabled": True}
-    else:
+    # Public routes and routes without max_body_bytes carry no ext_authz or buffer config:
+    # they inherit the virtual host's (both disabled). Envoy pays per per-route config, and
+    # with ten thousand routes that dominates how fast it takes a new route table.
+    if route.auth.require != "none":
         ctx = {"route": route.name, "auth": route.auth.require}
         if route.auth.roles:
             ctx["roles"] = ",".join(route.auth.roles)
@@ -372,17 +370,27 @@ def route_entry(route: Route, *, hashing: bool = False) -> dict[str, Any]:
             "@type": T_BUFFER_ROUTE,
             "buffer": {"max_request_bytes": route.max_body_bytes},
         }
-    else:
-        per_filter[F_BUFFER] = {"@type": T_BUFFER_ROUTE, "disabled": True}
-    entry["typed_per_filter_config"] = per_filter
+    if per_filter:
+        entry["typed_per_filter_config"] = per_filter
     return entry
+
+
+def virtual_host_head() -> dict[str, Any]:
+    """The one virtual host, without its routes: what every route inherits."""
+    return {
+        "name": "wardgate",
+        "domains": ["*"],
+        "typed_per_filter_config": {
+            EXT_AUTHZ: {"@type": T_EXT_AUTHZ_ROUTE, "disabled": True},
+            F_BUFFER: {"@type": T_BUFFER_ROUTE, "disabled": True},
+        },
+    }
 
 
 def builtin_routes(opts: TranslateOptions) -> list[dict[str, Any]]:
     """wardgate's own endpoints, reached through Envoy: /auth/login, /auth/logout, /auth/session."""
     common = {
         "typed_per_filter_config": {
-            EXT_AUTHZ: {"@type": T_EXT_AUTHZ_ROUTE, "disabled": True},
             F_BUFFER: {"@type": T_BUFFER_ROUTE, "buffer": {"max_request_bytes": 16384}},
         },
     }
@@ -415,72 +423,6 @@ def builtin_routes(opts: TranslateOptions) -> list[dict[str, Any]]:
             }
         )
     return out
-
-
-def _hashing(route: Route, services: Mapping[str, Service]) -> bool:
-    return any(services[n].lb in ("ring_hash", "maglev") for n in route.services() if n in services)
-
-
-def _route_message(entry: dict[str, Any]) -> route_components_pb2.Route:
-    return json_format.ParseDict(entry, route_components_pb2.Route())
-
-
-class Translator:
-    """Translates documents, remembering each document's result: a change to one document
-    re-translates that document only (the route configuration is then re-assembled)."""
-
-    def __init__(self, opts: TranslateOptions, *, max_cached: int = 100_000) -> None:
-        self.opts = opts
-        self._routes: dict[tuple[str, bool], route_components_pb2.Route] = {}
-        self._clusters: dict[str, cluster_pb2.Cluster] = {}
-        self._max = max_cached
-        self._builtin = [
-            json_format.ParseDict(e, route_components_pb2.Route()) for e in builtin_routes(opts)
-        ]
-        self.translated = 0  # documents translated (not served from memory), for tests/metrics
-
-    def route(self, route: Route, hashing: bool) -> route_components_pb2.Route:
-        key = (route.model_dump_json(), hashing)
-        msg = self._routes.get(key)
-        if msg is None:
-            msg = json_format.ParseDict(
-                route_entry(route, hashing=hashing), route_components_pb2.Route()
-            )
-            self.translated += 1
-            if len(self._routes) >= self._max:
-                self._routes.clear()
-            self._routes[key] = msg
-        return msg
-
-    def cluster(self, svc: Service) -> cluster_pb2.Cluster:
-        key = svc.model_dump_json()
-        msg = self._clusters.get(key)
-        if msg is None:
-            msg = build_cluster(svc)
-            self.translated += 1
-            if len(self._clusters) >= self._max:
-                self._clusters.clear()
-            self._clusters[key] = msg
-        return msg
-
-    def route_configuration(
-        self, routes: list[Route], services: Mapping[str, Service]
-    ) -> route_pb2.RouteConfiguration:
-        config = route_pb2.RouteConfiguration(name=ROUTE_CONFIG_NAME)
-        vhost = config.virtual_hosts.add(name="wardgate", domains=["*"])
-        vhost.routes.extend(self._builtin)
-        vhost.routes.extend(
-            self.route(r, _hashing(r, services)) for r in sorted(routes, key=route_sort_key)
-        )
-        return config
-
-
-def build_route_configuration(
-    routes: list[Route],
-    opts: TranslateOptions,
-    services: Mapping[str, Service] | None = None,
-) -> route_pb2.RouteConfiguration:
-    return Translator(opts).route_configuration(routes, services or {})
 
 
 # --- listener -----------------------------------------------------------------------------
@@ -615,49 +557,3 @@ def build_listener(address: str, port: int, opts: TranslateOptions) -> listener_
         ],
     }
     return json_format.ParseDict(listener, listener_pb2.Listener())
-
-
-def clusters_of(config: route_pb2.RouteConfiguration) -> frozenset[str]:
-    """The clusters a route configuration sends traffic to."""
-    names: set[str] = set()
-    for vhost in config.virtual_hosts:
-        for r in vhost.routes:
-            if r.route.cluster:
-                names.add(r.route.cluster)
-            names.update(w.name for w in r.route.weighted_clusters.clusters)
-    return frozenset(names)
-
-
-@dataclasses.dataclass(frozen=True)
-class Base:
-    clusters: list[cluster_pb2.Cluster]
-    endpoints: list[endpoint_pb2.ClusterLoadAssignment]
-    routes: route_pb2.RouteConfiguration
-
-
-def build_base(
-    catalog: Catalog,
-    opts: TranslateOptions,
-    instances: Mapping[str, list[tuple[str, int, int]]] | None = None,
-    *,
-    translator: Translator | None = None,
-) -> Base:
-    """Every resource but the listener. ``instances`` are the live endpoints of the
-    ``discovery: registry`` services; a long-lived ``translator`` makes it incremental."""
-    translator = translator or Translator(opts)
-    instances = instances or {}
-    services = [s for _, s in sorted(catalog.services.items())]
-    endpoints = []
-    for svc in services:
-        if not uses_eds(svc):
-            continue
-        if svc.discovery == "registry":
-            eps = list(instances.get(svc.name, []))
-        else:
-            eps = [(e.address, e.port, e.weight) for e in svc.endpoints or []]
-        endpoints.append(build_load_assignment(svc.name, eps))
-    return Base(
-        clusters=[build_auth_cluster(opts)] + [translator.cluster(s) for s in services],
-        endpoints=endpoints,
-        routes=translator.route_configuration(list(catalog.routes.values()), catalog.services),
-    )

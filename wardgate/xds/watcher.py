@@ -24,22 +24,16 @@ from wardgate.store.documents import RawDocuments, RedisDocumentStore
 from wardgate.store.keys import Keys
 from wardgate.store.redis_client import AnyRedis
 from wardgate.store.registry import RedisRegistryStore
+from wardgate.xds.assemble import Base, Translator, build_base
 from wardgate.xds.snapshot import (
     TYPE_CLUSTER,
     TYPE_ENDPOINT,
     TYPE_ROUTE,
-    Resources,
     Snapshot,
     SnapshotCache,
+    resources_from_bytes,
 )
-from wardgate.xds.translate import (
-    Base,
-    TranslateOptions,
-    Translator,
-    build_base,
-    build_load_assignment,
-    clusters_of,
-)
+from wardgate.xds.translate import TranslateOptions
 
 log = logging.getLogger("wardgate.watcher")
 
@@ -68,6 +62,7 @@ class DocumentWatcher:
         self._translator = Translator(options)
         self._memo = ParseMemo()
         self._last_raw: RawDocuments | None = None
+        self._last_good: RawDocuments | None = None
         self._base: Base | None = None
         self._revision = 0
         self._registry_services: list[str] = []
@@ -84,9 +79,13 @@ class DocumentWatcher:
         if raw == self._last_raw and self._cache.ready:
             self._metrics.snapshot_builds.labels("unchanged").inc()
             return await self.refresh_instances()
-        last_good = await self._store.load_last_good()
-        catalog = Catalog.from_raw(raw, last_good, memo=self._memo)
-        await self._store.save_last_good(catalog.served, last_good)
+        if self._last_good is None:  # once per connection; then kept in memory
+            self._last_good = await self._store.load_last_good()
+        catalog = Catalog.from_raw(raw, self._last_good, memo=self._memo)
+        await self._store.save_last_good(catalog.served, self._last_good)
+        self._last_good = {
+            kind: {n: v for (k, n), v in catalog.served.items() if k == kind} for kind in KIND_ORDER
+        }
         self._registry_services = sorted(
             name for name, svc in catalog.services.items() if svc.discovery == "registry"
         )
@@ -97,6 +96,7 @@ class DocumentWatcher:
         self._last_raw = raw
         self._revision = revision
         changed = self._publish()
+        log.debug("sync took %.1f ms", (time.perf_counter() - started) * 1000)
         self._metrics.snapshot_seconds.observe(time.perf_counter() - started)
         self._metrics.snapshot_builds.labels("changed" if changed else "unchanged").inc()
         self._metrics.documents.labels("Route").set(len(catalog.routes))
@@ -129,11 +129,11 @@ class DocumentWatcher:
         registry = set(self._registry_services)
         self._base = dataclasses.replace(
             self._base,
-            endpoints=[
-                build_load_assignment(cla.cluster_name, endpoints.get(cla.cluster_name, []))
-                if cla.cluster_name in registry
-                else cla
-                for cla in self._base.endpoints
+            endpoint_bytes=[
+                (name, self._translator.endpoints(name, endpoints.get(name, [])))
+                if name in registry
+                else (name, data)
+                for name, data in self._base.endpoint_bytes
             ],
         )
         log.info("registry: %s", {n: len(i) for n, i in live.items()})
@@ -141,14 +141,15 @@ class DocumentWatcher:
 
     def _publish(self) -> bool:
         assert self._base is not None
+        base = self._base
         snapshot = Snapshot(
             {
-                TYPE_CLUSTER: Resources.of(self._base.clusters, lambda m: m.name),
-                TYPE_ENDPOINT: Resources.of(self._base.endpoints, lambda m: m.cluster_name),
-                TYPE_ROUTE: Resources.of([self._base.routes], lambda m: m.name),
+                TYPE_CLUSTER: resources_from_bytes(TYPE_CLUSTER, base.cluster_bytes),
+                TYPE_ENDPOINT: resources_from_bytes(TYPE_ENDPOINT, base.endpoint_bytes),
+                TYPE_ROUTE: resources_from_bytes(TYPE_ROUTE, [base.route_bytes]),
             },
             revision=self._revision,
-            route_clusters=clusters_of(self._base.routes),
+            route_clusters=base.route_clusters,
         )
         return self._cache.set_base(snapshot)
 
@@ -208,6 +209,7 @@ class DocumentWatcher:
                 backoff = 0.2
                 await self._listen(pubsub)
             except (RedisError, StoreError, OSError) as exc:
+                self._last_good = None  # re-read what was served, another replica may have moved
                 self.last_error = str(exc)
                 self._metrics.snapshot_builds.labels("failed").inc()
                 self._metrics.store_errors.labels("watcher").inc()
