@@ -4,6 +4,7 @@ or when Redis cannot be reached."""
 from __future__ import annotations
 
 import asyncio
+import difflib
 import functools
 import json
 import logging
@@ -109,10 +110,27 @@ def read_documents(paths: tuple[str, ...]) -> list[Document]:
     return docs
 
 
+def _as_yaml(text: str | None) -> list[str]:
+    if text is None:
+        return []
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return text.splitlines(keepends=True)
+    return yaml.safe_dump(data, sort_keys=True).splitlines(keepends=True)
+
+
 def print_changes(changes: list[Change], *, dry_run: bool, revision: int | None = None) -> None:
     suffix = " (dry run)" if dry_run else ""
     for c in changes:
         click.echo(f"{c}{suffix}")
+        if dry_run and c.action != "unchanged":
+            where = f"{c.kind.lower()}/{c.name}"
+            diff = difflib.unified_diff(
+                _as_yaml(c.before), _as_yaml(c.value), f"{where} (now)", f"{where} (after)"
+            )
+            for line in diff:
+                click.echo("    " + line.rstrip("\n"))
     if revision is not None and any(c.action != "unchanged" for c in changes):
         click.echo(f"revision {revision}")
 

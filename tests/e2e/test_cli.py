@@ -128,3 +128,19 @@ def test_rollback_restores_an_earlier_revision(stack: Stack) -> None:
         eventually(lambda: http.get("/rb-extra").status_code == 404, timeout=2)
     unknown = stack.cli("rollback", "999999")
     assert unknown.returncode == 1 and "not in the history" in unknown.stderr
+
+
+def test_dry_run_prints_the_diff(stack: Stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import yaml
+
+    stack.apply(route("diffme", "/diff-old", "echo"))
+    path = tmp_path / "d.yaml"
+    path.write_text(yaml.safe_dump(route("diffme", "/diff-new", "echo", timeout="3s")))
+    out = stack.cli("apply", "-f", str(path), "--dry-run").stdout
+    assert "route/diffme configured (dry run)" in out
+    assert "    -  prefix: /diff-old\n    +  prefix: /diff-new\n" in out
+    assert "    +timeout: 3s\n" in out
+    assert (
+        json.loads(stack.cli("get", "routes", "diffme", "-o", "json").stdout)["match"]["prefix"]
+        == "/diff-old"
+    )

@@ -126,6 +126,7 @@ class Change:
     name: str
     action: str  # created | configured | unchanged | deleted
     value: str | None  # the JSON to store; None for a delete
+    before: str | None = None  # the JSON stored now (None: nothing)
 
     def __str__(self) -> str:
         return f"{self.kind.lower()}/{self.name} {self.action}"
@@ -152,7 +153,7 @@ def plan_apply(
         value = canonical_json(doc)
         old = current.get(doc.kind, {}).get(doc.name)
         action = "created" if old is None else ("unchanged" if _same(old, value) else "configured")
-        changes.append(Change(doc.kind, doc.name, action, value))
+        changes.append(Change(doc.kind, doc.name, action, value, old))
     _check_result(current, changes)
     return sorted(changes, key=lambda c: (KIND_ORDER.index(c.kind), c.name))
 
@@ -160,7 +161,7 @@ def plan_apply(
 def plan_delete(current: Mapping[str, Mapping[str, str]], kind: str, name: str) -> Change:
     if name not in current.get(kind, {}):
         raise DocumentError("not found", kind=kind, name=name)
-    change = Change(kind, name, "deleted", None)
+    change = Change(kind, name, "deleted", None, current[kind][name])
     _check_result(current, [change])
     return change
 
@@ -209,7 +210,7 @@ def plan_restore(
         old = current.get(kind, {}).get(name)
         if value is None:
             if old is not None:
-                changes.append(Change(kind, name, "deleted", None))
+                changes.append(Change(kind, name, "deleted", None, old))
             continue
         try:
             doc = parse_document(json.loads(value), expect_kind=kind)
@@ -217,6 +218,6 @@ def plan_restore(
             raise DocumentError(f"cannot restore: {exc}", kind=kind, name=name) from None
         new = canonical_json(doc)
         action = "created" if old is None else ("unchanged" if _same(old, new) else "configured")
-        changes.append(Change(kind, name, action, new))
+        changes.append(Change(kind, name, action, new, old))
     _check_result(current, changes)
     return sorted(changes, key=lambda c: (KIND_ORDER.index(c.kind), c.name))
