@@ -243,7 +243,7 @@ def main() -> None:
             initial = result["initial_s"][mode]  # type: ignore[index]
             rss = result["wardgate_rss_mib"]
             print(
-                f"{mode}: {label} first served {initial:.1f} s after start; wardgate RSS {rss:.0f} MiB"
+                f"{mode}: {label} first served after {initial:.1f} s; wardgate RSS {rss:.0f} MiB"
             )
     print("\nchange -> served (ms)      p50      p99      max")
     for label, mode, result in runs:
