@@ -242,9 +242,7 @@ def main() -> None:
         if label != "10 routes":
             initial = result["initial_s"][mode]  # type: ignore[index]
             rss = result["wardgate_rss_mib"]
-            print(
-                f"{mode}: {label} first served after {initial:.1f} s; wardgate RSS {rss:.0f} MiB"
-            )
+            print(f"{mode}: {label} first served after {initial:.1f} s; wardgate RSS {rss:.0f} MiB")
     print("\nchange -> served (ms)      p50      p99      max")
     for label, mode, result in runs:
         ms = [v * 1000 for v in result["times"][mode]]  # type: ignore[index]
