@@ -211,8 +211,9 @@ def test_plan_apply_ignores_unrelated_documents_already_refused() -> None:
 
 
 def test_plan_delete_of_an_unused_service() -> None:
-    change = plan_delete(_raw(_svc("s"), _svc("t"), _route("r", "s")), "Service", "t")
-    assert change == Change("Service", "t", "deleted", None)
+    current = _raw(_svc("s"), _svc("t"), _route("r", "s"))
+    change = plan_delete(current, "Service", "t")
+    assert change == Change("Service", "t", "deleted", None, current["Service"]["t"])
     assert str(change) == "service/t deleted"
 
 
