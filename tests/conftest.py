@@ -43,13 +43,15 @@ def prefix() -> str:
     return f"wgtest{os.getpid()}-{next(_prefixes)}:"
 
 
-def _start_stack(workdir: Path, redis_url: str, prefix: str) -> Stack:
+def _start_stack(
+    workdir: Path, redis_url: str, prefix: str, extra_env: dict[str, str] | None = None
+) -> Stack:
     stack = new_stack(workdir, redis_url, prefix)
     try:
         stack.procs["upstream"] = devstack.start_upstream(
             stack.upstream_port, "echo", workdir / "upstream.log"
         )
-        stack.start_wardgate()
+        stack.start_wardgate(extra_env=extra_env)
         stack.start_envoy()
         stack.apply(service("echo", stack.upstream_port))
     except BaseException:

@@ -27,7 +27,14 @@ from wardgate.store.keys import Keys
 from wardgate.store.redis_client import AnyRedis, connect
 
 T = TypeVar("T")
-KIND_NAMES = {"route": "Route", "routes": "Route", "service": "Service", "services": "Service"}
+KIND_NAMES = {
+    "route": "Route",
+    "routes": "Route",
+    "service": "Service",
+    "services": "Service",
+    "issuer": "Issuer",
+    "issuers": "Issuer",
+}
 
 
 class CliError(WardgateError):
@@ -168,7 +175,7 @@ def validate(paths: tuple[str, ...]) -> None:
 def _kind(word: str) -> str:
     kind = KIND_NAMES.get(word.lower())
     if kind is None:
-        raise CliError(f"unknown kind {word!r}: use routes or services")
+        raise CliError(f"unknown kind {word!r}: use routes, services or issuers")
     return kind
 
 
@@ -186,7 +193,14 @@ def _summary(kind: str, doc: dict[str, Any]) -> list[str]:
             backend,
             doc.get("auth", {}).get("require", "none"),
         ]
+    if kind == "Issuer":
+        source = next(
+            (f"{k}" for k in ("jwks_file", "jwks", "hs256_secret_env") if doc.get(k)), "-"
+        )
+        return [doc["name"], doc.get("issuer", ""), ",".join(doc.get("audiences", [])), source]
     eps = ",".join(f"{e['address']}:{e['port']}" for e in doc.get("endpoints", []))
+    if doc.get("discovery") == "registry":
+        eps = "(registry)"
     return [doc["name"], doc.get("protocol", "http"), eps]
 
 
@@ -219,11 +233,11 @@ async def get(ctx: click.Context, kind: str, name: str | None, output: str) -> N
     elif output == "yaml":
         click.echo(yaml.safe_dump_all(docs, sort_keys=False).rstrip())
     else:
-        header = (
-            ["NAME", "MATCH", "BACKEND", "AUTH"]
-            if k == "Route"
-            else ["NAME", "PROTOCOL", "ENDPOINTS"]
-        )
+        header = {
+            "Route": ["NAME", "MATCH", "BACKEND", "AUTH"],
+            "Service": ["NAME", "PROTOCOL", "ENDPOINTS"],
+            "Issuer": ["NAME", "ISSUER", "AUDIENCES", "KEYS"],
+        }[k]
         rows = [header] + [_summary(k, d) for d in docs]
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         for r in rows:
@@ -403,11 +417,12 @@ def serve(
 
 
 def _register_subcommands() -> None:
-    from wardgate.cli_identity import sessions, users
+    from wardgate.cli_identity import keys, sessions, users
     from wardgate.cli_registry import register
     from wardgate.up import up
 
     cli.add_command(register)
+    cli.add_command(keys)
     cli.add_command(users)
     cli.add_command(sessions)
     cli.add_command(up)

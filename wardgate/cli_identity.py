@@ -10,11 +10,13 @@ import time
 import click
 
 from wardgate.cli import CliError, open_redis, run_async, settings_of
+from wardgate.domain.durations import parse_duration
 from wardgate.domain.passwords import hash_password
-from wardgate.domain.ports import UserRecord
+from wardgate.domain.ports import ApiKeyRecord, UserRecord
 from wardgate.domain.sessions import MAX_PASSWORD, MAX_USERNAME
+from wardgate.domain.tokens import hash_api_key, new_api_key
 from wardgate.store.keys import Keys
-from wardgate.store.redis_store import RedisSessionStore, RedisUserStore
+from wardgate.store.redis_store import RedisApiKeyStore, RedisSessionStore, RedisUserStore
 
 USERNAME_RE = re.compile(rf"^[A-Za-z0-9._@-]{{1,{MAX_USERNAME}}}$")
 ROLE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -150,3 +152,93 @@ async def sessions_revoke(ctx: click.Context, session_id: str | None, user: str 
         click.echo(f"session {session_id} revoked")
     finally:
         await redis.aclose()
+
+
+NAME_RE = re.compile(r"^[A-Za-z0-9._@-]{1,128}$")
+
+
+@click.group()
+def keys() -> None:
+    """Create, list and revoke API keys (sent by clients as x-api-key)."""
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="Unique name; upstreams see it as x-user-id.")
+@click.option("--role", "roles", multiple=True, help="A role; repeat for several.")
+@click.option("--tier", default="", help="A tier, for rate limits per tier.")
+@click.option("--expires", default=None, help="Lifetime such as 30d or 12h (default: never).")
+@click.pass_context
+@run_async
+async def keys_create(
+    ctx: click.Context, name: str, roles: tuple[str, ...], tier: str, expires: str | None
+) -> None:
+    """Create a key and print it, once: only its hash is stored."""
+    if not NAME_RE.match(name):
+        raise CliError(f"key name {name!r}: 1-128 of letters, digits, . _ @ -")
+    bad = [r for r in (*roles, *([tier] if tier else [])) if not ROLE_RE.match(r)]
+    if bad:
+        raise CliError(f"{bad[0]!r}: roles and tiers are 1-64 of letters, digits, . _ : -")
+    lifetime = 0.0
+    if expires is not None:
+        try:
+            lifetime = (
+                parse_duration(expires) if expires[-1] != "d" else float(expires[:-1]) * 86400
+            )
+        except (ValueError, IndexError):
+            raise CliError(f"--expires {expires!r}: write it like 30d, 12h or 90m") from None
+        if lifetime <= 0:
+            raise CliError("--expires must be more than 0")
+    settings = settings_of(ctx)
+    redis = await open_redis(settings)
+    try:
+        store = RedisApiKeyStore(redis=redis, keys=Keys(settings.key_prefix))
+        if await redis.hexists(Keys(settings.key_prefix).api_key_names, name):
+            raise CliError(f"key {name} exists; revoke it first")
+        key = new_api_key()
+        now = time.time()
+        record = ApiKeyRecord(
+            name, tuple(dict.fromkeys(roles)), tier, now, now + lifetime if lifetime else 0
+        )
+        await store.put_key(hash_api_key(key), record)
+    finally:
+        await redis.aclose()
+    click.echo(key)
+    click.echo(f"key/{name} created; this is the only time the key is shown", err=True)
+
+
+@keys.command("list")
+@click.pass_context
+@run_async
+async def keys_list(ctx: click.Context) -> None:
+    """List keys: name, roles, tier, expiry (never the keys)."""
+    settings = settings_of(ctx)
+    redis = await open_redis(settings)
+    try:
+        rows = await RedisApiKeyStore(redis=redis, keys=Keys(settings.key_prefix)).list_keys()
+    finally:
+        await redis.aclose()
+    for k in rows:
+        expires = (
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(k.expires_at))
+            if k.expires_at
+            else "never"
+        )
+        click.echo(
+            f"{k.name}  roles={','.join(k.roles) or '-'}  tier={k.tier or '-'}  expires={expires}"
+        )
+
+
+@keys.command("revoke")
+@click.argument("name")
+@click.pass_context
+@run_async
+async def keys_revoke(ctx: click.Context, name: str) -> None:
+    """Revoke key NAME; effective on the next request."""
+    settings = settings_of(ctx)
+    redis = await open_redis(settings)
+    try:
+        if not await RedisApiKeyStore(redis=redis, keys=Keys(settings.key_prefix)).delete_key(name):
+            raise CliError(f"key/{name} not found")
+    finally:
+        await redis.aclose()
+    click.echo(f"key/{name} revoked")

@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from wardgate.domain.authz import Authorizer
 from wardgate.domain.ratelimit import RateLimiter
 from wardgate.domain.sessions import SessionService
+from wardgate.domain.tokens import IssuerHolder
 from wardgate.errors import StoreError
 from wardgate.extproc.authz import AuthorizationService
 from wardgate.extproc.ratelimit import RateLimitService
@@ -32,7 +33,12 @@ from wardgate.metrics import Metrics, create_metrics
 from wardgate.settings import Settings
 from wardgate.store.keys import Keys
 from wardgate.store.redis_client import connect
-from wardgate.store.redis_store import RedisCounterStore, RedisSessionStore, RedisUserStore
+from wardgate.store.redis_store import (
+    RedisApiKeyStore,
+    RedisCounterStore,
+    RedisSessionStore,
+    RedisUserStore,
+)
 from wardgate.store.registry import RedisRegistryStore
 from wardgate.xds.ads import AggregatedDiscoveryService
 from wardgate.xds.nodes import NodeRegistry
@@ -87,7 +93,13 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
     users = RedisUserStore(redis=hot, keys=keys)
     session_store = RedisSessionStore(redis=hot, keys=keys)
     sessions = SessionService(users=users, sessions=session_store, ttl_seconds=settings.session_ttl)
-    authorizer = Authorizer(sessions=sessions, cookie_name=settings.session_cookie)
+    issuers = IssuerHolder()
+    authorizer = Authorizer(
+        sessions=sessions,
+        cookie_name=settings.session_cookie,
+        api_keys=RedisApiKeyStore(redis=hot, keys=keys),
+        issuers=issuers,
+    )
     limiter = RateLimiter(counters=RedisCounterStore(redis=hot), key_for=keys.counter)
 
     options = translate_options(settings)
@@ -102,6 +114,7 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
         options=options,
         metrics=metrics,
         resync_interval=settings.resync_interval,
+        issuers=issuers,
     )
 
     server = grpc.aio.server(

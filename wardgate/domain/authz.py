@@ -8,13 +8,23 @@ message). Store failures propagate as ``StoreError``; the servicer applies the f
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from typing import Protocol
 from urllib.parse import urlsplit
 
+from wardgate.domain.ports import ApiKeyStore
 from wardgate.domain.sessions import Identity, SessionService, parse_cookies, strip_cookie
+from wardgate.domain.tokens import JwtVerifier, TokenError, hash_api_key, well_formed_api_key
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 AUTH_METHODS = frozenset({"none", "session", "jwt", "api_key", "any"})
+ACCEPTS = {
+    "session": frozenset({"session"}),
+    "jwt": frozenset({"jwt"}),
+    "api_key": frozenset({"api_key"}),
+    "any": frozenset({"session", "jwt", "api_key"}),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,10 +82,70 @@ def _origin_of(value: str) -> tuple[str, str]:
     return f"{parts.scheme.lower()}://{netloc}", netloc
 
 
+class VerifierSource(Protocol):
+    """Where the current JWT verifier comes from (the watcher replaces it as issuers change)."""
+
+    @property
+    def verifier(self) -> JwtVerifier: ...
+
+
+class _NoIssuers:
+    verifier = JwtVerifier([])
+
+
 class Authorizer:
-    def __init__(self, *, sessions: SessionService, cookie_name: str) -> None:
+    """Credentials, in this order when a route accepts several: ``x-api-key``, then
+    ``authorization: Bearer``, then the session cookie. A credential that is present but
+    bad is refused even if a later one would do: a client gets told what is wrong."""
+
+    def __init__(
+        self,
+        *,
+        sessions: SessionService,
+        cookie_name: str,
+        api_keys: ApiKeyStore | None = None,
+        issuers: VerifierSource | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._sessions = sessions
         self._cookie = cookie_name
+        self._api_keys = api_keys
+        self._issuers = issuers or _NoIssuers()
+        self._clock = clock
+
+    async def _identify(
+        self, accepts: frozenset[str], facts: RequestFacts, session_id: str | None
+    ) -> Identity | Deny:
+        api_key = facts.headers.get("x-api-key")
+        if "api_key" in accepts and api_key is not None:
+            return await self._api_key(api_key)
+        bearer = facts.headers.get("authorization", "")
+        if "jwt" in accepts and bearer[:7].lower() == "bearer ":
+            try:
+                return self._issuers.verifier.verify(bearer[7:].strip())
+            except TokenError as exc:
+                return Deny(401, "invalid_token", str(exc))
+        if "session" in accepts and session_id is not None:
+            identity = await self._sessions.resolve(session_id)
+            if identity is not None:
+                return identity
+            return Deny(401, "unauthenticated", "your session is not valid (any more); sign in")
+        wanted = {"session": "a session", "jwt": "a bearer token", "api_key": "an API key"}
+        return Deny(
+            401,
+            "unauthenticated",
+            "this route requires " + " or ".join(wanted[m] for m in sorted(accepts)),
+        )
+
+    async def _api_key(self, key: str) -> Identity | Deny:
+        if self._api_keys is None or not well_formed_api_key(key):
+            return Deny(401, "invalid_api_key", "the API key is not valid")
+        record = await self._api_keys.get_key(hash_api_key(key))
+        if record is None:
+            return Deny(401, "invalid_api_key", "the API key is not valid")
+        if record.expires_at and record.expires_at <= self._clock():
+            return Deny(401, "invalid_api_key", "the API key has expired")
+        return Identity(record.name, record.roles, "api_key", record.expires_at, tier=record.tier)
 
     async def decide(self, policy: RoutePolicy, facts: RequestFacts) -> Decision:
         cookie_header = facts.headers.get("cookie")
@@ -86,13 +156,11 @@ class Authorizer:
             rewritten = strip_cookie(cookie_header, self._cookie)
         if policy.require == "none":
             return Allow(None, rewritten)
-        identity: Identity | None = None
-        if policy.require in ("session", "any") and session_id is not None:
-            identity = await self._sessions.resolve(session_id)
-        if identity is None:
-            if policy.require in ("jwt", "api_key"):
-                return Deny(401, "unauthenticated", f"this route requires {policy.require}")
-            return Deny(401, "unauthenticated", "sign in first: no valid session")
+        accepts = ACCEPTS[policy.require]
+        found = await self._identify(accepts, facts, session_id)
+        if isinstance(found, Deny):
+            return found
+        identity = found
         if policy.roles and not (policy.roles & set(identity.roles)):
             return Deny(403, "forbidden", "your roles do not allow this route")
         if identity.method == "session" and facts.method in UNSAFE_METHODS:

@@ -10,6 +10,7 @@ from typing import Any
 
 from wardgate.domain.documents import (
     Document,
+    Issuer,
     Route,
     Service,
     check_references,
@@ -18,7 +19,7 @@ from wardgate.domain.documents import (
 )
 from wardgate.errors import DocumentError, ReferenceError_
 
-KIND_ORDER = ("Service", "Route")  # services first: routes refer to them
+KIND_ORDER = ("Issuer", "Service", "Route")  # services before the routes that use them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +27,7 @@ class Catalog:
     routes: dict[str, Route]
     services: dict[str, Service]
     refused: dict[str, str]  # "Kind/name" -> reason
+    issuers: dict[str, Issuer] = dataclasses.field(default_factory=dict)
 
     # For each served document, the JSON it was served from (the last good version).
     served: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
@@ -45,7 +47,7 @@ class Catalog:
         route off the gateway.
         """
         refused: dict[str, str] = {}
-        parsed: dict[str, dict[str, Any]] = {"Route": {}, "Service": {}}
+        parsed: dict[str, dict[str, Any]] = {kind: {} for kind in KIND_ORDER}
         served: dict[tuple[str, str], str] = {}
         for kind in KIND_ORDER:
             for name, text in sorted(raw.get(kind, {}).items()):
@@ -70,7 +72,13 @@ class Catalog:
                 served.pop(("Route", name), None)
             else:
                 routes[name] = route
-        return cls(routes=routes, services=services, refused=refused, served=served)
+        return cls(
+            routes=routes,
+            services=services,
+            refused=refused,
+            served=served,
+            issuers=parsed["Issuer"],
+        )
 
 
 class ParseMemo:

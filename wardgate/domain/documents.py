@@ -355,8 +355,51 @@ class Service(_Doc):
         return self
 
 
-Document = Route | Service
-KINDS: dict[str, type[Route] | type[Service]] = {"Route": Route, "Service": Service}
+ENV_NAME_RE = r"^[A-Z_][A-Z0-9_]{0,127}$"
+CLAIM_RE = r"^[A-Za-z0-9_.:/-]{1,128}$"
+
+
+class Issuer(_Doc):
+    """A trusted JWT issuer: tokens it signs are accepted on routes with ``auth.require``
+    ``jwt`` or ``any``."""
+
+    kind: Literal["Issuer"] = "Issuer"
+    name: Name
+    issuer: str = Field(min_length=1, max_length=512)
+    audiences: list[Annotated[str, Field(min_length=1, max_length=512)]] = Field(min_length=1)
+    jwks_file: str | None = Field(default=None, min_length=1, max_length=4096)
+    jwks: dict[str, Any] | None = None
+    hs256_secret_env: str | None = Field(default=None, pattern=ENV_NAME_RE)
+    roles_claim: str = Field(default="roles", pattern=CLAIM_RE)
+    user_claim: str = Field(default="sub", pattern=CLAIM_RE)
+    clock_skew: str = "30s"
+
+    @field_validator("clock_skew")
+    @classmethod
+    def _skew(cls, value: str) -> str:
+        seconds = parse_duration(value)
+        if seconds > 600:
+            raise ValueError("clock_skew is at most 10m")
+        return value
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> Issuer:
+        given = [k for k in ("jwks_file", "jwks", "hs256_secret_env") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("an issuer needs exactly one of jwks_file, jwks or hs256_secret_env")
+        if self.jwks is not None:
+            from wardgate.domain.tokens import keys_from_jwks
+
+            keys_from_jwks(self.jwks)  # raises ValueError with the reason
+        return self
+
+
+Document = Route | Service | Issuer
+KINDS: dict[str, type[Route] | type[Service] | type[Issuer]] = {
+    "Route": Route,
+    "Service": Service,
+    "Issuer": Issuer,
+}
 
 
 def _reason(exc: ValidationError) -> str:

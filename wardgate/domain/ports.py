@@ -39,6 +39,22 @@ class SessionStore(Protocol):
 
 
 @dataclasses.dataclass(frozen=True)
+class ApiKeyRecord:
+    name: str
+    roles: tuple[str, ...]
+    tier: str
+    created_at: float
+    expires_at: float  # 0: never
+
+
+class ApiKeyStore(Protocol):
+    async def get_key(self, key_hash: str) -> ApiKeyRecord | None: ...
+    async def put_key(self, key_hash: str, record: ApiKeyRecord) -> None: ...
+    async def list_keys(self) -> list[ApiKeyRecord]: ...
+    async def delete_key(self, name: str) -> bool: ...
+
+
+@dataclasses.dataclass(frozen=True)
 class LimitCheck:
     """One limit to check for one client, as the counter store sees it."""
 

@@ -52,6 +52,7 @@ class Identity:
     roles: tuple[str, ...]
     method: str  # session | jwt | api_key
     expires_at: float = 0.0
+    tier: str = ""  # API keys: the key's tier (rate limits per tier)
 
 
 @dataclasses.dataclass(frozen=True)

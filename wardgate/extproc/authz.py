@@ -58,7 +58,10 @@ def allowed(decision: Allow) -> external_auth_pb2.CheckResponse:
             ]
         )
         meta = struct_pb2.Struct()
-        meta.update({"user": ident.user, "auth_method": ident.method})
+        fields = {"user": ident.user, "auth_method": ident.method}
+        if ident.method == "api_key":
+            fields |= {"api_key": ident.user, "tier": ident.tier or "default"}
+        meta.update(fields)
     else:
         ok.headers_to_remove.extend(IDENTITY_HEADERS)
     if decision.cookie is not None:

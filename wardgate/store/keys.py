@@ -90,6 +90,16 @@ class Keys:
         """Pub/sub channel announcing revoked sessions (for local caches)."""
         return f"{self.prefix}sessions:revoked"
 
+    @property
+    def api_keys(self) -> str:
+        """Hash: SHA-256 of the key -> JSON {name, roles, tier, created_at, expires_at}."""
+        return f"{self.prefix}apikeys"
+
+    @property
+    def api_key_names(self) -> str:
+        """Hash: key name -> SHA-256 of the key (names are unique; revoke by name)."""
+        return f"{self.prefix}apikey_names"
+
     # -- rate limiting --
     def counter(self, rule: str, value: str, window: int) -> str:
         # The hash tag holds rule and client: one counter per slot, spread over a cluster.

@@ -8,7 +8,13 @@ from typing import Any
 
 from redis.exceptions import NoScriptError, RedisError
 
-from wardgate.domain.ports import LimitCheck, LimitOutcome, SessionRecord, UserRecord
+from wardgate.domain.ports import (
+    ApiKeyRecord,
+    LimitCheck,
+    LimitOutcome,
+    SessionRecord,
+    UserRecord,
+)
 from wardgate.errors import StoreError
 from wardgate.store.keys import RATE_LIMIT_LUA, Keys
 from wardgate.store.redis_client import AnyRedis
@@ -140,6 +146,68 @@ def _session(id_hash: str, raw: dict[str, str]) -> SessionRecord:
         roles=tuple(r for r in raw.get("roles", "").split(",") if r),
         created_at=float(raw.get("created_at", 0)),
         expires_at=float(raw.get("expires_at", 0)),
+    )
+
+
+class RedisApiKeyStore:
+    def __init__(self, *, redis: AnyRedis, keys: Keys) -> None:
+        self._r = redis
+        self._k = keys
+
+    async def get_key(self, key_hash: str) -> ApiKeyRecord | None:
+        try:
+            raw = await self._r.hget(self._k.api_keys, key_hash)
+        except RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+        return _api_key(raw) if raw else None
+
+    async def put_key(self, key_hash: str, record: ApiKeyRecord) -> None:
+        doc = json.dumps(
+            {
+                "name": record.name,
+                "roles": list(record.roles),
+                "tier": record.tier,
+                "created_at": record.created_at,
+                "expires_at": record.expires_at,
+            }
+        )
+        try:
+            async with self._r.pipeline(transaction=True) as pipe:
+                pipe.hset(self._k.api_keys, key_hash, doc)
+                pipe.hset(self._k.api_key_names, record.name, key_hash)
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
+    async def list_keys(self) -> list[ApiKeyRecord]:
+        try:
+            raw = await self._r.hgetall(self._k.api_keys)
+        except RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+        return sorted((_api_key(v) for v in raw.values()), key=lambda r: r.name)
+
+    async def delete_key(self, name: str) -> bool:
+        try:
+            key_hash = await self._r.hget(self._k.api_key_names, name)
+            if key_hash is None:
+                return False
+            async with self._r.pipeline(transaction=True) as pipe:
+                pipe.hdel(self._k.api_keys, key_hash)
+                pipe.hdel(self._k.api_key_names, name)
+                await pipe.execute()
+            return True
+        except RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
+
+def _api_key(raw: str) -> ApiKeyRecord:
+    doc = json.loads(raw)
+    return ApiKeyRecord(
+        name=doc["name"],
+        roles=tuple(doc.get("roles", ())),
+        tier=doc.get("tier", ""),
+        created_at=float(doc.get("created_at", 0)),
+        expires_at=float(doc.get("expires_at", 0)),
     )
 
 

@@ -380,6 +380,8 @@ def virtual_host_head() -> dict[str, Any]:
     return {
         "name": "wardgate",
         "domains": ["*"],
+        # Applied by the router, after ext_authz has read it: the API key is for the gateway.
+        "request_headers_to_remove": ["x-api-key"],
         "typed_per_filter_config": {
             EXT_AUTHZ: {"@type": T_EXT_AUTHZ_ROUTE, "disabled": True},
             F_BUFFER: {"@type": T_BUFFER_ROUTE, "disabled": True},

@@ -11,13 +11,16 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 from redis.exceptions import RedisError
 
 from wardgate.domain.catalog import KIND_ORDER, Catalog, ParseMemo
 from wardgate.domain.registry import Instance
+from wardgate.domain.tokens import IssuerHolder, JwtVerifier, trusted_issuer
 from wardgate.errors import StoreError
 from wardgate.metrics import Metrics
 from wardgate.store.documents import RawDocuments, RedisDocumentStore
@@ -49,6 +52,7 @@ class DocumentWatcher:
         metrics: Metrics,
         resync_interval: float,
         manage_keyspace_events: bool = True,
+        issuers: IssuerHolder | None = None,
     ) -> None:
         self._redis = redis
         self._keys = keys
@@ -61,6 +65,8 @@ class DocumentWatcher:
         self._registry = RedisRegistryStore(redis=redis, keys=keys)
         self._translator = Translator(options)
         self._memo = ParseMemo()
+        self._issuers = issuers
+        self._issuer_docs: dict[str, Any] = {}
         self._last_raw: RawDocuments | None = None
         self._last_good: RawDocuments | None = None
         self._base: Base | None = None
@@ -83,6 +89,7 @@ class DocumentWatcher:
             self._last_good = await self._store.load_last_good()
         catalog = Catalog.from_raw(raw, self._last_good, memo=self._memo)
         await self._store.save_last_good(catalog.served, self._last_good)
+        self._load_issuers(catalog)
         self._last_good = {
             kind: {n: v for (k, n), v in catalog.served.items() if k == kind} for kind in KIND_ORDER
         }
@@ -112,6 +119,26 @@ class DocumentWatcher:
                 len(catalog.refused),
             )
         return changed
+
+    def _load_issuers(self, catalog: Catalog) -> None:
+        """Give the authorizer a verifier for the current Issuer documents. An issuer whose
+        keys cannot be loaded (a missing file or env var) is refused like a bad document."""
+        if self._issuers is None:
+            return
+        if catalog.issuers == self._issuer_docs and not any(
+            k.startswith("Issuer/") for k in self.refused
+        ):
+            return
+        trusted = []
+        for name, doc in sorted(catalog.issuers.items()):
+            try:
+                trusted.append(
+                    trusted_issuer(doc, environ=os.environ, read_text=lambda p: Path(p).read_text())
+                )
+            except ValueError as exc:
+                catalog.refused[f"Issuer/{name}"] = str(exc)
+        self._issuers.verifier = JwtVerifier(trusted)
+        self._issuer_docs = dict(catalog.issuers)
 
     @staticmethod
     def _endpoints_of(live: dict[str, list[Instance]]) -> dict[str, list[tuple[str, int, int]]]:

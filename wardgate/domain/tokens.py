@@ -1,0 +1,194 @@
+"""Bearer tokens (JWT) from trusted issuers, and API keys.
+
+JWT rules: only HS256 (for an issuer configured with a shared secret) or RS256/ES256 (for an
+issuer with a JWKS) are accepted, never ``none`` and never an algorithm the issuer's key is
+not for (no algorithm confusion); the issuer selects the key, the token's ``kid`` picks
+among the issuer's keys; ``iss``, ``aud``, ``exp`` are required and ``exp``, ``nbf``, ``iat``
+are checked with the issuer's clock skew.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import secrets
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import jwt
+from jwt import PyJWKSet
+from jwt.exceptions import InvalidKeyError, PyJWKError, PyJWKSetError, PyJWTError
+
+from wardgate.domain.durations import parse_duration
+from wardgate.domain.sessions import Identity
+
+if TYPE_CHECKING:
+    from wardgate.domain.documents import Issuer
+
+MAX_TOKEN = 8192
+API_KEY_RE = re.compile(r"^wg_[A-Za-z0-9_-]{43}$")
+_CURVES = {"P-256": "ES256"}
+
+
+class TokenError(ValueError):
+    """A token was refused; the message says why (safe to show the client)."""
+
+
+def keys_from_jwks(jwks: Mapping[str, Any]) -> list[tuple[str | None, str, Any]]:
+    """(kid, algorithm, key) for every RS256/ES256 key of a JWKS; ValueError otherwise."""
+    try:
+        keyset = PyJWKSet.from_dict(dict(jwks))
+    except (PyJWKSetError, PyJWKError, InvalidKeyError, TypeError, ValueError, KeyError) as exc:
+        raise ValueError(f"jwks: not a usable key set: {exc}") from None
+    out: list[tuple[str | None, str, Any]] = []
+    for k in keyset.keys:
+        raw = k._jwk_data  # the JWK's own fields: kty, crv, use, alg
+        if raw.get("use", "sig") != "sig":
+            continue
+        if raw.get("kty") == "RSA":
+            alg = "RS256"
+        elif raw.get("kty") == "EC" and raw.get("crv") in _CURVES:
+            alg = _CURVES[raw["crv"]]
+        else:
+            continue
+        if raw.get("alg") not in (None, alg):
+            continue
+        out.append((k.key_id, alg, k.key))
+    if not out:
+        raise ValueError("jwks: no RS256 or ES256 signing key in the set")
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class TrustedIssuer:
+    name: str
+    issuer: str
+    audiences: tuple[str, ...]
+    keys: tuple[tuple[str | None, str, Any], ...] = ()  # (kid, alg, key) from a JWKS
+    secret: bytes | None = None  # HS256
+    roles_claim: str = "roles"
+    user_claim: str = "sub"
+    skew: float = 30.0
+
+
+class JwtVerifier:
+    def __init__(self, issuers: list[TrustedIssuer]) -> None:
+        self._by_iss = {i.issuer: i for i in issuers}
+
+    def __len__(self) -> int:
+        return len(self._by_iss)
+
+    def verify(self, token: str) -> Identity:
+        if not token or len(token) > MAX_TOKEN or token.count(".") != 2:
+            raise TokenError("malformed token")
+        try:
+            header = jwt.get_unverified_header(token)
+            claims = jwt.decode(token, options={"verify_signature": False})
+        except PyJWTError:
+            raise TokenError("malformed token") from None
+        alg = header.get("alg")
+        iss = claims.get("iss")
+        issuer = self._by_iss.get(iss) if isinstance(iss, str) else None
+        if issuer is None:
+            raise TokenError("token from an issuer this gateway does not trust")
+        if alg == "HS256" and issuer.secret is not None:
+            candidates: list[Any] = [issuer.secret]
+        elif alg in ("RS256", "ES256") and issuer.keys:
+            kid = header.get("kid")
+            candidates = [k for (i, a, k) in issuer.keys if a == alg and (kid is None or i == kid)]
+        else:
+            candidates = []
+        if not candidates:
+            raise TokenError(f"algorithm {alg!r} is not accepted for this issuer")
+        last: Exception | None = None
+        for key in candidates:
+            try:
+                verified = jwt.decode(
+                    token,
+                    key,
+                    algorithms=[str(alg)],
+                    audience=list(issuer.audiences),
+                    issuer=issuer.issuer,
+                    leeway=issuer.skew,
+                    options={"require": ["exp", "iss", "aud"], "verify_iat": True},
+                )
+                break
+            except jwt.ExpiredSignatureError:
+                raise TokenError("token expired") from None
+            except jwt.ImmatureSignatureError:
+                raise TokenError("token not valid yet") from None
+            except jwt.InvalidAudienceError:
+                raise TokenError("token not meant for this gateway (audience)") from None
+            except PyJWTError as exc:
+                last = exc
+        else:
+            raise TokenError(
+                "invalid signature" if last is None or "ignature" in str(last) else str(last)
+            )
+        user = verified.get(issuer.user_claim)
+        if not isinstance(user, str) or not 0 < len(user) <= 256:
+            raise TokenError(f"token has no usable '{issuer.user_claim}' claim")
+        roles = verified.get(issuer.roles_claim, [])
+        if isinstance(roles, str):
+            roles = [r for r in re.split(r"[ ,]+", roles) if r]
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise TokenError(f"claim '{issuer.roles_claim}' must be a list of strings")
+        return Identity(user, tuple(roles[:64]), "jwt", float(verified.get("exp", 0)))
+
+
+# --- API keys --------------------------------------------------------------------------
+
+
+def new_api_key() -> str:
+    """256 random bits, prefixed so that a leaked key is recognisable."""
+    return "wg_" + secrets.token_urlsafe(32)
+
+
+def hash_api_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def well_formed_api_key(key: str) -> bool:
+    return bool(API_KEY_RE.match(key))
+
+
+def trusted_issuer(
+    doc: Issuer, *, environ: Mapping[str, str], read_text: Callable[[str], str]
+) -> TrustedIssuer:
+    """The keys of an Issuer document, loaded; ValueError with the reason if they cannot be."""
+    keys: list[tuple[str | None, str, Any]] = []
+    secret = None
+    if doc.hs256_secret_env:
+        value = environ.get(doc.hs256_secret_env, "")
+        if len(value) < 32:
+            raise ValueError(
+                f"env {doc.hs256_secret_env} must hold the HS256 secret (32 characters or more)"
+            )
+        secret = value.encode()
+    elif doc.jwks is not None:
+        keys = keys_from_jwks(doc.jwks)
+    elif doc.jwks_file:
+        try:
+            data = json.loads(read_text(doc.jwks_file))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"jwks_file {doc.jwks_file}: {exc}") from None
+        keys = keys_from_jwks(data)
+    return TrustedIssuer(
+        name=doc.name,
+        issuer=doc.issuer,
+        audiences=tuple(doc.audiences),
+        keys=tuple(keys),
+        secret=secret,
+        roles_claim=doc.roles_claim,
+        user_claim=doc.user_claim,
+        skew=parse_duration(doc.clock_skew),
+    )
+
+
+class IssuerHolder:
+    """The verifier in force; the document watcher replaces it when issuers change."""
+
+    def __init__(self) -> None:
+        self.verifier = JwtVerifier([])
