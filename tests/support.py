@@ -44,6 +44,10 @@ class Stack:
             "WARDGATE_HTTP_PORT": str(self.http_port),
             "WARDGATE_LISTEN_PORT": str(self.listen_port),
             "WARDGATE_RESYNC_INTERVAL": "2s",
+            # Generous deadlines: these tests check decisions, not how a loaded 2-core CI
+            # machine meets the production ones (tests/e2e/test_failure_modes.py does that).
+            "WARDGATE_RATELIMIT_TIMEOUT": "2s",
+            "WARDGATE_RATELIMIT_REDIS_TIMEOUT": "1s",
             "WARDGATE_LOG_LEVEL": "INFO",
         }
 

@@ -57,6 +57,7 @@ def translate_options(settings: Settings) -> TranslateOptions:
         ratelimit_timeout=settings.ratelimit_timeout,
         authz_fail_open=settings.authz_failure_mode == "open",
         ratelimit_fail_closed=settings.ratelimit_failure_mode == "closed",
+        trusted_proxy_hops=settings.trusted_proxy_hops,
     )
 
 
@@ -100,7 +101,11 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
         api_keys=RedisApiKeyStore(redis=hot, keys=keys),
         issuers=issuers,
     )
-    limiter = RateLimiter(counters=RedisCounterStore(redis=hot), key_for=keys.counter)
+    # Rate limiting has its own client: its commands give up sooner (Envoy waits 100 ms).
+    counters = connect(
+        settings.redis_url, timeout=settings.ratelimit_redis_timeout, name="wardgate-ratelimit"
+    )
+    limiter = RateLimiter(counters=RedisCounterStore(redis=counters), key_for=keys.counter)
 
     options = translate_options(settings)
     cache = SnapshotCache(
@@ -222,6 +227,7 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
         with contextlib.suppress(RedisError, OSError):
             await control.hdel(keys.nodes, worker)
         await hot.aclose()
+        await counters.aclose()
         await control.aclose()
 
 

@@ -42,6 +42,11 @@ class Settings:
     ratelimit_failure_mode: str = "open"  # open: allow when Redis cannot answer; closed: 429
     ext_authz_timeout: float = 0.25
     ratelimit_timeout: float = 0.1
+    # Redis commands of ShouldRateLimit give up after this (then the failure mode applies).
+    ratelimit_redis_timeout: float = 0.05
+    # Proxies in front of Envoy whose X-Forwarded-For entries are trusted (0: the client is
+    # the peer of the connection). Decides the address that `by: ip` counts and RBAC sees.
+    trusted_proxy_hops: int = 0
     log_level: str = "INFO"
     # Bearer token required by POST /registry/* (empty: no token; keep the HTTP port private).
     registry_token: str = ""
@@ -60,6 +65,7 @@ _DURATIONS = {
     "session_ttl",
     "ext_authz_timeout",
     "ratelimit_timeout",
+    "ratelimit_redis_timeout",
 }
 _CHOICES = {
     "authz_failure_mode": {"closed", "open"},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support import Stack, eventually, route
+from wardgate import devstack
 
 pytestmark = pytest.mark.e2e
 
@@ -76,3 +77,90 @@ def test_per_user_limit_counts_each_user_apart(stack: Stack) -> None:
     assert u2.get("/rl-user").status_code == 429
     for c in clients:
         c.close()
+
+
+def test_a_shared_key_counts_across_routes(stack: Stack) -> None:
+    limit = [{"by": "ip", "requests": 4, "per": "hour", "key": "shared-budget"}]
+    stack.apply(
+        route("rl-s1", "/rl-s1", "echo", rate_limits=limit),
+        route("rl-s2", "/rl-s2", "echo", rate_limits=limit),
+    )
+    with stack.client() as http:
+        eventually(lambda: http.get("/rl-s2").status_code in (200, 429), timeout=3)
+        codes = [http.get(p).status_code for p in ("/rl-s1", "/rl-s2") * 4]
+    assert codes.count(200) == 3  # 4 per hour for both routes, one spent by the probe
+    assert codes[-1] == 429
+
+
+def test_several_dimensions_count_each_combination(stack: Stack) -> None:
+    stack.apply(
+        route(
+            "rl-combo",
+            "/rl-combo",
+            "echo",
+            rate_limits=[{"by": ["ip", "header:x-tenant"], "requests": 2, "per": "hour"}],
+        )
+    )
+    with stack.client() as http:
+        eventually(
+            lambda: http.get("/rl-combo", headers={"x-tenant": "probe"}).status_code == 200,
+            timeout=3,
+        )
+        a = [http.get("/rl-combo", headers={"x-tenant": "a"}).status_code for _ in range(3)]
+        b = [http.get("/rl-combo", headers={"x-tenant": "b"}).status_code for _ in range(3)]
+        # without the header the descriptor is incomplete: that rule does not apply
+        none = [http.get("/rl-combo").status_code for _ in range(4)]
+    assert a == [200, 200, 429] and b == [200, 200, 429]
+    assert none == [200] * 4
+
+
+def test_api_key_tiers_get_their_own_limits(stack: Stack) -> None:
+    gold = stack.cli("keys", "create", "--name", "rl-gold", "--tier", "gold").stdout.strip()
+    plain = stack.cli("keys", "create", "--name", "rl-plain").stdout.strip()
+    stack.apply(
+        route(
+            "rl-tier",
+            "/rl-tier",
+            "echo",
+            auth={"require": "api_key"},
+            rate_limits=[{"by": "api_key", "requests": 2, "per": "hour", "tiers": {"gold": 5}}],
+        )
+    )
+    with stack.client() as http:
+        eventually(lambda: http.get("/rl-tier").status_code == 401, timeout=3)
+        g = [http.get("/rl-tier", headers={"x-api-key": gold}).status_code for _ in range(6)]
+        p = [http.get("/rl-tier", headers={"x-api-key": plain}).status_code for _ in range(3)]
+    assert g == [200] * 5 + [429]
+    assert p == [200, 200, 429]
+
+
+def test_x_forwarded_for_is_ignored_without_trusted_proxies(stack: Stack) -> None:
+    stack.apply(
+        route("rl-xff", "/rl-xff", "echo", rate_limits=[{"by": "ip", "requests": 1, "per": "hour"}])
+    )
+    with stack.client() as http:
+        eventually(
+            lambda: (
+                http.get("/rl-xff", headers={"x-forwarded-for": "198.51.100.1"}).status_code == 429
+            ),
+            timeout=3,
+        )
+        # A spoofed address does not make a new client.
+        assert http.get("/rl-xff", headers={"x-forwarded-for": "198.51.100.2"}).status_code == 429
+
+
+def test_trusted_proxy_hops_count_the_forwarded_client(private_stack: Stack) -> None:
+    s = private_stack
+    devstack.stop(s.procs.pop("wardgate"))
+    s.start_wardgate(extra_env={"WARDGATE_TRUSTED_PROXY_HOPS": "1"})
+    s.apply(
+        route(
+            "rl-hops", "/rl-hops", "echo", rate_limits=[{"by": "ip", "requests": 1, "per": "hour"}]
+        )
+    )
+    with s.client() as http:
+        probe = {"x-forwarded-for": "198.51.100.9"}
+        eventually(lambda: http.get("/rl-hops", headers=probe).status_code == 429, timeout=10)
+        assert http.get("/rl-hops", headers={"x-forwarded-for": "198.51.100.1"}).status_code == 200
+        assert http.get("/rl-hops", headers={"x-forwarded-for": "198.51.100.1"}).status_code == 429
+        assert http.get("/rl-hops", headers={"x-forwarded-for": "198.51.100.2"}).status_code == 200

@@ -350,3 +350,29 @@ def test_the_known_over_cache_is_bounded(store: FixedWindowCounters, clock: Cloc
     d = decide(lim, b)
     assert not d.allowed and not d.from_cache
     assert len(store.calls) == calls + 1
+
+
+def test_tiers_choose_the_limit_and_are_not_counted_apart() -> None:
+    from wardgate.domain.ratelimit import TIER_KEY, encode_rule, parse_descriptor
+
+    value = encode_rule("api#0", 10, 60, "fixed_window", False, {"gold": 1000, "silver": 100})
+    gold = parse_descriptor([("wg_rule", value), ("api_key", "k1"), (TIER_KEY, "gold")])
+    plain = parse_descriptor([("wg_rule", value), ("api_key", "k2"), (TIER_KEY, "default")])
+    assert gold is not None and gold.requests == 1000 and gold.client == "api_key=k1"
+    assert plain is not None and plain.requests == 10
+
+
+def test_several_dimensions_count_together() -> None:
+    from wardgate.domain.documents import parse_document
+
+    doc = {
+        "kind": "Route",
+        "name": "r",
+        "match": {"prefix": "/"},
+        "backend": "s",
+        "rate_limits": [{"by": ["user", "header:x-tenant"], "requests": 5, "per": "minute"}],
+    }
+    assert parse_document(doc).rate_limits[0].dimensions == ["user", "header:x-tenant"]  # type: ignore[union-attr]
+    doc["rate_limits"] = [{"by": ["user", "user"], "requests": 5, "per": "minute"}]
+    with pytest.raises(Exception, match="twice"):
+        parse_document(doc)

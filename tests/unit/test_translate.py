@@ -328,7 +328,7 @@ def test_rate_limits_become_actions() -> None:
     assert [p.key for p in api_key.actions[1].metadata.metadata_key.path] == ["api_key"]
     assert header.actions[1].WhichOneof("action_specifier") == "request_headers"
     assert header.actions[1].request_headers.header_name == "x-tenant"
-    assert header.actions[1].request_headers.descriptor_key == "header"
+    assert header.actions[1].request_headers.descriptor_key == "x-tenant"
     assert len(by_route.actions) == 1
 
 

@@ -192,21 +192,47 @@ RATE_DIMENSIONS_RE = re.compile(r"^(ip|user|api_key|route|header:[a-z0-9][a-z0-9
 
 
 class RateLimit(_Doc):
-    by: str
+    """One limit. ``by`` names what is counted apart: one dimension, or several together
+    (``[user, header:x-tenant]``: per user per tenant); every rule also counts per route
+    unless ``key`` names a counter shared by the routes that use the same key."""
+
+    by: str | list[str]
     requests: int = Field(ge=1, le=10**9)
     per: str
     algorithm: Literal["fixed_window", "sliding_window", "token_bucket"] = "fixed_window"
     shadow: bool = False
+    # Per API key tier: requests for keys of that tier (others get ``requests``).
+    tiers: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$")], int] | None = None
+    key: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")] | None = None
 
     @field_validator("by")
     @classmethod
-    def _by(cls, value: str) -> str:
-        value = value.strip().lower()
-        if not RATE_DIMENSIONS_RE.match(value):
-            raise ValueError(
-                f"rate_limits.by '{value}': use ip, user, api_key, route or header:NAME"
-            )
+    def _by(cls, value: str | list[str]) -> str | list[str]:
+        values = [value] if isinstance(value, str) else list(value)
+        if not values or len(values) > 4:
+            raise ValueError("rate_limits.by: one to four dimensions")
+        out = []
+        for v in values:
+            v = v.strip().lower()
+            if not RATE_DIMENSIONS_RE.match(v):
+                raise ValueError(
+                    f"rate_limits.by '{v}': use ip, user, api_key, route or header:NAME"
+                )
+            out.append(v)
+        if len(set(out)) != len(out):
+            raise ValueError("rate_limits.by names a dimension twice")
+        return out[0] if isinstance(value, str) else out
+
+    @field_validator("tiers")
+    @classmethod
+    def _tiers(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        if value is not None and any(not 1 <= n <= 10**9 for n in value.values()):
+            raise ValueError("rate_limits.tiers: each tier's requests is 1 to 1e9")
         return value
+
+    @property
+    def dimensions(self) -> list[str]:
+        return [self.by] if isinstance(self.by, str) else list(self.by)
 
     @field_validator("per")
     @classmethod

@@ -15,12 +15,23 @@ from collections.abc import Callable, Sequence
 from wardgate.domain.ports import CounterStore, LimitCheck, LimitOutcome
 
 RULE_KEY = "wg_rule"
+TIER_KEY = "wg_tier"
 ALGORITHMS = {"fixed_window": 1, "sliding_window": 2, "token_bucket": 3}
 MAX_VALUE_LEN = 256
 
 
-def encode_rule(rule_id: str, requests: int, period: int, algorithm: str, shadow: bool) -> str:
-    return f"{rule_id}|{requests}|{period}|{algorithm}|{int(shadow)}"
+def encode_rule(
+    rule_id: str,
+    requests: int,
+    period: int,
+    algorithm: str,
+    shadow: bool,
+    tiers: dict[str, int] | None = None,
+) -> str:
+    value = f"{rule_id}|{requests}|{period}|{algorithm}|{int(shadow)}"
+    if tiers:
+        value += "|" + ",".join(f"{t}={n}" for t, n in sorted(tiers.items()))
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,13 +49,21 @@ def parse_descriptor(entries: Sequence[tuple[str, str]]) -> LimitRequest | None:
     if not entries or entries[0][0] != RULE_KEY:
         return None
     try:
-        rule, requests, period, algorithm, shadow = entries[0][1].split("|")
+        rule, requests, period, algorithm, shadow, *rest = entries[0][1].split("|")
         req, per = int(requests), int(period)
+        tiers = dict(t.split("=", 1) for t in rest[0].split(",")) if rest else {}
     except ValueError:
         return None
-    if algorithm not in ALGORITHMS or req < 1 or per < 1:
+    if algorithm not in ALGORITHMS or req < 1 or per < 1 or len(rest) > 1:
         return None
-    client = "&".join(f"{k}={v[:MAX_VALUE_LEN]}" for k, v in entries[1:]) or "*"
+    # The tier (an API key's, from ext_authz) chooses the limit and is not part of the count.
+    tier = next((v for k, v in entries[1:] if k == TIER_KEY), "")
+    if tier in tiers:
+        try:
+            req = int(tiers[tier])
+        except ValueError:
+            return None
+    client = "&".join(f"{k}={v[:MAX_VALUE_LEN]}" for k, v in entries[1:] if k != TIER_KEY) or "*"
     return LimitRequest(rule, req, per, algorithm, shadow == "1", client)
 
 

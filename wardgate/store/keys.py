@@ -102,8 +102,10 @@ class Keys:
 
     # -- rate limiting --
     def counter(self, rule: str, value: str, window: int) -> str:
-        # The hash tag holds rule and client: one counter per slot, spread over a cluster.
-        return f"{self.prefix}rl:{{{rule}|{value}}}:{window}"
+        # The hash tag holds rule and client, so counters spread over a cluster's slots. A
+        # prefix's own tag ({wardgate}:) would win (Redis hashes the first {...}): drop it here.
+        prefix = self.prefix.replace("{", "").replace("}", "")
+        return f"{prefix}rl:{{{rule}|{value}}}:{window}"
 
 
 # Check-then-commit over several limits in one round trip.

@@ -31,7 +31,7 @@ from google.protobuf import json_format
 
 from wardgate.domain.documents import Route, Service, host_regex
 from wardgate.domain.durations import format_duration, parse_duration
-from wardgate.domain.ratelimit import RULE_KEY, encode_rule
+from wardgate.domain.ratelimit import RULE_KEY, TIER_KEY, encode_rule
 
 ROUTE_CONFIG_NAME = "wardgate_routes"
 LISTENER_NAME = "wardgate_http"
@@ -70,6 +70,7 @@ class TranslateOptions:
     authz_fail_open: bool = False
     ratelimit_fail_closed: bool = False
     login_limit_per_minute: int = 30
+    trusted_proxy_hops: int = 0
     max_request_bytes: int = 1 << 20
 
 
@@ -236,30 +237,38 @@ def _route_match(route: Route) -> dict[str, Any]:
     return match
 
 
+def _metadata_action(key: str, field: str, default: str | None = None) -> dict[str, Any]:
+    action: dict[str, Any] = {
+        "descriptor_key": key,
+        "metadata_key": {"key": EXT_AUTHZ, "path": [{"key": field}]},
+        "source": "DYNAMIC",
+    }
+    if default is not None:
+        action["default_value"] = default
+    return {"metadata": action}
+
+
 def _rate_limit_actions(route: Route) -> list[dict[str, Any]]:
     out = []
     for i, rule in enumerate(route.rate_limits):
+        rule_id = f"key:{rule.key}" if rule.key else f"{route.name}#{i}"
         value = encode_rule(
-            f"{route.name}#{i}", rule.requests, rule.period_seconds, rule.algorithm, rule.shadow
+            rule_id, rule.requests, rule.period_seconds, rule.algorithm, rule.shadow, rule.tiers
         )
         actions: list[dict[str, Any]] = [
             {"generic_key": {"descriptor_key": RULE_KEY, "descriptor_value": value}}
         ]
-        if rule.by == "ip":
-            actions.append({"remote_address": {}})
-        elif rule.by in ("user", "api_key"):
-            actions.append(
-                {
-                    "metadata": {
-                        "descriptor_key": rule.by,
-                        "metadata_key": {"key": EXT_AUTHZ, "path": [{"key": rule.by}]},
-                        "source": "DYNAMIC",
-                    }
-                }
-            )
-        elif rule.by.startswith("header:"):
-            name = rule.by.split(":", 1)[1]
-            actions.append({"request_headers": {"header_name": name, "descriptor_key": "header"}})
+        for dim in rule.dimensions:
+            if dim == "ip":
+                actions.append({"remote_address": {}})
+            elif dim in ("user", "api_key"):
+                # No identity (a public route, or another credential): no descriptor, no limit.
+                actions.append(_metadata_action(dim, dim))
+            elif dim.startswith("header:"):
+                name = dim.split(":", 1)[1]
+                actions.append({"request_headers": {"header_name": name, "descriptor_key": name}})
+        if rule.tiers:
+            actions.append(_metadata_action(TIER_KEY, "tier", default="default"))
         out.append({"actions": actions})
     return out
 
@@ -539,6 +548,7 @@ def build_listener(address: str, port: int, opts: TranslateOptions) -> listener_
         "stat_prefix": "wardgate",
         "codec_type": "AUTO",
         "use_remote_address": True,
+        "xff_num_trusted_hops": opts.trusted_proxy_hops,
         "rds": {
             "route_config_name": ROUTE_CONFIG_NAME,
             "config_source": {"ads": {}, "resource_api_version": "V3"},
