@@ -23,6 +23,7 @@ class Metrics:
     ratelimit_decisions: Counter
     ratelimit_seconds: Histogram
     ratelimit_failures: Counter
+    refused_clients: Gauge
     store_errors: Counter
     logins: Counter
     xds_connected: Gauge
@@ -78,6 +79,13 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
             "ShouldRateLimit calls answered by the failure mode because Redis could not answer.",
             ["mode"],
             registry=r,
+        ),
+        refused_clients=Gauge(
+            "wardgate_ratelimit_refused_clients",
+            "Distinct clients a rule refused in the current minute (all workers, HyperLogLog).",
+            ["rule"],
+            registry=r,
+            multiprocess_mode="livemax",
         ),
         store_errors=Counter(
             "wardgate_store_errors_total", "Redis errors by component.", ["component"], registry=r

@@ -36,6 +36,7 @@ from wardgate.store.redis_client import connect
 from wardgate.store.redis_store import (
     RedisApiKeyStore,
     RedisCounterStore,
+    RedisRefusalLog,
     RedisSessionStore,
     RedisUserStore,
 )
@@ -80,6 +81,28 @@ async def _report_nodes(nodes: NodeRegistry, redis: Any, keys: Keys, worker: str
         except RedisError as exc:
             nodes.dirty = True
             log.debug("node status not recorded: %s", exc)
+
+
+async def _report_refusals(
+    rls: RateLimitService, refusals: RedisRefusalLog, metrics: Metrics
+) -> None:
+    """Every 10 s: distinct clients refused this minute, for the rules that refused lately."""
+    while True:
+        await asyncio.sleep(10.0)
+        now = time.time()
+        for rule, last in list(rls.refused_rules.items()):
+            if now - last > 120:
+                del rls.refused_rules[rule]
+                metrics.refused_clients.labels(rule).set(0)
+        if not rls.refused_rules:
+            continue
+        try:
+            counts = await refusals.count(list(rls.refused_rules), now=now)
+        except StoreError:
+            metrics.store_errors.labels("refusal_log").inc()
+            continue
+        for rule, n in counts.items():
+            metrics.refused_clients.labels(rule).set(n)
 
 
 async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
@@ -142,12 +165,14 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
         ),
         server,
     )
-    rls_pb2_grpc.add_RateLimitServiceServicer_to_server(
-        RateLimitService(
-            limiter=limiter, metrics=metrics, fail_open=settings.ratelimit_failure_mode == "open"
-        ),
-        server,
+    refusals = RedisRefusalLog(redis=counters, keys=keys)
+    rls = RateLimitService(
+        limiter=limiter,
+        metrics=metrics,
+        fail_open=settings.ratelimit_failure_mode == "open",
+        refusals=refusals,
     )
+    rls_pb2_grpc.add_RateLimitServiceServicer_to_server(rls, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"{settings.bind_host}:{settings.grpc_port}"
@@ -203,6 +228,7 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
     tasks = [
         asyncio.create_task(watcher.run(), name="watcher"),
         asyncio.create_task(_report_nodes(nodes, control, keys, worker), name="node-status"),
+        asyncio.create_task(_report_refusals(rls, refusals, metrics), name="refusals"),
     ]
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     log.info(

@@ -164,3 +164,28 @@ def test_trusted_proxy_hops_count_the_forwarded_client(private_stack: Stack) -> 
         assert http.get("/rl-hops", headers={"x-forwarded-for": "198.51.100.1"}).status_code == 200
         assert http.get("/rl-hops", headers={"x-forwarded-for": "198.51.100.1"}).status_code == 429
         assert http.get("/rl-hops", headers={"x-forwarded-for": "198.51.100.2"}).status_code == 200
+
+
+def test_refused_clients_are_counted_once_each(stack: Stack) -> None:
+    stack.apply(
+        route(
+            "rl-hll",
+            "/rl-hll",
+            "echo",
+            rate_limits=[{"by": "header:x-client", "requests": 1, "per": "hour"}],
+        )
+    )
+    with stack.client() as http:
+        eventually(
+            lambda: http.get("/rl-hll", headers={"x-client": "probe"}).status_code == 200, timeout=3
+        )
+        for client in ("a", "b", "c"):
+            for _ in range(4):  # one allowed, three refused: the client counts once
+                http.get("/rl-hll", headers={"x-client": client})
+    r = stack.redis()
+
+    def counted() -> bool:
+        keys = [k for k in r.keys("*rl:refused:{rl-hll#0}:*")]
+        return bool(keys) and sum(r.pfcount(k) for k in keys) == 3
+
+    eventually(counted, timeout=3)

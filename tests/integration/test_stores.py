@@ -133,3 +133,21 @@ def test_commit_retries_when_a_concurrent_writer_interferes(redis_url: str, pref
         assert set(await r.hkeys(keys.services)) == {"s", "intruder"}
 
     run(redis_url, body)
+
+
+def test_refusal_log_counts_distinct_clients_per_minute(redis_url: str, prefix: str) -> None:
+    from wardgate.store.redis_store import RedisRefusalLog
+
+    async def body(r: Any) -> tuple[dict[str, int], dict[str, int]]:
+        log = RedisRefusalLog(redis=r, keys=Keys(prefix))
+        now = 6_000_000.0
+        for client in ["a", "b", "a", "c", "b"]:
+            await log.record("rule#0", f"ip={client}", now=now)
+        await log.record("rule#1", "ip=a", now=now)
+        this_minute = await log.count(["rule#0", "rule#1", "rule#2"], now=now + 1)
+        next_minute = await log.count(["rule#0"], now=now + 60)
+        return this_minute, next_minute
+
+    this_minute, next_minute = run(redis_url, body)
+    assert this_minute == {"rule#0": 3, "rule#1": 1, "rule#2": 0}
+    assert next_minute == {"rule#0": 0}

@@ -80,3 +80,10 @@ class CounterStore(Protocol):
     ) -> list[LimitOutcome]:
         """Check every limit; spend from all of them only if all allow. One round trip."""
         ...
+
+
+class RefusalLog(Protocol):
+    """Distinct clients refused per rule and minute (approximate counting is fine)."""
+
+    async def record(self, rule: str, client: str, *, now: float) -> None: ...
+    async def count(self, rules: Sequence[str], *, now: float) -> dict[str, int]: ...

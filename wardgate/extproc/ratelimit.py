@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -10,6 +11,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from google.protobuf import duration_pb2
 
+from wardgate.domain.ports import RefusalLog
 from wardgate.domain.ratelimit import LimitRequest, RateLimiter, parse_descriptor
 from wardgate.errors import StoreError
 from wardgate.metrics import Metrics
@@ -34,10 +36,37 @@ def _requests_per_unit(req: LimitRequest) -> int:
 
 
 class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
-    def __init__(self, *, limiter: RateLimiter, metrics: Metrics, fail_open: bool) -> None:
+    def __init__(
+        self,
+        *,
+        limiter: RateLimiter,
+        metrics: Metrics,
+        fail_open: bool,
+        refusals: RefusalLog | None = None,
+    ) -> None:
         self._limiter = limiter
         self._metrics = metrics
         self._fail_open = fail_open
+        self._refusals = refusals
+        self._pending: set[asyncio.Task[None]] = set()
+        self.refused_rules: dict[str, float] = {}  # rule -> last refusal (for the reporter)
+
+    def _log_refusal(self, rule: str, client: str) -> None:
+        """Off the decision's path: a failure here costs a metric, never a decision."""
+        if self._refusals is None or len(self._pending) > 1000:
+            return
+        now = time.time()
+        self.refused_rules[rule] = now
+
+        async def record() -> None:
+            try:
+                await self._refusals.record(rule, client, now=now)  # type: ignore[union-attr]
+            except StoreError:
+                self._metrics.store_errors.labels("refusal_log").inc()
+
+        task = asyncio.create_task(record())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     async def ShouldRateLimit(
         self, request: rls_pb2.RateLimitRequest, context: grpc.aio.ServicerContext
@@ -73,6 +102,8 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[m
                 label = "ok" if v.remaining >= p.requests * 0.2 else "near"
             else:
                 label = "shadow_over" if p.shadow else "over"
+                if not p.shadow:
+                    self._log_refusal(p.rule, p.client)
             self._metrics.ratelimit_decisions.labels(p.rule, label).inc()
             response.statuses.add(
                 code=OK if v.allowed or p.shadow else OVER,

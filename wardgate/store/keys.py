@@ -60,6 +60,11 @@ class Keys:
         """Hash: node id -> JSON of what that Envoy ACKed/NACKed (written by ADS)."""
         return f"{self.prefix}status:nodes"
 
+    def refused_clients(self, rule: str, minute: int) -> str:
+        """HyperLogLog of the clients one rule refused in one minute."""
+        prefix = self.prefix.replace("{", "").replace("}", "")
+        return f"{prefix}rl:refused:{{{rule}}}:{minute}"
+
     # -- service registry --
     def registry(self, service: str) -> str:
         """Sorted set of one service's live instances: member 'address|port|weight',

@@ -240,3 +240,34 @@ class RedisCounterStore:
             LimitOutcome(bool(int(flat[i])), int(flat[i + 1]), int(flat[i + 2]))
             for i in range(0, len(flat), 3)
         ]
+
+
+class RedisRefusalLog:
+    """A HyperLogLog per rule and minute: distinct refused clients across every worker and
+    replica, in 12 KiB per rule and minute at most, expiring by itself."""
+
+    def __init__(self, *, redis: AnyRedis, keys: Keys) -> None:
+        self._r = redis
+        self._k = keys
+
+    async def record(self, rule: str, client: str, *, now: float) -> None:
+        key = self._k.refused_clients(rule, int(now // 60))
+        try:
+            async with self._r.pipeline(transaction=False) as pipe:
+                pipe.pfadd(key, client)
+                pipe.expire(key, 180)
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
+    async def count(self, rules: Sequence[str], *, now: float) -> dict[str, int]:
+        minute = int(now // 60)
+        names = sorted(rules)
+        try:
+            async with self._r.pipeline(transaction=False) as pipe:
+                for rule in names:
+                    pipe.pfcount(self._k.refused_clients(rule, minute))
+                counts = await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+        return {rule: int(n) for rule, n in zip(names, counts, strict=True)}
