@@ -8,7 +8,8 @@
     ├── ConflictError         a concurrent writer changed the documents; retry
     └── AuthError             a credential was refused (carries the HTTP status)
         ├── Unauthenticated   401: no credential, or a bad one
-        └── Forbidden         403: a good credential without the role, or a CSRF refusal
+        ├── Forbidden         403: a good credential without the role, or a CSRF refusal
+        └── TooManyAttempts   429: too many failed logins for one user name
 
 Edges translate: the CLI prints ``str(err)`` and exits 1, servicers turn
 ``AuthError`` into a deny response and ``StoreError`` into the configured failure mode.
@@ -63,3 +64,12 @@ class Unauthenticated(AuthError):
 class Forbidden(AuthError):
     status = 403
     code = "forbidden"
+
+
+class TooManyAttempts(AuthError):
+    status = 429
+    code = "too_many_attempts"
+
+    def __init__(self, retry_after: int) -> None:
+        self.retry_after = retry_after
+        super().__init__(f"too many failed sign-ins for this user; retry in {retry_after} s")

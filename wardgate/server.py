@@ -36,6 +36,7 @@ from wardgate.store.redis_client import connect
 from wardgate.store.redis_store import (
     RedisApiKeyStore,
     RedisCounterStore,
+    RedisLoginGuard,
     RedisRefusalLog,
     RedisSessionStore,
     RedisUserStore,
@@ -116,7 +117,13 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
 
     users = RedisUserStore(redis=hot, keys=keys)
     session_store = RedisSessionStore(redis=hot, keys=keys)
-    sessions = SessionService(users=users, sessions=session_store, ttl_seconds=settings.session_ttl)
+    sessions = SessionService(
+        users=users,
+        sessions=session_store,
+        ttl_seconds=settings.session_ttl,
+        idle_seconds=settings.session_idle_ttl,
+        guard=RedisLoginGuard(redis=hot, keys=keys, limit=settings.login_failures_per_user),
+    )
     issuers = IssuerHolder()
     authorizer = Authorizer(
         sessions=sessions,

@@ -35,7 +35,9 @@ class Settings:
     workers: int = 1
     redis_timeout: float = 0.25
     resync_interval: float = 5.0
-    session_ttl: float = 12 * 3600.0
+    session_ttl: float = 12 * 3600.0  # absolute lifetime of a session
+    session_idle_ttl: float = 1800.0  # a session unused this long ends
+    login_failures_per_user: int = 10  # failed logins per user name per 15 min, then 429
     session_cookie: str = "wg_session"
     cookie_secure: bool = False
     authz_failure_mode: str = "closed"  # closed: 503 when Redis cannot answer; open: allow
@@ -63,6 +65,7 @@ _DURATIONS = {
     "redis_timeout",
     "resync_interval",
     "session_ttl",
+    "session_idle_ttl",
     "ext_authz_timeout",
     "ratelimit_timeout",
     "ratelimit_redis_timeout",
@@ -146,6 +149,10 @@ def load_settings(
         if raw is not None:
             values[name] = _coerce(fields[name], raw)
     settings = Settings(**values)
+    if settings.session_cookie.startswith("__Host-") and not settings.cookie_secure:
+        raise SettingsError(
+            "setting session_cookie: a __Host- cookie needs WARDGATE_COOKIE_SECURE=true"
+        )
     if not settings.key_prefix:
         raise SettingsError("setting key_prefix (WARDGATE_KEY_PREFIX) must not be empty")
     return settings

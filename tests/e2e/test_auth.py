@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from tests.support import Stack, echo, eventually, route
+from wardgate import devstack
 
 pytestmark = pytest.mark.e2e
 SPOOFED = {"x-user-id": "mallory", "x-user-roles": "admin", "x-auth-method": "session"}
@@ -167,3 +168,58 @@ def test_cross_site_unsafe_request_with_session_cookie_is_403(auth_routes: Stack
             root.post("/au/admin", headers={"origin": "https://app.example.com"}).status_code == 200
         )
         assert root.get("/au/admin", headers={"origin": "https://evil.example"}).status_code == 200
+
+
+def test_repeated_failed_logins_for_one_name_are_throttled(private_stack: Stack) -> None:
+    s = private_stack
+    devstack.stop(s.procs.pop("wardgate"))
+    s.start_wardgate(extra_env={"WARDGATE_LOGIN_FAILURES_PER_USER": "3"})
+    assert (
+        s.cli("users", "add", "victim", "--password-stdin", stdin="right-password\n").returncode
+        == 0
+    )
+    with s.client() as http:
+        eventually(
+            lambda: (
+                http.post("/auth/login", json={"username": "x", "password": "y"}).status_code == 401
+            ),
+            timeout=10,
+        )
+        for name in ("victim", "nobody-at-all"):
+            for _ in range(3):
+                assert (
+                    http.post(
+                        "/auth/login", json={"username": name, "password": "wrong"}
+                    ).status_code
+                    == 401
+                )
+            blocked = http.post(
+                "/auth/login", json={"username": name, "password": "right-password"}
+            )
+            assert blocked.status_code == 429
+            assert blocked.json()["error"] == "too_many_attempts"
+            assert 0 < int(blocked.headers["retry-after"]) <= 900
+        # Another name is not affected.
+        assert (
+            http.post("/auth/login", json={"username": "other", "password": "x"}).status_code == 401
+        )
+
+
+@pytest.mark.parametrize(
+    "username",
+    [
+        "\u00e9l\u00e8ve",
+        "\u7528\u6237",
+        "a" * 129,
+        "a" * 10_000,
+        "",
+        " ",
+        "alice\x00",
+        "'; DROP TABLE users;--",
+    ],
+)
+def test_odd_user_names_get_the_plain_401(auth_routes: Stack, username: str) -> None:
+    with auth_routes.client() as http:
+        resp = http.post("/auth/login", json={"username": username, "password": "whatever"})
+    assert resp.status_code in (401, 413), resp.text
+    assert "set-cookie" not in resp.headers

@@ -20,7 +20,8 @@ class SessionRecord:
     user: str
     roles: tuple[str, ...]
     created_at: float
-    expires_at: float
+    expires_at: float  # absolute
+    idle_expires_at: float = 0.0  # slides forward with use; 0: no idle expiry
 
 
 class UserStore(Protocol):
@@ -30,12 +31,21 @@ class UserStore(Protocol):
     async def list_users(self) -> list[UserRecord]: ...
 
 
+class LoginGuard(Protocol):
+    """Failed logins per user name (known or not: the answer must not tell them apart)."""
+
+    async def blocked_for(self, user: str) -> int: ...  # seconds; 0 when not blocked
+    async def failed(self, user: str) -> None: ...
+    async def cleared(self, user: str) -> None: ...
+
+
 class SessionStore(Protocol):
     async def create_session(self, record: SessionRecord) -> None: ...
     async def get_session(self, id_hash: str) -> SessionRecord | None: ...
     async def delete_session(self, id_hash: str) -> bool: ...
     async def list_sessions(self, user: str | None = None) -> list[SessionRecord]: ...
     async def delete_user_sessions(self, user: str) -> int: ...
+    async def touch_session(self, id_hash: str, idle_expires_at: float) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable
 
 from wardgate.domain.passwords import verify_password
-from wardgate.domain.ports import SessionRecord, SessionStore, UserStore
+from wardgate.domain.ports import LoginGuard, SessionRecord, SessionStore, UserStore
+from wardgate.errors import TooManyAttempts
 
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")
 MAX_COOKIE_HEADER = 8192
@@ -68,23 +69,36 @@ class SessionService:
         users: UserStore,
         sessions: SessionStore,
         ttl_seconds: float,
+        idle_seconds: float = 0.0,
+        guard: LoginGuard | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._guard = guard
         self._users = users
         self._sessions = sessions
         self._ttl = ttl_seconds
+        self._idle = idle_seconds
         self._clock = clock
 
     async def login(self, username: str, password: str) -> LoginResult | None:
-        """A new session for good credentials; ``None`` (after the same work) otherwise."""
+        """A new session for good credentials; ``None`` (after the same work) otherwise.
+        ``TooManyAttempts`` when the user name has failed too often lately."""
         if not (0 < len(username) <= MAX_USERNAME) or len(password) > MAX_PASSWORD:
             await asyncio.to_thread(verify_password, None, password[:MAX_PASSWORD])
             return None
+        if self._guard is not None:
+            wait = await self._guard.blocked_for(username)
+            if wait:
+                raise TooManyAttempts(wait)
         user = await self._users.get_user(username)
         stored = user.password_hash if user else None
         ok = await asyncio.to_thread(verify_password, stored, password)
         if not ok or user is None:
+            if self._guard is not None:
+                await self._guard.failed(username)
             return None
+        if self._guard is not None:
+            await self._guard.cleared(username)
         session_id = secrets.token_urlsafe(32)
         now = self._clock()
         record = SessionRecord(
@@ -93,6 +107,7 @@ class SessionService:
             roles=user.roles,
             created_at=now,
             expires_at=now + self._ttl,
+            idle_expires_at=now + self._idle if self._idle else 0.0,
         )
         await self._sessions.create_session(record)
         return LoginResult(
@@ -104,8 +119,15 @@ class SessionService:
         if not session_id or not SESSION_ID_RE.match(session_id):
             return None
         record = await self._sessions.get_session(hash_session_id(session_id))
-        if record is None or record.expires_at <= self._clock():
+        now = self._clock()
+        if record is None or record.expires_at <= now:
             return None
+        if record.idle_expires_at:
+            if record.idle_expires_at <= now:
+                return None
+            # Slide the idle expiry, but write at most once per tenth of the idle window.
+            if record.idle_expires_at - now < self._idle * 0.9:
+                await self._sessions.touch_session(record.id_hash, now + self._idle)
         return Identity(record.user, record.roles, "session", record.expires_at)
 
     async def logout(self, session_id: str | None) -> bool:

@@ -12,7 +12,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from wardgate.domain.sessions import SessionService, parse_cookies
-from wardgate.errors import StoreError
+from wardgate.errors import StoreError, TooManyAttempts
 from wardgate.extproc.responses import error_body
 from wardgate.metrics import Metrics, exposition
 
@@ -60,6 +60,11 @@ def create_app(
             return _error(400, "bad_request", "username and password must be strings", request)
         try:
             result = await sessions.login(body["username"], body["password"])
+        except TooManyAttempts as exc:
+            metrics.logins.labels("throttled").inc()
+            response = _error(429, exc.code, str(exc), request)
+            response.headers["retry-after"] = str(exc.retry_after)
+            return response
         except StoreError as exc:
             metrics.store_errors.labels("login").inc()
             log.warning("login: store unavailable: %s", exc)

@@ -8,6 +8,7 @@ carry their own hash tag per counter so that they spread over the cluster.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +90,10 @@ class Keys:
     def user_sessions(self, user: str) -> str:
         """Set of session id hashes of one user, for revoke-all and listing."""
         return f"{self.prefix}user_sessions:{user}"
+
+    def login_failures(self, user: str) -> str:
+        """Counter of failed logins for one user name, expiring with its window."""
+        return f"{self.prefix}login_failures:{hashlib.sha256(user.encode()).hexdigest()}"
 
     @property
     def sessions_channel(self) -> str:

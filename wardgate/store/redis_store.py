@@ -78,6 +78,7 @@ class RedisSessionStore:
                         "roles": ",".join(record.roles),
                         "created_at": repr(record.created_at),
                         "expires_at": repr(record.expires_at),
+                        "idle_expires_at": repr(record.idle_expires_at),
                     },
                 )
                 pipe.pexpire(key, ttl_ms)
@@ -123,6 +124,19 @@ class RedisSessionStore:
                 if raw:
                     out.append(_session(id_hash, raw))
             return sorted(out, key=lambda s: (s.user, s.created_at))
+        except RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
+    async def touch_session(self, id_hash: str, idle_expires_at: float) -> None:
+        try:
+            # Only an existing session: a revoked one must not come back as a stub.
+            await self._r.eval(
+                "if redis.call('EXISTS', KEYS[1]) == 1 then "
+                "redis.call('HSET', KEYS[1], 'idle_expires_at', ARGV[1]) end",
+                1,
+                self._k.session(id_hash),
+                repr(idle_expires_at),
+            )
         except RedisError as exc:
             raise StoreError(f"redis: {exc}") from exc
 
@@ -271,3 +285,42 @@ class RedisRefusalLog:
         except RedisError as exc:
             raise StoreError(f"redis: {exc}") from exc
         return {rule: int(n) for rule, n in zip(names, counts, strict=True)}
+
+
+class RedisLoginGuard:
+    """At most ``limit`` failed logins per user name per ``window`` seconds."""
+
+    def __init__(self, *, redis: AnyRedis, keys: Keys, limit: int, window: int = 900) -> None:
+        self._r = redis
+        self._k = keys
+        self._limit = limit
+        self._window = window
+
+    async def blocked_for(self, user: str) -> int:
+        if self._limit <= 0:
+            return 0
+        key = self._k.login_failures(user)
+        try:
+            async with self._r.pipeline(transaction=False) as pipe:
+                pipe.get(key)
+                pipe.ttl(key)
+                count, ttl = await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+        return max(1, int(ttl)) if int(count or 0) >= self._limit else 0
+
+    async def failed(self, user: str) -> None:
+        key = self._k.login_failures(user)
+        try:
+            async with self._r.pipeline(transaction=False) as pipe:
+                pipe.incr(key)
+                pipe.expire(key, self._window, nx=True)
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
+    async def cleared(self, user: str) -> None:
+        try:
+            await self._r.delete(self._k.login_failures(user))
+        except RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
