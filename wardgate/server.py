@@ -31,6 +31,7 @@ from wardgate.http.app import create_app
 from wardgate.http.registry import add_registry_routes
 from wardgate.metrics import Metrics, create_metrics
 from wardgate.settings import Settings
+from wardgate.store.cache import CachedApiKeyStore, CachedSessionStore, listen_for_revocations
 from wardgate.store.keys import Keys
 from wardgate.store.redis_client import connect
 from wardgate.store.redis_store import (
@@ -116,7 +117,9 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
     )
 
     users = RedisUserStore(redis=hot, keys=keys)
-    session_store = RedisSessionStore(redis=hot, keys=keys)
+    # Sessions and API keys are cached per worker, invalidated at once by pub/sub.
+    session_store = CachedSessionStore(RedisSessionStore(redis=hot, keys=keys))
+    api_keys = CachedApiKeyStore(RedisApiKeyStore(redis=hot, keys=keys))
     sessions = SessionService(
         users=users,
         sessions=session_store,
@@ -128,7 +131,7 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
     authorizer = Authorizer(
         sessions=sessions,
         cookie_name=settings.session_cookie,
-        api_keys=RedisApiKeyStore(redis=hot, keys=keys),
+        api_keys=api_keys,
         issuers=issuers,
     )
     # Rate limiting has its own client: its commands give up sooner (Envoy waits 100 ms).
@@ -236,6 +239,17 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
         asyncio.create_task(watcher.run(), name="watcher"),
         asyncio.create_task(_report_nodes(nodes, control, keys, worker), name="node-status"),
         asyncio.create_task(_report_refusals(rls, refusals, metrics), name="refusals"),
+        asyncio.create_task(
+            listen_for_revocations(
+                redis=control,
+                keys=keys,
+                caches={
+                    keys.sessions_channel: session_store.cache,
+                    keys.api_keys_channel: api_keys.cache,
+                },
+            ),
+            name="revocations",
+        ),
     ]
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     log.info(

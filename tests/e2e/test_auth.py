@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -133,6 +134,41 @@ def test_other_cookies_still_reach_the_upstream(auth_routes: Stack) -> None:
         assert "theme=dark" in seen["cookie"] and "wg_session" not in seen["cookie"]
 
 
+def test_a_revoked_session_ends_on_every_worker_within_a_second(private_stack: Stack) -> None:
+    s = private_stack
+    devstack.stop(s.procs.pop("wardgate"))
+    s.start_wardgate("--workers", "2")
+    assert s.cli("users", "add", "wk", "--password-stdin", stdin="wk-password\n").returncode == 0
+    s.apply(route("wk-me", "/wk-me", "echo", auth={"require": "session"}))
+    with s.client() as http:
+        eventually(
+            lambda: (
+                http.post(
+                    "/auth/login", json={"username": "wk", "password": "wk-password"}
+                ).status_code
+                == 200
+            ),
+            timeout=10,
+        )
+        eventually(lambda: http.get("/wk-me").status_code == 200, timeout=5)
+        for _ in range(20):  # warm both workers' caches (connections spread over them)
+            with s.client(cookies=http.cookies) as c:
+                assert c.get("/wk-me").status_code == 200
+        sid = s.cli("sessions", "list", "--user", "wk").stdout.splitlines()[-1].split()[0]
+        assert s.cli("sessions", "revoke", sid).returncode == 0
+        started = time.monotonic()
+
+        def everywhere() -> bool:
+            for _ in range(10):
+                with s.client(cookies=http.cookies) as c:
+                    if c.get("/wk-me").status_code != 401:
+                        return False
+            return True
+
+        eventually(everywhere, timeout=1.0, interval=0.02)
+        assert time.monotonic() - started < 1.0
+
+
 def test_logout_ends_the_session(auth_routes: Stack) -> None:
     with login(auth_routes, "alice", "alice-password") as alice:
         assert alice.get("/auth/session").json()["user"] == "alice"
@@ -152,7 +188,8 @@ def test_revoking_a_users_sessions_from_the_cli(auth_routes: Stack) -> None:
         assert listed.returncode == 0 and "alice" in listed.stdout
         result = auth_routes.cli("sessions", "revoke", "--user", "alice")
         assert result.returncode == 0, result.stderr
-        assert alice.get("/au/me").status_code == 401
+        # Workers cache sessions; the revocation reaches them by pub/sub within the second.
+        eventually(lambda: alice.get("/au/me").status_code == 401, timeout=1.0, interval=0.02)
 
 
 def test_cross_site_unsafe_request_with_session_cookie_is_403(auth_routes: Stack) -> None:

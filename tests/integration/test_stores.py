@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -151,3 +152,41 @@ def test_refusal_log_counts_distinct_clients_per_minute(redis_url: str, prefix: 
     this_minute, next_minute = run(redis_url, body)
     assert this_minute == {"rule#0": 3, "rule#1": 1, "rule#2": 0}
     assert next_minute == {"rule#0": 0}
+
+
+def test_cached_sessions_are_evicted_by_the_revocation_channel(redis_url: str, prefix: str) -> None:
+    from wardgate.store.cache import CachedSessionStore, listen_for_revocations
+
+    keys = Keys(prefix)
+
+    async def body(r: Any) -> None:
+        inner = RedisSessionStore(redis=r, keys=keys)
+        cached = CachedSessionStore(inner)
+        record = SessionRecord("ab" * 32, "zoe", ("user",), 1.0, 4e9)
+        await inner.create_session(record)
+        assert await cached.get_session(record.id_hash) == record  # cache off: read through
+        listener = asyncio.create_task(
+            listen_for_revocations(redis=r, keys=keys, caches={keys.sessions_channel: cached.cache})
+        )
+        try:
+            for _ in range(100):
+                if cached.cache.enabled:
+                    break
+                await asyncio.sleep(0.01)
+            assert cached.cache.enabled
+            await cached.get_session(record.id_hash)
+            await r.delete(keys.session(record.id_hash))  # a raw delete is not announced...
+            assert await cached.get_session(record.id_hash) == record  # ...so it is cached
+            await r.publish(keys.sessions_channel, record.id_hash)  # an announced revocation
+            for _ in range(100):
+                if await cached.get_session(record.id_hash) is None:
+                    break
+                await asyncio.sleep(0.01)
+            assert await cached.get_session(record.id_hash) is None
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+        assert cached.cache.enabled is False  # not subscribed: not trusted
+
+    run(redis_url, body)

@@ -110,6 +110,11 @@ class Keys:
         """Hash: key name -> SHA-256 of the key (names are unique; revoke by name)."""
         return f"{self.prefix}apikey_names"
 
+    @property
+    def api_keys_channel(self) -> str:
+        """Pub/sub channel announcing revoked API keys (the SHA-256), for local caches."""
+        return f"{self.prefix}apikeys:revoked"
+
     # -- rate limiting --
     def counter(self, rule: str, value: str, window: int) -> str:
         # The hash tag holds rule and client, so counters spread over a cluster's slots. A

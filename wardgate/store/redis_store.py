@@ -208,6 +208,7 @@ class RedisApiKeyStore:
             async with self._r.pipeline(transaction=True) as pipe:
                 pipe.hdel(self._k.api_keys, key_hash)
                 pipe.hdel(self._k.api_key_names, name)
+                pipe.publish(self._k.api_keys_channel, key_hash)
                 await pipe.execute()
             return True
         except RedisError as exc:
