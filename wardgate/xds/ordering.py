@@ -29,12 +29,16 @@ class Sequencer:
         """Whether a response of ``type_url`` must wait for an answer to an earlier one."""
         return type_url in _BEHIND and any(t in self._pending for t in _AHEAD)
 
+    def in_use(self) -> frozenset[str]:
+        """Clusters the Envoy's routes may use: those of the routes it accepted, and of any
+        routes sent and not answered yet (it may be about to accept them)."""
+        pending = frozenset().union(*self._route_uses.values()) if self._route_uses else frozenset()
+        return self.routes_in_use | pending
+
     def clusters(self, snapshot: Snapshot) -> tuple[dict[str, any_pb2.Any], str]:
         """The clusters to send: the snapshot's, plus any removed one still routed to."""
         res = snapshot.get(TYPE_CLUSTER)
-        keep = sorted(
-            n for n in self.routes_in_use if n not in res.items and n in self.sent_clusters
-        )
+        keep = sorted(n for n in self.in_use() if n not in res.items and n in self.sent_clusters)
         if not keep:
             return res.items, res.version
         items = dict(res.items)
@@ -42,10 +46,6 @@ class Sequencer:
             items[name] = self.sent_clusters[name]
         tag = hashlib.sha256("\0".join(keep).encode()).hexdigest()[:8]
         return items, f"{res.version}+{tag}"
-
-    def kept(self) -> frozenset[str]:
-        """Names of clusters still routed to (not to be announced as removed)."""
-        return self.routes_in_use
 
     def sent(
         self, type_url: str, nonce: str, snapshot: Snapshot, clusters: dict[str, any_pb2.Any]
