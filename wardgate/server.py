@@ -61,6 +61,7 @@ def translate_options(settings: Settings) -> TranslateOptions:
         authz_fail_open=settings.authz_failure_mode == "open",
         ratelimit_fail_closed=settings.ratelimit_failure_mode == "closed",
         trusted_proxy_hops=settings.trusted_proxy_hops,
+        session_cookie=settings.session_cookie,
     )
 
 

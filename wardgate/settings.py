@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,13 @@ def load_settings(
     if settings.session_cookie.startswith("__Host-") and not settings.cookie_secure:
         raise SettingsError(
             "setting session_cookie: a __Host- cookie needs WARDGATE_COOKIE_SECURE=true"
+        )
+    if settings.redis_url.startswith(("redis+cluster://", "rediss+cluster://")) and not re.search(
+        r"\{[^{}]+\}", settings.key_prefix
+    ):
+        raise SettingsError(
+            "under Redis Cluster the key prefix needs a hash tag so that the documents share a "
+            "slot: set WARDGATE_KEY_PREFIX={wardgate}:"
         )
     if not settings.key_prefix:
         raise SettingsError("setting key_prefix (WARDGATE_KEY_PREFIX) must not be empty")

@@ -127,6 +127,20 @@ def test_client_sent_identity_headers_never_reach_the_upstream(auth_routes: Stac
         assert not set(SPOOFED) & set(seen)
 
 
+def test_the_session_cookie_never_reaches_an_upstream_public_routes_included(
+    auth_routes: Stack,
+) -> None:
+    with login(auth_routes, "alice", "alice-password") as alice:
+        alice.cookies.set("theme", "dark")
+        seen = echo(alice.get("/au/public"))["headers"]
+        assert seen["cookie"] == "theme=dark"
+        only = echo(
+            alice.get("/au/public", headers={"cookie": f"wg_session={alice.cookies['wg_session']}"})
+        )
+        assert "cookie" not in only["headers"]
+        assert alice.get("/auth/session").status_code == 200  # wardgate's own routes keep it
+
+
 def test_other_cookies_still_reach_the_upstream(auth_routes: Stack) -> None:
     with login(auth_routes, "alice", "alice-password") as alice:
         alice.cookies.set("theme", "dark")

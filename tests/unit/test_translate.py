@@ -640,6 +640,7 @@ def test_listener_http_filters_in_order() -> None:
         "envoy.filters.http.rbac",
         "envoy.filters.http.ext_authz",
         "envoy.filters.http.ratelimit",
+        "envoy.filters.http.lua",
         "envoy.filters.http.buffer",
         "envoy.filters.http.router",
     ]

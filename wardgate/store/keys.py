@@ -128,6 +128,8 @@ class Keys:
 #       window counter (sliding window; unused otherwise).
 # ARGV[1] = now in milliseconds; then per limit, 5 values: algorithm (1 fixed, 2 sliding,
 #       3 token bucket), limit, period in ms, window start in ms, shadow (1: never refuses).
+# Optionally one more ARGV after those: "check" (decide, spend nothing) - Redis Cluster's first
+# phase when a request's limits live in several slots.
 # Returns a flat list, per limit: allowed (1/0), remaining, ms until reset.
 # A refused request spends nothing: counters are only incremented if every limit allows it.
 RATE_LIMIT_LUA = r"""
@@ -185,6 +187,7 @@ for i = 1, n do
   out[#out+1] = remaining
   out[#out+1] = reset
 end
+if #ARGV == 2 + n * 5 and ARGV[#ARGV] == 'check' then ok = false end
 if ok then
   for i = 1, n do
     local p = plan[i]

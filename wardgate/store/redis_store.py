@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 from collections.abc import Sequence
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisError
 
 from wardgate.domain.ports import (
@@ -227,34 +231,76 @@ def _api_key(raw: str) -> ApiKeyRecord:
 
 
 class RedisCounterStore:
-    """All limits of one request in one EVALSHA (EVAL once after a script flush)."""
+    """All limits of one request in one EVALSHA (EVAL once after a script flush).
+
+    Under Redis Cluster the counters of one request may live in several slots (each counter
+    carries its own hash tag). Then every slot's limits are first checked without spending
+    (one script per slot, concurrently), and spent only if all of them allow: a refused
+    request still spends nothing. Between the two phases another request may take the last
+    unit of a limit in one slot while others were spent; that slot then refuses on its own.
+    """
 
     def __init__(self, *, redis: AnyRedis) -> None:
         self._r = redis
         self._sha: str | None = None
+        self._cluster = isinstance(redis, RedisCluster)
 
-    async def check_and_commit(
-        self, checks: Sequence[LimitCheck], *, now_ms: int
+    async def _eval(
+        self, checks: Sequence[LimitCheck], now_ms: int, *, check_only: bool
     ) -> list[LimitOutcome]:
         keys: list[str] = []
         args: list[Any] = [now_ms]
         for c in checks:
             keys += [c.key, c.previous_key]
             args += [c.algorithm, c.limit, c.period_ms, c.window_start_ms, int(c.shadow)]
+        if check_only:
+            args.append("check")
+        if self._sha is None:
+            self._sha = hashlib.sha1(RATE_LIMIT_LUA.encode()).hexdigest()
         try:
-            if self._sha is None:
-                self._sha = await self._r.script_load(RATE_LIMIT_LUA)
-            try:
-                flat = await self._r.evalsha(self._sha, len(keys), *keys, *args)
-            except NoScriptError:
-                self._sha = await self._r.script_load(RATE_LIMIT_LUA)
-                flat = await self._r.evalsha(self._sha, len(keys), *keys, *args)
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
+            flat = await self._r.evalsha(self._sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # This node has not seen the script (a restart, a flush, a cluster node): EVAL
+            # sends it along, to the node the keys are on, which keeps it for next time.
+            flat = await self._r.eval(RATE_LIMIT_LUA, len(keys), *keys, *args)
         return [
             LimitOutcome(bool(int(flat[i])), int(flat[i + 1]), int(flat[i + 2]))
             for i in range(0, len(flat), 3)
         ]
+
+    async def check_and_commit(
+        self, checks: Sequence[LimitCheck], *, now_ms: int
+    ) -> list[LimitOutcome]:
+        try:
+            slots: dict[int, list[int]] = {}
+            for i, c in enumerate(checks):
+                slot = key_slot(c.key.encode()) if self._cluster else 0
+                slots.setdefault(slot, []).append(i)
+            if len(slots) <= 1:
+                return await self._eval(checks, now_ms, check_only=False)
+            groups = list(slots.values())
+            phases = [True, False]
+            outcomes: list[LimitOutcome | None] = [None] * len(checks)
+            for check_only in phases:
+                results = await asyncio.gather(
+                    *[
+                        self._eval([checks[i] for i in g], now_ms, check_only=check_only)
+                        for g in groups
+                    ]
+                )
+                for g, result in zip(groups, results, strict=True):
+                    for i, outcome in zip(g, result, strict=True):
+                        outcomes[i] = outcome
+                refused = any(
+                    not o.allowed and not checks[i].shadow
+                    for i, o in enumerate(outcomes)
+                    if o is not None
+                )
+                if check_only and refused:
+                    break  # refused in some slot: spend nothing anywhere
+            return [o for o in outcomes if o is not None]
+        except RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
 
 
 class RedisRefusalLog:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import re
 from typing import Any
 
@@ -20,6 +21,7 @@ from envoy.extensions.filters.http.buffer.v3 import buffer_pb2  # noqa: F401
 from envoy.extensions.filters.http.cors.v3 import cors_pb2  # noqa: F401
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2  # noqa: F401
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2  # noqa: F401
+from envoy.extensions.filters.http.lua.v3 import lua_pb2  # noqa: F401
 from envoy.extensions.filters.http.ratelimit.v3 import rate_limit_pb2  # noqa: F401
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2  # noqa: F401
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
@@ -43,6 +45,31 @@ EXT_AUTHZ = "envoy.filters.http.ext_authz"
 F_CORS = "envoy.filters.http.cors"
 F_RBAC = "envoy.filters.http.rbac"
 F_BUFFER = "envoy.filters.http.buffer"
+F_LUA = "envoy.filters.http.lua"
+T_LUA_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute"
+
+
+def strip_cookie_lua(name: str) -> str:
+    """Lua for Envoy: remove cookie ``name`` from the request's Cookie header."""
+    return f"""
+local target = {json.dumps(name)}
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  local cookie = headers:get("cookie")
+  if cookie == nil or string.find(cookie, target, 1, true) == nil then return end
+  local kept = {{}}
+  for part in string.gmatch(cookie, "[^;]+") do
+    local key = string.match(part, "^%s*([^=]-)%s*=")
+    if key ~= target then table.insert(kept, (string.gsub(part, "^%s+", ""))) end
+  end
+  if #kept == 0 then
+    headers:remove("cookie")
+  else
+    headers:replace("cookie", table.concat(kept, "; "))
+  end
+end
+"""
+
 
 T = "type.googleapis.com/"
 T_EXT_AUTHZ_ROUTE = T + "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
@@ -71,6 +98,7 @@ class TranslateOptions:
     ratelimit_fail_closed: bool = False
     login_limit_per_minute: int = 30
     trusted_proxy_hops: int = 0
+    session_cookie: str = "wg_session"
     max_request_bytes: int = 1 << 20
 
 
@@ -403,6 +431,7 @@ def builtin_routes(opts: TranslateOptions) -> list[dict[str, Any]]:
     common = {
         "typed_per_filter_config": {
             F_BUFFER: {"@type": T_BUFFER_ROUTE, "buffer": {"max_request_bytes": 16384}},
+            F_LUA: {"@type": T_LUA_ROUTE, "disabled": True},  # /auth/* needs the cookie
         },
     }
     login_limit = encode_rule(
@@ -528,6 +557,16 @@ def build_listener(address: str, port: int, opts: TranslateOptions) -> listener_
                 "status_on_error": {"code": "ServiceUnavailable"},
                 "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
                 "rate_limit_service": {"grpc_service": grpc, "transport_api_version": "V3"},
+            },
+        },
+        {
+            # The session cookie is for the gateway: after ext_authz (which has read it and,
+            # on protected routes, already dropped it), no upstream gets it, public routes
+            # included. Only wardgate's own /auth/* routes keep it.
+            "name": F_LUA,
+            "typed_config": {
+                "@type": T + "envoy.extensions.filters.http.lua.v3.Lua",
+                "default_source_code": {"inline_string": strip_cookie_lua(opts.session_cookie)},
             },
         },
         {

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from wardgate.domain.catalog import KIND_ORDER, Catalog, ParseMemo
@@ -214,6 +215,13 @@ class DocumentWatcher:
             )
             return False
 
+    def _pubsub(self) -> Any:
+        """Under Redis Cluster, keyspace events stay on the node that holds the key:
+        listen there (published changes reach every node)."""
+        if isinstance(self._redis, RedisCluster):
+            return self._redis.pubsub(node=self._redis.get_node_from_key(self._keys.routes))
+        return self._redis.pubsub()
+
     def wake(self) -> None:
         self._wake.set()
 
@@ -225,7 +233,7 @@ class DocumentWatcher:
             pubsub = None
             try:
                 keyspace = await self._enable_keyspace_events()
-                pubsub = self._redis.pubsub()
+                pubsub = self._pubsub()
                 await pubsub.subscribe(self._keys.changes_channel, self._keys.registry_channel)
                 if keyspace:
                     await pubsub.psubscribe(
