@@ -274,3 +274,16 @@ def test_odd_user_names_get_the_plain_401(auth_routes: Stack, username: str) -> 
         resp = http.post("/auth/login", json={"username": username, "password": "whatever"})
     assert resp.status_code in (401, 413), resp.text
     assert "set-cookie" not in resp.headers
+
+
+def test_logins_from_one_address_are_limited_by_envoy(private_stack: Stack) -> None:
+    # A stack of its own: the limit is per client address and minute, and every test here
+    # comes from 127.0.0.1.
+    with private_stack.client() as http:
+        codes = [
+            http.post("/auth/login", json={"username": f"nobody{i}", "password": "x"}).status_code
+            for i in range(32)
+        ]
+    assert 429 in codes  # 30 per minute per client address
+    refused = codes.index(429)
+    assert all(c == 401 for c in codes[:refused]) and all(c == 429 for c in codes[refused:])

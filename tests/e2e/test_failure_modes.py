@@ -112,3 +112,48 @@ def test_rate_limit_failing_closed_answers_503_json(private_stack: Stack) -> Non
         resp = http.get("/fc-rl")
         assert resp.status_code == 503
         assert resp.json()["error"] == "unavailable"
+
+
+def test_a_hung_redis_costs_milliseconds_not_a_hang(private_stack: Stack) -> None:
+    """Redis stops answering (SIGSTOP, as a stuck or swapping server would): rate limiting
+    gives up after its deadline and fails open; authorization answers 503; both recover."""
+    import os
+    import signal
+    import time
+
+    s = private_stack
+    devstack.stop(s.procs.pop("wardgate"))
+    s.start_wardgate(
+        extra_env={
+            "WARDGATE_RATELIMIT_TIMEOUT": "100ms",
+            "WARDGATE_RATELIMIT_REDIS_TIMEOUT": "50ms",
+        }
+    )
+    s.apply(
+        route(
+            "hung-rl",
+            "/hung-rl",
+            "echo",
+            rate_limits=[{"by": "ip", "requests": 1000, "per": "hour"}],
+        ),
+        route("hung-auth", "/hung-auth", "echo", auth={"require": "session"}),
+    )
+    redis_pid = s.procs["redis-server"].pid
+    with s.client() as http:
+        eventually(lambda: http.get("/hung-rl").status_code == 200, timeout=10)
+        eventually(lambda: http.get("/hung-auth").status_code == 401, timeout=10)
+        os.kill(redis_pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            codes = [http.get("/hung-rl").status_code for _ in range(5)]
+            took = time.monotonic() - started
+            # A well-formed session id must be looked up in Redis, which does not answer.
+            auth = http.get("/hung-auth", headers={"cookie": "wg_session=" + "A" * 43})
+        finally:
+            os.kill(redis_pid, signal.SIGCONT)
+        assert codes == [200] * 5  # failed open
+        assert took < 4.0  # five requests, each bounded by the deadlines (not a hang)
+        assert auth.status_code == 503 and auth.json()["error"] == "unavailable"
+        metrics = http.get(f"http://127.0.0.1:{s.http_port}/metrics").text
+        assert 'wardgate_ratelimit_failures_total{mode="open"}' in metrics
+        eventually(lambda: http.get("/hung-auth").status_code == 401, timeout=10)

@@ -247,3 +247,15 @@ def test_an_issuer_whose_secret_is_missing_is_refused_in_status(tokens_stack: St
         return "WG_TEST_NOT_SET" in status["refused"].get("Issuer/nosecret", "")
 
     eventually(refused, timeout=5)
+
+
+def test_an_expired_api_key_is_refused(tokens_stack: Stack) -> None:
+    s = tokens_stack
+    key = s.cli("keys", "create", "--name", "short-lived", "--expires", "1s").stdout.strip()
+    assert key.startswith("wg_")
+    with s.client() as http:
+        # Sent at once it may still be valid; after its second it never is.
+        time.sleep(1.1)
+        resp = http.get("/tk/key", headers={"x-api-key": key})
+    assert resp.status_code == 401
+    assert "expired" in resp.json()["message"]
