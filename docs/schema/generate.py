@@ -1,12 +1,12 @@
-"""Write the JSON Schema of the Route and Service documents next to this file.
+"""Write the JSON Schema of the Route, Service and Issuer documents next to this file.
 
 Run from anywhere with wardgate importable:  python docs/schema/generate.py
 
 The schemas come from the pydantic models in ``wardgate/domain/documents.py``
 (``Model.model_json_schema()``). They describe the shape of a document; some rules are
-checked only by wardgate itself (durations, regex compilation, CIDR blocks, cross-field rules
-such as "exactly one of backend or backends"), so ``wardgate validate -f FILE`` stays the
-authority. See docs/DOCUMENTS.md.
+checked only by wardgate itself (durations, RE2 regexes and their size, CIDR blocks, reserved
+names, cross-field rules such as "exactly one of backend or backends", an inline JWKS holding
+a usable key), so ``wardgate validate -f FILE`` stays the authority. See docs/DOCUMENTS.md.
 """
 
 from __future__ import annotations
@@ -14,19 +14,25 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from wardgate.domain.documents import Route, Service
+from wardgate.domain.documents import Issuer, Route, Service
 
 HERE = Path(__file__).resolve().parent
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
+Model = type[Route] | type[Service] | type[Issuer]
+MODELS: tuple[tuple[Model, str], ...] = (
+    (Route, "route.schema.json"),
+    (Service, "service.schema.json"),
+    (Issuer, "issuer.schema.json"),
+)
 
 
-def schema_of(model: type[Route] | type[Service], file_name: str) -> dict[str, object]:
+def schema_of(model: Model, file_name: str) -> dict[str, object]:
     schema = model.model_json_schema()
     return {"$schema": DIALECT, "$id": file_name, **schema}
 
 
 def main() -> None:
-    for model, file_name in ((Route, "route.schema.json"), (Service, "service.schema.json")):
+    for model, file_name in MODELS:
         path = HERE / file_name
         path.write_text(json.dumps(schema_of(model, file_name), indent=2) + "\n")
         print(f"wrote {path}")
