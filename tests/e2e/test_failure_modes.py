@@ -23,7 +23,7 @@ def test_redis_down_fails_closed_for_auth_open_for_limits_and_recovers(
             "fm-open",
             "/fm-open",
             "echo",
-            rate_limits=[{"by": "ip", "requests": 1000, "per": "hour"}],
+            rate_limits=[{"by": "ip", "requests": 1000, "per": "day"}],
         ),
         route("fm-closed", "/fm-closed", "echo", auth={"require": "session"}),
     )
@@ -134,7 +134,7 @@ def test_a_hung_redis_costs_milliseconds_not_a_hang(private_stack: Stack) -> Non
             "hung-rl",
             "/hung-rl",
             "echo",
-            rate_limits=[{"by": "ip", "requests": 1000, "per": "hour"}],
+            rate_limits=[{"by": "ip", "requests": 1000, "per": "day"}],
         ),
         route("hung-auth", "/hung-auth", "echo", auth={"require": "session"}),
     )

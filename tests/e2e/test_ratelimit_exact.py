@@ -33,7 +33,7 @@ def test_exactly_n_pass_across_two_workers_and_two_envoys(private_stack: Stack) 
             "exact",
             "/exact",
             "echo",
-            rate_limits=[{"by": "route", "requests": limit, "per": "hour"}],
+            rate_limits=[{"by": "route", "requests": limit, "per": "day"}],
         )
     )
     bases = [s.base, f"http://127.0.0.1:{listen2}"]
