@@ -153,3 +153,19 @@ def echo(response: httpx.Response) -> dict[str, Any]:
 
 
 _ = json
+
+
+def with_redis(redis_url: str, body: Callable[[Any], Any]) -> Any:
+    """Run ``await body(client)`` with an asyncio wardgate Redis client, closed afterwards."""
+    import asyncio
+
+    from wardgate.store.redis_client import connect
+
+    async def main() -> Any:
+        r = connect(redis_url, timeout=2.0)
+        try:
+            return await body(r)
+        finally:
+            await r.aclose()
+
+    return asyncio.run(main())

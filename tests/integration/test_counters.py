@@ -4,32 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support import with_redis
 from wardgate.domain.ports import LimitCheck
 from wardgate.domain.ratelimit import LimitRequest, RateLimiter
 from wardgate.store.keys import Keys
-from wardgate.store.redis_client import connect
 from wardgate.store.redis_store import RedisCounterStore
 
 pytestmark = pytest.mark.integration
 _ids = itertools.count()
 
 
-def run(redis_url: str, body: Callable[[Any], Awaitable[Any]]) -> Any:
-    async def main() -> Any:
-        r = connect(redis_url, timeout=2.0)
-        try:
-            return await body(r)
-        finally:
-            await r.aclose()
-
-    return asyncio.run(main())
+run = with_redis
 
 
 def fixed(

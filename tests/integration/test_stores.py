@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 import redis as sync_redis
 
+from tests.support import with_redis
 from wardgate import devstack
 from wardgate.domain.catalog import plan_apply, plan_delete
 from wardgate.domain.documents import parse_document
@@ -24,15 +24,7 @@ from wardgate.store.redis_store import RedisSessionStore, RedisUserStore
 pytestmark = pytest.mark.integration
 
 
-def run(redis_url: str, body: Callable[[Any], Awaitable[Any]]) -> Any:
-    async def main() -> Any:
-        r = connect(redis_url, timeout=2.0)
-        try:
-            return await body(r)
-        finally:
-            await r.aclose()
-
-    return asyncio.run(main())
+run = with_redis
 
 
 def test_sessions_expire_list_and_revoke_per_user(redis_url: str, prefix: str) -> None:

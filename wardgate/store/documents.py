@@ -32,25 +32,22 @@ class RedisDocumentStore:
         self._r = redis
         self._k = keys
 
-    async def load(self) -> RawDocuments:
+    async def _hashes(self, key_of: Callable[[str], str]) -> RawDocuments:
+        """One hash per kind, read in one round trip."""
         try:
             async with self._r.pipeline(transaction=False) as pipe:
                 for kind in KIND_ORDER:
-                    pipe.hgetall(self._k.documents(kind))
+                    pipe.hgetall(key_of(kind))
                 results = await pipe.execute()
         except RedisError as exc:
             raise StoreError(f"redis: {exc}") from exc
         return {kind: dict(r) for kind, r in zip(KIND_ORDER, results, strict=True)}
 
+    async def load(self) -> RawDocuments:
+        return await self._hashes(self._k.documents)
+
     async def load_last_good(self) -> RawDocuments:
-        try:
-            async with self._r.pipeline(transaction=False) as pipe:
-                for kind in KIND_ORDER:
-                    pipe.hgetall(self._k.last_good(kind))
-                results = await pipe.execute()
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
-        return {kind: dict(r) for kind, r in zip(KIND_ORDER, results, strict=True)}
+        return await self._hashes(self._k.last_good)
 
     async def save_last_good(self, served: dict[tuple[str, str], str], old: RawDocuments) -> None:
         """Record what is served now (only the differences from ``old``)."""
