@@ -87,6 +87,8 @@ def _coerce(field: dataclasses.Field[Any], raw: Any) -> Any:
     try:
         if name in _DURATIONS:
             value: Any = parse_duration(raw) if isinstance(raw, str) else float(raw)
+            if name == "session_idle_ttl" and value == 0:
+                return 0.0  # no idle expiry
             if not math.isfinite(value) or value <= 0 or value > 86400:
                 raise ValueError("must be more than 0 and at most 1d")
             return value

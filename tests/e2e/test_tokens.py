@@ -259,3 +259,27 @@ def test_an_expired_api_key_is_refused(tokens_stack: Stack) -> None:
         resp = http.get("/tk/key", headers={"x-api-key": key})
     assert resp.status_code == 401
     assert "expired" in resp.json()["message"]
+
+
+def test_two_issuers_with_one_iss_are_not_both_trusted(tokens_stack: Stack) -> None:
+    s = tokens_stack
+    s.apply(
+        {
+            "kind": "Issuer",
+            "name": "zz-copy",
+            "issuer": "https://idp.example.com",
+            "audiences": ["api"],
+            "jwks": {"keys": [_jwk(EC_KEY, "e1")]},
+        }
+    )
+
+    def refused() -> bool:
+        status = json.loads(s.cli("status", "-o", "json").stdout)
+        return "already trusted through issuer corp" in status["refused"].get("Issuer/zz-copy", "")
+
+    eventually(refused, timeout=5)
+    with s.client() as http:  # the first one still works
+        t = token(RSA_KEY, "RS256")
+        assert http.get("/tk/jwt", headers={"authorization": f"Bearer {t}"}).status_code == 200
+        challenge = http.get("/tk/jwt").headers["www-authenticate"]
+        assert challenge.startswith("Bearer")

@@ -182,3 +182,35 @@ def test_cached_sessions_are_evicted_by_the_revocation_channel(redis_url: str, p
         assert cached.cache.enabled is False  # not subscribed: not trusted
 
     run(redis_url, body)
+
+
+def test_idle_expiry_round_trips_through_redis(redis_url: str, prefix: str) -> None:
+    from wardgate.domain.passwords import hash_password
+    from wardgate.domain.sessions import SessionService, hash_session_id
+    from wardgate.store.redis_store import RedisUserStore
+
+    clock = {"now": 1_000_000.0}
+
+    async def body(r: Any) -> None:
+        users = RedisUserStore(redis=r, keys=Keys(prefix))
+        await users.put_user(UserRecord("ida", hash_password("pw-123456", n=2**10), ()))
+        store = RedisSessionStore(redis=r, keys=Keys(prefix))
+        svc = SessionService(
+            users=users,
+            sessions=store,
+            ttl_seconds=3600,
+            idle_seconds=60,
+            clock=lambda: clock["now"],
+        )
+        result = await svc.login("ida", "pw-123456")
+        assert result is not None
+        stored = await store.get_session(hash_session_id(result.session_id))
+        assert stored is not None and stored.idle_expires_at == 1_000_060.0
+        clock["now"] += 50
+        assert await svc.resolve(result.session_id) is not None  # used: the idle expiry slides
+        clock["now"] += 50
+        assert await svc.resolve(result.session_id) is not None
+        clock["now"] += 61
+        assert await svc.resolve(result.session_id) is None  # idle too long
+
+    run(redis_url, body)

@@ -449,3 +449,17 @@ def test_parse_duration_near_valid_text_raises_only_value_error(text: str) -> No
         return
     assert math.isfinite(seconds)
     assert seconds >= 0
+
+
+@pytest.mark.parametrize(
+    "header", ["x-user-id", "X-User-Roles", "x-auth-method", "cookie", "authorization", "x-api-key"]
+)
+def test_routes_cannot_match_on_headers_the_gateway_sets_or_strips(header: str) -> None:
+    doc = {
+        "kind": "Route",
+        "name": "r",
+        "match": {"prefix": "/", "headers": {header: "root"}},
+        "backend": "s",
+    }
+    with pytest.raises(DocumentError, match="cannot be matched"):
+        parse_document(doc)

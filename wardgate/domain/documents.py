@@ -138,6 +138,11 @@ class Match(_Doc):
             lname = name.lower()
             if not HEADER_NAME_RE.match(lname):
                 raise ValueError(f"'{name}' is not a valid header name")
+            if lname in RESERVED_HEADERS or lname in ("cookie", "authorization", "x-api-key"):
+                raise ValueError(
+                    f"'{lname}' cannot be matched: the gateway sets or strips it, and a client "
+                    "could otherwise choose the route by sending it"
+                )
             out[lname] = want
         return out
 

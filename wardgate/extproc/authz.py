@@ -29,12 +29,22 @@ def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
     )
 
 
+_CHALLENGES = {
+    "session": 'Cookie realm="wardgate"',
+    "jwt": 'Bearer realm="wardgate"',
+    "any": 'Bearer realm="wardgate"',
+}
+
+
 def denied(
-    status: int, code: str, message: str, request_id: str
+    status: int, code: str, message: str, request_id: str, require: str = "session"
 ) -> external_auth_pb2.CheckResponse:
     headers = [_header("content-type", "application/json"), _header("cache-control", "no-store")]
-    if status == 401:
-        headers.append(_header("www-authenticate", 'Cookie realm="wardgate"'))
+    challenge = _CHALLENGES.get(require)
+    if status == 401 and challenge:
+        if code == "invalid_token":
+            challenge += ', error="invalid_token"'
+        headers.append(_header("www-authenticate", challenge))
     return external_auth_pb2.CheckResponse(
         status=status_pb2.Status(code=_GRPC_CODE.get(status, code_pb2.UNAVAILABLE), message=code),
         denied_response=external_auth_pb2.DeniedHttpResponse(
@@ -115,7 +125,9 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
             self._metrics.authz_seconds.observe(time.perf_counter() - started)
         if isinstance(decision, Deny):
             self._metrics.authz_decisions.labels("deny", policy.require, decision.code).inc()
-            return denied(decision.status, decision.code, decision.message, request_id)
+            return denied(
+                decision.status, decision.code, decision.message, request_id, policy.require
+            )
         method = decision.identity.method if decision.identity else "none"
         self._metrics.authz_decisions.labels("allow", method, "ok").inc()
         return allowed(decision)

@@ -203,3 +203,12 @@ if ok then
 end
 return out
 """
+
+
+# Slide a session's idle expiry, only if the session still exists (a revoked one must not
+# come back as a stub). KEYS[1] = the session hash; ARGV[1] = the new idle expiry.
+TOUCH_SESSION_LUA = r"""
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'idle_expires_at', ARGV[1])
+end
+"""

@@ -20,7 +20,7 @@ from wardgate.domain.ports import (
     UserRecord,
 )
 from wardgate.errors import StoreError
-from wardgate.store.keys import RATE_LIMIT_LUA, Keys
+from wardgate.store.keys import RATE_LIMIT_LUA, TOUCH_SESSION_LUA, Keys
 from wardgate.store.redis_client import AnyRedis
 
 
@@ -135,11 +135,7 @@ class RedisSessionStore:
         try:
             # Only an existing session: a revoked one must not come back as a stub.
             await self._r.eval(
-                "if redis.call('EXISTS', KEYS[1]) == 1 then "
-                "redis.call('HSET', KEYS[1], 'idle_expires_at', ARGV[1]) end",
-                1,
-                self._k.session(id_hash),
-                repr(idle_expires_at),
+                TOUCH_SESSION_LUA, 1, self._k.session(id_hash), repr(idle_expires_at)
             )
         except RedisError as exc:
             raise StoreError(f"redis: {exc}") from exc
@@ -164,6 +160,7 @@ def _session(id_hash: str, raw: dict[str, str]) -> SessionRecord:
         roles=tuple(r for r in raw.get("roles", "").split(",") if r),
         created_at=float(raw.get("created_at", 0)),
         expires_at=float(raw.get("expires_at", 0)),
+        idle_expires_at=float(raw.get("idle_expires_at", 0)),
     )
 
 

@@ -68,6 +68,7 @@ class DocumentWatcher:
         self._memo = ParseMemo()
         self._issuers = issuers
         self._issuer_docs: dict[str, Any] = {}
+        self._catalog: Catalog | None = None
         self._last_raw: RawDocuments | None = None
         self._last_good: RawDocuments | None = None
         self._base: Base | None = None
@@ -85,11 +86,20 @@ class DocumentWatcher:
         revision = await self._store.revision()
         if raw == self._last_raw and self._cache.ready:
             self._metrics.snapshot_builds.labels("unchanged").inc()
+            if self._catalog is not None and any(
+                i.jwks_file for i in self._catalog.issuers.values()
+            ):
+                # Key files change without their documents (key rotation): re-read them.
+                refused = dict(self._catalog.refused)
+                self._load_issuers(self._catalog, force=True)
+                if self._catalog.refused != refused:
+                    await self._publish_refused(self._catalog.refused)
             return await self.refresh_instances()
         if self._last_good is None:  # once per connection; then kept in memory
             self._last_good = await self._store.load_last_good()
         catalog = Catalog.from_raw(raw, self._last_good, memo=self._memo)
         await self._store.save_last_good(catalog.served, self._last_good)
+        self._catalog = catalog
         self._load_issuers(catalog)
         self._last_good = {
             kind: {n: v for (k, n), v in catalog.served.items() if k == kind} for kind in KIND_ORDER
@@ -109,6 +119,7 @@ class DocumentWatcher:
         self._metrics.snapshot_builds.labels("changed" if changed else "unchanged").inc()
         self._metrics.documents.labels("Route").set(len(catalog.routes))
         self._metrics.documents.labels("Service").set(len(catalog.services))
+        self._metrics.documents.labels("Issuer").set(len(catalog.issuers))
         self._metrics.documents_refused.set(len(catalog.refused))
         await self._publish_refused(catalog.refused)
         if changed:
@@ -121,21 +132,32 @@ class DocumentWatcher:
             )
         return changed
 
-    def _load_issuers(self, catalog: Catalog) -> None:
+    def _load_issuers(self, catalog: Catalog, *, force: bool = False) -> None:
         """Give the authorizer a verifier for the current Issuer documents. An issuer whose
-        keys cannot be loaded (a missing file or env var) is refused like a bad document."""
+        keys cannot be loaded (a missing file or env var), or that repeats another's ``iss``,
+        is refused like a bad document."""
         if self._issuers is None:
             return
-        if catalog.issuers == self._issuer_docs and not any(
-            k.startswith("Issuer/") for k in self.refused
+        if (
+            not force
+            and catalog.issuers == self._issuer_docs
+            and not any(k.startswith("Issuer/") for k in self.refused)
         ):
             return
         trusted = []
+        by_iss: dict[str, str] = {}
         for name, doc in sorted(catalog.issuers.items()):
+            catalog.refused.pop(f"Issuer/{name}", None)
+            if doc.issuer in by_iss:
+                catalog.refused[f"Issuer/{name}"] = (
+                    f"iss {doc.issuer} is already trusted through issuer {by_iss[doc.issuer]}"
+                )
+                continue
             try:
                 trusted.append(
                     trusted_issuer(doc, environ=os.environ, read_text=lambda p: Path(p).read_text())
                 )
+                by_iss[doc.issuer] = name
             except ValueError as exc:
                 catalog.refused[f"Issuer/{name}"] = str(exc)
         self._issuers.verifier = JwtVerifier(trusted)
@@ -198,13 +220,17 @@ class DocumentWatcher:
         if not self._manage_events:
             return False
         try:
-            current = (await self._redis.config_get("notify-keyspace-events")).get(
+            # Under Redis Cluster: the node holding the documents is the one to configure.
+            target: dict[str, Any] = {}
+            if isinstance(self._redis, RedisCluster):
+                target = {"target_nodes": self._redis.get_node_from_key(self._keys.routes)}
+            current = (await self._redis.config_get("notify-keyspace-events", **target)).get(
                 "notify-keyspace-events", ""
             )
             flags = set(current)
             if not {"K", "h"} <= flags and not {"K", "A"} <= flags:
                 await self._redis.config_set(
-                    "notify-keyspace-events", "".join(sorted(flags | {"K", "h", "g"}))
+                    "notify-keyspace-events", "".join(sorted(flags | {"K", "h", "g"})), **target
                 )
             return True
         except RedisError as exc:
