@@ -147,6 +147,8 @@ class RateLimiter:
             verdicts.append(Verdict(req, out.allowed, out.remaining, reset_s))
             if not out.allowed and not req.shadow:
                 allowed = False
-                if len(self._over) < self._max_over:
+                # A sliding window's estimate falls as time passes within the window: its
+                # refusal says nothing about the next request. Fixed windows and GCRA do.
+                if req.algorithm != "sliding_window" and len(self._over) < self._max_over:
                     self._over[check.key] = now_ms + out.reset_ms
         return Decision(allowed, verdicts)
