@@ -171,3 +171,22 @@ def test_limits_in_several_slots_refuse_without_spending(cluster_stack: Stack) -
         assert int(c.get(ip_key)) == 3  # the refused requests spent nothing from the ip limit
     finally:
         c.close()
+
+
+def test_sessions_spread_over_the_cluster_while_documents_share_a_slot(
+    cluster_stack: Stack,
+) -> None:
+    s = cluster_stack
+    c = cluster_client(s)
+    try:
+        doc_slots = {
+            c.keyslot(k) for k in ("{wg}:routes", "{wg}:services", "{wg}:history", "{wg}:revision")
+        }
+        assert len(doc_slots) == 1
+        sessions = [k for k in c.scan_iter(match="wg:session:*")]
+        assert sessions, "a session exists from the earlier test"
+        keys = Keys("{wg}:")
+        assert keys.session("a" * 64).startswith("wg:session:")
+        assert len({c.keyslot(keys.session(f"{i:064x}")) for i in range(20)}) > 1
+    finally:
+        c.close()

@@ -63,8 +63,7 @@ class Keys:
 
     def refused_clients(self, rule: str, minute: int) -> str:
         """HyperLogLog of the clients one rule refused in one minute."""
-        prefix = self.prefix.replace("{", "").replace("}", "")
-        return f"{prefix}rl:refused:{{{rule}}}:{minute}"
+        return f"{self.spread}rl:refused:{{{rule}}}:{minute}"
 
     # -- service registry --
     def registry(self, service: str) -> str:
@@ -83,17 +82,23 @@ class Keys:
         """Hash: user name -> JSON {password_hash, roles}."""
         return f"{self.prefix}users"
 
+    @property
+    def spread(self) -> str:
+        """The prefix without its hash tag, for keys that should spread over a cluster's
+        slots (one per session, counter, ...) rather than sit in the documents' slot."""
+        return self.prefix.replace("{", "").replace("}", "")
+
     def session(self, id_hash: str) -> str:
         """Hash of one session, keyed by the SHA-256 of its id (never the id itself)."""
-        return f"{self.prefix}session:{id_hash}"
+        return f"{self.spread}session:{id_hash}"
 
     def user_sessions(self, user: str) -> str:
         """Set of session id hashes of one user, for revoke-all and listing."""
-        return f"{self.prefix}user_sessions:{user}"
+        return f"{self.spread}user_sessions:{user}"
 
     def login_failures(self, user: str) -> str:
         """Counter of failed logins for one user name, expiring with its window."""
-        return f"{self.prefix}login_failures:{hashlib.sha256(user.encode()).hexdigest()}"
+        return f"{self.spread}login_failures:{hashlib.sha256(user.encode()).hexdigest()}"
 
     @property
     def sessions_channel(self) -> str:
@@ -118,9 +123,8 @@ class Keys:
     # -- rate limiting --
     def counter(self, rule: str, value: str, window: int) -> str:
         # The hash tag holds rule and client, so counters spread over a cluster's slots. A
-        # prefix's own tag ({wardgate}:) would win (Redis hashes the first {...}): drop it here.
-        prefix = self.prefix.replace("{", "").replace("}", "")
-        return f"{prefix}rl:{{{rule}|{value}}}:{window}"
+        # prefix's own tag ({wardgate}:) would win (Redis hashes the first {...}): dropped.
+        return f"{self.spread}rl:{{{rule}|{value}}}:{window}"
 
 
 # Check-then-commit over several limits in one round trip.
