@@ -97,12 +97,59 @@ def _duration(value: Any) -> str:
 
 
 class Match(_Doc):
-    prefix: str | None = None
-    path: str | None = None
-    regex: str | None = None
-    methods: list[str] | None = None
-    headers: dict[str, str] | None = None
-    hosts: list[str] | None = None
+    """Which requests a route takes (Envoy ``route.match``). Exactly one of ``prefix``,
+    ``path`` or ``regex`` is required; ``methods``, ``headers`` and ``hosts`` narrow the
+    match, and every condition given must hold."""
+
+    prefix: str | None = Field(
+        default=None,
+        description=(
+            "Path prefix: starts with '/', holds no '?', '#' or space. Without a trailing '/' "
+            "it becomes Envoy's path_separated_prefix ('/api/users' matches /api/users and "
+            "/api/users/42, not /api/usersX); ending in '/' a plain prefix ('/' matches every "
+            "path). Exactly one of prefix, path or regex."
+        ),
+    )
+    path: str | None = Field(
+        default=None,
+        description=(
+            "Exact path (Envoy match.path), same character rules as prefix. Exactly one of "
+            "prefix, path or regex."
+        ),
+    )
+    regex: str | None = Field(
+        default=None,
+        description=(
+            "RE2 regex the whole path (without the query string) must match (Envoy "
+            "match.safe_regex). Refused if RE2 rejects it or its program size is over 100. "
+            "Exactly one of prefix, path or regex."
+        ),
+    )
+    methods: list[str] | None = Field(
+        default=None,
+        description=(
+            "HTTP methods the route takes, upper-cased: GET, HEAD, POST, PUT, PATCH, DELETE, "
+            "OPTIONS, CONNECT, TRACE (a ':method' header matcher in Envoy; OPTIONS is added "
+            "when the route has cors, for preflights). Unset: any method."
+        ),
+    )
+    headers: dict[str, str] | None = Field(
+        default=None,
+        description=(
+            "Request headers that must be present with exactly this value (Envoy header "
+            "matcher, string_match.exact). Names are lower-cased HTTP tokens; x-user-id, "
+            "x-user-roles, x-auth-method, x-request-id, cookie, authorization and x-api-key "
+            "cannot be named."
+        ),
+    )
+    hosts: list[str] | None = Field(
+        default=None,
+        description=(
+            "Host names the Host/:authority header must be one of, with any port (an "
+            "':authority' regex matcher in Envoy). A leading '*.' matches any subdomain, not "
+            "the bare domain; names are lower-cased. Unset: any host."
+        ),
+    )
 
     @model_validator(mode="after")
     def _one_path_matcher(self) -> Match:
@@ -160,14 +207,44 @@ class Match(_Doc):
 
 
 class WeightedBackend(_Doc):
-    service: Name
-    weight: int = Field(ge=0, le=10000)
+    """One service of a route's traffic split (an entry of Envoy's
+    ``weighted_clusters.clusters``)."""
+
+    service: Name = Field(
+        description="Name of the Service document (the Envoy cluster) that gets this share."
+    )
+    weight: int = Field(
+        ge=0,
+        le=10000,
+        description=(
+            "Relative share of the traffic, 0 to 10000 (Envoy cluster weight). The weights of "
+            "a route's backends must add up to more than 0."
+        ),
+    )
 
 
 class Retries(_Doc):
-    attempts: int = Field(ge=0, le=10)
-    on: list[str] = Field(default_factory=lambda: ["5xx", "reset", "connect-failure"])
-    per_try_timeout: str | None = None
+    """Retry policy of a route (Envoy ``route.retry_policy``)."""
+
+    attempts: int = Field(
+        ge=0, le=10, description="Retries after the first try, 0 to 10 (Envoy num_retries)."
+    )
+    on: list[str] = Field(
+        default_factory=lambda: ["5xx", "reset", "connect-failure"],
+        description=(
+            "When to retry (Envoy retry_on, comma-joined): 5xx, gateway-error, reset, "
+            "connect-failure, retriable-4xx, refused-stream, retriable-status-codes, "
+            "http3-post-connect-failure. Default: [5xx, reset, connect-failure]."
+        ),
+    )
+    per_try_timeout: str | None = Field(
+        default=None,
+        description=(
+            "Timeout of each try, a duration such as '250ms' or '2s' (more than 0, at most "
+            "1d; Envoy per_try_timeout). Unset: each try is bounded only by the route's "
+            "timeout."
+        ),
+    )
 
     @field_validator("on")
     @classmethod
@@ -181,9 +258,25 @@ class Retries(_Doc):
 
 
 class Auth(_Doc):
-    require: Literal["none", "session", "jwt", "api_key", "any"] = "none"
+    """Who may pass a route. Unless ``require`` is ``none``, the route's policy travels to
+    wardgate's ext_authz in the per-route ``check_settings.context_extensions``."""
+
+    require: Literal["none", "session", "jwt", "api_key", "any"] = Field(
+        default="none",
+        description=(
+            "The credential the route accepts: none (public route: ext_authz is off, no "
+            "identity), session (the wg_session cookie), jwt ('authorization: Bearer' token "
+            "signed by a trusted Issuer), api_key (the x-api-key header) or any of the three. "
+            "Default: none."
+        ),
+    )
     roles: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]] = Field(
-        default_factory=list
+        default_factory=list,
+        description=(
+            "Role names (^[A-Za-z0-9._:-]{1,64}$); the caller needs at least one of them, "
+            "otherwise 403 forbidden. Not allowed with require none. Default: [] (any "
+            "authenticated caller)."
+        ),
     )
 
     @model_validator(mode="after")
@@ -201,14 +294,58 @@ class RateLimit(_Doc):
     (``[user, header:x-tenant]``: per user per tenant); every rule also counts per route
     unless ``key`` names a counter shared by the routes that use the same key."""
 
-    by: str | list[str]
-    requests: int = Field(ge=1, le=10**9)
-    per: str
-    algorithm: Literal["fixed_window", "sliding_window", "token_bucket"] = "fixed_window"
-    shadow: bool = False
+    by: str | list[str] = Field(
+        description=(
+            "What is counted separately: one dimension, or a list of 1 to 4 different ones "
+            "(each combination counted apart). A dimension is ip (the client address, Envoy "
+            "remote_address), user (the identity from ext_authz), api_key (the key's name), "
+            "route (one counter for all clients) or header:NAME (the request header NAME). "
+            "A rule whose user, api_key or header has no value does not apply."
+        )
+    )
+    requests: int = Field(
+        ge=1,
+        le=10**9,
+        description=(
+            "Requests allowed per period, 1 to 10^9 (API keys of a tier listed in tiers get "
+            "that tier's number instead)."
+        ),
+    )
+    per: str = Field(
+        description=(
+            "The period: second, minute, hour, day, or a duration that is a whole number of "
+            "seconds, at least 1s (such as '30s' or '5m')."
+        )
+    )
+    algorithm: Literal["fixed_window", "sliding_window", "token_bucket"] = Field(
+        default="fixed_window",
+        description=(
+            "Counting method, in wardgate's rate-limit service: fixed_window, sliding_window "
+            "or token_bucket. Default: fixed_window."
+        ),
+    )
+    shadow: bool = Field(
+        default=False,
+        description="Count and report, but never refuse a request. Default: false.",
+    )
     # Per API key tier: requests for keys of that tier (others get ``requests``).
-    tiers: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$")], int] | None = None
-    key: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")] | None = None
+    tiers: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$")], int] | None = Field(
+        default=None,
+        description=(
+            "A different requests (1 to 10^9) for API keys of each tier named (tier names "
+            "like role names). The tier comes from ext_authz ('default' for a key without one "
+            "and for requests without an API key); tiers not listed get requests. The tier "
+            "does not split the count."
+        ),
+    )
+    key: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")] | None = Field(
+        default=None,
+        description=(
+            "A counter shared by every rule, on any route, naming the same key (rule id "
+            "key:<key> instead of <route>#<index>); give such rules the same numbers and by. "
+            "Unset: the rule counts for its route alone."
+        ),
+    )
 
     @field_validator("by")
     @classmethod
@@ -251,12 +388,47 @@ class RateLimit(_Doc):
 
 
 class Cors(_Doc):
-    allow_origins: list[str]
-    allow_methods: list[str] | None = None
-    allow_headers: list[str] | None = None
-    expose_headers: list[str] | None = None
-    allow_credentials: bool = False
-    max_age: str | None = None
+    """CORS policy of a route: a per-route Envoy ``CorsPolicy``, applied by Envoy's CORS filter
+    (which answers preflights before RBAC, ext_authz and rate limiting)."""
+
+    allow_origins: list[str] = Field(
+        description=(
+            "Allowed origins: '*' alone, or origins such as https://app.example.com "
+            "(http(s)://host[:port]), compared exactly (Envoy allow_origin_string_match; '*' "
+            "becomes the regex '.*'). Origins other than '*' also pass the CSRF check."
+        )
+    )
+    allow_methods: list[str] | None = Field(
+        default=None,
+        description=(
+            "Methods allowed cross-origin (Envoy allow_methods, comma-joined). Unset: the "
+            "route's match.methods."
+        ),
+    )
+    allow_headers: list[str] | None = Field(
+        default=None,
+        description="Request headers allowed cross-origin (Envoy allow_headers, comma-joined).",
+    )
+    expose_headers: list[str] | None = Field(
+        default=None,
+        description=(
+            "Response headers exposed to the browser (Envoy expose_headers, comma-joined)."
+        ),
+    )
+    allow_credentials: bool = Field(
+        default=False,
+        description=(
+            "Allow credentials such as cookies cross-origin (Envoy allow_credentials). "
+            "Default: false."
+        ),
+    )
+    max_age: str | None = Field(
+        default=None,
+        description=(
+            "How long a browser may cache a preflight answer, a duration such as '10m' "
+            "(more than 0, at most 1d); sent to Envoy (max_age) in whole seconds."
+        ),
+    )
 
     @field_validator("allow_origins")
     @classmethod
@@ -281,22 +453,111 @@ def _cidrs(value: list[str] | None) -> list[str] | None:
 
 
 class Route(_Doc):
-    kind: Literal["Route"] = "Route"
-    name: Name
-    match: Match
-    backend: Name | None = None
-    backends: list[WeightedBackend] | None = None
-    priority: int = Field(default=0, ge=-1000, le=1000)
-    rewrite_prefix: str | None = None
-    timeout: str | None = None
-    retries: Retries | None = None
-    auth: Auth = Field(default_factory=Auth)
-    rate_limits: list[RateLimit] = Field(default_factory=list, max_length=16)
-    cors: Cors | None = None
-    ip_deny: list[str] | None = None
-    ip_allow: list[str] | None = None
-    max_body_bytes: int | None = Field(default=None, ge=1, le=1 << 30)
-    websocket: bool = False
+    """A Route document: which requests go to which service, and the policies on the way.
+    Each route becomes one route of Envoy's route configuration ``wardgate_routes``."""
+
+    kind: Literal["Route"] = Field(default="Route", description="Document kind: Route.")
+    name: Name = Field(
+        description=(
+            "Unique route name: 1 to 63 lower-case letters, digits, '.', '_' or '-', starting "
+            "and ending with a letter or digit; names starting with 'wardgate' are reserved. "
+            "Also the Envoy route name and the start of its rate-limit rule ids."
+        )
+    )
+    match: Match = Field(description="Which requests this route takes (Envoy route.match).")
+    backend: Name | None = Field(
+        default=None,
+        description=(
+            "The one Service to send requests to (Envoy route.cluster). Exactly one of "
+            "backend or backends."
+        ),
+    )
+    backends: list[WeightedBackend] | None = Field(
+        default=None,
+        description=(
+            "Traffic split between services (Envoy route.weighted_clusters): at least one, "
+            "no service twice, weights adding up to more than 0. Exactly one of backend or "
+            "backends."
+        ),
+    )
+    priority: int = Field(
+        default=0,
+        ge=-1000,
+        le=1000,
+        description=(
+            "-1000 to 1000: a route with a higher value is tried earlier. Default: 0 (equal "
+            "priorities: exact paths, then regexes, then prefixes, longer ones first)."
+        ),
+    )
+    rewrite_prefix: str | None = Field(
+        default=None,
+        description=(
+            "Replaces the matched match.prefix before the request goes upstream (Envoy "
+            "prefix_rewrite). Starts with '/'; needs match.prefix."
+        ),
+    )
+    timeout: str | None = Field(
+        default=None,
+        description=(
+            "Timeout of the whole upstream request, a duration such as '250ms', '5s' or '1m' "
+            "(more than 0, at most 1d; Envoy route.timeout). Unset: 15s."
+        ),
+    )
+    retries: Retries | None = Field(
+        default=None,
+        description="Retry policy (Envoy route.retry_policy). Unset: no retries.",
+    )
+    auth: Auth = Field(
+        default_factory=Auth,
+        description=(
+            "Who may pass (per-route ext_authz configuration). Default: require none, a "
+            "public route."
+        ),
+    )
+    rate_limits: list[RateLimit] = Field(
+        default_factory=list,
+        max_length=16,
+        description=(
+            "Rate limits, at most 16, each one entry of Envoy's route.rate_limits judged by "
+            "wardgate's rate-limit service; a refused request gets 429. Default: none."
+        ),
+    )
+    cors: Cors | None = Field(
+        default=None,
+        description="CORS policy (per-route Envoy CorsPolicy). Unset: no CORS policy.",
+    )
+    ip_deny: list[str] | None = Field(
+        default=None,
+        description=(
+            "IP addresses or CIDR blocks (IPv4 or IPv6; host bits ignored) refused on this "
+            "route with 403 (per-route Envoy RBAC on the client's remote_ip)."
+        ),
+    )
+    ip_allow: list[str] | None = Field(
+        default=None,
+        description=(
+            "IP addresses or CIDR blocks (IPv4 or IPv6; host bits ignored) that alone may use "
+            "this route, less those in ip_deny; others get 403 (per-route Envoy RBAC ALLOW "
+            "policy on the client's remote_ip)."
+        ),
+    )
+    max_body_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        le=1 << 30,
+        description=(
+            "Largest request body in bytes, 1 to 2^30: turns on Envoy's buffer filter for "
+            "this route (max_request_bytes), so the body is buffered and a larger one gets "
+            "413. Unset: the body streams, no limit."
+        ),
+    )
+    websocket: bool = Field(
+        default=False,
+        description=(
+            "Allow WebSocket upgrades (Envoy route upgrade_configs, upgrade_type websocket). "
+            "Default: false."
+        ),
+    )
 
     _timeout = field_validator("timeout")(classmethod(lambda cls, v: v and _duration(v)))
     _ip = field_validator("ip_deny", "ip_allow")(classmethod(lambda cls, v: _cidrs(v)))
@@ -327,48 +588,221 @@ class Route(_Doc):
 
 
 class Endpoint(_Doc):
-    address: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:-]+$")
-    port: int = Field(ge=1, le=65535)
-    weight: int = Field(default=1, ge=1, le=128)
+    """One host of a static service (an Envoy ``lb_endpoint``)."""
+
+    address: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^[A-Za-z0-9.:-]+$",
+        description=(
+            "IP address or host name (Envoy socket_address.address). When any endpoint of the "
+            "service is a host name, the cluster is STRICT_DNS and Envoy resolves the names; "
+            "otherwise the endpoints go by EDS."
+        ),
+    )
+    port: int = Field(ge=1, le=65535, description="TCP port, 1 to 65535 (Envoy port_value).")
+    weight: int = Field(
+        default=1,
+        ge=1,
+        le=128,
+        description=(
+            "Relative share of the traffic, 1 to 128 (Envoy load_balancing_weight). Default: 1."
+        ),
+    )
 
 
 class HealthCheck(_Doc):
-    path: str = "/healthz"
-    interval: str = "5s"
-    timeout: str = "1s"
-    unhealthy_threshold: int = Field(default=2, ge=1, le=100)
-    healthy_threshold: int = Field(default=1, ge=1, le=100)
+    """Active health checking of a service's hosts (the Envoy cluster's
+    ``health_checks[0]``)."""
+
+    path: str = Field(
+        default="/healthz",
+        description=(
+            "Path requested (Envoy http_health_check.path). Unused with protocol grpc, which "
+            "checks the standard gRPC health service (grpc_health_check). Default: /healthz."
+        ),
+    )
+    interval: str = Field(
+        default="5s",
+        description=(
+            "Time between checks, a duration such as '5s' (more than 0, at most 1d; Envoy "
+            "interval and no_traffic_interval). Default: 5s."
+        ),
+    )
+    timeout: str = Field(
+        default="1s",
+        description=(
+            "Time to wait for a check's answer, a duration such as '1s' (more than 0, at most "
+            "1d; Envoy timeout). Default: 1s."
+        ),
+    )
+    unhealthy_threshold: int = Field(
+        default=2,
+        ge=1,
+        le=100,
+        description=(
+            "Failed checks in a row before a host is marked unhealthy, 1 to 100 (Envoy "
+            "unhealthy_threshold). Default: 2."
+        ),
+    )
+    healthy_threshold: int = Field(
+        default=1,
+        ge=1,
+        le=100,
+        description=(
+            "Passed checks in a row before an unhealthy host is marked healthy again, 1 to "
+            "100 (Envoy healthy_threshold). Default: 1."
+        ),
+    )
 
     _d = field_validator("interval", "timeout")(classmethod(lambda cls, v: _duration(v)))
 
 
 class CircuitBreaker(_Doc):
-    max_connections: int | None = Field(default=None, ge=1)
-    max_pending_requests: int | None = Field(default=None, ge=1)
-    max_requests: int | None = Field(default=None, ge=1)
-    max_retries: int | None = Field(default=None, ge=0)
+    """Connection and request caps of a service: the fields set become Envoy's
+    ``circuit_breakers.thresholds[0]`` (default priority). Fields left unset keep Envoy's
+    defaults; with none set, no ``circuit_breakers`` block is sent."""
+
+    max_connections: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Most connections to the service's hosts, at least 1 (Envoy max_connections). "
+            "Unset: Envoy's default (1024)."
+        ),
+    )
+    max_pending_requests: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Most requests waiting for a connection, at least 1 (Envoy max_pending_requests). "
+            "Unset: Envoy's default (1024)."
+        ),
+    )
+    max_requests: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Most requests in flight to the service at once, at least 1 (Envoy max_requests). "
+            "Unset: Envoy's default (1024)."
+        ),
+    )
+    max_retries: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Most retries in flight to the service at once, 0 or more (Envoy max_retries). "
+            "Unset: Envoy's default (3)."
+        ),
+    )
 
 
 class OutlierDetection(_Doc):
-    consecutive_5xx: int = Field(default=5, ge=1)
-    interval: str = "10s"
-    base_ejection_time: str = "30s"
-    max_ejection_percent: int = Field(default=50, ge=1, le=100)
+    """Ejection of a service's failing hosts (the Envoy cluster's ``outlier_detection``)."""
+
+    consecutive_5xx: int = Field(
+        default=5,
+        ge=1,
+        description=(
+            "5xx answers in a row after which a host is ejected, at least 1 (Envoy "
+            "consecutive_5xx). Default: 5."
+        ),
+    )
+    interval: str = Field(
+        default="10s",
+        description=(
+            "Time between ejection analysis sweeps, a duration such as '10s' (more than 0, at "
+            "most 1d; Envoy interval). Default: 10s."
+        ),
+    )
+    base_ejection_time: str = Field(
+        default="30s",
+        description=(
+            "Base time a host stays ejected, multiplied by the number of times it has been "
+            "ejected; a duration such as '30s' (more than 0, at most 1d; Envoy "
+            "base_ejection_time). Default: 30s."
+        ),
+    )
+    max_ejection_percent: int = Field(
+        default=50,
+        ge=1,
+        le=100,
+        description=(
+            "Largest share of the service's hosts ejected at once, 1 to 100 percent (Envoy "
+            "max_ejection_percent). Default: 50."
+        ),
+    )
 
     _d = field_validator("interval", "base_ejection_time")(classmethod(lambda cls, v: _duration(v)))
 
 
 class Service(_Doc):
-    kind: Literal["Service"] = "Service"
-    name: Name
-    protocol: Literal["http", "http2", "grpc"] = "http"
-    endpoints: list[Endpoint] | None = None
-    discovery: Literal["static", "registry"] = "static"
-    lb: Literal["round_robin", "least_request", "random", "ring_hash", "maglev"] = "round_robin"
-    connect_timeout: str = "1s"
-    health_check: HealthCheck | None = None
-    circuit_breaker: CircuitBreaker | None = None
-    outlier_detection: OutlierDetection | None = None
+    """A Service document: an upstream service and how Envoy reaches it. Each service becomes
+    one Envoy ``Cluster`` of the same name (type EDS, or STRICT_DNS when an endpoint is a host
+    name)."""
+
+    kind: Literal["Service"] = Field(default="Service", description="Document kind: Service.")
+    name: Name = Field(
+        description=(
+            "Unique service name, also the Envoy cluster name: 1 to 63 lower-case letters, "
+            "digits, '.', '_' or '-', starting and ending with a letter or digit; names "
+            "starting with 'wardgate' are reserved."
+        )
+    )
+    protocol: Literal["http", "http2", "grpc"] = Field(
+        default="http",
+        description=(
+            "Upstream protocol: http, http2 or grpc. http2 and grpc use HTTP/2 (Envoy "
+            "HttpProtocolOptions explicit_http_config.http2_protocol_options); grpc also "
+            "health-checks with the gRPC health service. Default: http."
+        ),
+    )
+    endpoints: list[Endpoint] | None = Field(
+        default=None,
+        description=(
+            "Where the service runs (one Envoy locality of lb_endpoints, by EDS or inline for "
+            "STRICT_DNS). At least one with discovery static; left out with discovery "
+            "registry."
+        ),
+    )
+    discovery: Literal["static", "registry"] = Field(
+        default="static",
+        description=(
+            "static: the endpoints listed. registry: the instances currently sending "
+            "heartbeats (POST /registry/heartbeat or wardgate register), by EDS. "
+            "Default: static."
+        ),
+    )
+    lb: Literal["round_robin", "least_request", "random", "ring_hash", "maglev"] = Field(
+        default="round_robin",
+        description=(
+            "Load-balancing policy (Envoy lb_policy): round_robin, least_request, random, "
+            "ring_hash or maglev; with ring_hash or maglev the routes to the service hash on "
+            "the client's source IP. Default: round_robin."
+        ),
+    )
+    connect_timeout: str = Field(
+        default="1s",
+        description=(
+            "TCP connect timeout, a duration such as '250ms' or '1s' (more than 0, at most 1d; "
+            "Envoy connect_timeout). Default: 1s."
+        ),
+    )
+    health_check: HealthCheck | None = Field(
+        default=None,
+        description="Active health checking (Envoy health_checks[0]). Unset: none.",
+    )
+    circuit_breaker: CircuitBreaker | None = Field(
+        default=None,
+        description=(
+            "Connection and request caps (Envoy circuit_breakers.thresholds[0]). Unset: "
+            "Envoy's defaults."
+        ),
+    )
+    outlier_detection: OutlierDetection | None = Field(
+        default=None,
+        description="Ejection of failing hosts (Envoy outlier_detection). Unset: none.",
+    )
 
     _ct = field_validator("connect_timeout")(classmethod(lambda cls, v: _duration(v)))
 
@@ -394,16 +828,75 @@ class Issuer(_Doc):
     """A trusted JWT issuer: tokens it signs are accepted on routes with ``auth.require``
     ``jwt`` or ``any``."""
 
-    kind: Literal["Issuer"] = "Issuer"
-    name: Name
-    issuer: str = Field(min_length=1, max_length=512)
-    audiences: list[Annotated[str, Field(min_length=1, max_length=512)]] = Field(min_length=1)
-    jwks_file: str | None = Field(default=None, min_length=1, max_length=4096)
-    jwks: dict[str, Any] | None = None
-    hs256_secret_env: str | None = Field(default=None, pattern=ENV_NAME_RE)
-    roles_claim: str = Field(default="roles", pattern=CLAIM_RE)
-    user_claim: str = Field(default="sub", pattern=CLAIM_RE)
-    clock_skew: str = "30s"
+    kind: Literal["Issuer"] = Field(default="Issuer", description="Document kind: Issuer.")
+    name: Name = Field(
+        description=(
+            "Unique issuer name (same rules as a route name; names starting with 'wardgate' "
+            "are reserved). Not used in tokens."
+        )
+    )
+    issuer: str = Field(
+        min_length=1,
+        max_length=512,
+        description=(
+            "The token's iss claim must equal this. One iss is trusted through one Issuer "
+            "only: a later one (in name order) with the same value is refused."
+        ),
+    )
+    audiences: list[Annotated[str, Field(min_length=1, max_length=512)]] = Field(
+        min_length=1,
+        description="At least one audience; the token's aud claim must name one of these.",
+    )
+    jwks_file: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description=(
+            "Path of a JWKS file on each host running wardgate serve, re-read every "
+            "resync_interval; its RS256 and ES256 (P-256) signing keys are used. Exactly one "
+            "of jwks_file, jwks or hs256_secret_env."
+        ),
+    )
+    jwks: dict[str, Any] | None = Field(
+        default=None,
+        description=(
+            'An inline JWKS ({"keys": [...]}) holding at least one RS256 or ES256 (P-256) '
+            "signing key, checked when the document is validated. Exactly one of jwks_file, "
+            "jwks or hs256_secret_env."
+        ),
+    )
+    hs256_secret_env: str | None = Field(
+        default=None,
+        pattern=ENV_NAME_RE,
+        description=(
+            "Name of the environment variable of wardgate serve holding the HS256 shared "
+            "secret (32 characters or more). Exactly one of jwks_file, jwks or "
+            "hs256_secret_env."
+        ),
+    )
+    roles_claim: str = Field(
+        default="roles",
+        pattern=CLAIM_RE,
+        description=(
+            "Claim holding the roles: a list of strings, or one string of names separated by "
+            "spaces or commas; missing means no roles; at most 64 are kept. Default: roles."
+        ),
+    )
+    user_claim: str = Field(
+        default="sub",
+        pattern=CLAIM_RE,
+        description=(
+            "Claim holding the user, a string of 1 to 256 characters sent upstream as "
+            "x-user-id. Default: sub."
+        ),
+    )
+    clock_skew: str = Field(
+        default="30s",
+        description=(
+            "Leeway when checking exp, nbf and iat, a duration such as '30s', at most 10m. "
+            "Default: 30s."
+        ),
+    )
 
     @field_validator("clock_skew")
     @classmethod
