@@ -753,8 +753,8 @@ class Service(_Doc):
         default="http",
         description=(
             "Upstream protocol: http, http2 or grpc. http2 and grpc use HTTP/2 (Envoy "
-            "HttpProtocolOptions explicit_http_config.http2_protocol_options); grpc also "
-            "health-checks with the gRPC health service. Default: http."
+            "HttpProtocolOptions explicit_http_config.http2_protocol_options); a grpc "
+            "service's health_check uses the gRPC health service. Default: http."
         ),
     )
     endpoints: list[Endpoint] | None = Field(
