@@ -44,9 +44,10 @@ from wardgate.store.redis_store import (
 )
 from wardgate.store.registry import RedisRegistryStore
 from wardgate.xds.ads import AggregatedDiscoveryService
+from wardgate.xds.listener import build_listener
 from wardgate.xds.nodes import NodeRegistry
 from wardgate.xds.snapshot import NodeGroup, SnapshotCache
-from wardgate.xds.translate import TranslateOptions, build_listener
+from wardgate.xds.translate import TranslateOptions
 from wardgate.xds.watcher import DocumentWatcher
 
 log = logging.getLogger("wardgate")

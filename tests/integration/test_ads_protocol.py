@@ -19,6 +19,7 @@ from google.rpc import status_pb2
 from wardgate import devstack
 from wardgate.metrics import create_metrics
 from wardgate.xds.ads import AggregatedDiscoveryService
+from wardgate.xds.listener import build_listener
 from wardgate.xds.nodes import NodeRegistry
 from wardgate.xds.snapshot import (
     TYPE_CLUSTER,
@@ -28,7 +29,7 @@ from wardgate.xds.snapshot import (
     Snapshot,
     SnapshotCache,
 )
-from wardgate.xds.translate import TranslateOptions, build_listener
+from wardgate.xds.translate import TranslateOptions
 
 pytestmark = pytest.mark.integration
 

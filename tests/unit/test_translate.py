@@ -22,12 +22,12 @@ from wardgate.domain.catalog import Catalog
 from wardgate.domain.documents import Route, Service, host_regex, parse_document
 from wardgate.domain.ratelimit import RULE_KEY, encode_rule, parse_descriptor
 from wardgate.xds.assemble import build_base, build_route_configuration
+from wardgate.xds.listener import build_listener
 from wardgate.xds.translate import (
     HTTP_CLUSTER,
     ROUTE_CONFIG_NAME,
     TranslateOptions,
     build_cluster,
-    build_listener,
     virtual_host_head,
 )
 

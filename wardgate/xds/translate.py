@@ -1,4 +1,4 @@
-"""Documents -> Envoy resources (clusters, one route configuration, the listener).
+"""Documents -> Envoy resources: clusters, endpoints, routes (the listener: listener.py).
 
 Resources are built as plain dicts in Envoy's JSON form (readable, diffable, the same shape as
 Envoy's documentation) and parsed into protobuf messages once. Route order is explicit:
@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import json
 import re
 from typing import Any
 
 # Importing these registers the message types that "@type" below refers to.
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
-from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.http.buffer.v3 import buffer_pb2  # noqa: F401
 from envoy.extensions.filters.http.cors.v3 import cors_pb2  # noqa: F401
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2  # noqa: F401
@@ -47,28 +45,6 @@ F_RBAC = "envoy.filters.http.rbac"
 F_BUFFER = "envoy.filters.http.buffer"
 F_LUA = "envoy.filters.http.lua"
 T_LUA_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute"
-
-
-def strip_cookie_lua(name: str) -> str:
-    """Lua for Envoy: remove cookie ``name`` from the request's Cookie header."""
-    return f"""
-local target = {json.dumps(name)}
-function envoy_on_request(handle)
-  local headers = handle:headers()
-  local cookie = headers:get("cookie")
-  if cookie == nil or string.find(cookie, target, 1, true) == nil then return end
-  local kept = {{}}
-  for part in string.gmatch(cookie, "[^;]+") do
-    local key = string.match(part, "^%s*([^=]-)%s*=")
-    if key ~= target then table.insert(kept, (string.gsub(part, "^%s+", ""))) end
-  end
-  if #kept == 0 then
-    headers:remove("cookie")
-  else
-    headers:replace("cookie", table.concat(kept, "; "))
-  end
-end
-"""
 
 
 T = "type.googleapis.com/"
@@ -463,148 +439,3 @@ def builtin_routes(opts: TranslateOptions) -> list[dict[str, Any]]:
             }
         )
     return out
-
-
-# --- listener -----------------------------------------------------------------------------
-
-
-def _error_body(code: str, message: str) -> dict[str, Any]:
-    return {
-        "json_format": {"error": code, "message": message, "request_id": "%REQ(X-REQUEST-ID)%"},
-        "content_type": "application/json",
-    }
-
-
-def _status_is(status: int) -> dict[str, Any]:
-    return {
-        "status_code_filter": {
-            "comparison": {
-                "op": "EQ",
-                "value": {"default_value": status, "runtime_key": f"wardgate.local_reply.{status}"},
-            }
-        }
-    }
-
-
-def _mapper(
-    status: int, code: str | None, message: str = "", flag: str | None = None
-) -> dict[str, Any]:
-    filt: dict[str, Any] = _status_is(status)
-    if flag is not None:
-        filt = {"and_filter": {"filters": [filt, {"response_flag_filter": {"flags": [flag]}}]}}
-    mapper: dict[str, Any] = {"filter": filt}
-    if code is not None:  # None: the first match wins and keeps the body as it is
-        mapper["body_format_override"] = _error_body(code, message)
-    return mapper
-
-
-# Local replies Envoy makes itself get the JSON error body. The first matching mapper wins:
-# wardgate's own 401/403 denials (flag UAEX) already carry one and are kept as they are.
-LOCAL_REPLIES: list[tuple[int, str | None, str, str | None]] = [
-    (401, None, "", "UAEX"),
-    (403, None, "", "UAEX"),
-    (503, "unavailable", "authorization is unavailable; retry shortly", "UAEX"),
-    (400, "bad_request", "the request is malformed", None),
-    (403, "forbidden", "your address is not allowed on this route", None),
-    (404, "not_found", "no route matches this request", None),
-    (413, "payload_too_large", "the request body is larger than this route allows", None),
-    (429, "rate_limited", "too many requests; retry later", None),
-    (431, "headers_too_large", "the request headers are too large", None),
-    (500, "internal", "the gateway failed to handle this request", None),
-    (502, "bad_gateway", "the upstream service answered badly", None),
-    (503, "unavailable", "the upstream service is unavailable", None),
-    (504, "upstream_timeout", "the upstream service did not answer in time", None),
-]
-
-
-def build_listener(address: str, port: int, opts: TranslateOptions) -> listener_pb2.Listener:
-    grpc = {"envoy_grpc": {"cluster_name": GRPC_CLUSTER}}
-    filters = [
-        {
-            # First of all: whatever identity headers the client sent are dropped, so only
-            # ext_authz can set them, on every route, even when authorization fails open.
-            "name": "envoy.filters.http.header_mutation",
-            "typed_config": {
-                "@type": T_HEADER_MUTATION,
-                "mutations": {"request_mutations": [{"remove": h} for h in IDENTITY_HEADERS]},
-            },
-        },
-        {
-            "name": F_CORS,
-            "typed_config": {"@type": T + "envoy.extensions.filters.http.cors.v3.Cors"},
-        },
-        {
-            "name": F_RBAC,
-            "typed_config": {"@type": T + "envoy.extensions.filters.http.rbac.v3.RBAC"},
-        },
-        {
-            "name": EXT_AUTHZ,
-            "typed_config": {
-                "@type": T + "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-                "grpc_service": {**grpc, "timeout": format_duration(opts.ext_authz_timeout)},
-                "transport_api_version": "V3",
-                "failure_mode_allow": opts.authz_fail_open,
-                "status_on_error": {"code": "ServiceUnavailable"},
-            },
-        },
-        {
-            "name": "envoy.filters.http.ratelimit",
-            "typed_config": {
-                "@type": T + "envoy.extensions.filters.http.ratelimit.v3.RateLimit",
-                "domain": RATELIMIT_DOMAIN,
-                "timeout": format_duration(opts.ratelimit_timeout),
-                "failure_mode_deny": opts.ratelimit_fail_closed,
-                "status_on_error": {"code": "ServiceUnavailable"},
-                "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
-                "rate_limit_service": {"grpc_service": grpc, "transport_api_version": "V3"},
-            },
-        },
-        {
-            # The session cookie is for the gateway: after ext_authz (which has read it and,
-            # on protected routes, already dropped it), no upstream gets it, public routes
-            # included. Only wardgate's own /auth/* routes keep it.
-            "name": F_LUA,
-            "typed_config": {
-                "@type": T + "envoy.extensions.filters.http.lua.v3.Lua",
-                "default_source_code": {"inline_string": strip_cookie_lua(opts.session_cookie)},
-            },
-        },
-        {
-            "name": F_BUFFER,
-            "typed_config": {
-                "@type": T + "envoy.extensions.filters.http.buffer.v3.Buffer",
-                "max_request_bytes": opts.max_request_bytes,
-            },
-        },
-        {
-            "name": "envoy.filters.http.router",
-            "typed_config": {"@type": T + "envoy.extensions.filters.http.router.v3.Router"},
-        },
-    ]
-    hcm = {
-        "@type": T
-        + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": "wardgate",
-        "codec_type": "AUTO",
-        "use_remote_address": True,
-        "xff_num_trusted_hops": opts.trusted_proxy_hops,
-        "rds": {
-            "route_config_name": ROUTE_CONFIG_NAME,
-            "config_source": {"ads": {}, "resource_api_version": "V3"},
-        },
-        "http_filters": filters,
-        "local_reply_config": {"mappers": [_mapper(*m) for m in LOCAL_REPLIES]},
-        "upgrade_configs": [{"upgrade_type": "websocket", "enabled": False}],
-    }
-    listener = {
-        "name": LISTENER_NAME,
-        "address": _socket(address, port),
-        "filter_chains": [
-            {
-                "filters": [
-                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
-                ]
-            }
-        ],
-    }
-    return json_format.ParseDict(listener, listener_pb2.Listener())

@@ -1,0 +1,114 @@
+"""The Issuer document: a trusted JWT issuer."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from wardgate.domain.doc_base import (
+    Name,
+    _Doc,
+)
+from wardgate.domain.durations import parse_duration
+
+ENV_NAME_RE = r"^[A-Z_][A-Z0-9_]{0,127}$"
+CLAIM_RE = r"^[A-Za-z0-9_.:/-]{1,128}$"
+
+
+class Issuer(_Doc):
+    """A trusted JWT issuer: tokens it signs are accepted on routes with ``auth.require``
+    ``jwt`` or ``any``."""
+
+    kind: Literal["Issuer"] = Field(default="Issuer", description="Document kind: Issuer.")
+    name: Name = Field(
+        description=(
+            "Unique issuer name (same rules as a route name; names starting with 'wardgate' "
+            "are reserved). Not used in tokens."
+        )
+    )
+    issuer: str = Field(
+        min_length=1,
+        max_length=512,
+        description=(
+            "The token's iss claim must equal this. One iss is trusted through one Issuer "
+            "only: a later one (in name order) with the same value is refused."
+        ),
+    )
+    audiences: list[Annotated[str, Field(min_length=1, max_length=512)]] = Field(
+        min_length=1,
+        description="At least one audience; the token's aud claim must name one of these.",
+    )
+    jwks_file: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description=(
+            "Path of a JWKS file on each host running wardgate serve, re-read every "
+            "resync_interval; its RS256 and ES256 (P-256) signing keys are used. Exactly one "
+            "of jwks_file, jwks or hs256_secret_env."
+        ),
+    )
+    jwks: dict[str, Any] | None = Field(
+        default=None,
+        description=(
+            'An inline JWKS ({"keys": [...]}) holding at least one RS256 or ES256 (P-256) '
+            "signing key, checked when the document is validated. Exactly one of jwks_file, "
+            "jwks or hs256_secret_env."
+        ),
+    )
+    hs256_secret_env: str | None = Field(
+        default=None,
+        pattern=ENV_NAME_RE,
+        description=(
+            "Name of the environment variable of wardgate serve holding the HS256 shared "
+            "secret (32 characters or more). Exactly one of jwks_file, jwks or "
+            "hs256_secret_env."
+        ),
+    )
+    roles_claim: str = Field(
+        default="roles",
+        pattern=CLAIM_RE,
+        description=(
+            "Claim holding the roles: a list of strings, or one string of names separated by "
+            "spaces or commas; missing means no roles; at most 64 are kept. Default: roles."
+        ),
+    )
+    user_claim: str = Field(
+        default="sub",
+        pattern=CLAIM_RE,
+        description=(
+            "Claim holding the user, a string of 1 to 256 characters sent upstream as "
+            "x-user-id. Default: sub."
+        ),
+    )
+    clock_skew: str = Field(
+        default="30s",
+        description=(
+            "Leeway when checking exp, nbf and iat, a duration such as '30s', at most 10m. "
+            "Default: 30s."
+        ),
+    )
+
+    @field_validator("clock_skew")
+    @classmethod
+    def _skew(cls, value: str) -> str:
+        seconds = parse_duration(value)
+        if seconds > 600:
+            raise ValueError("clock_skew is at most 10m")
+        return value
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> Issuer:
+        given = [k for k in ("jwks_file", "jwks", "hs256_secret_env") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("an issuer needs exactly one of jwks_file, jwks or hs256_secret_env")
+        if self.jwks is not None:
+            from wardgate.domain.tokens import keys_from_jwks
+
+            keys_from_jwks(self.jwks)  # raises ValueError with the reason
+        return self
