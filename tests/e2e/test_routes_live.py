@@ -39,9 +39,24 @@ def test_raw_hset_is_picked_up_like_a_cli_change(stack: Stack) -> None:
         eventually(lambda: http.get("/live-raw").status_code == 404, timeout=1.0, interval=0.01)
 
 
+def _authz_checks(stack: Stack) -> float:
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{stack.http_port}/metrics", timeout=3).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("wardgate_authz_decisions_total{")
+    )
+
+
 def test_not_found_has_the_json_error_body(stack: Stack) -> None:
+    before = _authz_checks(stack)
     with stack.client() as http:
         resp = http.get("/no/such/route")
+        for _ in range(5):
+            http.post("/nor/this", content=b"x")
+    assert _authz_checks(stack) == before  # Envoy answers unknown paths without a callout
     assert resp.status_code == 404
     assert resp.headers["content-type"] == "application/json"
     body = resp.json()
