@@ -252,3 +252,35 @@ def test_a_bad_raw_write_keeps_the_last_good_version_served(stack: Stack) -> Non
         )
         eventually(lambda: http.get("/lastgood-v3").status_code == 200, timeout=2)
         assert http.get("/lastgood").status_code == 404
+
+
+@pytest.mark.parametrize("path", ["/pn//admin", "/pn/./admin", "/pn/%61dmin", "/pn/x/../admin"])
+def test_odd_spellings_of_a_protected_path_do_not_reach_a_public_route(
+    stack: Stack, path: str
+) -> None:
+    stack.apply(
+        route("pn-public", "/pn", "echo"),
+        route("pn-admin", "/pn/admin", "echo", auth={"require": "session", "roles": ["admin"]}),
+    )
+    with stack.client() as http:
+        eventually(lambda: http.get("/pn/admin").status_code == 401, timeout=3)
+        resp = http.get(path)
+    assert resp.status_code in (401, 307), (path, resp.status_code, resp.text)
+
+
+def test_host_names_match_whatever_their_case(stack: Stack) -> None:
+    stack.apply(
+        route(
+            "hostcase",
+            "/hostcase",
+            "echo",
+            match={"prefix": "/hostcase", "hosts": ["admin.example.com"]},
+        )
+    )
+    with stack.client() as http:
+        eventually(
+            lambda: http.get("/hostcase", headers={"host": "admin.example.com"}).status_code == 200,
+            timeout=3,
+        )
+        assert http.get("/hostcase", headers={"host": "ADMIN.Example.COM"}).status_code == 200
+        assert http.get("/hostcase", headers={"host": "other.example.com"}).status_code == 404

@@ -297,3 +297,30 @@ def test_routes_wait_for_clusters_and_clusters_outlive_their_routes() -> None:
         assert cds3.type_url == TYPE_CLUSTER and _names(cds3) == {"new"}
 
     asyncio.run(with_server(test))
+
+
+def test_unsubscribing_from_all_endpoints_never_holds_routes() -> None:
+    """Envoy unsubscribes from EDS when its last EDS cluster goes and never ACKs an answer
+    to that; routes must not wait for one."""
+    from wardgate.xds.snapshot import TYPE_ENDPOINT
+
+    async def test(c: Client, cache: SnapshotCache, nodes: NodeRegistry, metrics: Any) -> None:
+        cache.set_base(_snap("a"))
+        await c.send(TYPE_CLUSTER)
+        cds = await c.recv()
+        await c.send(TYPE_CLUSTER, version=cds.version_info, nonce=cds.nonce)
+        await c.send(TYPE_ENDPOINT, names=("a",))
+        eds = await c.recv()
+        await c.send(TYPE_ENDPOINT, names=("a",), version=eds.version_info, nonce=eds.nonce)
+        await c.send(TYPE_ROUTE, names=("rc",))
+        rds = await c.recv()
+        assert rds.type_url == TYPE_ROUTE
+        await c.send(TYPE_ROUTE, names=("rc",), version=rds.version_info, nonce=rds.nonce)
+        # The last EDS cluster went away: Envoy drops its EDS watch (an empty name list).
+        await c.send(TYPE_ENDPOINT, names=(), version=eds.version_info, nonce=eds.nonce)
+        assert await c.nothing()  # nothing to answer
+        cache.set_base(Snapshot({TYPE_CLUSTER: clusters("a"), TYPE_ROUTE: routes("rc", "/other")}))
+        changed = await c.recv()  # the new routes are not held
+        assert changed.type_url == TYPE_ROUTE
+
+    asyncio.run(with_server(test))

@@ -74,7 +74,8 @@ def host_regex(hosts: list[str]) -> str:
             alts.append(r"[^.:]+(\.[^.:]+)*" + re.escape(host[1:]))
         else:
             alts.append(re.escape(host))
-    return rf"^({'|'.join(alts)})(:[0-9]+)?$"
+    # Host names are case-insensitive; clients may send ADMIN.example.com.
+    return rf"(?i)^({'|'.join(alts)})(:[0-9]+)?$"
 
 
 class _Doc(BaseModel):

@@ -186,6 +186,13 @@ def build_listener(address: str, port: int, opts: TranslateOptions) -> listener_
         "codec_type": "AUTO",
         "use_remote_address": True,
         "xff_num_trusted_hops": opts.trusted_proxy_hops,
+        # Routes are chosen on the normalized path: /api//admin, /api/./admin and
+        # /api/%61dmin must not slip past a protected /api/admin to a public /api route
+        # (upstream frameworks normalize them back to /api/admin).
+        "normalize_path": True,
+        "merge_slashes": True,
+        "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
+        "strip_trailing_host_dot": True,
         "rds": {
             "route_config_name": ROUTE_CONFIG_NAME,
             "config_source": {"ads": {}, "resource_api_version": "V3"},

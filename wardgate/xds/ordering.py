@@ -50,7 +50,11 @@ class Sequencer:
     def sent(
         self, type_url: str, nonce: str, snapshot: Snapshot, clusters: dict[str, any_pb2.Any]
     ) -> None:
-        self._pending[type_url] = nonce
+        # Routes wait only for answers that surely come: a response that carries resources.
+        if clusters or type_url not in _AHEAD:
+            self._pending[type_url] = nonce
+        else:
+            self._pending.pop(type_url, None)
         if type_url == TYPE_CLUSTER:
             self.sent_clusters = dict(clusters)
         elif type_url == TYPE_ROUTE:

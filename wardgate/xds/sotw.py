@@ -108,6 +108,12 @@ async def sotw_stream(
                 names = frozenset(watch.names) if watch.names is not None else None
                 if watch.sent_version == version and watch.sent_names == names:
                     continue
+                if names is not None and not names:
+                    # The Envoy unsubscribed from everything of this type: it expects no
+                    # answer, and would never ACK one (which would hold routes forever).
+                    watch.waiting = False
+                    watch.sent_names = names
+                    continue
                 if names is None:
                     chosen = dict(available)
                 else:

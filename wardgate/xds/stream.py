@@ -62,15 +62,17 @@ async def request_batches(
             await queue.put(done)
 
     reader = asyncio.create_task(read())
+    pending: set[asyncio.Task[Any]] = set()
+    # The generation the consumer has certainly seen: taken before handing it a batch, so a
+    # snapshot published while it works on that batch wakes the next wait at once.
+    generation = cache.generation
     try:
         while True:
-            generation = cache.generation
             if queue.empty():
                 waiter = asyncio.create_task(queue.get())
                 changed = asyncio.create_task(cache.wait_changed(generation))
-                finished, _ = await asyncio.wait(
-                    {waiter, changed}, return_when=asyncio.FIRST_COMPLETED
-                )
+                pending = {waiter, changed}
+                finished, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 changed.cancel()
                 if waiter in finished:
                     batch = [waiter.result()]
@@ -79,15 +81,19 @@ async def request_batches(
                     with contextlib.suppress(asyncio.CancelledError):
                         await waiter
                     batch = []
+                pending = set()
             else:
                 batch = [queue.get_nowait()]
             while not queue.empty():
                 batch.append(queue.get_nowait())
+            generation = cache.generation
             if done in batch:
                 yield [r for r in batch[: batch.index(done)]]
                 return
             yield batch
     finally:
+        for task in pending:
+            task.cancel()
         reader.cancel()
 
 
