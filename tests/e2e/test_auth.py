@@ -290,3 +290,18 @@ def test_logins_from_one_address_are_limited_by_envoy(private_stack: Stack) -> N
     assert codes[-1] == 429, codes
     assert set(codes[:-1]) == {401}
     assert len(codes) - 1 <= 60  # at most 30 per minute (two windows at worst)
+
+
+def test_login_only_takes_json_so_a_cross_site_form_cannot_log_a_browser_in(
+    auth_routes: Stack,
+) -> None:
+    body = '{"username":"alice","password":"alice-password","x":"="}'
+    with auth_routes.client() as http:
+        form = http.post("/auth/login", content=body, headers={"content-type": "text/plain"})
+        assert form.status_code == 415 and "set-cookie" not in form.headers
+        assert (
+            http.post(
+                "/auth/login", content=body, headers={"content-type": "application/json"}
+            ).status_code
+            == 200
+        )

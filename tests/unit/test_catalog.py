@@ -268,3 +268,27 @@ def test_plan_delete_of_a_service_only_a_refused_route_names_is_allowed() -> Non
     }
     change = plan_delete(_raw(_svc("a"), route), "Service", "a")
     assert change.action == "deleted"
+
+
+def test_a_raw_write_naming_a_missing_service_keeps_the_last_good_route() -> None:
+    import json as _json
+
+    good = _raw(_svc("s"), _route("r", "s"))
+    bad = {
+        **good,
+        "Route": {"r": _json.dumps({**_json.loads(good["Route"]["r"]), "backend": "typo"})},
+    }
+    cat = Catalog.from_raw(bad, good)
+    assert cat.routes["r"].backend == "s"
+    assert "still serving the last good version" in cat.refused["Route/r"]
+    assert cat.served[("Route", "r")] == good["Route"]["r"]
+
+
+def test_a_raw_delete_of_a_service_in_use_keeps_serving_it() -> None:
+    good = _raw(_svc("s"), _route("r", "s"))
+    without = {**good, "Service": {}}
+    cat = Catalog.from_raw(without, good)
+    assert "s" in cat.services and "r" in cat.routes
+    assert "deleted while route r uses it" in cat.refused["Service/s"]
+    # Without a last good version there is nothing to keep.
+    assert "r" not in Catalog.from_raw(without).routes

@@ -64,14 +64,41 @@ class Catalog:
                         served[(kind, name)] = previous
                         refused[f"{kind}/{name}"] += " (still serving the last good version)"
         services: dict[str, Service] = parsed["Service"]
+        previous_of = (last_good or {}).get
+        # A service deleted (raw HDEL) while routes use it is refused like the CLI would: it
+        # keeps being served in its last good version, for the routes that use it.
+        for route in parsed["Route"].values():
+            for svc in route.services():
+                prev = previous_of("Service", {}).get(svc)
+                if svc in services or prev is None:
+                    continue
+                with contextlib.suppress(DocumentError):
+                    restored = (memo or _NO_MEMO).parse("Service", svc, prev)
+                    assert isinstance(restored, Service)
+                    services[svc] = restored
+                    served[("Service", svc)] = prev
+                    refused[f"Service/{svc}"] = (
+                        f"deleted while route {route.name} uses it "
+                        "(still serving the last good version)"
+                    )
         routes: dict[str, Route] = {}
         for name, route in parsed["Route"].items():
             missing = [s for s in route.services() if s not in services]
-            if missing:
-                refused[f"Route/{name}"] = f"backend service {', '.join(missing)} does not exist"
-                served.pop(("Route", name), None)
-            else:
+            if not missing:
                 routes[name] = route
+                continue
+            reason = f"backend service {', '.join(missing)} does not exist"
+            served.pop(("Route", name), None)
+            prev = previous_of("Route", {}).get(name)
+            if prev is not None and prev != raw.get("Route", {}).get(name):
+                with contextlib.suppress(DocumentError):
+                    old_route = (memo or _NO_MEMO).parse("Route", name, prev)
+                    assert isinstance(old_route, Route)
+                    if all(s in services for s in old_route.services()):
+                        routes[name] = old_route
+                        served[("Route", name)] = prev
+                        reason += " (still serving the last good version)"
+            refused[f"Route/{name}"] = reason
         return cls(
             routes=routes,
             services=services,

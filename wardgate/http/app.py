@@ -46,6 +46,13 @@ def create_app(
     async def login(request: web.Request) -> web.Response:
         if request.content_length is not None and request.content_length > MAX_LOGIN_BODY:
             return _error(413, "payload_too_large", "the login body is too large", request)
+        if request.content_type != "application/json":
+            # A cross-site HTML form can post text/plain that happens to be JSON, and log the
+            # victim's browser into the attacker's account; it cannot send application/json.
+            metrics.logins.labels("bad_request").inc()
+            return _error(
+                415, "unsupported_media_type", "send the credentials as application/json", request
+            )
         try:
             body = json.loads(await request.read() or b"null")
         except (ValueError, UnicodeDecodeError):
