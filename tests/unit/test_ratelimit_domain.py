@@ -344,12 +344,28 @@ def test_the_known_over_cache_is_bounded(store: FixedWindowCounters, clock: Cloc
     b = LimitRequest("r#0", 1, 60, "fixed_window", False, "ip=b")
     for req in (a, b):
         decide(lim, req)
-        decide(lim, req)  # over: a is remembered, b no longer fits
+        decide(lim, req)  # over: a is remembered; for b the full memory starts over
     calls = len(store.calls)
-    assert decide(lim, a).from_cache
-    d = decide(lim, b)
+    assert decide(lim, b).from_cache  # the newest refusal is remembered...
+    d = decide(lim, a)  # ...the older one was let go: asked again, still refused
     assert not d.allowed and not d.from_cache
     assert len(store.calls) == calls + 1
+    assert len(lim._over) <= 1
+
+
+def test_the_known_over_memory_forgets_what_has_reset(
+    store: FixedWindowCounters, clock: Clock
+) -> None:
+    lim = RateLimiter(counters=store, key_for=key_for, clock=clock, max_known_over=2)
+    for client in ("a", "b"):
+        req = LimitRequest("r#0", 1, 60, "fixed_window", False, f"ip={client}")
+        decide(lim, req)
+        decide(lim, req)
+    clock.now += 120  # both windows are over
+    c = LimitRequest("r#0", 1, 60, "fixed_window", False, "ip=c")
+    decide(lim, c)
+    decide(lim, c)
+    assert list(lim._over) == [key_for("r#0", "ip=c", int(clock.now * 1000) // 60_000)]
 
 
 def test_tiers_choose_the_limit_and_are_not_counted_apart() -> None:

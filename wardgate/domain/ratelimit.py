@@ -120,6 +120,13 @@ class RateLimiter:
             req.shadow,
         )
 
+    def _prune(self, now_ms: int) -> None:
+        """Drop what has reset (old windows' keys are never looked up again); if the
+        memory is still full of live refusals, start over rather than stop remembering."""
+        self._over = {k: until for k, until in self._over.items() if until > now_ms}
+        if len(self._over) >= self._max_over:
+            self._over.clear()
+
     async def decide(self, requests: Sequence[LimitRequest]) -> Decision:
         if not requests:
             return Decision(True, [])
@@ -149,6 +156,8 @@ class RateLimiter:
                 allowed = False
                 # A sliding window's estimate falls as time passes within the window: its
                 # refusal says nothing about the next request. Fixed windows and GCRA do.
-                if req.algorithm != "sliding_window" and len(self._over) < self._max_over:
+                if req.algorithm != "sliding_window":
+                    if len(self._over) >= self._max_over:
+                        self._prune(now_ms)
                     self._over[check.key] = now_ms + out.reset_ms
         return Decision(allowed, verdicts)

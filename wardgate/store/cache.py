@@ -31,6 +31,9 @@ class _Lru(Generic[V]):
         self._max = max_entries
         self._age = max_age
         self.enabled = False  # only while subscribed to the invalidations
+        # Bumped by every eviction: a value read from Redis before an eviction that came in
+        # while the read was under way must not be put back (it may be the revoked one).
+        self.epoch = 0
 
     def get(self, key: str) -> V | None:
         if not self.enabled:
@@ -45,8 +48,8 @@ class _Lru(Generic[V]):
         self._data.move_to_end(key)
         return value
 
-    def put(self, key: str, value: V) -> None:
-        if not self.enabled:
+    def put(self, key: str, value: V, *, read_at_epoch: int) -> None:
+        if not self.enabled or read_at_epoch != self.epoch:
             return
         self._data[key] = (value, time.monotonic())
         self._data.move_to_end(key)
@@ -54,9 +57,11 @@ class _Lru(Generic[V]):
             self._data.popitem(last=False)
 
     def evict(self, key: str) -> None:
+        self.epoch += 1
         self._data.pop(key, None)
 
     def clear(self) -> None:
+        self.epoch += 1
         self._data.clear()
 
 
@@ -74,9 +79,10 @@ class CachedSessionStore:
         found = self.cache.get(id_hash)
         if found is not None:
             return found
+        epoch = self.cache.epoch
         record = await self._inner.get_session(id_hash)
         if record is not None:
-            self.cache.put(id_hash, record)
+            self.cache.put(id_hash, record, read_at_epoch=epoch)
         return record
 
     async def touch_session(self, id_hash: str, idle_expires_at: float) -> None:
@@ -105,9 +111,10 @@ class CachedApiKeyStore:
         found = self.cache.get(key_hash)
         if found is not None:
             return found
+        epoch = self.cache.epoch
         record = await self._inner.get_key(key_hash)
         if record is not None:
-            self.cache.put(key_hash, record)
+            self.cache.put(key_hash, record, read_at_epoch=epoch)
         return record
 
     async def put_key(self, key_hash: str, record: ApiKeyRecord) -> None:
@@ -130,6 +137,15 @@ async def listen_for_revocations(
         try:
             pubsub = redis.pubsub()
             await pubsub.subscribe(*caches)
+            # On only once Redis has confirmed every subscription: before that, a revocation
+            # could be published and never reach us.
+            confirmed: set[str] = set()
+            while confirmed != set(caches):
+                msg = await pubsub.get_message(timeout=5.0)
+                if msg is None:
+                    raise OSError("no subscription confirmation from Redis")
+                if msg["type"] == "subscribe":
+                    confirmed.add(msg["channel"])
             for cache in caches.values():
                 cache.clear()
                 cache.enabled = True

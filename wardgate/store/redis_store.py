@@ -147,7 +147,9 @@ class RedisSessionStore:
             for id_hash in hashes:
                 count += await self._r.delete(self._k.session(id_hash))
                 await self._r.publish(self._k.sessions_channel, id_hash)
-            await self._r.delete(self._k.user_sessions(user))
+            if hashes:
+                # Only those read: a session created meanwhile stays listed and revocable.
+                await self._r.srem(self._k.user_sessions(user), *hashes)
             return int(count)
         except RedisError as exc:
             raise StoreError(f"redis: {exc}") from exc
