@@ -135,3 +135,24 @@ def test_a_good_login_clears_the_failures() -> None:
         assert guard.failures == {}
 
     asyncio.run(run())
+
+
+def test_a_login_racing_a_password_change_is_refused() -> None:
+    clock, store = Clock(), Sessions()
+    users = Users()
+    svc = SessionService(users=users, sessions=store, ttl_seconds=3600, clock=clock)  # type: ignore[arg-type]
+    real_get = users.get_user
+    calls = {"n": 0}
+
+    async def get_user(name: str) -> UserRecord | None:
+        calls["n"] += 1
+        found = await real_get(name)
+        if calls["n"] == 1:  # the admin changes the password right after the first read
+            users.users["ann"] = UserRecord(
+                "ann", hash_password("new-password", n=2**10), ("user",)
+            )
+        return found
+
+    users.get_user = get_user  # type: ignore[method-assign]
+    assert asyncio.run(svc.login("ann", "password-1")) is None
+    assert store.records == {}

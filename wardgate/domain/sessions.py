@@ -99,6 +99,11 @@ class SessionService:
             return None
         if self._guard is not None:
             await self._guard.cleared(username)
+        # The password was checked against what was read ~100 ms ago: if the user was changed
+        # (new password, new roles: their sessions revoked) meanwhile, this login must not
+        # outlive that change.
+        if await self._users.get_user(username) != user:
+            return None
         session_id = secrets.token_urlsafe(32)
         now = self._clock()
         record = SessionRecord(
