@@ -9,10 +9,7 @@ comparison with wardgate is like for like.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import signal
-
+import _noop  # bench/_noop.py, beside this file
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.rpc import code_pb2, status_pb2
@@ -30,39 +27,14 @@ class NoopAuthorization(external_auth_pb2_grpc.AuthorizationServicer):  # type: 
         return _OK
 
 
-async def serve(host: str, port: int) -> None:
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_concurrent_streams", 1000),
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-        ]
-    )
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(NoopAuthorization(), server)
-    address = f"{host}:{port}"
-    if server.add_insecure_port(address) == 0:
-        raise SystemExit(f"noop_authz: cannot listen on {address}")
-    await server.start()
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stopping.set)
-    await stopping.wait()
-    await server.stop(grace=1)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
-    try:
-        import uvloop  # type: ignore[import-not-found]
-
-        uvloop.install()
-    except ImportError:
-        pass
-    asyncio.run(serve(args.host, args.port))
+    _noop.run(
+        "noop_authz",
+        __doc__,
+        lambda server: external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+            NoopAuthorization(), server
+        ),
+    )
 
 
 if __name__ == "__main__":
