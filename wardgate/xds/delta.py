@@ -10,10 +10,10 @@ until the resource changes; ``removed_resources`` says a resource is gone.
 from __future__ import annotations
 
 import dataclasses
-import itertools
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from envoy.service.discovery.v3 import discovery_pb2
 
@@ -21,13 +21,12 @@ from wardgate.metrics import Metrics, type_label
 from wardgate.xds.nodes import NodeRegistry, NodeState
 from wardgate.xds.ordering import Sequencer
 from wardgate.xds.snapshot import (
-    PUSH_ORDER,
     TYPE_CLUSTER,
     WILDCARD_TYPES,
     Snapshot,
     SnapshotCache,
 )
-from wardgate.xds.stream import StreamSession, request_batches
+from wardgate.xds.stream import serve_stream
 
 log = logging.getLogger("wardgate.xds")
 
@@ -95,8 +94,15 @@ def _on_request(
 
 
 def _response(
-    type_url: str, watch: _DeltaWatch, snapshot: Snapshot, nonce: str, seq: Sequencer
-) -> discovery_pb2.DeltaDiscoveryResponse | None:
+    watches: dict[str, _DeltaWatch],
+    type_url: str,
+    snapshot: Snapshot,
+    next_nonce: Callable[[], str],
+    seq: Sequencer,
+) -> tuple[discovery_pb2.DeltaDiscoveryResponse, str] | None:
+    watch = watches.get(type_url)
+    if watch is None:
+        return None
     res = snapshot.get(type_url)
     items, versions = res.items, res.versions
     if type_url == TYPE_CLUSTER:
@@ -114,6 +120,7 @@ def _response(
         del watch.known[name]
     if not send and not removed:
         return None
+    nonce = next_nonce()
     response = discovery_pb2.DeltaDiscoveryResponse(
         system_version_info=res.version,
         type_url=type_url,
@@ -128,10 +135,10 @@ def _response(
     watch.nonce = nonce
     watch.nonce_version = res.version
     seq.sent(type_url, nonce, snapshot, dict(items))
-    return response
+    return response, res.version
 
 
-async def delta_stream(
+def delta_stream(
     request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
     *,
     cache: SnapshotCache,
@@ -139,29 +146,14 @@ async def delta_stream(
     metrics: Metrics,
     default_port: int,
 ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
-    session = StreamSession(nodes=nodes, metrics=metrics, mode="delta", default_port=default_port)
     watches: dict[str, _DeltaWatch] = {}
-    nonces = itertools.count(1)
-    seq = Sequencer()
-    try:
-        async for batch in request_batches(request_iterator, cache):
-            for req in batch:
-                _on_request(req, watches, session.see(req), nodes, metrics, seq)
-            if session.group is None or session.state is None:
-                continue
-            snapshot = cache.snapshot_for(session.group)
-            if snapshot is None:
-                continue
-            for type_url in PUSH_ORDER:
-                watch = watches.get(type_url)
-                if watch is None or seq.hold(type_url):
-                    continue
-                response = _response(type_url, watch, snapshot, str(next(nonces)), seq)
-                if response is None:
-                    continue
-                session.state.type(type_url).sent_version = response.system_version_info
-                nodes.touch()
-                metrics.xds_pushes.labels(type_label(type_url)).inc()
-                yield response
-    finally:
-        session.close()
+    return serve_stream(
+        request_iterator,
+        cache=cache,
+        nodes=nodes,
+        metrics=metrics,
+        default_port=default_port,
+        mode="delta",
+        on_request=lambda req, state, seq: _on_request(req, watches, state, nodes, metrics, seq),
+        respond=functools.partial(_response, watches),
+    )

@@ -10,18 +10,18 @@ LDS and CDS responses carry the full set; types are pushed CDS, EDS, LDS, RDS.
 from __future__ import annotations
 
 import dataclasses
-import itertools
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from envoy.service.discovery.v3 import discovery_pb2
 
 from wardgate.metrics import Metrics, type_label
 from wardgate.xds.nodes import NodeRegistry, NodeState
 from wardgate.xds.ordering import Sequencer
-from wardgate.xds.snapshot import PUSH_ORDER, TYPE_CLUSTER, WILDCARD_TYPES, SnapshotCache
-from wardgate.xds.stream import StreamSession, request_batches
+from wardgate.xds.snapshot import TYPE_CLUSTER, WILDCARD_TYPES, Snapshot, SnapshotCache
+from wardgate.xds.stream import serve_stream
 
 log = logging.getLogger("wardgate.xds")
 
@@ -76,7 +76,46 @@ def _on_request(
     watch.waiting = True
 
 
-async def sotw_stream(
+def _respond(
+    watches: dict[str, _Watch],
+    type_url: str,
+    snapshot: Snapshot,
+    next_nonce: Callable[[], str],
+    seq: Sequencer,
+) -> tuple[discovery_pb2.DiscoveryResponse, str] | None:
+    watch = watches.get(type_url)
+    if watch is None or not watch.waiting:
+        return None  # only ever answer a request
+    res = snapshot.get(type_url)
+    available, version = res.items, res.version
+    if type_url == TYPE_CLUSTER:
+        available, version = seq.clusters(snapshot)
+    names = frozenset(watch.names) if watch.names is not None else None
+    if watch.sent_version == version and watch.sent_names == names:
+        return None
+    if names is not None and not names:
+        # The Envoy unsubscribed from everything of this type: it expects no answer, and
+        # would never ACK one (which would hold routes forever).
+        watch.waiting = False
+        watch.sent_names = names
+        return None
+    if names is None:
+        chosen = dict(available)
+    else:
+        chosen = {n: available[n] for n in sorted(names) if n in available}
+    nonce = next_nonce()
+    watch.waiting = False
+    watch.sent_version = version
+    watch.sent_nonce = nonce
+    watch.sent_names = names
+    seq.sent(type_url, nonce, snapshot, chosen)
+    response = discovery_pb2.DiscoveryResponse(
+        version_info=version, resources=list(chosen.values()), type_url=type_url, nonce=nonce
+    )
+    return response, version
+
+
+def sotw_stream(
     request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
     *,
     cache: SnapshotCache,
@@ -84,55 +123,14 @@ async def sotw_stream(
     metrics: Metrics,
     default_port: int,
 ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
-    session = StreamSession(nodes=nodes, metrics=metrics, mode="sotw", default_port=default_port)
     watches: dict[str, _Watch] = {}
-    nonces = itertools.count(1)
-    seq = Sequencer()
-    try:
-        async for batch in request_batches(request_iterator, cache):
-            for req in batch:
-                _on_request(req, watches, session.see(req), nodes, metrics, seq)
-            if session.group is None or session.state is None:
-                continue
-            snapshot = cache.snapshot_for(session.group)
-            if snapshot is None:
-                continue  # nothing built yet: requests stay outstanding
-            for type_url in PUSH_ORDER:
-                watch = watches.get(type_url)
-                if watch is None or not watch.waiting or seq.hold(type_url):
-                    continue
-                res = snapshot.get(type_url)
-                available, version = res.items, res.version
-                if type_url == TYPE_CLUSTER:
-                    available, version = seq.clusters(snapshot)
-                names = frozenset(watch.names) if watch.names is not None else None
-                if watch.sent_version == version and watch.sent_names == names:
-                    continue
-                if names is not None and not names:
-                    # The Envoy unsubscribed from everything of this type: it expects no
-                    # answer, and would never ACK one (which would hold routes forever).
-                    watch.waiting = False
-                    watch.sent_names = names
-                    continue
-                if names is None:
-                    chosen = dict(available)
-                else:
-                    chosen = {n: available[n] for n in sorted(names) if n in available}
-                nonce = str(next(nonces))
-                watch.waiting = False
-                watch.sent_version = version
-                watch.sent_nonce = nonce
-                watch.sent_names = names
-                seq.sent(type_url, nonce, snapshot, chosen)
-                session.state.type(type_url).sent_version = version
-                nodes.touch()
-                metrics.xds_pushes.labels(type_label(type_url)).inc()
-                log.debug("envoy %s: sending %s %s", session.state.node_id, type_url, version)
-                yield discovery_pb2.DiscoveryResponse(
-                    version_info=version,
-                    resources=list(chosen.values()),
-                    type_url=type_url,
-                    nonce=nonce,
-                )
-    finally:
-        session.close()
+    return serve_stream(
+        request_iterator,
+        cache=cache,
+        nodes=nodes,
+        metrics=metrics,
+        default_port=default_port,
+        mode="sotw",
+        on_request=lambda req, state, seq: _on_request(req, watches, state, nodes, metrics, seq),
+        respond=functools.partial(_respond, watches),
+    )

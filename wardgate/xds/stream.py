@@ -7,14 +7,17 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
-from wardgate.metrics import Metrics
+from wardgate.metrics import Metrics, type_label
 from wardgate.xds.nodes import NodeRegistry, NodeState
-from wardgate.xds.snapshot import NodeGroup, SnapshotCache
+from wardgate.xds.snapshot import PUSH_ORDER, NodeGroup, Snapshot, SnapshotCache
+
+if TYPE_CHECKING:
+    from wardgate.xds.ordering import Sequencer
 
 log = logging.getLogger("wardgate.xds")
 _stream_ids = itertools.count(1)
@@ -95,6 +98,54 @@ async def request_batches(
         for task in pending:
             task.cancel()
         reader.cancel()
+
+
+OnRequest = Callable[[Any, NodeState, "Sequencer"], None]
+# (type_url, snapshot, next_nonce, sequencer) -> (response, version sent) or None
+Respond = Callable[[str, Snapshot, Callable[[], str], "Sequencer"], tuple[Any, str] | None]
+
+
+async def serve_stream(
+    request_iterator: AsyncIterator[Any],
+    *,
+    cache: SnapshotCache,
+    nodes: NodeRegistry,
+    metrics: Metrics,
+    default_port: int,
+    mode: str,
+    on_request: OnRequest,
+    respond: Respond,
+) -> AsyncIterator[Any]:
+    """The loop both ADS variants run: apply the requests that arrived, then offer each type,
+    in make-before-break order, a chance to answer from the Envoy's snapshot."""
+    from wardgate.xds.ordering import Sequencer
+
+    session = StreamSession(nodes=nodes, metrics=metrics, mode=mode, default_port=default_port)
+    nonces = itertools.count(1)
+    seq = Sequencer()
+    try:
+        async for batch in request_batches(request_iterator, cache):
+            for req in batch:
+                on_request(req, session.see(req), seq)
+            if session.group is None or session.state is None:
+                continue
+            snapshot = cache.snapshot_for(session.group)
+            if snapshot is None:
+                continue  # nothing built yet: requests stay outstanding
+            for type_url in PUSH_ORDER:
+                if seq.hold(type_url):
+                    continue
+                answer = respond(type_url, snapshot, lambda: str(next(nonces)), seq)
+                if answer is None:
+                    continue
+                response, version = answer
+                session.state.type(type_url).sent_version = version
+                nodes.touch()
+                metrics.xds_pushes.labels(type_label(type_url)).inc()
+                log.debug("envoy %s: sending %s %s", session.state.node_id, type_url, version)
+                yield response
+    finally:
+        session.close()
 
 
 class StreamSession:
