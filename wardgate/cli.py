@@ -4,13 +4,14 @@ or when Redis cannot be reached."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
 import functools
 import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -68,6 +69,17 @@ async def open_redis(settings: Settings) -> AnyRedis:
         await client.aclose()
         raise CliError(f"cannot reach Redis at {settings.redis_url}: {exc}") from None
     return client
+
+
+@contextlib.asynccontextmanager
+async def redis_for(ctx: click.Context) -> AsyncIterator[tuple[AnyRedis, Keys]]:
+    """A Redis client for one command (closed after it) and the key names in force."""
+    settings = settings_of(ctx)
+    redis = await open_redis(settings)
+    try:
+        yield redis, Keys(settings.key_prefix)
+    finally:
+        await redis.aclose()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -150,17 +162,13 @@ def print_changes(changes: list[Change], *, dry_run: bool, revision: int | None 
 async def apply(ctx: click.Context, paths: tuple[str, ...], dry_run: bool) -> None:
     """Validate every document, then apply all of them or none."""
     docs = read_documents(paths)
-    settings = settings_of(ctx)
-    redis = await open_redis(settings)
-    try:
-        store = RedisDocumentStore(redis=redis, keys=Keys(settings.key_prefix))
+    async with redis_for(ctx) as (redis, keys):
+        store = RedisDocumentStore(redis=redis, keys=keys)
         if dry_run:
             print_changes(plan_apply(await store.load(), docs), dry_run=True)
             return
         revision, changes = await store.commit(lambda current: plan_apply(current, docs))
         print_changes(changes, dry_run=False, revision=revision)
-    finally:
-        await redis.aclose()
 
 
 @cli.command()
@@ -213,12 +221,8 @@ def _summary(kind: str, doc: dict[str, Any]) -> list[str]:
 async def get(ctx: click.Context, kind: str, name: str | None, output: str) -> None:
     """Show routes or services (all, or one by NAME)."""
     k = _kind(kind)
-    settings = settings_of(ctx)
-    redis = await open_redis(settings)
-    try:
-        raw = (await RedisDocumentStore(redis=redis, keys=Keys(settings.key_prefix)).load())[k]
-    finally:
-        await redis.aclose()
+    async with redis_for(ctx) as (redis, keys):
+        raw = (await RedisDocumentStore(redis=redis, keys=keys).load())[k]
     if name is not None and name not in raw:
         raise CliError(f"{k.lower()}/{name} not found")
     names = [name] if name is not None else sorted(raw)
@@ -252,14 +256,10 @@ async def get(ctx: click.Context, kind: str, name: str | None, output: str) -> N
 async def delete(ctx: click.Context, kind: str, name: str) -> None:
     """Delete a route or a service (refused while a route uses the service)."""
     k = _kind(kind)
-    settings = settings_of(ctx)
-    redis = await open_redis(settings)
-    try:
-        store = RedisDocumentStore(redis=redis, keys=Keys(settings.key_prefix))
+    async with redis_for(ctx) as (redis, keys):
+        store = RedisDocumentStore(redis=redis, keys=keys)
         revision, changes = await store.commit(lambda current: [plan_delete(current, k, name)])
         print_changes(changes, dry_run=False, revision=revision)
-    finally:
-        await redis.aclose()
 
 
 @cli.command()
@@ -269,12 +269,8 @@ async def delete(ctx: click.Context, kind: str, name: str) -> None:
 @run_async
 async def history(ctx: click.Context, output: str, count: int) -> None:
     """List applied revisions, newest first."""
-    settings = settings_of(ctx)
-    redis = await open_redis(settings)
-    try:
-        rows = await RedisDocumentStore(redis=redis, keys=Keys(settings.key_prefix)).history(count)
-    finally:
-        await redis.aclose()
+    async with redis_for(ctx) as (redis, keys):
+        rows = await RedisDocumentStore(redis=redis, keys=keys).history(count)
     if output == "json":
         click.echo(json.dumps(rows, indent=2))
         return
@@ -295,10 +291,8 @@ async def rollback(ctx: click.Context, revision: int, dry_run: bool) -> None:
     Only changes made through wardgate (apply, delete, rollback) are in the history; raw
     writes to Redis are not undone.
     """
-    settings = settings_of(ctx)
-    redis = await open_redis(settings)
-    try:
-        store = RedisDocumentStore(redis=redis, keys=Keys(settings.key_prefix))
+    async with redis_for(ctx) as (redis, keys):
+        store = RedisDocumentStore(redis=redis, keys=keys)
         targets = await store.targets_at(revision)
         if dry_run:
             print_changes(plan_restore(await store.load(), targets), dry_run=True)
@@ -307,8 +301,6 @@ async def rollback(ctx: click.Context, revision: int, dry_run: bool) -> None:
         print_changes(changes, dry_run=False, revision=new_revision)
         if not any(c.action != "unchanged" for c in changes):
             click.echo(f"already at revision {revision}")
-    finally:
-        await redis.aclose()
 
 
 @cli.command()
@@ -317,15 +309,10 @@ async def rollback(ctx: click.Context, revision: int, dry_run: bool) -> None:
 @run_async
 async def status(ctx: click.Context, output: str) -> None:
     """Revision, connected Envoys (what each ACKed or NACKed), refused documents."""
-    settings = settings_of(ctx)
-    keys = Keys(settings.key_prefix)
-    redis = await open_redis(settings)
-    try:
+    async with redis_for(ctx) as (redis, keys):
         revision = int(await redis.get(keys.revision) or 0)
         workers = await redis.hgetall(keys.nodes)
         refused = await redis.hgetall(keys.refused)
-    finally:
-        await redis.aclose()
     nodes = []
     now = time.time()
     for doc in workers.values():

@@ -9,13 +9,12 @@ import time
 
 import click
 
-from wardgate.cli import CliError, open_redis, run_async, settings_of
+from wardgate.cli import CliError, redis_for, run_async
 from wardgate.domain.durations import parse_duration
 from wardgate.domain.passwords import hash_password
 from wardgate.domain.ports import ApiKeyRecord, UserRecord
 from wardgate.domain.sessions import MAX_PASSWORD, MAX_USERNAME
 from wardgate.domain.tokens import hash_api_key, new_api_key
-from wardgate.store.keys import Keys
 from wardgate.store.redis_store import RedisApiKeyStore, RedisSessionStore, RedisUserStore
 
 USERNAME_RE = re.compile(rf"^[A-Za-z0-9._@-]{{1,{MAX_USERNAME}}}$")
@@ -48,20 +47,14 @@ async def users_add(
         password = click.prompt("password", hide_input=True, confirmation_prompt=True)
     if not 8 <= len(password) <= MAX_PASSWORD:
         raise CliError(f"the password must have 8 to {MAX_PASSWORD} characters")
-    settings = settings_of(ctx)
-    redis = await open_redis(settings)
-    try:
-        store = RedisUserStore(redis=redis, keys=Keys(settings.key_prefix))
+    async with redis_for(ctx) as (redis, keys):
+        store = RedisUserStore(redis=redis, keys=keys)
         existed = await store.get_user(name) is not None
         digest = await asyncio.to_thread(hash_password, password)
         await store.put_user(UserRecord(name, digest, tuple(dict.fromkeys(roles))))
         if existed:
             # New credentials or roles: end the sessions that carried the old ones.
-            await RedisSessionStore(
-                redis=redis, keys=Keys(settings.key_prefix)
-            ).delete_user_sessions(name)
-    finally:
-        await redis.aclose()
+            await RedisSessionStore(redis=redis, keys=keys).delete_user_sessions(name)
     click.echo(f"user/{name} {'configured' if existed else 'created'}")
 
 
@@ -70,12 +63,8 @@ async def users_add(
 @run_async
 async def users_list(ctx: click.Context) -> None:
     """List users and their roles."""
-    settings = settings_of(ctx)
-    redis = await open_redis(settings)
-    try:
-        rows = await RedisUserStore(redis=redis, keys=Keys(settings.key_prefix)).list_users()
-    finally:
-        await redis.aclose()
+    async with redis_for(ctx) as (redis, keys):
+        rows = await RedisUserStore(redis=redis, keys=keys).list_users()
     for u in rows:
         click.echo(f"{u.name}  {','.join(u.roles) or '-'}")
 
@@ -86,15 +75,10 @@ async def users_list(ctx: click.Context) -> None:
 @run_async
 async def users_delete(ctx: click.Context, name: str) -> None:
     """Delete user NAME and end their sessions."""
-    settings = settings_of(ctx)
-    keys = Keys(settings.key_prefix)
-    redis = await open_redis(settings)
-    try:
+    async with redis_for(ctx) as (redis, keys):
         if not await RedisUserStore(redis=redis, keys=keys).delete_user(name):
             raise CliError(f"user/{name} not found")
         ended = await RedisSessionStore(redis=redis, keys=keys).delete_user_sessions(name)
-    finally:
-        await redis.aclose()
     click.echo(f"user/{name} deleted ({ended} sessions ended)")
 
 
@@ -109,14 +93,8 @@ def sessions() -> None:
 @run_async
 async def sessions_list(ctx: click.Context, user: str | None) -> None:
     """List live sessions (ID is a prefix of the hash of the session id)."""
-    settings = settings_of(ctx)
-    redis = await open_redis(settings)
-    try:
-        rows = await RedisSessionStore(redis=redis, keys=Keys(settings.key_prefix)).list_sessions(
-            user
-        )
-    finally:
-        await redis.aclose()
+    async with redis_for(ctx) as (redis, keys):
+        rows = await RedisSessionStore(redis=redis, keys=keys).list_sessions(user)
     click.echo("ID                USER  CREATED              EXPIRES")
     for s in rows:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.created_at))
@@ -133,10 +111,8 @@ async def sessions_revoke(ctx: click.Context, session_id: str | None, user: str 
     """Revoke one session (ID from 'sessions list') or all of a user's (--user)."""
     if (session_id is None) == (user is None):
         raise CliError("give a session ID or --user NAME (one of them)")
-    settings = settings_of(ctx)
-    redis = await open_redis(settings)
-    try:
-        store = RedisSessionStore(redis=redis, keys=Keys(settings.key_prefix))
+    async with redis_for(ctx) as (redis, keys):
+        store = RedisSessionStore(redis=redis, keys=keys)
         if user is not None:
             click.echo(f"{await store.delete_user_sessions(user)} sessions of {user} revoked")
             return
@@ -150,8 +126,6 @@ async def sessions_revoke(ctx: click.Context, session_id: str | None, user: str 
             raise CliError(f"{session_id} matches {len(matches)} sessions; give more digits")
         await store.delete_session(matches[0].id_hash)
         click.echo(f"session {session_id} revoked")
-    finally:
-        await redis.aclose()
 
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._@-]{1,128}$")
@@ -188,11 +162,9 @@ async def keys_create(
             raise CliError(f"--expires {expires!r}: write it like 30d, 12h or 90m") from None
         if lifetime <= 0:
             raise CliError("--expires must be more than 0")
-    settings = settings_of(ctx)
-    redis = await open_redis(settings)
-    try:
-        store = RedisApiKeyStore(redis=redis, keys=Keys(settings.key_prefix))
-        if await redis.hexists(Keys(settings.key_prefix).api_key_names, name):
+    async with redis_for(ctx) as (redis, keys):
+        store = RedisApiKeyStore(redis=redis, keys=keys)
+        if await redis.hexists(keys.api_key_names, name):
             raise CliError(f"key {name} exists; revoke it first")
         key = new_api_key()
         now = time.time()
@@ -200,8 +172,6 @@ async def keys_create(
             name, tuple(dict.fromkeys(roles)), tier, now, now + lifetime if lifetime else 0
         )
         await store.put_key(hash_api_key(key), record)
-    finally:
-        await redis.aclose()
     click.echo(key)
     click.echo(f"key/{name} created; this is the only time the key is shown", err=True)
 
@@ -211,12 +181,8 @@ async def keys_create(
 @run_async
 async def keys_list(ctx: click.Context) -> None:
     """List keys: name, roles, tier, expiry (never the keys)."""
-    settings = settings_of(ctx)
-    redis = await open_redis(settings)
-    try:
-        rows = await RedisApiKeyStore(redis=redis, keys=Keys(settings.key_prefix)).list_keys()
-    finally:
-        await redis.aclose()
+    async with redis_for(ctx) as (redis, keys):
+        rows = await RedisApiKeyStore(redis=redis, keys=keys).list_keys()
     for k in rows:
         expires = (
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(k.expires_at))
@@ -234,11 +200,7 @@ async def keys_list(ctx: click.Context) -> None:
 @run_async
 async def keys_revoke(ctx: click.Context, name: str) -> None:
     """Revoke key NAME; effective on the next request."""
-    settings = settings_of(ctx)
-    redis = await open_redis(settings)
-    try:
-        if not await RedisApiKeyStore(redis=redis, keys=Keys(settings.key_prefix)).delete_key(name):
+    async with redis_for(ctx) as (redis, keys):
+        if not await RedisApiKeyStore(redis=redis, keys=keys).delete_key(name):
             raise CliError(f"key/{name} not found")
-    finally:
-        await redis.aclose()
     click.echo(f"key/{name} revoked")

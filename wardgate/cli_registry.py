@@ -10,10 +10,9 @@ import time
 
 import click
 
-from wardgate.cli import CliError, open_redis, run_async, settings_of
+from wardgate.cli import CliError, redis_for, run_async
 from wardgate.domain.durations import parse_duration
 from wardgate.domain.registry import validate_instance
-from wardgate.store.keys import Keys
 from wardgate.store.registry import RedisRegistryStore
 
 
@@ -35,10 +34,7 @@ async def register(
         instance = validate_instance(address, port, weight, ttl_s)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    settings = settings_of(ctx)
-    keys = Keys(settings.key_prefix)
-    redis = await open_redis(settings)
-    try:
+    async with redis_for(ctx) as (redis, keys):
         raw = await redis.hget(keys.services, service)
         if not raw or json.loads(raw).get("discovery") != "registry":
             raise CliError(f"service/{service} does not exist with discovery: registry")
@@ -58,5 +54,3 @@ async def register(
                 await store.heartbeat(service, instance, ttl=ttl_s, now=time.time())
         await store.deregister(service, instance)
         click.echo(f"{service}: {address}:{port} deregistered")
-    finally:
-        await redis.aclose()
