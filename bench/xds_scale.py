@@ -71,7 +71,7 @@ def build(raw: dict[str, dict[str, str]], memo: ParseMemo | None, tr: Translator
     base = build_base(catalog, tr.opts, translator=tr)
     resources_from_bytes(TYPE_CLUSTER, base.cluster_bytes)
     resources_from_bytes(TYPE_ENDPOINT, base.endpoint_bytes)
-    resources_from_bytes(TYPE_ROUTE, [base.route_bytes])
+    _ = resources_from_bytes(TYPE_ROUTE, base.route_bytes).versions  # what delta sends by
 
 
 def in_process(routes: int, services: int) -> dict[str, float]:

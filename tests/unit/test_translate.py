@@ -23,6 +23,7 @@ from wardgate.domain.documents import Route, Service, host_regex, parse_document
 from wardgate.domain.ratelimit import RULE_KEY, encode_rule, parse_descriptor
 from wardgate.xds.assemble import build_base, build_route_configuration
 from wardgate.xds.listener import build_listener
+from wardgate.xds.scopes import SCOPE_HEADER
 from wardgate.xds.translate import (
     HTTP_CLUSTER,
     ROUTE_CONFIG_NAME,
@@ -243,7 +244,8 @@ def test_public_route_disables_ext_authz() -> None:
 
 def test_identity_headers_are_removed_before_any_other_filter() -> None:
     hcm = hcm_of(OPTS)
-    first = hcm.http_filters[0]
+    # Only the scope filter comes first: it reads the path, never an identity header.
+    first = hcm.http_filters[1]
     assert first.name == "envoy.filters.http.header_mutation"
     removed = {m.remove for m in header_mutation(first).mutations.request_mutations}
     assert removed == {"x-user-id", "x-user-roles", "x-auth-method"}
@@ -609,7 +611,9 @@ def test_build_base_puts_the_auth_cluster_first_then_services_by_name() -> None:
     assert auth.type == cluster_pb2.Cluster.STRICT_DNS
     sock = auth.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
     assert (sock.address, sock.port_value) == ("wardgate.internal", 18081)
-    assert [e.name for e in base.routes.virtual_hosts[0].routes] == [*BUILTIN_NAMES, "r"]
+    # "r" (prefix /) may match any path: it is in every scope, after wardgate's own routes.
+    assert [e.name for e in base.routes_for("/auth/login")] == [*BUILTIN_NAMES, "r"]
+    assert [e.name for e in base.routes_for("/anything")] == ["r"]
 
 
 def test_auth_cluster_is_static_for_an_ip() -> None:
@@ -635,17 +639,21 @@ def hcm_of(opts: TranslateOptions) -> http_connection_manager_pb2.HttpConnection
 def test_listener_http_filters_in_order() -> None:
     hcm = hcm_of(OPTS)
     assert [f.name for f in hcm.http_filters] == [
+        "wardgate.scope",
         "envoy.filters.http.header_mutation",
         "envoy.filters.http.cors",
         "envoy.filters.http.rbac",
         "envoy.filters.http.ext_authz",
         "envoy.filters.http.ratelimit",
-        "envoy.filters.http.lua",
+        "wardgate.session_cookie",
         "envoy.filters.http.buffer",
         "envoy.filters.http.router",
     ]
-    assert hcm.rds.route_config_name == ROUTE_CONFIG_NAME
-    assert hcm.rds.config_source.HasField("ads")
+    assert not hcm.HasField("rds")
+    scoped = hcm.scoped_routes
+    assert scoped.scope_key_builder.fragments[0].header_value_extractor.name == SCOPE_HEADER
+    assert scoped.scoped_rds.scoped_rds_config_source.HasField("ads")
+    assert scoped.rds_config_source.HasField("ads")
     assert hcm.use_remote_address.value is True
 
 
@@ -737,8 +745,8 @@ def test_translation_is_incremental_per_document() -> None:
         Catalog(routes=changed, services={"s": svc}, refused={}), OPTS, translator=translator
     )
     assert translator.translated == 52  # only the changed route was translated again
-    prefixes = [r.match.path_separated_prefix for r in base.routes.virtual_hosts[0].routes]
-    assert "/seven" in prefixes and "/r7" not in prefixes
+    assert "/seven" in [r.match.path_separated_prefix for r in base.routes_for("/seven")]
+    assert all(r.name != "r7" for r in base.routes_for("/r7"))
 
 
 def test_consistent_hashing_backends_hash_on_the_client_address() -> None:
@@ -756,5 +764,5 @@ def test_consistent_hashing_backends_hash_on_the_client_address() -> None:
     )
     r = parse_document({"kind": "Route", "name": "r", "match": {"prefix": "/r"}, "backend": "s"})
     base = build_base(Catalog(routes={"r": r}, services={"s": svc}, refused={}), OPTS)
-    (entry,) = [x for x in base.routes.virtual_hosts[0].routes if x.name == "r"]
+    (entry,) = base.routes_for("/r")
     assert entry.route.hash_policy[0].connection_properties.source_ip is True

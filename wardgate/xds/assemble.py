@@ -1,24 +1,26 @@
 """Assembling the snapshot's resources from translated documents, incrementally.
 
 The ``Translator`` remembers, per document, its serialized Envoy message: a change to one
-route among ten thousand translates that route only. The route configuration is assembled
-on the wire (each route's bytes, already framed as a ``VirtualHost.routes`` field,
-concatenated), not by copying ten thousand messages into a new one, which cost more than
-everything else together.
+route among ten thousand translates that route only. Route configurations (one per scope,
+``scopes.py``) are assembled on the wire (each route's bytes, already framed as a
+``VirtualHost.routes`` field, concatenated), not by copying ten thousand messages into new
+ones, which cost more than everything else together.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
-from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2, scoped_route_pb2
 from google.protobuf import json_format
 
 from wardgate.domain.catalog import Catalog
 from wardgate.domain.documents import Route, Service
+from wardgate.xds import scopes
 from wardgate.xds.translate import (
     HTTP_CLUSTER,
     ROUTE_CONFIG_NAME,
@@ -35,6 +37,7 @@ from wardgate.xds.translate import (
 
 HASHING_LB = ("ring_hash", "maglev")
 SortKey = tuple[int, int, int, int, str]
+_BUILTIN_KEY: SortKey = (-(2**62), 0, 0, 0, "")  # wardgate's own routes come first
 
 
 def _varint(n: int) -> bytes:
@@ -60,8 +63,10 @@ class Base:
 
     cluster_bytes: list[tuple[str, bytes]]
     endpoint_bytes: list[tuple[str, bytes]]
-    route_bytes: tuple[str, bytes]
+    route_bytes: list[tuple[str, bytes]]  # one route configuration per scope
+    scope_bytes: list[tuple[str, bytes]]
     route_clusters: frozenset[str]  # the clusters the routes send traffic to
+    depths: dict[str, int]  # first segments keyed deeper than one segment
 
     # Message views, for tests and tools; the snapshot uses the bytes.
     @property
@@ -73,8 +78,21 @@ class Base:
         return [endpoint_pb2.ClusterLoadAssignment.FromString(b) for _, b in self.endpoint_bytes]
 
     @property
-    def routes(self) -> route_pb2.RouteConfiguration:
-        return route_pb2.RouteConfiguration.FromString(self.route_bytes[1])
+    def route_configs(self) -> dict[str, route_pb2.RouteConfiguration]:
+        return {n: route_pb2.RouteConfiguration.FromString(b) for n, b in self.route_bytes}
+
+    def routes_for(self, path: str) -> list[route_components_pb2.Route]:
+        """The routes a request for ``path`` is matched against, in order: what the scope
+        script picks (a Python mirror of ``scopes.scope_lua``)."""
+        configs = dict(self.route_bytes)
+        segs = scopes.request_segments(path)
+        seg = segs[0] if segs else ""
+        depth = self.depths.get(seg, 1)
+        key = scopes.bucket(scopes.key_text(segs, depth))
+        config = route_pb2.RouteConfiguration.FromString(
+            configs[scopes.route_config_name(depth, key)]
+        )
+        return list(config.virtual_hosts[0].routes)
 
 
 class Translator:
@@ -85,16 +103,21 @@ class Translator:
 
     def __init__(self, opts: TranslateOptions, *, max_cached: int = 200_000) -> None:
         self.opts = opts
-        # per route: (the document, hashing, its sort key, its bytes as a VirtualHost.routes field)
-        self._routes: dict[int, tuple[Route, bool, SortKey, bytes]] = {}
+        # per route: (the document, hashing, its sort key, its placement and bytes)
+        self._routes: dict[int, tuple[Route, bool, SortKey, scopes.Placed]] = {}
         self._clusters: dict[int, tuple[Service, bytes]] = {}
         self._endpoints: dict[tuple[str, tuple[tuple[str, int, int], ...]], bytes] = {}
         self._max = max_cached
-        self._builtin = [
-            json_format.ParseDict(e, route_components_pb2.Route()).SerializeToString(
-                deterministic=True
+        self._builtin = [self._placed(e) for e in builtin_routes(opts)]
+        self._markers: dict[tuple[str, int], bytes] = {}
+        self._scope_bytes = [
+            (
+                str(r["name"]),
+                json_format.ParseDict(
+                    r, scoped_route_pb2.ScopedRouteConfiguration()
+                ).SerializeToString(deterministic=True),
             )
-            for e in builtin_routes(opts)
+            for r in scopes.scope_resources()
         ]
         self._auth_cluster = build_auth_cluster(opts).SerializeToString(deterministic=True)
         head = json_format.ParseDict(virtual_host_head(), route_components_pb2.VirtualHost())
@@ -107,19 +130,41 @@ class Translator:
             self._clusters.clear()
             self._endpoints.clear()
 
-    def _route_entry(self, route: Route, hashing: bool) -> tuple[SortKey, bytes]:
+    @staticmethod
+    def _placed(entry: dict[str, Any]) -> scopes.Placed:
+        msg = json_format.ParseDict(entry, route_components_pb2.Route())
+        m = entry["match"]
+        pin = scopes.Pin.of(
+            prefix=m.get("prefix", m.get("path_separated_prefix")),
+            path=m.get("path"),
+            regex=m.get("safe_regex", {}).get("regex"),
+        )
+        data = _field(3, msg.SerializeToString(deterministic=True))
+        return scopes.Placed(pin, scopes.pin_buckets(pin), data)
+
+    def _route_entry(self, route: Route, hashing: bool) -> tuple[SortKey, scopes.Placed]:
         found = self._routes.get(id(route))
         if found is not None and found[0] is route and found[1] == hashing:
             return found[2], found[3]
-        msg = json_format.ParseDict(
-            route_entry(route, hashing=hashing), route_components_pb2.Route()
-        )
-        field = _field(3, msg.SerializeToString(deterministic=True))
+        placed = self._placed(route_entry(route, hashing=hashing))
         key = route_sort_key(route)
         self.translated += 1
         self._trim()
-        self._routes[id(route)] = (route, hashing, key, field)
-        return key, field
+        self._routes[id(route)] = (route, hashing, key, placed)
+        return key, placed
+
+    def _marker(self, segment: str, depth: int) -> bytes:
+        data = self._markers.get((segment, depth))
+        if data is None:
+            if len(self._markers) > 10_000:
+                self._markers.clear()
+            msg = json_format.ParseDict(
+                scopes.marker_route(segment, depth), route_components_pb2.Route()
+            )
+            data = self._markers[(segment, depth)] = _field(
+                3, msg.SerializeToString(deterministic=True)
+            )
+        return data
 
     def cluster(self, svc: Service) -> bytes:
         found = self._clusters.get(id(svc))
@@ -140,20 +185,35 @@ class Translator:
             self._endpoints[key] = data
         return data
 
-    def route_configuration(self, routes: list[Route], services: Mapping[str, Service]) -> bytes:
+    def _ordered(self, routes: list[Route], services: Mapping[str, Service]) -> list[scopes.Placed]:
+        """wardgate's own routes, then the documents' routes in the global order."""
         hashing = {n for n, s in services.items() if s.lb in HASHING_LB}
         entries = [
             self._route_entry(r, bool(hashing) and bool(hashing & set(r.services())))
             for r in routes
         ]
         entries.sort(key=lambda e: e[0])
+        return self._builtin + [placed for _, placed in entries]
+
+    def _config(self, name: str, fields: list[bytes]) -> bytes:
         # A message's fields may come in any order: the head, then the routes (field 3).
-        vhost = (
-            self._vhost_head
-            + b"".join(_field(3, r) for r in self._builtin)
-            + b"".join(field for _, field in entries)
-        )
-        return _field(1, ROUTE_CONFIG_NAME.encode()) + _field(2, vhost)
+        return _field(1, name.encode()) + _field(2, self._vhost_head + b"".join(fields))
+
+    def route_configuration(self, routes: list[Route], services: Mapping[str, Service]) -> bytes:
+        """The whole table as one configuration, in the global order: what the scopes split
+        (for tests and tools; Envoy gets ``route_configurations``)."""
+        return self._config(ROUTE_CONFIG_NAME, [p.data for p in self._ordered(routes, services)])
+
+    def route_configurations(
+        self, routes: list[Route], services: Mapping[str, Service]
+    ) -> tuple[list[tuple[str, bytes]], dict[str, int]]:
+        """One configuration per scope, and the first segments keyed deeper than one."""
+        contents, depths = scopes.place(self._ordered(routes, services), self._marker)
+        configs = []
+        for (depth, b), fields in contents.items():
+            name = scopes.route_config_name(depth, b)
+            configs.append((name, self._config(name, fields)))
+        return configs, depths
 
     def base(self, catalog: Catalog, instances: Mapping[str, list[tuple[str, int, int]]]) -> Base:
         services = [s for _, s in sorted(catalog.services.items())]
@@ -167,15 +227,15 @@ class Translator:
                 eps = [(e.address, e.port, e.weight) for e in svc.endpoints or []]
             endpoint_bytes.append((svc.name, self.endpoints(svc.name, eps)))
         used = frozenset(n for r in catalog.routes.values() for n in r.services())
+        configs, depths = self.route_configurations(list(catalog.routes.values()), catalog.services)
         return Base(
             cluster_bytes=[(HTTP_CLUSTER, self._auth_cluster)]
             + [(s.name, self.cluster(s)) for s in services],
             endpoint_bytes=endpoint_bytes,
-            route_bytes=(
-                ROUTE_CONFIG_NAME,
-                self.route_configuration(list(catalog.routes.values()), catalog.services),
-            ),
+            route_bytes=configs,
+            scope_bytes=self._scope_bytes,
             route_clusters=used,
+            depths=depths,
         )
 
 

@@ -23,6 +23,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa
 from google.protobuf import json_format
 
 from wardgate.domain.durations import format_duration
+from wardgate.xds.scopes import F_SCOPE, SCOPE_HEADER, SCOPED_ROUTES_NAME, scope_lua
 from wardgate.xds.translate import (
     EXT_AUTHZ,
     F_BUFFER,
@@ -33,7 +34,6 @@ from wardgate.xds.translate import (
     IDENTITY_HEADERS,
     LISTENER_NAME,
     RATELIMIT_DOMAIN,
-    ROUTE_CONFIG_NAME,
     T_HEADER_MUTATION,
     T,
     TranslateOptions,
@@ -119,7 +119,16 @@ def build_listener(address: str, port: int, opts: TranslateOptions) -> listener_
     grpc = {"envoy_grpc": {"cluster_name": GRPC_CLUSTER}}
     filters = [
         {
-            # First of all: whatever identity headers the client sent are dropped, so only
+            # Before anything reads the route: the scope key from the path (scopes.py). It
+            # overwrites whatever the client sent in that header.
+            "name": F_SCOPE,
+            "typed_config": {
+                "@type": T + "envoy.extensions.filters.http.lua.v3.Lua",
+                "default_source_code": {"inline_string": scope_lua()},
+            },
+        },
+        {
+            # Then: whatever identity headers the client sent are dropped, so only
             # ext_authz can set them, on every route, even when authorization fails open.
             "name": "envoy.filters.http.header_mutation",
             "typed_config": {
@@ -193,9 +202,14 @@ def build_listener(address: str, port: int, opts: TranslateOptions) -> listener_
         "merge_slashes": True,
         "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
         "strip_trailing_host_dot": True,
-        "rds": {
-            "route_config_name": ROUTE_CONFIG_NAME,
-            "config_source": {"ads": {}, "resource_api_version": "V3"},
+        # One route configuration per scope; the scope from a header the first filter sets.
+        "scoped_routes": {
+            "name": SCOPED_ROUTES_NAME,
+            "scope_key_builder": {
+                "fragments": [{"header_value_extractor": {"name": SCOPE_HEADER, "index": 0}}]
+            },
+            "rds_config_source": {"ads": {}, "resource_api_version": "V3"},
+            "scoped_rds": {"scoped_rds_config_source": {"ads": {}, "resource_api_version": "V3"}},
         },
         "http_filters": filters,
         "local_reply_config": {"mappers": [_mapper(*m) for m in LOCAL_REPLIES]},

@@ -22,9 +22,11 @@ TYPE_CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 TYPE_ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 TYPE_LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 TYPE_ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+TYPE_SCOPED_ROUTE = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"
 # Make before break: clusters (and their endpoints) before the listeners and routes using them.
-PUSH_ORDER = (TYPE_CLUSTER, TYPE_ENDPOINT, TYPE_LISTENER, TYPE_ROUTE)
-WILDCARD_TYPES = frozenset({TYPE_CLUSTER, TYPE_LISTENER})
+PUSH_ORDER = (TYPE_CLUSTER, TYPE_ENDPOINT, TYPE_LISTENER, TYPE_SCOPED_ROUTE, TYPE_ROUTE)
+# Types whose state-of-the-world responses carry every resource (a missing one is removed).
+WILDCARD_TYPES = frozenset({TYPE_CLUSTER, TYPE_LISTENER, TYPE_SCOPED_ROUTE})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,10 @@ Protocol rules followed (Envoy's xds_protocol): a request whose nonce is not the
 sent on this stream is stale and ignored; a request with ``error_detail`` is a NACK and the
 rejected version is never re-sent (we wait for a new version); we answer a type only when
 the client has a request outstanding for it and the content or the names asked for changed;
-LDS and CDS responses carry the full set; types are pushed CDS, EDS, LDS, RDS.
+LDS, CDS and SRDS responses carry the full set; RDS and EDS responses carry only the resources
+this stream has not been sent in their current version (Envoy leaves the others as they are),
+so one changed route configuration among many travels alone; types are pushed CDS, EDS, LDS,
+SRDS, RDS.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class _Watch:
     sent_version: str | None = None
     sent_nonce: str = ""
     sent_names: frozenset[str] | None = None
+    sent_items: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> version
 
 
 def _on_request(
@@ -101,8 +105,21 @@ def _respond(
         return None
     if names is None:
         chosen = dict(available)
-    else:
+    elif type_url in WILDCARD_TYPES:
         chosen = {n: available[n] for n in sorted(names) if n in available}
+    else:
+        versions = res.versions
+        # Forget what is no longer asked for: asked again, it is sent again.
+        watch.sent_items = {n: v for n, v in watch.sent_items.items() if n in names}
+        chosen = {
+            n: available[n]
+            for n in sorted(names)
+            if n in available and watch.sent_items.get(n) != versions[n]
+        }
+        if not chosen and watch.sent_names == names:
+            watch.sent_version = version  # nothing of what it asks for changed
+            return None
+        watch.sent_items.update((n, versions[n]) for n in chosen)
     nonce = next_nonce()
     watch.waiting = False
     watch.sent_version = version

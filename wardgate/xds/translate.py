@@ -32,6 +32,7 @@ from google.protobuf import json_format
 from wardgate.domain.documents import Route, Service, host_regex
 from wardgate.domain.durations import format_duration, parse_duration
 from wardgate.domain.ratelimit import RULE_KEY, TIER_KEY, encode_rule
+from wardgate.xds.scopes import SCOPE_HEADER
 
 ROUTE_CONFIG_NAME = "wardgate_routes"
 LISTENER_NAME = "wardgate_http"
@@ -43,7 +44,9 @@ EXT_AUTHZ = "envoy.filters.http.ext_authz"
 F_CORS = "envoy.filters.http.cors"
 F_RBAC = "envoy.filters.http.rbac"
 F_BUFFER = "envoy.filters.http.buffer"
-F_LUA = "envoy.filters.http.lua"
+# Its own name, not the extension's: Envoy falls back from a filter's name to its extension's
+# for per-route config, and the scope filter (scopes.py), also Lua, must never be disabled.
+F_LUA = "wardgate.session_cookie"
 T_LUA_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute"
 
 
@@ -393,8 +396,9 @@ def virtual_host_head() -> dict[str, Any]:
     return {
         "name": "wardgate",
         "domains": ["*"],
-        # Applied by the router, after ext_authz has read it: the API key is for the gateway.
-        "request_headers_to_remove": ["x-api-key"],
+        # Applied by the router, after ext_authz has read it: the API key is for the gateway;
+        # the scope key is for Envoy (scopes.py).
+        "request_headers_to_remove": ["x-api-key", SCOPE_HEADER],
         "typed_per_filter_config": {
             EXT_AUTHZ: {"@type": T_EXT_AUTHZ_ROUTE, "disabled": True},
             F_BUFFER: {"@type": T_BUFFER_ROUTE, "disabled": True},

@@ -1,0 +1,83 @@
+"""Scoped routes through a real Envoy: the Lua script's key agrees with wardgate's placement
+at every depth, and a client cannot pick the scope."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support import Stack, echo, eventually, route, service
+from wardgate.domain.catalog import Catalog
+from wardgate.domain.documents import parse_document
+from wardgate.xds import scopes
+from wardgate.xds.assemble import build_base
+from wardgate.xds.translate import TranslateOptions
+
+OPTS = TranslateOptions()
+
+pytestmark = pytest.mark.e2e
+
+
+def _answer(http: object, path: str, **kw: object) -> str:
+    resp = http.get(path, **kw)  # type: ignore[attr-defined]
+    return str(echo(resp)["path"])
+
+
+def test_routes_at_every_depth_are_served_and_the_order_holds(stack: Stack) -> None:
+    # 80 routes under /deep/v1/: enough for "deep" to be keyed three segments deep.
+    docs = [
+        route(f"deep-{i}", f"/deep/v1/svc{i}", "echo", rewrite_prefix=f"/got/svc{i}")
+        for i in range(80)
+    ]
+    docs.append(route("deep-root", "/deep", "echo", rewrite_prefix="/got/root"))
+    docs.append(route("deep-v2", "/deep/v2", "echo", rewrite_prefix="/got/v2"))
+    docs.append(
+        {
+            "kind": "Route",
+            "name": "deep-exact",
+            "match": {"path": "/deep/v1"},
+            "backend": "echo",
+        }
+    )
+    docs.append(
+        {
+            "kind": "Route",
+            "name": "deep-regex",
+            "match": {"regex": "/deep/v1/svc1[0-9]/special"},
+            "backend": "echo",
+            "priority": 5,
+            "auth": {"require": "session"},
+        }
+    )
+    # What wardgate makes of them: "deep" keyed by three segments (so the script descends).
+    routes = {d["name"]: parse_document(d) for d in docs}
+    svc = parse_document(service("echo", 1))
+    base = build_base(Catalog(routes=routes, services={"echo": svc}, refused={}), OPTS)
+    assert base.depths == {"deep": 3}
+    stack.apply(*docs)
+    with stack.client() as http:
+        eventually(lambda: http.get("/deep/v1/svc79/x").status_code == 200, timeout=2.0)
+        assert _answer(http, "/deep/v1/svc5/x") == "/got/svc5/x"
+        assert _answer(http, "/deep/v1/svc79?next=/deep/v1/svc3") == "/got/svc79?next=/deep/v1/svc3"
+        assert _answer(http, "/deep/v1/svc80/x") == "/got/root/v1/svc80/x"  # only /deep matches
+        assert _answer(http, "/deep") == "/got/root"
+        assert _answer(http, "/deep/v2/a") == "/got/v2/a"
+        assert _answer(http, "/deep/v1") == "/deep/v1"  # the exact path, not /deep
+        # The higher-priority regex beats the prefix route in the same scope.
+        assert http.get("/deep/v1/svc12/special").status_code == 401
+        assert _answer(http, "/deep/v1/svc12/other") == "/got/svc12/other"
+        # Upstreams never see the scope key.
+        assert scopes.SCOPE_HEADER not in echo(http.get("/deep/v1/svc5"))["headers"]
+
+
+def test_a_client_sent_scope_key_changes_nothing(stack: Stack) -> None:
+    stack.apply(
+        route("pick-open", "/pick", "echo"),
+        route("pick-locked", "/pick/locked", "echo", auth={"require": "session"}),
+    )
+    with stack.client() as http:
+        eventually(lambda: http.get("/pick/x").status_code == 200, timeout=2.0)
+        # Every key there is: the protected route stays protected, whatever the client sends.
+        for depth in range(1, scopes.MAX_DEPTH + 1):
+            for b in range(scopes.BUCKETS):
+                resp = http.get("/pick/locked", headers={scopes.SCOPE_HEADER: f"{depth}:{b}"})
+                assert resp.status_code == 401, (depth, b)
