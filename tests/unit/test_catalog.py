@@ -292,3 +292,60 @@ def test_a_raw_delete_of_a_service_in_use_keeps_serving_it() -> None:
     assert "deleted while route r uses it" in cat.refused["Service/s"]
     # Without a last good version there is nothing to keep.
     assert "r" not in Catalog.from_raw(without).routes
+
+
+# --- Catalog.updated (the watcher's incremental path) ---------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_updated_catalog_equals_from_raw_after_every_raw_write(seed: int) -> None:
+    """Raw writes of every sort (good, bad, missing backends, deleted services), each followed
+    by the watcher's bookkeeping of last good versions: patching gives what re-reading gives."""
+    import random
+
+    from wardgate.domain.catalog import ParseMemo
+
+    rng = random.Random(seed)
+    raw: dict[str, dict[str, str]] = {"Route": {}, "Service": {}, "Issuer": {}}
+    for i in range(4):
+        raw["Service"][f"s{i}"] = json.dumps(_svc(f"s{i}"))
+    for i in range(30):
+        raw["Route"][f"r{i}"] = json.dumps(_route(f"r{i}", f"s{i % 4}", f"/p{i}"))
+    memo = ParseMemo()
+    last_good: dict[str, dict[str, str]] = {}
+    prev_raw = {k: dict(v) for k, v in raw.items()}
+    prev = Catalog.from_raw(prev_raw, last_good, memo=memo)
+    patched = 0
+    for _ in range(100):
+        roll = rng.random()
+        name = f"r{rng.randint(0, 34)}"
+        if roll < 0.4:
+            backend = rng.choice(["s0", "s1", "s2", "s3", "missing"])
+            raw["Route"][name] = json.dumps(_route(name, backend, f"/q{rng.randint(0, 9)}"))
+        elif roll < 0.55:
+            raw["Route"][name] = '{"kind": "Route", "name": "' + name + '", "match": 5}'
+        elif roll < 0.7:
+            raw["Route"].pop(name, None)
+        elif roll < 0.74:
+            raw["Service"].pop(f"s{rng.randint(0, 3)}", None)
+        elif roll < 0.9:
+            i = rng.randint(0, 3)
+            raw["Service"][f"s{i}"] = json.dumps(_svc(f"s{i}"))
+        else:
+            for n in rng.sample(sorted(raw["Route"]), min(3, len(raw["Route"]))):
+                raw["Route"][n] = json.dumps(_route(n, "s0", f"/z{rng.randint(0, 99)}"))
+        now_raw = {k: dict(v) for k, v in raw.items()}
+        expected = Catalog.from_raw(now_raw, last_good, memo=memo)
+        got = Catalog.updated(prev, prev_raw, now_raw, last_good, memo=memo)
+        if got is not None:
+            patched += 1
+            assert got.routes == expected.routes
+            assert got.services == expected.services
+            assert got.refused == expected.refused
+            assert got.served == expected.served
+            assert got.issuers == expected.issuers
+        last_good = {}
+        for (kind, n), text in expected.served.items():
+            last_good.setdefault(kind, {})[n] = text
+        prev, prev_raw = expected, now_raw
+    assert patched > 8  # the incremental path was taken, not only the fallback

@@ -107,6 +107,56 @@ class Catalog:
             issuers=parsed["Issuer"],
         )
 
+    @classmethod
+    def updated(
+        cls,
+        previous: Catalog,
+        previous_raw: Mapping[str, Mapping[str, str]],
+        raw: Mapping[str, Mapping[str, str]],
+        last_good: Mapping[str, Mapping[str, str]] | None = None,
+        *,
+        memo: ParseMemo | None = None,
+        limit: int = 200,
+    ) -> Catalog | None:
+        """``from_raw(raw, last_good)`` computed from ``previous`` (``from_raw`` of
+        ``previous_raw``) when only a few routes changed: the changed routes are checked
+        against the services, the others kept as they were. None when that would not give
+        the same answer (services or issuers changed, a service is being kept for the routes
+        using it, too many changes): call ``from_raw``."""
+        if any(raw.get(k, {}) != previous_raw.get(k, {}) for k in ("Service", "Issuer")):
+            return None
+        if any(k.startswith("Service/") for k in previous.refused):
+            return None
+        old, new = previous_raw.get("Route", {}), raw.get("Route", {})
+        changed = {n for n, text in new.items() if old.get(n) != text}
+        changed.update(n for n in old if n not in new)
+        if len(changed) > limit:
+            return None
+        part = cls.from_raw(
+            {**raw, "Route": {n: new[n] for n in changed if n in new}}, last_good, memo=memo
+        )
+        if any(k.startswith("Service/") for k in part.refused):
+            return None  # a changed route keeps a deleted service alive: others may use it
+        routes = {n: r for n, r in previous.routes.items() if n not in changed}
+        routes.update(part.routes)
+        refused = {
+            k: v
+            for k, v in previous.refused.items()
+            if k.startswith("Route/") and k[len("Route/") :] not in changed
+        }
+        refused.update(part.refused)
+        served = {
+            k: v for k, v in previous.served.items() if k[0] != "Route" or k[1] not in changed
+        }
+        served.update(part.served)
+        return cls(
+            routes=routes,
+            services=part.services,
+            refused=refused,
+            served=served,
+            issuers=part.issuers,
+        )
+
 
 class ParseMemo:
     """Remembers each stored text's parse (document or error), so that re-reading thousands

@@ -7,7 +7,7 @@ import getpass
 import json
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from redis.exceptions import RedisError, WatchError
@@ -49,19 +49,19 @@ class RedisDocumentStore:
     async def load_last_good(self) -> RawDocuments:
         return await self._hashes(self._k.last_good)
 
-    async def save_last_good(self, served: dict[tuple[str, str], str], old: RawDocuments) -> None:
-        """Record what is served now (only the differences from ``old``)."""
+    async def save_last_good(
+        self, changed: Mapping[tuple[str, str], str], gone: Iterable[tuple[str, str]]
+    ) -> None:
+        """Record what is served now: ``changed`` (kind, name) -> text, ``gone`` no longer."""
         try:
             async with self._r.pipeline(transaction=False) as pipe:
                 for kind in KIND_ORDER:
-                    now = {n: v for (k, n), v in served.items() if k == kind}
-                    before = old.get(kind, {})
-                    changed = {n: v for n, v in now.items() if before.get(n) != v}
-                    gone = [n for n in before if n not in now]
-                    if changed:
-                        pipe.hset(self._k.last_good(kind), mapping=changed)
-                    if gone:
-                        pipe.hdel(self._k.last_good(kind), *gone)
+                    now = {n: v for (k, n), v in changed.items() if k == kind}
+                    removed = [n for k, n in gone if k == kind]
+                    if now:
+                        pipe.hset(self._k.last_good(kind), mapping=now)
+                    if removed:
+                        pipe.hdel(self._k.last_good(kind), *removed)
                 await pipe.execute()
         except RedisError as exc:
             raise StoreError(f"redis: {exc}") from exc

@@ -10,6 +10,7 @@ ones, which cost more than everything else together.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -108,7 +109,17 @@ class Translator:
         self._clusters: dict[int, tuple[Service, bytes]] = {}
         self._endpoints: dict[tuple[str, tuple[tuple[str, int, int], ...]], bytes] = {}
         self._max = max_cached
-        self._builtin = [self._placed(e) for e in builtin_routes(opts)]
+        # wardgate's own routes: first in the order, named so no document can clash.
+        self._builtin = {
+            f"\0{e['name']}": ((_BUILTIN_KEY[0], i, 0, 0, e["name"]), self._placed(e))
+            for i, e in enumerate(builtin_routes(opts))
+        }
+        self._layout: scopes.Layout | None = None
+        self._layout_routes: dict[str, Route] = {}
+        self._hashing: frozenset[str] = frozenset()
+        self._uses: Counter[str] = Counter()  # service -> how many routes use it
+        self._services: tuple[dict[str, Service], Mapping[str, Any], list[Any], list[Any]] | None
+        self._services = None
         self._markers: dict[tuple[str, int], bytes] = {}
         self._scope_bytes = [
             (
@@ -193,7 +204,7 @@ class Translator:
             for r in routes
         ]
         entries.sort(key=lambda e: e[0])
-        return self._builtin + [placed for _, placed in entries]
+        return [placed for _, placed in self._builtin.values()] + [p for _, p in entries]
 
     def _config(self, name: str, fields: list[bytes]) -> bytes:
         # A message's fields may come in any order: the head, then the routes (field 3).
@@ -204,18 +215,47 @@ class Translator:
         (for tests and tools; Envoy gets ``route_configurations``)."""
         return self._config(ROUTE_CONFIG_NAME, [p.data for p in self._ordered(routes, services)])
 
-    def route_configurations(
-        self, routes: list[Route], services: Mapping[str, Service]
-    ) -> tuple[list[tuple[str, bytes]], dict[str, int]]:
-        """One configuration per scope, and the first segments keyed deeper than one."""
-        contents, depths = scopes.place(self._ordered(routes, services), self._marker)
-        configs = []
-        for (depth, b), fields in contents.items():
-            name = scopes.route_config_name(depth, b)
-            configs.append((name, self._config(name, fields)))
-        return configs, depths
+    def _update_layout(self, catalog: Catalog) -> scopes.Layout:
+        """The scopes after this catalog: only routes that are not the same documents as last
+        time move (the whole layout again when a service's balancing changes how routes
+        hash)."""
+        routes = catalog.routes
+        hashing = frozenset(n for n, s in catalog.services.items() if s.lb in HASHING_LB)
+        if self._layout is None or hashing != self._hashing:
+            self._layout = scopes.Layout(self._marker, self._config)
+            self._layout.apply([], self._builtin)
+            self._layout_routes, self._uses, self._hashing = {}, Counter(), hashing
+        old = self._layout_routes
+        removed = [n for n, r in old.items() if routes.get(n) is not r]
+        added = {
+            n: self._route_entry(r, bool(hashing) and bool(hashing & set(r.services())))
+            for n, r in routes.items()
+            if old.get(n) is not r
+        }
+        try:
+            self._layout.apply(removed, added)
+        except Exception:
+            self._layout = None  # half applied: built again from scratch next time
+            raise
+        for n in removed:
+            self._uses.subtract(old[n].services())
+        for n in added:
+            self._uses.update(routes[n].services())
+        self._layout_routes = dict(routes)
+        return self._layout
 
-    def base(self, catalog: Catalog, instances: Mapping[str, list[tuple[str, int, int]]]) -> Base:
+    def _cluster_resources(
+        self, catalog: Catalog, instances: Mapping[str, list[tuple[str, int, int]]]
+    ) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
+        """Clusters and endpoints; the same lists again if no service changed."""
+        prev = self._services
+        if (
+            prev is not None
+            and prev[0].keys() == catalog.services.keys()
+            and all(prev[0][n] is s for n, s in catalog.services.items())
+            and prev[1] == instances
+        ):
+            return prev[2], prev[3]
         services = [s for _, s in sorted(catalog.services.items())]
         endpoint_bytes = []
         for svc in services:
@@ -226,16 +266,22 @@ class Translator:
             else:
                 eps = [(e.address, e.port, e.weight) for e in svc.endpoints or []]
             endpoint_bytes.append((svc.name, self.endpoints(svc.name, eps)))
-        used = frozenset(n for r in catalog.routes.values() for n in r.services())
-        configs, depths = self.route_configurations(list(catalog.routes.values()), catalog.services)
+        cluster_bytes = [(HTTP_CLUSTER, self._auth_cluster)] + [
+            (s.name, self.cluster(s)) for s in services
+        ]
+        self._services = (dict(catalog.services), dict(instances), cluster_bytes, endpoint_bytes)
+        return cluster_bytes, endpoint_bytes
+
+    def base(self, catalog: Catalog, instances: Mapping[str, list[tuple[str, int, int]]]) -> Base:
+        cluster_bytes, endpoint_bytes = self._cluster_resources(catalog, instances)
+        layout = self._update_layout(catalog)
         return Base(
-            cluster_bytes=[(HTTP_CLUSTER, self._auth_cluster)]
-            + [(s.name, self.cluster(s)) for s in services],
+            cluster_bytes=cluster_bytes,
             endpoint_bytes=endpoint_bytes,
-            route_bytes=configs,
+            route_bytes=layout.configs(),
             scope_bytes=self._scope_bytes,
-            route_clusters=used,
-            depths=depths,
+            route_clusters=frozenset(n for n, c in self._uses.items() if c > 0),
+            depths=dict(layout.depths),
         )
 
 

@@ -22,10 +22,11 @@ as in the whole table: scopes change how much Envoy rebuilds, never which route 
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 BUCKETS = 67  # prime: a polynomial hash spreads evenly over a prime count
 MAX_DEPTH = 3
@@ -129,28 +130,6 @@ class Pin:
         return self.exact or len(self.segments) >= depth
 
 
-def choose_depth(pins: Sequence[tuple[Pin, Sequence[int]]]) -> int:
-    """How many segments key the requests under one first segment: the depth whose largest
-    bucket (routes placed there plus routes copied everywhere) is smallest, if it is at most
-    half the routes; 1 otherwise. ``pins``: each route's pin and its bucket per depth."""
-    n = len(pins)
-    if n < SPLIT_MIN:
-        return 1
-    best, best_cost = 1, n
-    for depth in range(2, MAX_DEPTH + 1):
-        loads: Counter[int] = Counter()
-        spread = 0
-        for pin, buckets in pins:
-            if pin.placed(depth):
-                loads[buckets[depth - 1]] += 1
-            else:
-                spread += 1
-        cost = (max(loads.values()) if loads else 0) + spread
-        if cost * 2 <= n and cost < best_cost:
-            best, best_cost = depth, cost
-    return best
-
-
 def pin_buckets(pin: Pin) -> tuple[int, ...]:
     """A pin's bucket at each depth (index depth - 1)."""
     return tuple(bucket(key_text(pin.segments, d)) for d in range(1, MAX_DEPTH + 1))
@@ -165,37 +144,168 @@ class Placed:
     data: bytes
 
 
-def place(
-    routes: Iterable[Placed], marker: Callable[[str, int], bytes]
-) -> tuple[dict[tuple[int, int], list[bytes]], dict[str, int]]:
-    """Bucket contents: (depth, bucket) -> route bytes in order, and the depth of each first
-    segment that goes deeper than 1. ``routes`` come in the global order; ``marker`` gives
-    the bytes of the marker route for (first segment, depth), built by the caller."""
-    routes = list(routes)
-    groups: dict[str, list[tuple[Pin, Sequence[int]]]] = {}
-    for r in routes:
-        if r.pin.segments:
-            groups.setdefault(r.pin.segments[0], []).append((r.pin, r.buckets))
-    depths = {seg: d for seg, pins in groups.items() if (d := choose_depth(pins)) > 1}
-    used = sorted({1, *depths.values()})
-    out: dict[tuple[int, int], list[bytes]] = {
-        (d, b): [] for d in range(1, MAX_DEPTH + 1) for b in range(BUCKETS)
-    }
-    for seg, d in sorted(depths.items()):
-        out[(1, bucket(seg))].append(marker(seg, d))
-    for r in routes:
-        if not r.pin.segments:
-            for d in used:
-                for b in range(BUCKETS):
-                    out[(d, b)].append(r.data)
-            continue
-        d = depths.get(r.pin.segments[0], 1)
-        if r.pin.placed(d):
-            out[(d, r.buckets[d - 1])].append(r.data)
-        else:
-            for b in range(BUCKETS):
-                out[(d, b)].append(r.data)
-    return out, depths
+SortKey = tuple[int, int, int, int, str]
+Slot = tuple[int, int]  # (depth, bucket)
+MARKER_KEY = -(2**63)  # sort-key head of the markers: first in their bucket
+
+
+def _entry_key(entry: tuple[SortKey, bytes]) -> SortKey:
+    return entry[0]
+
+
+class _Group:
+    """The routes under one first segment, with what choosing its depth needs."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+        self.loads: list[Counter[int]] = [Counter() for _ in range(MAX_DEPTH + 1)]
+        self.spread = [0] * (MAX_DEPTH + 1)
+
+    def count(self, placed: Placed, sign: int) -> None:
+        for depth in range(2, MAX_DEPTH + 1):
+            if placed.pin.placed(depth):
+                b = placed.buckets[depth - 1]
+                self.loads[depth][b] += sign
+                if not self.loads[depth][b]:
+                    del self.loads[depth][b]
+            else:
+                self.spread[depth] += sign
+
+    def depth(self) -> int:
+        """How many segments key its requests: the depth whose largest bucket (routes placed
+        there plus routes copied everywhere) is smallest, if at most half the routes."""
+        n = len(self.names)
+        if n < SPLIT_MIN:
+            return 1
+        best, best_cost = 1, n
+        for depth in range(2, MAX_DEPTH + 1):
+            cost = max(self.loads[depth].values(), default=0) + self.spread[depth]
+            if cost * 2 <= n and cost < best_cost:
+                best, best_cost = depth, cost
+        return best
+
+
+class Layout:
+    """What every scope holds, kept up to date route by route: a change moves the routes
+    that changed, and only the scopes they touch are assembled again.
+
+    ``marker`` gives the bytes of the marker route for (first segment, depth); ``assemble``
+    turns a scope's route configuration name and route bytes into its configuration."""
+
+    def __init__(
+        self,
+        marker: Callable[[str, int], bytes],
+        assemble: Callable[[str, list[bytes]], bytes],
+    ) -> None:
+        self._marker = marker
+        self._assemble = assemble
+        self._routes: dict[str, tuple[SortKey, Placed]] = {}
+        self._groups: dict[str, _Group] = {}
+        self._spanning: set[str] = set()  # routes that fix no segment
+        self.depths: dict[str, int] = {}  # first segments keyed deeper than one segment
+        self._buckets: dict[Slot, list[tuple[SortKey, bytes]]] = {
+            (d, b): [] for d in range(1, MAX_DEPTH + 1) for b in range(BUCKETS)
+        }
+        self._configs: dict[Slot, bytes] = {}
+        self._dirty: set[Slot] = set(self._buckets)
+
+    def _used(self) -> list[int]:
+        return sorted({1, *self.depths.values()})
+
+    def _slots(self, placed: Placed) -> list[Slot]:
+        if not placed.pin.segments:
+            return [(d, b) for d in self._used() for b in range(BUCKETS)]
+        depth = self.depths.get(placed.pin.segments[0], 1)
+        if placed.pin.placed(depth):
+            return [(depth, placed.buckets[depth - 1])]
+        return [(depth, b) for b in range(BUCKETS)]
+
+    def _insert(self, slots: Iterable[Slot], key: SortKey, data: bytes) -> None:
+        for slot in slots:
+            bisect.insort(self._buckets[slot], (key, data), key=_entry_key)
+            self._dirty.add(slot)
+
+    def _remove(self, slots: Iterable[Slot], key: SortKey) -> None:
+        for slot in slots:
+            entries = self._buckets[slot]
+            i = bisect.bisect_left(entries, key, key=_entry_key)
+            assert entries[i][0] == key
+            del entries[i]
+            self._dirty.add(slot)
+
+    def apply(self, removed: Iterable[str], added: Mapping[str, tuple[SortKey, Placed]]) -> None:
+        """Routes ``removed`` (by name) leave, routes ``added`` come in (a changed route is
+        in both). Sort keys must be unique (they end with the route's name)."""
+        touched: set[str] = set()
+        for name in list(removed):
+            key, placed = self._routes.pop(name)
+            self._remove(self._slots(placed), key)
+            if placed.pin.segments:
+                seg = placed.pin.segments[0]
+                group = self._groups[seg]
+                group.names.discard(name)
+                group.count(placed, -1)
+                touched.add(seg)
+            else:
+                self._spanning.discard(name)
+        for name, (_key, placed) in added.items():
+            if placed.pin.segments:
+                seg = placed.pin.segments[0]
+                group = self._groups.setdefault(seg, _Group())
+                group.names.add(name)
+                group.count(placed, +1)
+                touched.add(seg)
+        # Depths that change move their whole group (rare: a group crossing a threshold).
+        used_before = self._used()
+        moving: list[str] = []
+        for seg in sorted(touched):
+            group = self._groups[seg]
+            depth = group.depth() if group.names else 1
+            old = self.depths.get(seg, 1)
+            if depth == old:
+                if not group.names:
+                    del self._groups[seg]
+                continue
+            for name in group.names:
+                if name in self._routes and name not in added:
+                    key, placed = self._routes[name]
+                    self._remove(self._slots(placed), key)
+                    moving.append(name)
+            if old > 1:
+                self._remove([(1, bucket(seg))], (MARKER_KEY, 0, 0, 0, seg))
+            if depth > 1:
+                self.depths[seg] = depth
+                self._insert(
+                    [(1, bucket(seg))], (MARKER_KEY, 0, 0, 0, seg), self._marker(seg, depth)
+                )
+            else:
+                self.depths.pop(seg, None)
+            if not group.names:
+                del self._groups[seg]
+        used = self._used()
+        if used != used_before:  # routes that fix no segment are in every level in use
+            for name in self._spanning:
+                key, placed = self._routes[name]
+                gone = [d for d in used_before if d not in used]
+                new = [d for d in used if d not in used_before]
+                self._remove([(d, b) for d in gone for b in range(BUCKETS)], key)
+                self._insert([(d, b) for d in new for b in range(BUCKETS)], key, placed.data)
+        for name in moving:
+            key, placed = self._routes[name]
+            self._insert(self._slots(placed), key, placed.data)
+        for name, (key, placed) in added.items():
+            self._routes[name] = (key, placed)
+            if not placed.pin.segments:
+                self._spanning.add(name)
+            self._insert(self._slots(placed), key, placed.data)
+
+    def configs(self) -> list[tuple[str, bytes]]:
+        """Every scope's route configuration; only those that changed are assembled again."""
+        for slot in self._dirty:
+            name = route_config_name(*slot)
+            self._configs[slot] = self._assemble(name, [data for _, data in self._buckets[slot]])
+        self._dirty.clear()
+        return [(route_config_name(*slot), self._configs[slot]) for slot in self._buckets]
 
 
 def marker_route(segment: str, depth: int) -> dict[str, object]:

@@ -101,13 +101,16 @@ class DocumentWatcher:
             return await self.refresh_instances()
         if self._last_good is None:  # once per connection; then kept in memory
             self._last_good = await self._store.load_last_good()
-        catalog = Catalog.from_raw(raw, self._last_good, memo=self._memo)
-        await self._store.save_last_good(catalog.served, self._last_good)
+        catalog = None
+        if self._catalog is not None and self._last_raw is not None:
+            catalog = Catalog.updated(
+                self._catalog, self._last_raw, raw, self._last_good, memo=self._memo
+            )
+        if catalog is None:
+            catalog = Catalog.from_raw(raw, self._last_good, memo=self._memo)
+        await self._save_last_good(catalog)
         self._catalog = catalog
         self._load_issuers(catalog)
-        self._last_good = {
-            kind: {n: v for (k, n), v in catalog.served.items() if k == kind} for kind in KIND_ORDER
-        }
         self._registry_services = sorted(
             name for name, svc in catalog.services.items() if svc.discovery == "registry"
         )
@@ -136,6 +139,24 @@ class DocumentWatcher:
                 len(catalog.refused),
             )
         return changed
+
+    async def _save_last_good(self, catalog: Catalog) -> None:
+        """Record in Redis, and here, what is served now: only what differs."""
+        last_good = self._last_good if self._last_good is not None else {}
+        changed = {
+            key: text
+            for key, text in catalog.served.items()
+            if last_good.get(key[0], {}).get(key[1]) != text
+        }
+        gone = [
+            (k, n) for k, names in last_good.items() for n in names if (k, n) not in catalog.served
+        ]
+        await self._store.save_last_good(changed, gone)
+        for (kind, name), text in changed.items():
+            last_good.setdefault(kind, {})[name] = text
+        for kind, name in gone:
+            del last_good[kind][name]
+        self._last_good = last_good
 
     def _settle_gc(self) -> None:
         """Keep the documents out of the cyclic collector's full passes: with ten thousand
