@@ -33,14 +33,17 @@ WILDCARD_TYPES = frozenset({TYPE_CLUSTER, TYPE_LISTENER, TYPE_SCOPED_ROUTE})
 class Resources:
     items: dict[str, any_pb2.Any]
     version: str
+    known_versions: dict[str, str] | None = None
+    # The serialized messages as given (``resources_from_bytes``): a later snapshot holding
+    # the very same bytes object reuses the packed message and its version.
+    raw: dict[str, bytes] = dataclasses.field(default_factory=dict)
 
     @functools.cached_property
     def versions(self) -> dict[str, str]:
         """Per resource: a version from its content (for incremental xDS)."""
-        return {
-            name: hashlib.sha256(name.encode() + b"\0" + item.value).hexdigest()[:16]
-            for name, item in self.items.items()
-        }
+        if self.known_versions is not None:
+            return self.known_versions
+        return {name: _version(name, item.value) for name, item in self.items.items()}
 
     @classmethod
     def of(cls, messages: Iterable[Message], name: Callable[[Any], str]) -> Resources:
@@ -54,14 +57,28 @@ class Resources:
         return cls(items, digest.hexdigest()[:16])
 
 
-def resources_from_bytes(type_url: str, items: list[tuple[str, bytes]]) -> Resources:
-    """Resources from already serialized (deterministic) messages of one type."""
+def _version(name: str, data: bytes) -> str:
+    return hashlib.sha256(name.encode() + b"\0" + data).hexdigest()[:16]
+
+
+def resources_from_bytes(
+    type_url: str, items: list[tuple[str, bytes]], previous: Resources | None = None
+) -> Resources:
+    """Resources from already serialized (deterministic) messages of one type. Resources
+    whose bytes are the same object as in ``previous`` are not packed or hashed again."""
     packed: dict[str, any_pb2.Any] = {}
-    digest = hashlib.sha256()
+    versions: dict[str, str] = {}
+    raw: dict[str, bytes] = {}
     for name, data in sorted(items):
-        packed[name] = any_pb2.Any(type_url=type_url, value=data)
-        digest.update(name.encode() + b"\0" + data + b"\0")
-    return Resources(packed, digest.hexdigest()[:16])
+        if previous is not None and previous.raw.get(name) is data:
+            packed[name] = previous.items[name]
+            versions[name] = previous.versions[name]
+        else:
+            packed[name] = any_pb2.Any(type_url=type_url, value=data)
+            versions[name] = _version(name, data)
+        raw[name] = data
+    digest = hashlib.sha256("\0".join(f"{n}:{v}" for n, v in versions.items()).encode())
+    return Resources(packed, digest.hexdigest()[:16], known_versions=versions, raw=raw)
 
 
 EMPTY = Resources({}, "empty")
