@@ -452,7 +452,16 @@ def test_parse_duration_near_valid_text_raises_only_value_error(text: str) -> No
 
 
 @pytest.mark.parametrize(
-    "header", ["x-user-id", "X-User-Roles", "x-auth-method", "cookie", "authorization", "x-api-key"]
+    "header",
+    [
+        "x-user-id",
+        "X-User-Roles",
+        "x-auth-method",
+        "cookie",
+        "authorization",
+        "x-api-key",
+        "x-wardgate-scope",
+    ],
 )
 def test_routes_cannot_match_on_headers_the_gateway_sets_or_strips(header: str) -> None:
     doc = {

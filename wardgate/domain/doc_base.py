@@ -43,7 +43,14 @@ RETRY_CONDITIONS = {
     "http3-post-connect-failure",
 }
 HEADER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9!#$%&'*+.^_`|~-]*$")
-RESERVED_HEADERS = {"x-user-id", "x-user-roles", "x-auth-method", "x-request-id"}
+# Set or stripped by the gateway (x-wardgate-scope: Envoy's scope key, xds/scopes.py).
+RESERVED_HEADERS = {
+    "x-user-id",
+    "x-user-roles",
+    "x-auth-method",
+    "x-request-id",
+    "x-wardgate-scope",
+}
 
 
 # Envoy's safe_regex is RE2 with a program-size limit (runtime re2.max_program_size.error_level,

@@ -68,8 +68,8 @@ class Match(_Doc):
         description=(
             "Request headers that must be present with exactly this value (Envoy header "
             "matcher, string_match.exact). Names are lower-cased HTTP tokens; x-user-id, "
-            "x-user-roles, x-auth-method, x-request-id, cookie, authorization and x-api-key "
-            "cannot be named."
+            "x-user-roles, x-auth-method, x-request-id, x-wardgate-scope, cookie, authorization "
+            "and x-api-key cannot be named."
         ),
     )
     hosts: list[str] | None = Field(
@@ -373,7 +373,7 @@ class Cors(_Doc):
 
 class Route(_Doc):
     """A Route document: which requests go to which service, and the policies on the way.
-    Each route becomes one route of Envoy's route configuration ``wardgate_routes``."""
+    Each route becomes one route of the route table Envoy receives, split into scopes by path."""
 
     kind: Literal["Route"] = Field(default="Route", description="Document kind: Route.")
     name: Name = Field(
