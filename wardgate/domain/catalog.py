@@ -31,6 +31,9 @@ class Catalog:
 
     # For each served document, the JSON it was served from (the last good version).
     served: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
+    # Set by ``updated``: the only documents whose served version may differ from the
+    # catalog it was patched from (None: any may).
+    changed: frozenset[tuple[str, str]] | None = None
 
     @classmethod
     def from_raw(
@@ -39,17 +42,21 @@ class Catalog:
         last_good: Mapping[str, Mapping[str, str]] | None = None,
         *,
         memo: ParseMemo | None = None,
+        services: Mapping[str, Service] | None = None,
     ) -> Catalog:
         """Parse what Redis holds; a document that fails is refused on its own, with a reason.
 
         With ``last_good`` (what was served before), a refused document that has a last good
         version keeps being served in that version: a bad raw write never takes a working
-        route off the gateway.
+        route off the gateway. ``services``: already parsed (raw services and issuers are
+        then not read).
         """
         refused: dict[str, str] = {}
         parsed: dict[str, dict[str, Any]] = {kind: {} for kind in KIND_ORDER}
         served: dict[tuple[str, str], str] = {}
-        for kind in KIND_ORDER:
+        if services is not None:
+            parsed["Service"] = dict(services)
+        for kind in KIND_ORDER if services is None else ("Route",):
             for name, text in sorted(raw.get(kind, {}).items()):
                 try:
                     parsed[kind][name] = (memo or _NO_MEMO).parse(kind, name, text)
@@ -63,19 +70,19 @@ class Catalog:
                         parsed[kind][name] = (memo or _NO_MEMO).parse(kind, name, previous)
                         served[(kind, name)] = previous
                         refused[f"{kind}/{name}"] += " (still serving the last good version)"
-        services: dict[str, Service] = parsed["Service"]
+        known: dict[str, Service] = parsed["Service"]
         previous_of = (last_good or {}).get
         # A service deleted (raw HDEL) while routes use it is refused like the CLI would: it
         # keeps being served in its last good version, for the routes that use it.
         for route in parsed["Route"].values():
             for svc in route.services():
                 prev = previous_of("Service", {}).get(svc)
-                if svc in services or prev is None:
+                if svc in known or prev is None:
                     continue
                 with contextlib.suppress(DocumentError):
                     restored = (memo or _NO_MEMO).parse("Service", svc, prev)
                     assert isinstance(restored, Service)
-                    services[svc] = restored
+                    known[svc] = restored
                     served[("Service", svc)] = prev
                     refused[f"Service/{svc}"] = (
                         f"deleted while route {route.name} uses it "
@@ -83,7 +90,7 @@ class Catalog:
                     )
         routes: dict[str, Route] = {}
         for name, route in parsed["Route"].items():
-            missing = [s for s in route.services() if s not in services]
+            missing = [s for s in route.services() if s not in known]
             if not missing:
                 routes[name] = route
                 continue
@@ -94,14 +101,14 @@ class Catalog:
                 with contextlib.suppress(DocumentError):
                     old_route = (memo or _NO_MEMO).parse("Route", name, prev)
                     assert isinstance(old_route, Route)
-                    if all(s in services for s in old_route.services()):
+                    if all(s in known for s in old_route.services()):
                         routes[name] = old_route
                         served[("Route", name)] = prev
                         reason += " (still serving the last good version)"
             refused[f"Route/{name}"] = reason
         return cls(
             routes=routes,
-            services=services,
+            services=known,
             refused=refused,
             served=served,
             issuers=parsed["Issuer"],
@@ -133,28 +140,33 @@ class Catalog:
         if len(changed) > limit:
             return None
         part = cls.from_raw(
-            {**raw, "Route": {n: new[n] for n in changed if n in new}}, last_good, memo=memo
+            {"Route": {n: new[n] for n in changed if n in new}},
+            last_good,
+            memo=memo,
+            services=previous.services,
         )
         if any(k.startswith("Service/") for k in part.refused):
             return None  # a changed route keeps a deleted service alive: others may use it
-        routes = {n: r for n, r in previous.routes.items() if n not in changed}
+        routes = dict(previous.routes)  # a copy and a few deletions: cheaper than a filter
+        served = dict(previous.served)
+        for n in changed:
+            routes.pop(n, None)
+            served.pop(("Route", n), None)
         routes.update(part.routes)
+        served.update(part.served)
         refused = {
             k: v
             for k, v in previous.refused.items()
-            if k.startswith("Route/") and k[len("Route/") :] not in changed
+            if not k.startswith("Route/") or k[len("Route/") :] not in changed
         }
         refused.update(part.refused)
-        served = {
-            k: v for k, v in previous.served.items() if k[0] != "Route" or k[1] not in changed
-        }
-        served.update(part.served)
         return cls(
             routes=routes,
-            services=part.services,
+            services=previous.services,
             refused=refused,
             served=served,
-            issuers=part.issuers,
+            issuers=previous.issuers,
+            changed=frozenset(("Route", n) for n in changed),
         )
 
 

@@ -14,6 +14,7 @@ import gc
 import logging
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -102,10 +103,12 @@ class DocumentWatcher:
                 if self._catalog.refused != refused:
                     await self._publish_refused(self._catalog.refused)
             return await self.refresh_instances()
-        if self._last_good is None:  # once per connection; then kept in memory
+        # Re-read once per connection (another replica may have moved it), then kept here.
+        reread = self._last_good is None
+        if self._last_good is None:
             self._last_good = await self._store.load_last_good()
         catalog = None
-        if self._catalog is not None and self._last_raw is not None:
+        if self._catalog is not None and self._last_raw is not None and not reread:
             catalog = Catalog.updated(
                 self._catalog, self._last_raw, raw, self._last_good, memo=self._memo
             )
@@ -144,16 +147,22 @@ class DocumentWatcher:
         return changed
 
     async def _save_last_good(self, catalog: Catalog) -> None:
-        """Record in Redis, and here, what is served now: only what differs."""
+        """Record in Redis, and here, what is served now: only what differs. A patched
+        catalog says which documents may differ; otherwise every one is compared."""
         last_good = self._last_good if self._last_good is not None else {}
-        changed = {
-            key: text
-            for key, text in catalog.served.items()
-            if last_good.get(key[0], {}).get(key[1]) != text
-        }
-        gone = [
-            (k, n) for k, names in last_good.items() for n in names if (k, n) not in catalog.served
-        ]
+        if catalog.changed is not None:
+            keys: Iterable[tuple[str, str]] = catalog.changed
+        else:
+            keys = set(catalog.served) | {(k, n) for k, names in last_good.items() for n in names}
+        changed: dict[tuple[str, str], str] = {}
+        gone: list[tuple[str, str]] = []
+        for kind, name in keys:
+            text = catalog.served.get((kind, name))
+            before = last_good.get(kind, {}).get(name)
+            if text is None and before is not None:
+                gone.append((kind, name))
+            elif text is not None and text != before:
+                changed[(kind, name)] = text
         await self._store.save_last_good(changed, gone)
         for (kind, name), text in changed.items():
             last_good.setdefault(kind, {})[name] = text
