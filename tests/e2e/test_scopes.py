@@ -81,3 +81,49 @@ def test_a_client_sent_scope_key_changes_nothing(stack: Stack) -> None:
             for b in range(scopes.BUCKETS):
                 resp = http.get("/pick/locked", headers={scopes.SCOPE_HEADER: f"{depth}:{b}"})
                 assert resp.status_code == 401, (depth, b)
+
+
+def _has_marker(stack: Stack, segment: str) -> bool:
+    import httpx
+
+    dump = httpx.get(
+        f"http://127.0.0.1:{stack.admin_port}/config_dump?resource=dynamic_route_configs",
+        timeout=5,
+    ).text
+    return f"wardgate.scope/{segment}" in dump
+
+
+def test_a_segment_going_deeper_moves_its_routes_without_a_miss(stack: Stack) -> None:
+    """80 routes arrive under /mv: its routes move to scopes keyed by two segments, make
+    before break. A client hammering an existing /mv route never gets anything but 200."""
+    import threading
+
+    stack.apply(route("mv-keep", "/mv/keep", "echo"))
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        with stack.client() as http:
+            while not stop.is_set():
+                statuses.append(http.get("/mv/keep/x").status_code)
+
+    with stack.client() as http:
+        eventually(lambda: http.get("/mv/keep/x").status_code == 200, timeout=2.0)
+        assert not _has_marker(stack, "mv")
+        worker = threading.Thread(target=hammer, daemon=True)
+        worker.start()
+        try:
+            stack.apply(*[route(f"mv-{i}", f"/mv/n{i}", "echo") for i in range(80)])
+            eventually(lambda: http.get("/mv/n79/x").status_code == 200, timeout=2.0)
+            # First step: the routes are in both placements, requests still go the old way.
+            assert not _has_marker(stack, "mv")
+            # The marker comes in the second step, once Envoys had time to take the first.
+            eventually(lambda: _has_marker(stack, "mv"), timeout=6.0, interval=0.05)
+            eventually(lambda: http.get("/mv/n3").status_code == 200, timeout=2.0)
+            n = len(statuses)
+            eventually(lambda: len(statuses) > n + 50, timeout=5.0)
+        finally:
+            stop.set()
+            worker.join(timeout=5)
+    assert len(statuses) > 100
+    assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}

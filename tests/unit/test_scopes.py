@@ -173,6 +173,7 @@ def test_incremental_layout_equals_a_fresh_build_after_every_change(seed: int) -
     routes = {name: parse_document(d) for name, d in docs.items()}
     next_id = len(docs)
     seen: set[tuple[tuple[str, int], ...]] = set()
+    moves = 0
     for step in range(40):
         action = rng.random()
         if action < 0.3 and routes:  # remove a few
@@ -197,9 +198,24 @@ def test_incremental_layout_equals_a_fresh_build_after_every_change(seed: int) -
             routes[name] = parse_document({**doc, "name": name, "backend": "t"})
         catalog = Catalog(routes=dict(routes), services=services, refused={})
         got = build_base(catalog, OPTS, translator=translator)
+        whole = list(build_route_configuration(list(routes.values()), OPTS).virtual_hosts[0].routes)
+        paths = [random_path(rng) for _ in range(40)] + [
+            f"/{rng.choice(['api', 'burst', 'x'])}/n{rng.randint(0, 300)}/m{rng.randint(0, 900)}"
+            for _ in range(40)
+        ]
+        # While routes move between placements, requests are answered as by the whole table.
+        moves += translator.moving
+        while True:
+            for path in paths:
+                assert first_match(got.routes_for(path), path) == first_match(whole, path), path
+            settled = translator.settle(got, after=0)
+            if settled is None:
+                break
+            got = settled
         fresh = build_base(catalog, OPTS)
         assert got.depths == fresh.depths, step
         assert got.route_clusters == fresh.route_clusters, step
         assert got.route_bytes == fresh.route_bytes, step
         seen.add(tuple(sorted(got.depths.items())))
-    assert len(seen) >= 3  # groups went deeper and back: the moves were exercised
+    assert len(seen) >= 3  # groups went deeper and back
+    assert moves > 0  # and some did so make-before-break, through the in-between state

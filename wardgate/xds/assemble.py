@@ -10,6 +10,7 @@ ones, which cost more than everything else together.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -39,6 +40,9 @@ from wardgate.xds.translate import (
 HASHING_LB = ("ring_hash", "maglev")
 SortKey = tuple[int, int, int, int, str]
 _BUILTIN_KEY: SortKey = (-(2**62), 0, 0, 0, "")  # wardgate's own routes come first
+# Routes moving between scopes stay in both placements this long before the markers switch:
+# long enough for every connected Envoy to have taken the first step.
+SETTLE_AFTER = 2.0
 
 
 def _varint(n: int) -> bytes:
@@ -233,7 +237,7 @@ class Translator:
             if old.get(n) is not r
         }
         try:
-            self._layout.apply(removed, added)
+            self._layout.apply(removed, added, now=time.monotonic())
         except Exception:
             self._layout = None  # half applied: built again from scratch next time
             raise
@@ -243,6 +247,20 @@ class Translator:
             self._uses.update(routes[n].services())
         self._layout_routes = dict(routes)
         return self._layout
+
+    @property
+    def moving(self) -> bool:
+        """Whether routes are between two placements (see ``scopes.Layout``)."""
+        return self._layout is not None and bool(self._layout.moving)
+
+    def settle(self, base: Base, *, after: float = SETTLE_AFTER) -> Base | None:
+        """``base`` with the moves started at least ``after`` seconds ago finished; None if
+        none was due."""
+        if self._layout is None or not self._layout.settle(now=time.monotonic(), after=after):
+            return None
+        return dataclasses.replace(
+            base, route_bytes=self._layout.configs(), depths=dict(self._layout.depths)
+        )
 
     def _cluster_resources(
         self, catalog: Catalog, instances: Mapping[str, list[tuple[str, int, int]]]

@@ -189,6 +189,11 @@ class Layout:
     """What every scope holds, kept up to date route by route: a change moves the routes
     that changed, and only the scopes they touch are assembled again.
 
+    When a first segment's depth changes, its routes move make-before-break: first they are
+    placed at the new depth *as well*, while the markers still send requests to the old
+    placement (``moving``); ``settle``, called once every Envoy has had time to take that,
+    switches the markers and drops the old placement.
+
     ``marker`` gives the bytes of the marker route for (first segment, depth); ``assemble``
     turns a scope's route configuration name and route bytes into its configuration."""
 
@@ -202,7 +207,8 @@ class Layout:
         self._routes: dict[str, tuple[SortKey, Placed]] = {}
         self._groups: dict[str, _Group] = {}
         self._spanning: set[str] = set()  # routes that fix no segment
-        self.depths: dict[str, int] = {}  # first segments keyed deeper than one segment
+        self.depths: dict[str, int] = {}  # what the markers say: depths other than 1
+        self.moving: dict[str, tuple[int, float]] = {}  # segment -> (new depth, since)
         self._buckets: dict[Slot, list[tuple[SortKey, bytes]]] = {
             (d, b): [] for d in range(1, MAX_DEPTH + 1) for b in range(BUCKETS)
         }
@@ -210,15 +216,24 @@ class Layout:
         self._dirty: set[Slot] = set(self._buckets)
 
     def _used(self) -> list[int]:
-        return sorted({1, *self.depths.values()})
+        return sorted({1, *self.depths.values(), *(d for d, _ in self.moving.values())})
+
+    def _placements(self, segment: str) -> list[int]:
+        """The depths where a first segment's routes are: one, two while it moves."""
+        depth = self.depths.get(segment, 1)
+        target = self.moving.get(segment)
+        return [depth] if target is None else [depth, target[0]]
 
     def _slots(self, placed: Placed) -> list[Slot]:
         if not placed.pin.segments:
             return [(d, b) for d in self._used() for b in range(BUCKETS)]
-        depth = self.depths.get(placed.pin.segments[0], 1)
-        if placed.pin.placed(depth):
-            return [(depth, placed.buckets[depth - 1])]
-        return [(depth, b) for b in range(BUCKETS)]
+        out: list[Slot] = []
+        for depth in self._placements(placed.pin.segments[0]):
+            if placed.pin.placed(depth):
+                out.append((depth, placed.buckets[depth - 1]))
+            else:
+                out.extend((depth, b) for b in range(BUCKETS))
+        return out
 
     def _insert(self, slots: Iterable[Slot], key: SortKey, data: bytes) -> None:
         for slot in slots:
@@ -233,7 +248,51 @@ class Layout:
             del entries[i]
             self._dirty.add(slot)
 
-    def apply(self, removed: Iterable[str], added: Mapping[str, tuple[SortKey, Placed]]) -> None:
+    def _set_marker(self, segment: str, depth: int) -> None:
+        """Point the marker of ``segment`` at ``depth`` (1: no marker)."""
+        slot, key = (1, bucket(segment)), (MARKER_KEY, 0, 0, 0, segment)
+        if self.depths.get(segment, 1) > 1:
+            self._remove([slot], key)
+        if depth > 1:
+            self.depths[segment] = depth
+            self._insert([slot], key, self._marker(segment, depth))
+        else:
+            self.depths.pop(segment, None)
+
+    def _lift(self, names: Iterable[str]) -> list[str]:
+        """Take routes out of their slots, to put them back after the state changed."""
+        lifted = []
+        for name in names:
+            if name in self._routes:
+                key, placed = self._routes[name]
+                self._remove(self._slots(placed), key)
+                lifted.append(name)
+        return lifted
+
+    def _drop(self, names: Iterable[str]) -> None:
+        for name in names:
+            key, placed = self._routes[name]
+            self._insert(self._slots(placed), key, placed.data)
+
+    def _respread(self, used_before: list[int]) -> None:
+        """Routes that fix no segment are in every level in use: follow changes of it."""
+        used = self._used()
+        if used == used_before:
+            return
+        gone = [d for d in used_before if d not in used]
+        new = [d for d in used if d not in used_before]
+        for name in self._spanning:
+            key, placed = self._routes[name]
+            self._remove([(d, b) for d in gone for b in range(BUCKETS)], key)
+            self._insert([(d, b) for d in new for b in range(BUCKETS)], key, placed.data)
+
+    def apply(
+        self,
+        removed: Iterable[str],
+        added: Mapping[str, tuple[SortKey, Placed]],
+        *,
+        now: float = 0.0,
+    ) -> None:
         """Routes ``removed`` (by name) leave, routes ``added`` come in (a changed route is
         in both). Sort keys must be unique (they end with the route's name)."""
         touched: set[str] = set()
@@ -255,49 +314,55 @@ class Layout:
                 group.names.add(name)
                 group.count(placed, +1)
                 touched.add(seg)
-        # Depths that change move their whole group (rare: a group crossing a threshold).
         used_before = self._used()
-        moving: list[str] = []
-        for seg in sorted(touched):
+        lifted: list[str] = []
+        for seg in sorted(touched - set(self.moving)):  # a moving group waits for settle
             group = self._groups[seg]
             depth = group.depth() if group.names else 1
-            old = self.depths.get(seg, 1)
-            if depth == old:
+            if depth == self.depths.get(seg, 1):
                 if not group.names:
                     del self._groups[seg]
                 continue
-            for name in group.names:
-                if name in self._routes and name not in added:
-                    key, placed = self._routes[name]
-                    self._remove(self._slots(placed), key)
-                    moving.append(name)
-            if old > 1:
-                self._remove([(1, bucket(seg))], (MARKER_KEY, 0, 0, 0, seg))
-            if depth > 1:
-                self.depths[seg] = depth
-                self._insert(
-                    [(1, bucket(seg))], (MARKER_KEY, 0, 0, 0, seg), self._marker(seg, depth)
-                )
+            staying = [n for n in group.names if n in self._routes]
+            moved = self._lift(staying)
+            if moved:
+                self.moving[seg] = (depth, now)  # both placements until settled
             else:
-                self.depths.pop(seg, None)
+                self._set_marker(seg, depth)  # nothing served there yet: switch at once
+            lifted += moved
             if not group.names:
                 del self._groups[seg]
-        used = self._used()
-        if used != used_before:  # routes that fix no segment are in every level in use
-            for name in self._spanning:
-                key, placed = self._routes[name]
-                gone = [d for d in used_before if d not in used]
-                new = [d for d in used if d not in used_before]
-                self._remove([(d, b) for d in gone for b in range(BUCKETS)], key)
-                self._insert([(d, b) for d in new for b in range(BUCKETS)], key, placed.data)
-        for name in moving:
-            key, placed = self._routes[name]
-            self._insert(self._slots(placed), key, placed.data)
+        self._respread(used_before)
+        self._drop(lifted)
         for name, (key, placed) in added.items():
             self._routes[name] = (key, placed)
             if not placed.pin.segments:
                 self._spanning.add(name)
             self._insert(self._slots(placed), key, placed.data)
+
+    def settle(self, *, now: float, after: float) -> bool:
+        """Finish the moves started at least ``after`` seconds ago: the markers switch to
+        the new depth and the old placement goes. Returns whether anything changed."""
+        due = sorted(seg for seg, (_, since) in self.moving.items() if now - since >= after)
+        for seg in due:
+            used_before = self._used()
+            group = self._groups.get(seg)
+            names = sorted(group.names) if group is not None else []
+            lifted = self._lift(names)
+            depth, _ = self.moving.pop(seg)
+            self._set_marker(seg, depth if names else 1)
+            if group is not None and not names:
+                del self._groups[seg]
+            self._respread(used_before)
+            self._drop(lifted)
+            # Changes during the move may call for another depth: start that move now.
+            if group is not None and names and group.depth() != depth:
+                before = self._used()
+                lifted = self._lift(names)
+                self.moving[seg] = (group.depth(), now)
+                self._respread(before)
+                self._drop(lifted)
+        return bool(due)
 
     def configs(self) -> list[tuple[str, bytes]]:
         """Every scope's route configuration; only those that changed are assembled again."""

@@ -30,7 +30,7 @@ from wardgate.store.documents import RawDocuments, RedisDocumentStore
 from wardgate.store.keys import Keys
 from wardgate.store.redis_client import AnyRedis
 from wardgate.store.registry import RedisRegistryStore
-from wardgate.xds.assemble import Base, Translator, build_base
+from wardgate.xds.assemble import SETTLE_AFTER, Base, Translator, build_base
 from wardgate.xds.snapshot import (
     TYPE_CLUSTER,
     TYPE_ENDPOINT,
@@ -92,6 +92,9 @@ class DocumentWatcher:
         raw = await self._store.load()
         revision = await self._store.revision()
         if raw == self._last_raw and self._cache.ready:
+            if self._base is not None and (settled := self._translator.settle(self._base)):
+                self._base = settled  # routes that moved between scopes: the second step
+                return self._publish()
             self._metrics.snapshot_builds.labels("unchanged").inc()
             self._thaw_gc()
             if self._catalog is not None and any(
@@ -127,6 +130,8 @@ class DocumentWatcher:
         self._last_raw = raw
         self._revision = revision
         changed = self._publish()
+        if self._translator.moving:  # finish the move once every Envoy had time to take it
+            asyncio.get_running_loop().call_later(SETTLE_AFTER + 0.1, self.wake)
         self._settle_gc()
         log.debug("sync took %.1f ms", (time.perf_counter() - started) * 1000)
         self._metrics.snapshot_seconds.observe(time.perf_counter() - started)
