@@ -1,6 +1,7 @@
 """xDS at scale: 10,000 routes over 1,000 services.
 
     python bench/xds_scale.py [--routes 10000] [--services 1000] [--changes 50]
+                              [--shape one-prefix|per-service]
 
 Measures, in one run:
 1. in process: the time and memory to build the full snapshot cold (parse, validate,
@@ -36,6 +37,14 @@ from wardgate.xds.assemble import Translator, build_base
 from wardgate.xds.snapshot import TYPE_CLUSTER, TYPE_ENDPOINT, TYPE_ROUTE, resources_from_bytes
 from wardgate.xds.translate import TranslateOptions
 
+SHAPE = "one-prefix"  # or "per-service" (--shape)
+
+
+def route_path(i: int, services: int) -> str:
+    """``/r/<i>`` (every route under one first segment, which then is keyed by two) or
+    ``/s<service>/r<i>`` (each service's routes under their own first segment)."""
+    return f"/r/{i}" if SHAPE == "one-prefix" else f"/s{i % services}/r{i}"
+
 
 def documents(routes: int, services: int, upstream_port: int) -> dict[str, dict[str, str]]:
     svcs = {
@@ -53,7 +62,7 @@ def documents(routes: int, services: int, upstream_port: int) -> dict[str, dict[
             {
                 "kind": "Route",
                 "name": f"r{i}",
-                "match": {"prefix": f"/r/{i}", "methods": ["GET", "POST"]},
+                "match": {"prefix": route_path(i, services), "methods": ["GET", "POST"]},
                 "backend": f"s{i % services}",
                 "timeout": "5s",
                 "auth": {"require": "none"},
@@ -181,7 +190,8 @@ def propagation(
             )
             ports[mode] = listen
         t0 = time.monotonic()
-        first = {m: Poller(p, f"/r/{routes - 1}", t0, timeout=120) for m, p in ports.items()}
+        last = route_path(routes - 1, services)
+        first = {m: Poller(p, last, t0, timeout=120) for m, p in ports.items()}
         for t in first.values():
             t.start()
         for t in first.values():
@@ -216,7 +226,15 @@ def main() -> None:
     parser.add_argument("--routes", type=int, default=10_000)
     parser.add_argument("--services", type=int, default=1_000)
     parser.add_argument("--changes", type=int, default=50)
+    parser.add_argument(
+        "--shape",
+        choices=("one-prefix", "per-service"),
+        default="one-prefix",
+        help="route paths: /r/<i> (default) or /s<service>/r<i>",
+    )
     args = parser.parse_args()
+    global SHAPE
+    SHAPE = args.shape
     with open("/proc/cpuinfo") as f:
         cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
     envoy = (
@@ -229,7 +247,10 @@ def main() -> None:
     print(
         f"machine: {os.cpu_count()} cores, {cpu}; Python {platform.python_version()}; Envoy {envoy}"
     )
-    print(f"documents: {args.routes} routes over {args.services} services; {args.changes} changes")
+    print(
+        f"documents: {args.routes} routes over {args.services} services, paths"
+        f" {route_path(0, args.services)}...; {args.changes} changes"
+    )
     built = in_process(args.routes, args.services)
     print(
         f"snapshot build, cold: {built['cold_s'] * 1000:.0f} ms, peak Python memory "
