@@ -293,6 +293,9 @@ class Translator:
     def base(self, catalog: Catalog, instances: Mapping[str, list[tuple[str, int, int]]]) -> Base:
         cluster_bytes, endpoint_bytes = self._cluster_resources(catalog, instances)
         layout = self._update_layout(catalog)
+        # Moves due are finished here too: under a steady stream of changes the watcher's
+        # idle wake-up (which also settles) may not come.
+        layout.settle(now=time.monotonic(), after=SETTLE_AFTER)
         return Base(
             cluster_bytes=cluster_bytes,
             endpoint_bytes=endpoint_bytes,
