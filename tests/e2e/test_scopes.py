@@ -69,6 +69,16 @@ def test_routes_at_every_depth_are_served_and_the_order_holds(stack: Stack) -> N
         assert scopes.SCOPE_HEADER not in echo(http.get("/deep/v1/svc5"))["headers"]
 
 
+def test_long_segments_are_keyed_alike_by_envoy_and_wardgate(stack: Stack) -> None:
+    # Only the first 64 bytes of a segment are hashed, on both sides.
+    first = "l" * 62 + "%C3%A9" + "tail"
+    stack.apply(route("long-seg", f"/{first}/end", "echo", rewrite_prefix="/got/long"))
+    with stack.client() as http:
+        eventually(lambda: http.get(f"/{first}/end/x").status_code == 200, timeout=2.0)
+        assert _answer(http, f"/{first}/end/x") == "/got/long/x"
+        assert http.get(f"/{first[:-1]}/end/x").status_code == 404
+
+
 def test_a_client_sent_scope_key_changes_nothing(stack: Stack) -> None:
     stack.apply(
         route("pick-open", "/pick", "echo"),

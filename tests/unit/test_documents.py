@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import pytest
@@ -472,3 +473,27 @@ def test_routes_cannot_match_on_headers_the_gateway_sets_or_strips(header: str) 
     }
     with pytest.raises(DocumentError, match="cannot be matched"):
         parse_document(doc)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "reason"),
+    [
+        ("/café", "write it percent-encoded (%C3%A9)"),
+        ("/%61pi", "Envoy decodes it to 'a'"),
+        ("/a%2Fb", "escaped slash"),
+        ("/a%zz", "must start a percent-encoding"),
+        ("/a<b", "percent-encoded (%3C)"),
+    ],
+)
+def test_paths_that_could_never_match_are_refused_with_the_form_to_write(
+    prefix: str, reason: str
+) -> None:
+    doc = {"kind": "Route", "name": "r", "match": {"prefix": prefix}, "backend": "s"}
+    with pytest.raises(DocumentError, match=re.escape(reason)):
+        parse_document(doc)
+
+
+@pytest.mark.parametrize("prefix", ["/caf%C3%A9", "/a-b_c.d~e/!$&'()*+,;=:@", "/v1/x%25y"])
+def test_paths_in_their_wire_form_are_accepted(prefix: str) -> None:
+    doc = {"kind": "Route", "name": "r", "match": {"prefix": prefix}, "backend": "s"}
+    assert parse_document(doc).match.prefix == prefix  # type: ignore[union-attr]

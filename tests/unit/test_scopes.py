@@ -156,8 +156,11 @@ def test_request_segments_drop_the_query_and_empty_segments() -> None:
     assert scopes.request_segments("/api/users?next=/a/b") == ["api", "users"]
     assert scopes.request_segments("/") == []
     assert scopes.request_segments("/api/#frag") == ["api"]
-    assert scopes.key_text(["api"], 2) == "api/"
-    assert scopes.scope_key(2, ["api"]) == f"2:{scopes.bucket('api/')}"
+    assert scopes.bucket(["api"], 2) == scopes.bucket(["api", ""], 2)
+    assert scopes.scope_key(2, ["api"]) == f"2:{scopes.bucket(['api'], 2)}"
+    # Only a segment's first bytes count: a long segment costs the script no more.
+    long = "x" * scopes.SEGMENT_HASH_BYTES
+    assert scopes.bucket([long + "a"], 1) == scopes.bucket([long + "b"], 1)
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -25,6 +25,36 @@ from wardgate.domain.doc_base import (
 )
 from wardgate.domain.durations import parse_period
 
+_PCHAR = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*")
+_PLAIN = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%]")
+_DECODED = re.compile(r"%(?:[46][1-9A-Fa-f]|[57][0-9Aa]|3[0-9]|2[DdEeFf]|5[CcFf]|7[Ee])")
+
+
+def check_path_chars(value: str, where: str) -> None:
+    """A path as Envoy compares it: URL path characters, others percent-encoded; and no
+    percent-encoded letter, digit, '-._~' or slash, which Envoy decodes (or redirects)
+    before routing, so that the encoded form would never match."""
+    bad = next((c for c in value if not _PLAIN.fullmatch(c)), None)
+    if bad is not None:
+        encoded = "".join(f"%{b:02X}" for b in bad.encode())
+        raise ValueError(
+            f"{where} holds {bad!r}: paths are matched as sent on the wire; write it "
+            f"percent-encoded ({encoded})"
+        )
+    if not _PCHAR.fullmatch(value):
+        raise ValueError(f"{where}: '%' must start a percent-encoding such as %25")
+    if m := _DECODED.search(value):
+        decoded = bytes.fromhex(m.group(0)[1:]).decode()
+        if decoded in "/\\":
+            raise ValueError(
+                f"{where} holds {m.group(0)}: Envoy answers requests holding an escaped "
+                "slash with a redirect to the unescaped path, so no route ever sees one"
+            )
+        raise ValueError(
+            f"{where} holds {m.group(0)}: Envoy decodes it to {decoded!r} before routing; "
+            f"write {decoded!r}"
+        )
+
 
 class Match(_Doc):
     """Which requests a route takes (Envoy ``route.match``). Exactly one of ``prefix``,
@@ -34,7 +64,10 @@ class Match(_Doc):
     prefix: str | None = Field(
         default=None,
         description=(
-            "Path prefix: starts with '/', holds no '?', '#' or space. Without a trailing '/' "
+            "Path prefix: starts with '/', holds no '?', '#' or space, and is written as on "
+            "the wire: URL path characters, anything else percent-encoded ('/caf%C3%A9'), "
+            "never an encoded letter, digit, '-._~' or slash (Envoy decodes those before "
+            "routing). Without a trailing '/' "
             "it becomes Envoy's path_separated_prefix ('/api/users' matches /api/users and "
             "/api/users/42, not /api/usersX); ending in '/' a plain prefix ('/' matches every "
             "path). Exactly one of prefix, path or regex."
@@ -90,6 +123,8 @@ class Match(_Doc):
             value = getattr(self, key)
             if value is not None and (not value.startswith("/") or any(c in value for c in "?# ")):
                 raise ValueError(f"match.{key} must start with '/' and hold no '?', '#' or space")
+            if value is not None:
+                check_path_chars(value, f"match.{key}")
         if self.regex is not None:
             check_envoy_regex(self.regex, "match.regex")
         return self
@@ -498,6 +533,7 @@ class Route(_Doc):
                 raise ValueError("rewrite_prefix needs match.prefix")
             if not self.rewrite_prefix.startswith("/"):
                 raise ValueError("rewrite_prefix must start with '/'")
+            check_path_chars(self.rewrite_prefix, "rewrite_prefix")
         return self
 
     def services(self) -> list[str]:

@@ -93,7 +93,7 @@ class Base:
         segs = scopes.request_segments(path)
         seg = segs[0] if segs else ""
         depth = self.depths.get(seg, 1)
-        key = scopes.bucket(scopes.key_text(segs, depth))
+        key = scopes.bucket(segs, depth)
         config = route_pb2.RouteConfiguration.FromString(
             configs[scopes.route_config_name(depth, key)]
         )

@@ -38,21 +38,25 @@ _HASH_MOD = 1_000_003  # (h * 31 + byte) stays an exact integer in Lua's doubles
 _REGEX_META = frozenset("\\.^$|?*+()[]{}")
 
 
-def bucket(text: str) -> int:
-    """The bucket of a key text; the Lua script computes the same number."""
+SEGMENT_HASH_BYTES = 64  # only a segment's first bytes are hashed: long paths cost no more
+
+
+def bucket(segments: Sequence[str], depth: int) -> int:
+    """The bucket of a request's first ``depth`` segments (missing ones empty): a hash of
+    them joined by '/', each cut to its first SEGMENT_HASH_BYTES bytes. The Lua script
+    computes the same number."""
     h = 0
-    for byte in text.encode():
-        h = (h * 31 + byte) % _HASH_MOD
+    for i in range(depth):
+        if i:
+            h = (h * 31 + 47) % _HASH_MOD  # the '/' between segments
+        seg = segments[i].encode()[:SEGMENT_HASH_BYTES] if i < len(segments) else b""
+        for byte in seg:
+            h = (h * 31 + byte) % _HASH_MOD
     return h % BUCKETS
 
 
-def key_text(segments: Sequence[str], depth: int) -> str:
-    """The first ``depth`` segments joined by '/', missing ones empty."""
-    return "/".join(segments[i] if i < len(segments) else "" for i in range(depth))
-
-
 def scope_key(depth: int, segments: Sequence[str]) -> str:
-    return f"{depth}:{bucket(key_text(segments, depth))}"
+    return f"{depth}:{bucket(segments, depth)}"
 
 
 def route_config_name(depth: int, b: int) -> str:
@@ -132,7 +136,7 @@ class Pin:
 
 def pin_buckets(pin: Pin) -> tuple[int, ...]:
     """A pin's bucket at each depth (index depth - 1)."""
-    return tuple(bucket(key_text(pin.segments, d)) for d in range(1, MAX_DEPTH + 1))
+    return tuple(bucket(pin.segments, d) for d in range(1, MAX_DEPTH + 1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,7 +254,7 @@ class Layout:
 
     def _set_marker(self, segment: str, depth: int) -> None:
         """Point the marker of ``segment`` at ``depth`` (1: no marker)."""
-        slot, key = (1, bucket(segment)), (MARKER_KEY, 0, 0, 0, segment)
+        slot, key = (1, bucket([segment], 1)), (MARKER_KEY, 0, 0, 0, segment)
         if self.depths.get(segment, 1) > 1:
             self._remove([slot], key)
         if depth > 1:
@@ -410,7 +414,9 @@ local function key(segs, depth)
   for i = 1, depth do
     local s = segs[i] or ""
     if i > 1 then h = (h * 31 + 47) % {_HASH_MOD} end
-    for j = 1, #s do h = (h * 31 + string.byte(s, j)) % {_HASH_MOD} end
+    for j = 1, math.min(#s, {SEGMENT_HASH_BYTES}) do
+      h = (h * 31 + string.byte(s, j)) % {_HASH_MOD}
+    end
   end
   return depth .. ":" .. (h % BUCKETS)
 end
