@@ -25,8 +25,10 @@ from wardgate.domain.doc_base import (
 )
 from wardgate.domain.durations import parse_period
 
-_PCHAR = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*")
-_PLAIN = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%]")
+# What Envoy matches as it comes (RFC 3986 path characters, '[' and ']'); it percent-encodes
+# the rest of ASCII ('|', '^', '{', ...) before routing and refuses raw non-ASCII bytes.
+_PCHAR = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/\[\]]|%[0-9A-Fa-f]{2})*")
+_PLAIN = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%\[\]]")
 _DECODED = re.compile(r"%(?:[46][1-9A-Fa-f]|[57][0-9Aa]|3[0-9]|2[DdEeFf]|5[CcFf]|7[Ee])")
 
 

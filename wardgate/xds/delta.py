@@ -134,7 +134,7 @@ def _response(
         del watch.known[name]
     watch.nonce = nonce
     watch.nonce_version = res.version
-    seq.sent(type_url, nonce, snapshot, dict(items))
+    seq.sent(type_url, nonce, snapshot, dict(items), send)
     return response, res.version
 
 

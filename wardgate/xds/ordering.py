@@ -4,11 +4,15 @@
   never sent before the cluster it names has been accepted (and its endpoints sent).
 - A cluster that the Envoy's accepted routes still use is kept in what we send until the
   Envoy has accepted routes that no longer use it: routes are removed before their clusters.
+- Route responses carry only the route configurations that changed. After one is refused
+  (NACK), the Envoy keeps older versions of those configurations, so until it has accepted
+  new versions of all of them, what its routes use only grows.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
 from google.protobuf import any_pb2
 
@@ -22,6 +26,8 @@ class Sequencer:
     def __init__(self) -> None:
         self._pending: dict[str, str] = {}  # type -> nonce sent and not yet answered
         self._route_uses: dict[str, frozenset[str]] = {}  # RDS nonce -> clusters it used
+        self._route_names: dict[str, frozenset[str]] = {}  # RDS nonce -> configurations in it
+        self._refused_routes: set[str] = set()  # configurations whose last version was NACKed
         self.routes_in_use: frozenset[str] = frozenset()  # clusters of the accepted routes
         self.sent_clusters: dict[str, any_pb2.Any] = {}
 
@@ -48,8 +54,14 @@ class Sequencer:
         return items, f"{res.version}+{tag}"
 
     def sent(
-        self, type_url: str, nonce: str, snapshot: Snapshot, clusters: dict[str, any_pb2.Any]
+        self,
+        type_url: str,
+        nonce: str,
+        snapshot: Snapshot,
+        clusters: dict[str, any_pb2.Any],
+        names: Iterable[str] = (),
     ) -> None:
+        """A response went out; ``names``: the route configurations it carries."""
         # Routes wait only for answers that surely come: a response that carries resources.
         if clusters or type_url not in _AHEAD:
             self._pending[type_url] = nonce
@@ -59,12 +71,20 @@ class Sequencer:
             self.sent_clusters = dict(clusters)
         elif type_url == TYPE_ROUTE:
             self._route_uses[nonce] = snapshot.route_clusters
+            self._route_names[nonce] = frozenset(names)
 
     def answered(self, type_url: str, nonce: str, *, accepted: bool) -> None:
         if self._pending.get(type_url) == nonce:
             del self._pending[type_url]
         if type_url == TYPE_ROUTE:
             uses = self._route_uses.pop(nonce, None)
-            if accepted and uses is not None:
-                self.routes_in_use = uses
+            names = self._route_names.pop(nonce, frozenset())
+            if not accepted:
+                self._refused_routes |= names
+            elif uses is not None:
+                self._refused_routes -= names
+                # With a refused configuration still held at an older version, the accepted
+                # snapshot is not all the Envoy routes by: keep what it used before too.
+                self.routes_in_use = uses if not self._refused_routes else self.routes_in_use | uses
             self._route_uses = {n: u for n, u in self._route_uses.items() if int(n) > int(nonce)}
+            self._route_names = {n: u for n, u in self._route_names.items() if int(n) > int(nonce)}

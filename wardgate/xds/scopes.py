@@ -36,6 +36,11 @@ F_SCOPE = "wardgate.scope"  # the Lua filter's name; the markers' metadata is un
 SCOPED_ROUTES_NAME = "wardgate_scopes"
 _HASH_MOD = 1_000_003  # (h * 31 + byte) stays an exact integer in Lua's doubles
 _REGEX_META = frozenset("\\.^$|?*+()[]{}")
+# Characters a request path holds as they are (RFC 3986 pchar, '/', '[' and ']'): a literal
+# stops at anything else, so a segment taken from a regex is always a valid path prefix.
+_PATH_CHARS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:@/%[]"
+)
 
 
 SEGMENT_HASH_BYTES = 64  # only a segment's first bytes are hashed: long paths cost no more
@@ -75,28 +80,15 @@ def request_segments(path: str) -> list[str]:
 
 
 def regex_segments(regex: str) -> tuple[str, ...]:
-    """The complete path segments every match of ``regex`` starts with (maybe none)."""
-    depth, i, in_class = 0, 0, False
-    while i < len(regex):
-        c = regex[i]
-        if c == "\\":
-            i += 2
-            continue
-        if in_class:
-            in_class = c != "]"
-        elif c == "[":
-            in_class = True
-        elif c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-        elif c == "|" and depth == 0:
-            return ()  # alternatives at the top: no common prefix
-        i += 1
+    """The complete path segments every match of ``regex`` starts with (maybe none): the
+    literal text before the first regex operator, cut at its last '/'. Any '|' gives none
+    (no need to parse RE2's groups, classes and quoting to find the top-level ones)."""
+    if "|" in regex:
+        return ()
     text = regex[1:] if regex.startswith("^") else regex
     literal: list[str] = []
     for c in text:
-        if c in _REGEX_META:
+        if c in _REGEX_META or c not in _PATH_CHARS:
             if c in "?*{" and literal:
                 literal.pop()  # the character before may be absent
             break

@@ -125,7 +125,7 @@ def _respond(
     watch.sent_version = version
     watch.sent_nonce = nonce
     watch.sent_names = names
-    seq.sent(type_url, nonce, snapshot, chosen)
+    seq.sent(type_url, nonce, snapshot, chosen, chosen.keys())
     response = discovery_pb2.DiscoveryResponse(
         version_info=version, resources=list(chosen.values()), type_url=type_url, nonce=nonce
     )
