@@ -12,12 +12,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from wardgate.metrics import Metrics, type_label
+from wardgate.metrics import Metrics
 from wardgate.xds.nodes import NodeRegistry, NodeState
 from wardgate.xds.ordering import Sequencer
 from wardgate.xds.snapshot import (
@@ -26,7 +25,7 @@ from wardgate.xds.snapshot import (
     Snapshot,
     SnapshotCache,
 )
-from wardgate.xds.stream import serve_stream
+from wardgate.xds.stream import record_answer, serve_stream
 
 log = logging.getLogger("wardgate.xds")
 
@@ -72,24 +71,8 @@ def _on_request(
             watch.names.discard(name)
             watch.known.pop(name, None)
     if req.response_nonce and req.response_nonce == watch.nonce:
-        seq.answered(type_url, req.response_nonce, accepted=not req.HasField("error_detail"))
-        ts = state.type(type_url)
-        label = type_label(type_url)
-        if req.HasField("error_detail"):
-            ts.nacked_version = watch.nonce_version
-            ts.nack_error = req.error_detail.message[:2000]
-            ts.nack_time = time.time()
-            metrics.xds_nacks.labels(label).inc()
-            log.warning(
-                "envoy %s NACKed %s version %s: %s",
-                state.node_id,
-                label,
-                watch.nonce_version,
-                req.error_detail.message[:500],
-            )
-        else:
-            ts.acked_version = watch.nonce_version
-            metrics.xds_acks.labels(label).inc()
+        error = req.error_detail.message if req.HasField("error_detail") else None
+        record_answer(state, metrics, seq, type_url, req.response_nonce, watch.nonce_version, error)
         nodes.touch()
 
 

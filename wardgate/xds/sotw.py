@@ -15,16 +15,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from wardgate.metrics import Metrics, type_label
+from wardgate.metrics import Metrics
 from wardgate.xds.nodes import NodeRegistry, NodeState
 from wardgate.xds.ordering import Sequencer
 from wardgate.xds.snapshot import TYPE_CLUSTER, WILDCARD_TYPES, Snapshot, SnapshotCache
-from wardgate.xds.stream import serve_stream
+from wardgate.xds.stream import record_answer, serve_stream
 
 log = logging.getLogger("wardgate.xds")
 
@@ -52,25 +51,9 @@ def _on_request(
     if req.response_nonce and req.response_nonce != watch.sent_nonce:
         return  # stale: a newer response is on its way
     if req.response_nonce:
-        seq.answered(type_url, req.response_nonce, accepted=not req.HasField("error_detail"))
-    ts = state.type(type_url)
-    label = type_label(type_url)
-    if req.HasField("error_detail"):
-        ts.nacked_version = watch.sent_version or ""
-        ts.nack_error = req.error_detail.message[:2000]
-        ts.nack_time = time.time()
-        metrics.xds_nacks.labels(label).inc()
-        log.warning(
-            "envoy %s NACKed %s version %s: %s",
-            state.node_id,
-            label,
-            watch.sent_version,
-            req.error_detail.message[:500],
-        )
-    elif req.response_nonce:
-        ts.acked_version = req.version_info
-        metrics.xds_acks.labels(label).inc()
-        log.debug("envoy %s ACKed %s %s", state.node_id, label, req.version_info)
+        error = req.error_detail.message if req.HasField("error_detail") else None
+        version = (watch.sent_version or "") if error is not None else req.version_info
+        record_answer(state, metrics, seq, type_url, req.response_nonce, version, error)
     nodes.touch()
     names = list(req.resource_names)
     if "*" in names or (not names and type_url in WILDCARD_TYPES and watch.names is None):

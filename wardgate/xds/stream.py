@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -98,6 +99,32 @@ async def request_batches(
         for task in pending:
             task.cancel()
         reader.cancel()
+
+
+def record_answer(
+    state: NodeState,
+    metrics: Metrics,
+    seq: Sequencer,
+    type_url: str,
+    nonce: str,
+    version: str,
+    error: str | None,
+) -> None:
+    """The Envoy answered our response ``nonce`` (of ``version``): an ACK, or with ``error``
+    a NACK, kept for ``wardgate status`` and counted."""
+    seq.answered(type_url, nonce, accepted=error is None)
+    ts = state.type(type_url)
+    label = type_label(type_url)
+    if error is not None:
+        ts.nacked_version = version
+        ts.nack_error = error[:2000]
+        ts.nack_time = time.time()
+        metrics.xds_nacks.labels(label).inc()
+        log.warning("envoy %s NACKed %s version %s: %s", state.node_id, label, version, error[:500])
+    else:
+        ts.acked_version = version
+        metrics.xds_acks.labels(label).inc()
+        log.debug("envoy %s ACKed %s %s", state.node_id, label, version)
 
 
 OnRequest = Callable[[Any, NodeState, "Sequencer"], None]
