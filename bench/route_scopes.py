@@ -32,7 +32,7 @@ from google.protobuf import json_format
 
 from wardgate import devstack
 from wardgate.xds import scopes
-from wardgate.xds.assemble import _field
+from wardgate.xds.assemble import _field, placed_route, route_field
 
 OK = {"status": 200, "body": {"inline_string": "ok\n"}}
 METHODS = {"name": ":method", "string_match": {"safe_regex": {"regex": "^(GET|POST)$"}}}
@@ -52,33 +52,20 @@ def routes(n: int) -> list[dict[str, Any]]:
     ]
 
 
-def _placed(entry: dict[str, Any]) -> scopes.Placed:
-    m = entry["match"]
-    pin = scopes.Pin.of(
-        prefix=m.get("prefix", m.get("path_separated_prefix")), path=None, regex=None
-    )
-    msg = json_format.ParseDict(entry, route_components_pb2.Route())
-    data = _field(3, msg.SerializeToString(deterministic=True))
-    return scopes.Placed(pin, scopes.pin_buckets(pin), data)
-
-
 def scoped_configs(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """What wardgate would send, as a static scoped_route_configurations_list."""
     head = json_format.ParseDict(HEAD, route_components_pb2.VirtualHost())
     head_bytes = head.SerializeToString(deterministic=True)
 
     def marker(segment: str, depth: int) -> bytes:
-        msg = json_format.ParseDict(
-            scopes.marker_route(segment, depth), route_components_pb2.Route()
-        )
-        return _field(3, msg.SerializeToString(deterministic=True))
+        return route_field(scopes.marker_route(segment, depth))
 
     def assemble(name: str, fields: list[bytes]) -> bytes:
         return _field(1, name.encode()) + _field(2, head_bytes + b"".join(fields))
 
     layout = scopes.Layout(marker, assemble)
     layout.apply(
-        [], {e["name"]: ((0, 0, 0, 0, f"{i:08d}"), _placed(e)) for i, e in enumerate(entries)}
+        [], {e["name"]: ((0, 0, 0, 0, f"{i:08d}"), placed_route(e)) for i, e in enumerate(entries)}
     )
     by_name = dict(layout.configs())
     out = []
@@ -107,25 +94,8 @@ def envoy_config(
         "codec_type": "AUTO",
     }
     if scoped:
-        filters.append(
-            {
-                "name": scopes.F_SCOPE,
-                "typed_config": {
-                    "@type": T + "envoy.extensions.filters.http.lua.v3.Lua",
-                    "default_source_code": {"inline_string": scopes.scope_lua()},
-                },
-            }
-        )
-        hcm["scoped_routes"] = {
-            "name": scopes.SCOPED_ROUTES_NAME,
-            "scope_key_builder": {
-                "fragments": [{"header_value_extractor": {"name": scopes.SCOPE_HEADER, "index": 0}}]
-            },
-            "rds_config_source": {"ads": {}, "resource_api_version": "V3"},
-            "scoped_route_configurations_list": {
-                "scoped_route_configurations": scoped_configs(entries)
-            },
-        }
+        filters.append(scopes.scope_filter())
+        hcm["scoped_routes"] = scopes.scoped_routes(inline=scoped_configs(entries))
     else:
         hcm["route_config"] = {"name": "one", "virtual_hosts": [{**HEAD, "routes": entries}]}
     filters.append(

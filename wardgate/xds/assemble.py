@@ -62,6 +62,23 @@ def _field(number: int, payload: bytes) -> bytes:
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
+def route_field(entry: dict[str, Any]) -> bytes:
+    """A route in Envoy's JSON form, serialized as a ``VirtualHost.routes`` field."""
+    msg = json_format.ParseDict(entry, route_components_pb2.Route())
+    return _field(3, msg.SerializeToString(deterministic=True))
+
+
+def placed_route(entry: dict[str, Any]) -> scopes.Placed:
+    """A route ready for the scopes: what its path fixes, its buckets, its bytes."""
+    m = entry["match"]
+    pin = scopes.Pin.of(
+        prefix=m.get("prefix", m.get("path_separated_prefix")),
+        path=m.get("path"),
+        regex=m.get("safe_regex", {}).get("regex"),
+    )
+    return scopes.Placed(pin, scopes.pin_buckets(pin), route_field(entry))
+
+
 @dataclasses.dataclass(frozen=True)
 class Base:
     """Every resource but the listener, serialized: (name, bytes) per resource."""
@@ -115,7 +132,7 @@ class Translator:
         self._max = max_cached
         # wardgate's own routes: first in the order, named so no document can clash.
         self._builtin = {
-            f"\0{e['name']}": ((_BUILTIN_KEY[0], i, 0, 0, e["name"]), self._placed(e))
+            f"\0{e['name']}": ((_BUILTIN_KEY[0], i, 0, 0, e["name"]), placed_route(e))
             for i, e in enumerate(builtin_routes(opts))
         }
         self._layout: scopes.Layout | None = None
@@ -145,23 +162,11 @@ class Translator:
             self._clusters.clear()
             self._endpoints.clear()
 
-    @staticmethod
-    def _placed(entry: dict[str, Any]) -> scopes.Placed:
-        msg = json_format.ParseDict(entry, route_components_pb2.Route())
-        m = entry["match"]
-        pin = scopes.Pin.of(
-            prefix=m.get("prefix", m.get("path_separated_prefix")),
-            path=m.get("path"),
-            regex=m.get("safe_regex", {}).get("regex"),
-        )
-        data = _field(3, msg.SerializeToString(deterministic=True))
-        return scopes.Placed(pin, scopes.pin_buckets(pin), data)
-
     def _route_entry(self, route: Route, hashing: bool) -> tuple[SortKey, scopes.Placed]:
         found = self._routes.get(id(route))
         if found is not None and found[0] is route and found[1] == hashing:
             return found[2], found[3]
-        placed = self._placed(route_entry(route, hashing=hashing))
+        placed = placed_route(route_entry(route, hashing=hashing))
         key = route_sort_key(route)
         self.translated += 1
         self._trim()
@@ -173,11 +178,8 @@ class Translator:
         if data is None:
             if len(self._markers) > 10_000:
                 self._markers.clear()
-            msg = json_format.ParseDict(
-                scopes.marker_route(segment, depth), route_components_pb2.Route()
-            )
-            data = self._markers[(segment, depth)] = _field(
-                3, msg.SerializeToString(deterministic=True)
+            data = self._markers[(segment, depth)] = route_field(
+                scopes.marker_route(segment, depth)
             )
         return data
 

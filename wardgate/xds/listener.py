@@ -23,7 +23,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa
 from google.protobuf import json_format
 
 from wardgate.domain.durations import format_duration
-from wardgate.xds.scopes import F_SCOPE, SCOPE_HEADER, SCOPED_ROUTES_NAME, scope_lua
+from wardgate.xds.scopes import scope_filter, scoped_routes
 from wardgate.xds.translate import (
     EXT_AUTHZ,
     F_BUFFER,
@@ -118,15 +118,9 @@ LOCAL_REPLIES: list[tuple[int, str | None, str, str | None]] = [
 def build_listener(address: str, port: int, opts: TranslateOptions) -> listener_pb2.Listener:
     grpc = {"envoy_grpc": {"cluster_name": GRPC_CLUSTER}}
     filters = [
-        {
-            # Before anything reads the route: the scope key from the path (scopes.py). It
-            # overwrites whatever the client sent in that header.
-            "name": F_SCOPE,
-            "typed_config": {
-                "@type": T + "envoy.extensions.filters.http.lua.v3.Lua",
-                "default_source_code": {"inline_string": scope_lua()},
-            },
-        },
+        # Before anything reads the route: the scope key from the path (scopes.py). It
+        # overwrites whatever the client sent in that header.
+        scope_filter(),
         {
             # Then: whatever identity headers the client sent are dropped, so only
             # ext_authz can set them, on every route, even when authorization fails open.
@@ -203,14 +197,7 @@ def build_listener(address: str, port: int, opts: TranslateOptions) -> listener_
         "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
         "strip_trailing_host_dot": True,
         # One route configuration per scope; the scope from a header the first filter sets.
-        "scoped_routes": {
-            "name": SCOPED_ROUTES_NAME,
-            "scope_key_builder": {
-                "fragments": [{"header_value_extractor": {"name": SCOPE_HEADER, "index": 0}}]
-            },
-            "rds_config_source": {"ads": {}, "resource_api_version": "V3"},
-            "scoped_rds": {"scoped_rds_config_source": {"ads": {}, "resource_api_version": "V3"}},
-        },
+        "scoped_routes": scoped_routes(),
         "http_filters": filters,
         "local_reply_config": {"mappers": [_mapper(*m) for m in LOCAL_REPLIES]},
         "upgrade_configs": [{"upgrade_type": "websocket", "enabled": False}],

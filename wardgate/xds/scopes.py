@@ -393,6 +393,35 @@ def scope_resources() -> list[dict[str, object]]:
     ]
 
 
+def scope_filter() -> dict[str, object]:
+    """The HTTP filter that sets the scope key: first in the chain."""
+    return {
+        "name": F_SCOPE,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+            "default_source_code": {"inline_string": scope_lua()},
+        },
+    }
+
+
+def scoped_routes(inline: list[dict[str, object]] | None = None) -> dict[str, object]:
+    """The connection manager's ``scoped_routes``: the scope from the key header; scopes and
+    their route configurations over ADS, or ``inline`` (static configurations, benchmarks)."""
+    ads = {"ads": {}, "resource_api_version": "V3"}
+    out: dict[str, object] = {
+        "name": SCOPED_ROUTES_NAME,
+        "scope_key_builder": {
+            "fragments": [{"header_value_extractor": {"name": SCOPE_HEADER, "index": 0}}]
+        },
+        "rds_config_source": ads,
+    }
+    if inline is None:
+        out["scoped_rds"] = {"scoped_rds_config_source": ads}
+    else:
+        out["scoped_route_configurations_list"] = {"scoped_route_configurations": inline}
+    return out
+
+
 def scope_lua() -> str:
     """The first HTTP filter: sets the scope key from the path; goes deeper once if the
     route found says so. The key is overwritten first, so an error leaves no client value
