@@ -9,7 +9,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
@@ -59,43 +61,28 @@ async def _seed(redis_url: str, examples: Path, offset: int, upstream_port: int)
         await redis.aclose()
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _port(flag: str, default: int, help: str | None = None) -> Callable[[_F], _F]:
+    """A port option, also read from WARDGATE_<FLAG> (``--grpc-port``: WARDGATE_GRPC_PORT)."""
+    env = "WARDGATE_" + flag.removeprefix("--").replace("-", "_").upper()
+    return click.option(
+        flag,
+        type=click.IntRange(1, 65535),
+        default=default,
+        show_default=True,
+        help=help,
+        envvar=env,
+    )
+
+
 @click.command()
-@click.option(
-    "--listen-port",
-    type=click.IntRange(1, 65535),
-    default=10000,
-    show_default=True,
-    envvar="WARDGATE_LISTEN_PORT",
-)
-@click.option(
-    "--admin-port",
-    type=click.IntRange(1, 65535),
-    default=9901,
-    show_default=True,
-    envvar="WARDGATE_ADMIN_PORT",
-)
-@click.option(
-    "--grpc-port",
-    type=click.IntRange(1, 65535),
-    default=18000,
-    show_default=True,
-    envvar="WARDGATE_GRPC_PORT",
-)
-@click.option(
-    "--http-port",
-    type=click.IntRange(1, 65535),
-    default=18080,
-    show_default=True,
-    envvar="WARDGATE_HTTP_PORT",
-)
-@click.option(
-    "--redis-port",
-    type=click.IntRange(1, 65535),
-    default=16379,
-    show_default=True,
-    help="Port of the private redis-server (when REDIS_URL is not set).",
-    envvar="WARDGATE_REDIS_PORT",
-)
+@_port("--listen-port", 10000)
+@_port("--admin-port", 9901)
+@_port("--grpc-port", 18000)
+@_port("--http-port", 18080)
+@_port("--redis-port", 16379, "Port of the private redis-server (when REDIS_URL is not set).")
 @click.option(
     "--port-offset",
     type=click.IntRange(0, 1000),
