@@ -27,10 +27,8 @@ import os
 import re
 import resource
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -40,8 +38,8 @@ from typing import Any
 import redis
 import yaml
 from _envoy import callouts, envoy_stats, start_static_envoy, static_envoy_config
-from _procs import Procs, cpu_seconds, machine_cpu, reap_children
-from _report import Result, machine, report
+from _procs import Procs, cpu_seconds, machine_cpu
+from _report import Result, machine, report, run_bounded
 from _wrk import parse_wrk, wrk
 
 from wardgate import devstack
@@ -313,10 +311,6 @@ def _seconds(text: str) -> int:
     return value
 
 
-class _Timeout(Exception):
-    pass
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -339,24 +333,8 @@ def main() -> int:
         print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 2
 
-    # Everything is bounded: per-step timeouts, and an alarm over the whole run.
-    budget = int(4 * (args.duration + args.warmup + 60) + 60)
-
-    def on_alarm(_sig: int, _frame: object) -> None:
-        raise _Timeout(f"the benchmark did not finish within {budget}s")
-
-    def on_term(_sig: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started ignoring it
-    signal.alarm(budget)
-    workdir = Path(tempfile.mkdtemp(prefix="wardgate-bench-"))
-    ok = False
-    try:
+    def body(workdir: Path) -> None:
         info = machine()
-        print(f"work directory {workdir}", flush=True)
         results = [
             run_static(
                 "a", "bare Envoy, direct_response", workdir=workdir, args=args, with_authz=False
@@ -371,24 +349,14 @@ def main() -> int:
             *run_wardgate(workdir=workdir, args=args),
         ]
         report(results, info, args)
-        ok = True
-        return 0
-    except KeyboardInterrupt:
-        print("interrupted: stopping every process started", file=sys.stderr)
-        return 130
-    except _Timeout as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        signal.alarm(0)
-        # Clean-up is bounded by its own timeouts; a second Ctrl-C must not cut it short.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        reap_children()
-        if ok and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            print(f"logs and configs kept in {workdir}", file=sys.stderr)
+
+    # Everything is bounded: per-step timeouts, and an alarm over the whole run.
+    return run_bounded(
+        body,
+        budget=int(4 * (args.duration + args.warmup + 60) + 60),
+        keep=args.keep,
+        prefix="wardgate-bench-",
+    )
 
 
 if __name__ == "__main__":
