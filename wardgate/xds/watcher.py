@@ -85,6 +85,7 @@ class DocumentWatcher:
         self._thawed_at = time.monotonic()
         self._resources: dict[str, Resources] = {}
         self.refused: dict[str, str] = {}
+        self._refused_saved = False  # whether Redis holds ``refused`` as it is now
         self.last_error: str = ""
 
     async def sync(self) -> bool:
@@ -93,9 +94,14 @@ class DocumentWatcher:
         raw = await self._store.load()
         revision = await self._store.revision()
         if raw == self._last_raw and self._cache.ready:
-            if self._base is not None and (settled := self._translator.settle(self._base)):
+            settled = self._translator.settle(self._base) if self._base is not None else None
+            if settled is not None:
                 self._base = settled  # routes that moved between scopes: the second step
-                return self._publish()
+                self._metrics.snapshot_builds.labels(
+                    "changed" if self._publish() else "unchanged"
+                ).inc()
+                await self.refresh_instances()
+                return True
             self._metrics.snapshot_builds.labels("unchanged").inc()
             self._thaw_gc()
             if self._catalog is not None and any(
@@ -278,15 +284,20 @@ class DocumentWatcher:
         return self._cache.set_base(snapshot)
 
     async def _publish_refused(self, refused: dict[str, str]) -> None:
+        """Log newly refused documents and record the set in Redis (when it changed)."""
+        if refused == self.refused and self._refused_saved:
+            return
         for key in sorted(set(refused) - set(self.refused)):
             log.error("refused %s: %s", key, refused[key])
-        self.refused = refused
+        self.refused = dict(refused)
+        self._refused_saved = False
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.delete(self._keys.refused)
                 if refused:
                     pipe.hset(self._keys.refused, mapping=refused)
                 await pipe.execute()
+            self._refused_saved = True
         except RedisError as exc:
             log.warning("could not record refused documents: %s", exc)
 
@@ -345,6 +356,7 @@ class DocumentWatcher:
                 await self._listen(pubsub)
             except (RedisError, StoreError, OSError) as exc:
                 self._last_good = None  # re-read what was served, another replica may have moved
+                self._refused_saved = False
                 self.last_error = str(exc)
                 self._metrics.snapshot_builds.labels("failed").inc()
                 self._metrics.store_errors.labels("watcher").inc()
