@@ -11,8 +11,7 @@ from typing import Any
 
 from wardgate import devstack
 from wardgate.envoy_proc import find_envoy
-
-T = "type.googleapis.com/"
+from wardgate.xds import typeurls as tu
 
 
 def static_envoy_config(
@@ -26,7 +25,7 @@ def static_envoy_config(
             {
                 "name": "envoy.filters.http.ext_authz",
                 "typed_config": {
-                    "@type": T + "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                    "@type": tu.T_EXT_AUTHZ,
                     "grpc_service": {
                         "envoy_grpc": {"cluster_name": "noop_authz"},
                         "timeout": "0.25s",
@@ -43,8 +42,8 @@ def static_envoy_config(
                 "type": "STATIC",
                 "connect_timeout": "1s",
                 "typed_extension_protocol_options": {
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    tu.N_HTTP_OPTIONS: {
+                        "@type": tu.T_HTTP_OPTIONS,
                         "explicit_http_config": {"http2_protocol_options": {}},
                     }
                 },
@@ -57,12 +56,11 @@ def static_envoy_config(
     http_filters.append(
         {
             "name": "envoy.filters.http.router",
-            "typed_config": {"@type": T + "envoy.extensions.filters.http.router.v3.Router"},
+            "typed_config": {"@type": tu.T_ROUTER},
         }
     )
     hcm = {
-        "@type": T
-        + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "@type": tu.T_HCM,
         "stat_prefix": "bench",
         "codec_type": "AUTO",
         "route_config": {
@@ -183,8 +181,8 @@ def grpc_cluster(name: str, port: int, *, max_streams: int = 0) -> dict[str, Any
         "type": "STATIC",
         "connect_timeout": "1s",
         "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            tu.N_HTTP_OPTIONS: {
+                "@type": tu.T_HTTP_OPTIONS,
                 "explicit_http_config": {"http2_protocol_options": h2},
             }
         },
@@ -199,7 +197,7 @@ def ext_authz_filter(cluster: str, *, timeout: str = "1s") -> dict[str, Any]:
     return {
         "name": "envoy.filters.http.ext_authz",
         "typed_config": {
-            "@type": T + "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            "@type": tu.T_EXT_AUTHZ,
             "grpc_service": {"envoy_grpc": {"cluster_name": cluster}, "timeout": timeout},
             "transport_api_version": "V3",
             "failure_mode_allow": False,
@@ -212,7 +210,7 @@ def ratelimit_filter(cluster: str, *, domain: str, timeout: str = "1s") -> dict[
     return {
         "name": "envoy.filters.http.ratelimit",
         "typed_config": {
-            "@type": T + "envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+            "@type": tu.T_RATELIMIT,
             "domain": domain,
             "timeout": timeout,
             "failure_mode_deny": False,

@@ -37,7 +37,6 @@ from pathlib import Path
 
 import grpc
 from _envoy import (
-    T,
     callout_envoy_config,
     direct_response,
     envoy_stats,
@@ -62,6 +61,7 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.rpc import code_pb2
 
 from wardgate import devstack
+from wardgate.xds import typeurls as tu
 
 HERE = Path(__file__).resolve().parent
 CONTEXT = {"route": "bench", "auth": "session"}
@@ -154,7 +154,7 @@ def through_envoy(
         **direct_response(),
         "typed_per_filter_config": {
             "envoy.filters.http.ext_authz": {
-                "@type": T + "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+                "@type": tu.T_EXT_AUTHZ_ROUTE,
                 "check_settings": {"context_extensions": CONTEXT},
             }
         },

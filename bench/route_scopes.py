@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from _envoy import T, _addr, start_static_envoy
+from _envoy import _addr, start_static_envoy
 from _procs import Procs
 from _report import Load, machine, measure_load, print_header, run_bounded, versions
 from envoy.config.route.v3 import route_components_pb2, route_pb2
@@ -32,6 +32,7 @@ from google.protobuf import json_format
 
 from wardgate import devstack
 from wardgate.xds import scopes
+from wardgate.xds import typeurls as tu
 from wardgate.xds.assemble import _field, placed_route, route_field
 
 OK = {"status": 200, "body": {"inline_string": "ok\n"}}
@@ -88,8 +89,7 @@ def envoy_config(
 ) -> dict[str, Any]:
     filters: list[dict[str, Any]] = []
     hcm: dict[str, Any] = {
-        "@type": T
-        + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "@type": tu.T_HCM,
         "stat_prefix": "bench",
         "codec_type": "AUTO",
     }
@@ -101,7 +101,7 @@ def envoy_config(
     filters.append(
         {
             "name": "envoy.filters.http.router",
-            "typed_config": {"@type": T + "envoy.extensions.filters.http.router.v3.Router"},
+            "typed_config": {"@type": tu.T_ROUTER},
         }
     )
     hcm["http_filters"] = filters

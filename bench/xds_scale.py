@@ -34,8 +34,9 @@ import redis
 from wardgate import devstack
 from wardgate.domain.catalog import Catalog, ParseMemo
 from wardgate.xds.assemble import Translator, build_base
-from wardgate.xds.snapshot import TYPE_CLUSTER, TYPE_ENDPOINT, TYPE_ROUTE, resources_from_bytes
+from wardgate.xds.snapshot import resources_from_bytes
 from wardgate.xds.translate import TranslateOptions
+from wardgate.xds.typeurls import TYPE_CLUSTER, TYPE_ENDPOINT, TYPE_ROUTE
 
 SHAPE = "one-prefix"  # or "per-service" (--shape)
 

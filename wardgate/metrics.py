@@ -123,7 +123,3 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
             "wardgate_documents", "Valid documents served, by kind.", ["kind"], registry=r
         ),
     )
-
-
-def type_label(type_url: str) -> str:
-    return type_url.rsplit(".", 1)[-1]

@@ -21,15 +21,9 @@ from wardgate.metrics import create_metrics
 from wardgate.xds.ads import AggregatedDiscoveryService
 from wardgate.xds.listener import build_listener
 from wardgate.xds.nodes import NodeRegistry
-from wardgate.xds.snapshot import (
-    TYPE_CLUSTER,
-    TYPE_LISTENER,
-    TYPE_ROUTE,
-    Resources,
-    Snapshot,
-    SnapshotCache,
-)
+from wardgate.xds.snapshot import Resources, Snapshot, SnapshotCache
 from wardgate.xds.translate import TranslateOptions
+from wardgate.xds.typeurls import TYPE_CLUSTER, TYPE_LISTENER, TYPE_ROUTE
 
 pytestmark = pytest.mark.integration
 

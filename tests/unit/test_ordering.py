@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from wardgate.xds.ordering import Sequencer
-from wardgate.xds.snapshot import TYPE_ROUTE, Snapshot
+from wardgate.xds.snapshot import Snapshot
+from wardgate.xds.typeurls import TYPE_ROUTE
 
 
 def _routes(seq: Sequencer, nonce: str, uses: set[str], names: set[str]) -> None:

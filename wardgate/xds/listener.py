@@ -34,10 +34,19 @@ from wardgate.xds.translate import (
     IDENTITY_HEADERS,
     LISTENER_NAME,
     RATELIMIT_DOMAIN,
-    T_HEADER_MUTATION,
-    T,
     TranslateOptions,
     _socket,
+)
+from wardgate.xds.typeurls import (
+    T_BUFFER,
+    T_CORS,
+    T_EXT_AUTHZ,
+    T_HCM,
+    T_HEADER_MUTATION,
+    T_LUA,
+    T_RATELIMIT,
+    T_RBAC,
+    T_ROUTER,
 )
 
 
@@ -132,16 +141,16 @@ def build_listener(address: str, port: int, opts: TranslateOptions) -> listener_
         },
         {
             "name": F_CORS,
-            "typed_config": {"@type": T + "envoy.extensions.filters.http.cors.v3.Cors"},
+            "typed_config": {"@type": T_CORS},
         },
         {
             "name": F_RBAC,
-            "typed_config": {"@type": T + "envoy.extensions.filters.http.rbac.v3.RBAC"},
+            "typed_config": {"@type": T_RBAC},
         },
         {
             "name": EXT_AUTHZ,
             "typed_config": {
-                "@type": T + "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                "@type": T_EXT_AUTHZ,
                 "grpc_service": {**grpc, "timeout": format_duration(opts.ext_authz_timeout)},
                 "transport_api_version": "V3",
                 "failure_mode_allow": opts.authz_fail_open,
@@ -151,7 +160,7 @@ def build_listener(address: str, port: int, opts: TranslateOptions) -> listener_
         {
             "name": "envoy.filters.http.ratelimit",
             "typed_config": {
-                "@type": T + "envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+                "@type": T_RATELIMIT,
                 "domain": RATELIMIT_DOMAIN,
                 "timeout": format_duration(opts.ratelimit_timeout),
                 "failure_mode_deny": opts.ratelimit_fail_closed,
@@ -166,25 +175,24 @@ def build_listener(address: str, port: int, opts: TranslateOptions) -> listener_
             # included. Only wardgate's own /auth/* routes keep it.
             "name": F_LUA,
             "typed_config": {
-                "@type": T + "envoy.extensions.filters.http.lua.v3.Lua",
+                "@type": T_LUA,
                 "default_source_code": {"inline_string": strip_cookie_lua(opts.session_cookie)},
             },
         },
         {
             "name": F_BUFFER,
             "typed_config": {
-                "@type": T + "envoy.extensions.filters.http.buffer.v3.Buffer",
+                "@type": T_BUFFER,
                 "max_request_bytes": opts.max_request_bytes,
             },
         },
         {
             "name": "envoy.filters.http.router",
-            "typed_config": {"@type": T + "envoy.extensions.filters.http.router.v3.Router"},
+            "typed_config": {"@type": T_ROUTER},
         },
     ]
     hcm = {
-        "@type": T
-        + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "@type": T_HCM,
         "stat_prefix": "wardgate",
         "codec_type": "AUTO",
         "use_remote_address": True,

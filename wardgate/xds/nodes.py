@@ -9,6 +9,8 @@ import dataclasses
 import time
 from typing import Any
 
+from wardgate.xds.typeurls import short_name
+
 
 @dataclasses.dataclass
 class TypeState:
@@ -37,9 +39,7 @@ class NodeState:
             "cluster": self.cluster,
             "mode": self.mode,
             "connected_at": self.connected_at,
-            "types": {
-                t.rsplit(".", 1)[-1]: dataclasses.asdict(s) for t, s in sorted(self.types.items())
-            },
+            "types": {short_name(t): dataclasses.asdict(s) for t, s in sorted(self.types.items())},
         }
 
 

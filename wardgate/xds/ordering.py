@@ -16,7 +16,8 @@ from collections.abc import Iterable
 
 from google.protobuf import any_pb2
 
-from wardgate.xds.snapshot import TYPE_CLUSTER, TYPE_ENDPOINT, TYPE_LISTENER, TYPE_ROUTE, Snapshot
+from wardgate.xds.snapshot import Snapshot
+from wardgate.xds.typeurls import TYPE_CLUSTER, TYPE_ENDPOINT, TYPE_LISTENER, TYPE_ROUTE
 
 _AHEAD = (TYPE_CLUSTER, TYPE_ENDPOINT)
 _BEHIND = (TYPE_LISTENER, TYPE_ROUTE)

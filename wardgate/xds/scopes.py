@@ -28,6 +28,8 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from wardgate.xds.typeurls import T_LUA
+
 BUCKETS = 67  # prime: a polynomial hash spreads evenly over a prime count
 MAX_DEPTH = 3
 SPLIT_MIN = 64  # a first segment with fewer routes stays at depth 1
@@ -398,7 +400,7 @@ def scope_filter() -> dict[str, object]:
     return {
         "name": F_SCOPE,
         "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+            "@type": T_LUA,
             "default_source_code": {"inline_string": scope_lua()},
         },
     }

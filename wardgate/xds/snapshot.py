@@ -18,11 +18,14 @@ from typing import Any
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
-TYPE_CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-TYPE_ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
-TYPE_LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
-TYPE_ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-TYPE_SCOPED_ROUTE = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"
+from wardgate.xds.typeurls import (
+    TYPE_CLUSTER,
+    TYPE_ENDPOINT,
+    TYPE_LISTENER,
+    TYPE_ROUTE,
+    TYPE_SCOPED_ROUTE,
+)
+
 # Make before break: clusters (and their endpoints) before the listeners and routes using them.
 PUSH_ORDER = (TYPE_CLUSTER, TYPE_ENDPOINT, TYPE_LISTENER, TYPE_SCOPED_ROUTE, TYPE_ROUTE)
 # Types whose state-of-the-world responses carry every resource (a missing one is removed).

@@ -22,8 +22,9 @@ from envoy.service.discovery.v3 import discovery_pb2
 from wardgate.metrics import Metrics
 from wardgate.xds.nodes import NodeRegistry, NodeState
 from wardgate.xds.ordering import Sequencer
-from wardgate.xds.snapshot import TYPE_CLUSTER, WILDCARD_TYPES, Snapshot, SnapshotCache
+from wardgate.xds.snapshot import WILDCARD_TYPES, Snapshot, SnapshotCache
 from wardgate.xds.stream import record_answer, serve_stream
+from wardgate.xds.typeurls import TYPE_CLUSTER
 
 log = logging.getLogger("wardgate.xds")
 

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
-from wardgate.metrics import Metrics, type_label
+from wardgate.metrics import Metrics
 from wardgate.xds.nodes import NodeRegistry, NodeState
 from wardgate.xds.snapshot import PUSH_ORDER, NodeGroup, Snapshot, SnapshotCache
+from wardgate.xds.typeurls import short_name
 
 if TYPE_CHECKING:
     from wardgate.xds.ordering import Sequencer
@@ -114,7 +115,7 @@ def record_answer(
     a NACK, kept for ``wardgate status`` and counted."""
     seq.answered(type_url, nonce, accepted=error is None)
     ts = state.type(type_url)
-    label = type_label(type_url)
+    label = short_name(type_url)
     if error is not None:
         ts.nacked_version = version
         ts.nack_error = error[:2000]
@@ -168,7 +169,7 @@ async def serve_stream(
                 response, version = answer
                 session.state.type(type_url).sent_version = version
                 nodes.touch()
-                metrics.xds_pushes.labels(type_label(type_url)).inc()
+                metrics.xds_pushes.labels(short_name(type_url)).inc()
                 log.debug("envoy %s: sending %s %s", session.state.node_id, type_url, version)
                 yield response
     finally:

@@ -33,6 +33,15 @@ from wardgate.domain.documents import Route, Service, host_regex
 from wardgate.domain.durations import format_duration, parse_duration
 from wardgate.domain.ratelimit import RULE_KEY, TIER_KEY, encode_rule
 from wardgate.xds.scopes import SCOPE_HEADER
+from wardgate.xds.typeurls import (
+    N_HTTP_OPTIONS,
+    T_BUFFER_ROUTE,
+    T_CORS_POLICY,
+    T_EXT_AUTHZ_ROUTE,
+    T_HTTP_OPTIONS,
+    T_LUA_ROUTE,
+    T_RBAC_ROUTE,
+)
 
 ROUTE_CONFIG_NAME = "wardgate_routes"
 LISTENER_NAME = "wardgate_http"
@@ -47,16 +56,7 @@ F_BUFFER = "envoy.filters.http.buffer"
 # Its own name, not the extension's: Envoy falls back from a filter's name to its extension's
 # for per-route config, and the scope filter (scopes.py), also Lua, must never be disabled.
 F_LUA = "wardgate.session_cookie"
-T_LUA_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute"
 
-
-T = "type.googleapis.com/"
-T_EXT_AUTHZ_ROUTE = T + "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
-T_CORS_POLICY = T + "envoy.extensions.filters.http.cors.v3.CorsPolicy"
-T_RBAC_ROUTE = T + "envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
-T_BUFFER_ROUTE = T + "envoy.extensions.filters.http.buffer.v3.BufferPerRoute"
-T_HTTP_OPTIONS = T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-T_HEADER_MUTATION = T + "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
 
 LB_POLICIES = {
     "round_robin": "ROUND_ROBIN",
@@ -144,7 +144,7 @@ def build_cluster(svc: Service) -> cluster_pb2.Cluster:
         )
     if svc.protocol in ("http2", "grpc"):
         c["typed_extension_protocol_options"] = {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            N_HTTP_OPTIONS: {
                 "@type": T_HTTP_OPTIONS,
                 "explicit_http_config": {"http2_protocol_options": {}},
             }

@@ -31,17 +31,9 @@ from wardgate.store.keys import Keys
 from wardgate.store.redis_client import AnyRedis
 from wardgate.store.registry import RedisRegistryStore
 from wardgate.xds.assemble import SETTLE_AFTER, Base, Translator, build_base
-from wardgate.xds.snapshot import (
-    TYPE_CLUSTER,
-    TYPE_ENDPOINT,
-    TYPE_ROUTE,
-    TYPE_SCOPED_ROUTE,
-    Resources,
-    Snapshot,
-    SnapshotCache,
-    resources_from_bytes,
-)
+from wardgate.xds.snapshot import Resources, Snapshot, SnapshotCache, resources_from_bytes
 from wardgate.xds.translate import TranslateOptions
+from wardgate.xds.typeurls import TYPE_CLUSTER, TYPE_ENDPOINT, TYPE_ROUTE, TYPE_SCOPED_ROUTE
 
 log = logging.getLogger("wardgate.watcher")
 
