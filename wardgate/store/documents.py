@@ -10,10 +10,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import WatchError
 
 from wardgate.domain.catalog import KIND_ORDER, Change
 from wardgate.errors import ConflictError, DocumentError, StoreError
+from wardgate.store.errors import redis_errors
 from wardgate.store.keys import Keys
 from wardgate.store.redis_client import AnyRedis
 
@@ -34,13 +35,11 @@ class RedisDocumentStore:
 
     async def _hashes(self, key_of: Callable[[str], str]) -> RawDocuments:
         """One hash per kind, read in one round trip."""
-        try:
+        with redis_errors():
             async with self._r.pipeline(transaction=False) as pipe:
                 for kind in KIND_ORDER:
                     pipe.hgetall(key_of(kind))
                 results = await pipe.execute()
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
         return {kind: dict(r) for kind, r in zip(KIND_ORDER, results, strict=True)}
 
     async def load(self) -> RawDocuments:
@@ -53,7 +52,7 @@ class RedisDocumentStore:
         self, changed: Mapping[tuple[str, str], str], gone: Iterable[tuple[str, str]]
     ) -> None:
         """Record what is served now: ``changed`` (kind, name) -> text, ``gone`` no longer."""
-        try:
+        with redis_errors():
             async with self._r.pipeline(transaction=False) as pipe:
                 for kind in KIND_ORDER:
                     now = {n: v for (k, n), v in changed.items() if k == kind}
@@ -63,14 +62,10 @@ class RedisDocumentStore:
                     if removed:
                         pipe.hdel(self._k.last_good(kind), *removed)
                 await pipe.execute()
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
 
     async def revision(self) -> int:
-        try:
+        with redis_errors():
             return int(await self._r.get(self._k.revision) or 0)
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
 
     async def commit(
         self, plan: Callable[[RawDocuments], Sequence[Change]], *, attempts: int = 5
@@ -80,48 +75,59 @@ class RedisDocumentStore:
         ``plan`` sees the current documents and returns the changes (raising to refuse).
         Returns the new revision (the old one if nothing changed) and the changes.
         """
-        watched = [self._k.documents(kind) for kind in KIND_ORDER]
         for _ in range(attempts):
-            try:
-                async with self._r.pipeline(transaction=True) as pipe:
-                    await pipe.watch(*watched, self._k.revision)
-                    current = {}
-                    for kind, key in zip(KIND_ORDER, watched, strict=True):
-                        current[kind] = dict(await pipe.hgetall(key))
-                    revision = int(await pipe.get(self._k.revision) or 0)
-                    changes = list(plan(current))
-                    effective = [c for c in changes if c.action != "unchanged"]
-                    if not effective:
-                        await pipe.unwatch()
-                        return revision, changes
-                    revision += 1
-                    # Documents, revision and history entry in one transaction: a change is
-                    # never in Redis without its history (rollback can always reach it).
-                    pipe.multi()
-                    for c in effective:
-                        if c.value is None:
-                            pipe.hdel(self._k.documents(c.kind), c.name)
-                        else:
-                            pipe.hset(self._k.documents(c.kind), c.name, c.value)
-                    pipe.set(self._k.revision, revision)
-                    pipe.xadd(
-                        self._k.history,
-                        self._entry(revision, effective, current),
-                        maxlen=10_000,
-                        approximate=True,
-                    )
-                    await pipe.execute()
+            with redis_errors():
+                outcome = await self._try_commit(plan)
+            if outcome is not None:
+                revision, changes, written = outcome
                 break
-            except WatchError:
-                continue
-            except RedisError as exc:
-                raise StoreError(f"redis: {exc}") from exc
         else:
             raise ConflictError("the documents kept changing under us; try again")
+        if not written:
+            return revision, changes
         # Applied; should the announcement fail, watchers still see keyspace events and re-read.
-        with contextlib.suppress(RedisError):
+        with contextlib.suppress(StoreError), redis_errors():
             await self._r.publish(self._k.changes_channel, str(revision))
         return revision, changes
+
+    async def _try_commit(
+        self, plan: Callable[[RawDocuments], Sequence[Change]]
+    ) -> tuple[int, list[Change], bool] | None:
+        """One optimistic attempt: (revision, changes, whether anything was written), or
+        None when a concurrent writer touched the documents between our read and write."""
+        watched = [self._k.documents(kind) for kind in KIND_ORDER]
+        try:
+            async with self._r.pipeline(transaction=True) as pipe:
+                await pipe.watch(*watched, self._k.revision)
+                current = {}
+                for kind, key in zip(KIND_ORDER, watched, strict=True):
+                    current[kind] = dict(await pipe.hgetall(key))
+                revision = int(await pipe.get(self._k.revision) or 0)
+                changes = list(plan(current))
+                effective = [c for c in changes if c.action != "unchanged"]
+                if not effective:
+                    await pipe.unwatch()
+                    return revision, changes, False
+                revision += 1
+                # Documents, revision and history entry in one transaction: a change is
+                # never in Redis without its history (rollback can always reach it).
+                pipe.multi()
+                for c in effective:
+                    if c.value is None:
+                        pipe.hdel(self._k.documents(c.kind), c.name)
+                    else:
+                        pipe.hset(self._k.documents(c.kind), c.name, c.value)
+                pipe.set(self._k.revision, revision)
+                pipe.xadd(
+                    self._k.history,
+                    self._entry(revision, effective, current),
+                    maxlen=10_000,
+                    approximate=True,
+                )
+                await pipe.execute()
+                return revision, changes, True
+        except WatchError:
+            return None
 
     @staticmethod
     def _entry(revision: int, changes: list[Change], before: RawDocuments) -> dict[str, Any]:
@@ -144,10 +150,8 @@ class RedisDocumentStore:
 
     async def targets_at(self, revision: int) -> dict[tuple[str, str], str | None]:
         """What every document changed after ``revision`` looked like at ``revision``."""
-        try:
+        with redis_errors():
             rows = await self._r.xrevrange(self._k.history)
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
         known = {int(fields["revision"]) for _id, fields in rows}
         if revision != 0 and revision not in known:
             raise DocumentError(f"revision {revision} is not in the history")
@@ -160,10 +164,8 @@ class RedisDocumentStore:
         return targets
 
     async def history(self, count: int = 50) -> list[dict[str, Any]]:
-        try:
+        with redis_errors():
             rows = await self._r.xrevrange(self._k.history, count=count)
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
         out = []
         for _id, fields in rows:
             out.append(

@@ -10,7 +10,7 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
 from wardgate.domain.ports import (
     ApiKeyRecord,
@@ -19,7 +19,7 @@ from wardgate.domain.ports import (
     SessionRecord,
     UserRecord,
 )
-from wardgate.errors import StoreError
+from wardgate.store.errors import redis_errors
 from wardgate.store.keys import RATE_LIMIT_LUA, TOUCH_SESSION_LUA, Keys
 from wardgate.store.redis_client import AnyRedis
 
@@ -30,30 +30,22 @@ class RedisUserStore:
         self._k = keys
 
     async def get_user(self, name: str) -> UserRecord | None:
-        try:
+        with redis_errors():
             raw = await self._r.hget(self._k.users, name)
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
         return _user(name, raw) if raw else None
 
     async def put_user(self, user: UserRecord) -> None:
         doc = {"password_hash": user.password_hash, "roles": list(user.roles)}
-        try:
+        with redis_errors():
             await self._r.hset(self._k.users, user.name, json.dumps(doc))
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
 
     async def delete_user(self, name: str) -> bool:
-        try:
+        with redis_errors():
             return bool(await self._r.hdel(self._k.users, name))
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
 
     async def list_users(self) -> list[UserRecord]:
-        try:
+        with redis_errors():
             raw = await self._r.hgetall(self._k.users)
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
         return [_user(name, value) for name, value in sorted(raw.items())]
 
 
@@ -73,7 +65,7 @@ class RedisSessionStore:
     async def create_session(self, record: SessionRecord) -> None:
         key = self._k.session(record.id_hash)
         ttl_ms = max(1, int((record.expires_at - record.created_at) * 1000))
-        try:
+        with redis_errors():
             async with self._r.pipeline(transaction=False) as pipe:
                 pipe.hset(
                     key,
@@ -90,18 +82,14 @@ class RedisSessionStore:
                 pipe.pexpire(self._k.user_sessions(record.user), ttl_ms, gt=True)
                 pipe.pexpire(self._k.user_sessions(record.user), ttl_ms, nx=True)
                 await pipe.execute()
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
 
     async def get_session(self, id_hash: str) -> SessionRecord | None:
-        try:
+        with redis_errors():
             raw = await self._r.hgetall(self._k.session(id_hash))
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
         return _session(id_hash, raw) if raw else None
 
     async def delete_session(self, id_hash: str) -> bool:
-        try:
+        with redis_errors():
             user = await self._r.hget(self._k.session(id_hash), "user")
             if user is None:
                 return False
@@ -111,11 +99,9 @@ class RedisSessionStore:
                 pipe.publish(self._k.sessions_channel, id_hash)
                 deleted, *_ = await pipe.execute()
             return bool(deleted)
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
 
     async def list_sessions(self, user: str | None = None) -> list[SessionRecord]:
-        try:
+        with redis_errors():
             if user is not None:
                 hashes = sorted(await self._r.smembers(self._k.user_sessions(user)))
             else:
@@ -128,20 +114,16 @@ class RedisSessionStore:
                 if raw:
                     out.append(_session(id_hash, raw))
             return sorted(out, key=lambda s: (s.user, s.created_at))
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
 
     async def touch_session(self, id_hash: str, idle_expires_at: float) -> None:
-        try:
+        with redis_errors():
             # Only an existing session: a revoked one must not come back as a stub.
             await self._r.eval(
                 TOUCH_SESSION_LUA, 1, self._k.session(id_hash), repr(idle_expires_at)
             )
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
 
     async def delete_user_sessions(self, user: str) -> int:
-        try:
+        with redis_errors():
             hashes = await self._r.smembers(self._k.user_sessions(user))
             count = 0
             for id_hash in hashes:
@@ -151,8 +133,6 @@ class RedisSessionStore:
                 # Only those read: a session created meanwhile stays listed and revocable.
                 await self._r.srem(self._k.user_sessions(user), *hashes)
             return int(count)
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
 
 
 def _session(id_hash: str, raw: dict[str, str]) -> SessionRecord:
@@ -172,10 +152,8 @@ class RedisApiKeyStore:
         self._k = keys
 
     async def get_key(self, key_hash: str) -> ApiKeyRecord | None:
-        try:
+        with redis_errors():
             raw = await self._r.hget(self._k.api_keys, key_hash)
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
         return _api_key(raw) if raw else None
 
     async def put_key(self, key_hash: str, record: ApiKeyRecord) -> None:
@@ -188,23 +166,19 @@ class RedisApiKeyStore:
                 "expires_at": record.expires_at,
             }
         )
-        try:
+        with redis_errors():
             async with self._r.pipeline(transaction=True) as pipe:
                 pipe.hset(self._k.api_keys, key_hash, doc)
                 pipe.hset(self._k.api_key_names, record.name, key_hash)
                 await pipe.execute()
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
 
     async def list_keys(self) -> list[ApiKeyRecord]:
-        try:
+        with redis_errors():
             raw = await self._r.hgetall(self._k.api_keys)
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
         return sorted((_api_key(v) for v in raw.values()), key=lambda r: r.name)
 
     async def delete_key(self, name: str) -> bool:
-        try:
+        with redis_errors():
             key_hash = await self._r.hget(self._k.api_key_names, name)
             if key_hash is None:
                 return False
@@ -214,8 +188,6 @@ class RedisApiKeyStore:
                 pipe.publish(self._k.api_keys_channel, key_hash)
                 await pipe.execute()
             return True
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
 
 
 def _api_key(raw: str) -> ApiKeyRecord:
@@ -270,7 +242,7 @@ class RedisCounterStore:
     async def check_and_commit(
         self, checks: Sequence[LimitCheck], *, now_ms: int
     ) -> list[LimitOutcome]:
-        try:
+        with redis_errors():
             slots: dict[int, list[int]] = {}
             for i, c in enumerate(checks):
                 slot = key_slot(c.key.encode()) if self._cluster else 0
@@ -298,8 +270,6 @@ class RedisCounterStore:
                 if check_only and refused:
                     break  # refused in some slot: spend nothing anywhere
             return [o for o in outcomes if o is not None]
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
 
 
 class RedisRefusalLog:
@@ -312,24 +282,20 @@ class RedisRefusalLog:
 
     async def record(self, rule: str, client: str, *, now: float) -> None:
         key = self._k.refused_clients(rule, int(now // 60))
-        try:
+        with redis_errors():
             async with self._r.pipeline(transaction=False) as pipe:
                 pipe.pfadd(key, client)
                 pipe.expire(key, 180)
                 await pipe.execute()
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
 
     async def count(self, rules: Sequence[str], *, now: float) -> dict[str, int]:
         minute = int(now // 60)
         names = sorted(rules)
-        try:
+        with redis_errors():
             async with self._r.pipeline(transaction=False) as pipe:
                 for rule in names:
                     pipe.pfcount(self._k.refused_clients(rule, minute))
                 counts = await pipe.execute()
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
         return {rule: int(n) for rule, n in zip(names, counts, strict=True)}
 
 
@@ -346,27 +312,21 @@ class RedisLoginGuard:
         if self._limit <= 0:
             return 0
         key = self._k.login_failures(user)
-        try:
+        with redis_errors():
             async with self._r.pipeline(transaction=False) as pipe:
                 pipe.get(key)
                 pipe.ttl(key)
                 count, ttl = await pipe.execute()
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
         return max(1, int(ttl)) if int(count or 0) >= self._limit else 0
 
     async def failed(self, user: str) -> None:
         key = self._k.login_failures(user)
-        try:
+        with redis_errors():
             async with self._r.pipeline(transaction=False) as pipe:
                 pipe.incr(key)
                 pipe.expire(key, self._window, nx=True)
                 await pipe.execute()
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
 
     async def cleared(self, user: str) -> None:
-        try:
+        with redis_errors():
             await self._r.delete(self._k.login_failures(user))
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc

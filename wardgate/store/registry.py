@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from redis.exceptions import RedisError
-
 from wardgate.domain.registry import Instance
-from wardgate.errors import StoreError
+from wardgate.store.errors import redis_errors
 from wardgate.store.keys import Keys
 from wardgate.store.redis_client import AnyRedis
 
@@ -20,7 +18,7 @@ class RedisRegistryStore:
     async def heartbeat(self, service: str, instance: Instance, *, ttl: float, now: float) -> bool:
         """Record a heartbeat; returns whether the instance is new (and announces it)."""
         key = self._k.registry(service)
-        try:
+        with redis_errors():
             async with self._r.pipeline(transaction=True) as pipe:
                 pipe.zadd(key, {instance.member(): int((now + ttl) * 1000)})
                 pipe.zremrangebyscore(key, 0, int(now * 1000))
@@ -29,30 +27,24 @@ class RedisRegistryStore:
             if added:
                 await self._r.publish(self._k.registry_channel, service)
             return bool(added)
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
 
     async def deregister(self, service: str, instance: Instance) -> bool:
-        try:
+        with redis_errors():
             removed = await self._r.zrem(self._k.registry(service), instance.member())
             if removed:
                 await self._r.publish(self._k.registry_channel, service)
             return bool(removed)
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
 
     async def live(self, services: Iterable[str], *, now: float) -> dict[str, list[Instance]]:
         """The instances whose last heartbeat has not expired, per service."""
         names = sorted(services)
         if not names:
             return {}
-        try:
+        with redis_errors():
             async with self._r.pipeline(transaction=False) as pipe:
                 for name in names:
                     pipe.zrangebyscore(self._k.registry(name), int(now * 1000), "+inf")
                 results = await pipe.execute()
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
         out: dict[str, list[Instance]] = {}
         for name, members in zip(names, results, strict=True):
             instances = [i for i in (Instance.from_member(m) for m in members) if i is not None]
