@@ -1,15 +1,23 @@
-"""The composition root of ``wardgate serve``: settings in, running services out."""
+"""The composition root of ``wardgate serve``: settings in, running services out.
+
+``serve`` reads top to bottom: Redis clients, the request path (authorization, rate limits),
+the control plane (snapshot cache, document watcher, ADS), the gRPC and HTTP servers, the
+background tasks; then it waits for SIGINT/SIGTERM and takes everything down in reverse.
+Each ``wire_*`` function builds one part from the settings and the parts before it; nothing
+else in wardgate reads settings.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import dataclasses
 import logging
 import os
 import signal
 import socket
-import time
+from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -18,7 +26,6 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.ratelimit.v3 import rls_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from redis.exceptions import RedisError
 
 from wardgate.domain.authz import Authorizer
 from wardgate.domain.ratelimit import RateLimiter
@@ -27,13 +34,16 @@ from wardgate.domain.tokens import IssuerHolder
 from wardgate.errors import StoreError
 from wardgate.extproc.authz import AuthorizationService
 from wardgate.extproc.ratelimit import RateLimitService
+from wardgate.extproc.refusal_report import report_refused_clients
 from wardgate.http.app import create_app
 from wardgate.http.registry import add_registry_routes
 from wardgate.metrics import Metrics, create_metrics
 from wardgate.settings import Settings
 from wardgate.store.cache import CachedApiKeyStore, CachedSessionStore, listen_for_revocations
+from wardgate.store.document_source import RedisDocumentSource
+from wardgate.store.errors import redis_errors
 from wardgate.store.keys import Keys
-from wardgate.store.redis_client import connect
+from wardgate.store.redis_client import AnyRedis, connect
 from wardgate.store.redis_store import (
     RedisApiKeyStore,
     RedisCounterStore,
@@ -43,10 +53,15 @@ from wardgate.store.redis_store import (
     RedisUserStore,
 )
 from wardgate.store.registry import RedisRegistryStore
+from wardgate.store.status import RedisStatusStore
 from wardgate.xds.ads import AggregatedDiscoveryService
+from wardgate.xds.build import SnapshotBuilder
+from wardgate.xds.issuers import IssuerLoader
 from wardgate.xds.listener import build_listener
+from wardgate.xds.node_report import report_nodes
 from wardgate.xds.nodes import NodeRegistry
-from wardgate.xds.snapshot import NodeGroup, SnapshotCache
+from wardgate.xds.refused import RefusedReport
+from wardgate.xds.snapshot import SnapshotCache
 from wardgate.xds.translate import TranslateOptions
 from wardgate.xds.watcher import DocumentWatcher
 
@@ -66,64 +81,47 @@ def translate_options(settings: Settings) -> TranslateOptions:
     )
 
 
-NODE_REPORT_EVERY = 15.0  # seconds; `wardgate status` ignores reports older than 4x this
+@dataclasses.dataclass(frozen=True)
+class RedisClients:
+    """One client per kind of work, each with the deadline that work can afford."""
+
+    hot: AnyRedis  # the request path: users, sessions, API keys
+    control: AnyRedis  # the control plane: documents, status, pub/sub
+    counters: AnyRedis  # rate-limit counters: gives up sooner (Envoy waits 100 ms)
+
+    @classmethod
+    def connect(cls, settings: Settings) -> RedisClients:
+        url, timeout = settings.redis_url, settings.redis_timeout
+        return cls(
+            hot=connect(url, timeout=timeout, name="wardgate-hot"),
+            control=connect(url, timeout=max(5.0, timeout), name="wardgate-control"),
+            counters=connect(
+                url, timeout=settings.ratelimit_redis_timeout, name="wardgate-ratelimit"
+            ),
+        )
+
+    async def aclose(self) -> None:
+        for client in (self.hot, self.counters, self.control):
+            await client.aclose()
 
 
-async def _report_nodes(nodes: NodeRegistry, redis: Any, keys: Keys, worker: str) -> None:
-    """Copy what the connected Envoys ACKed/NACKed to Redis for ``wardgate status``: at once
-    after a change, and every NODE_REPORT_EVERY seconds as a sign of life."""
-    last = 0.0
-    while True:
-        await asyncio.sleep(0.5)
-        if not nodes.dirty and time.monotonic() - last < NODE_REPORT_EVERY:
-            continue
-        nodes.dirty = False
-        doc = json.dumps({"worker": worker, "time": time.time(), "nodes": nodes.snapshot()})
-        try:
-            await redis.hset(keys.nodes, worker, doc)
-            last = time.monotonic()
-        except RedisError as exc:
-            nodes.dirty = True
-            log.debug("node status not recorded: %s", exc)
+@dataclasses.dataclass(frozen=True)
+class AuthParts:
+    sessions: SessionService
+    authorizer: Authorizer
+    issuers: IssuerHolder
+    session_store: CachedSessionStore
+    api_keys: CachedApiKeyStore
 
 
-async def _report_refusals(
-    rls: RateLimitService, refusals: RedisRefusalLog, metrics: Metrics
-) -> None:
-    """Every 10 s: distinct clients refused this minute, for the rules that refused lately."""
-    while True:
-        await asyncio.sleep(10.0)
-        now = time.time()
-        for rule, last in list(rls.refused_rules.items()):
-            if now - last > 120:
-                del rls.refused_rules[rule]
-                metrics.refused_clients.labels(rule).set(0)
-        if not rls.refused_rules:
-            continue
-        try:
-            counts = await refusals.count(list(rls.refused_rules), now=now)
-        except StoreError:
-            metrics.store_errors.labels("refusal_log").inc()
-            continue
-        for rule, n in counts.items():
-            metrics.refused_clients.labels(rule).set(n)
-
-
-async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
-    """Run until SIGINT/SIGTERM: gRPC (ADS, ext_authz, rate limit, health) and HTTP."""
-    metrics = metrics or create_metrics()
-    keys = Keys(settings.key_prefix)
-    hot = connect(settings.redis_url, timeout=settings.redis_timeout, name="wardgate-hot")
-    control = connect(
-        settings.redis_url, timeout=max(5.0, settings.redis_timeout), name="wardgate-control"
-    )
-
-    users = RedisUserStore(redis=hot, keys=keys)
-    # Sessions and API keys are cached per worker, invalidated at once by pub/sub.
+def wire_auth(settings: Settings, redis: RedisClients, keys: Keys) -> AuthParts:
+    """Sessions, API keys and JWT issuers behind one authorizer. Sessions and API keys are
+    cached per worker, invalidated at once by pub/sub (``store/cache.py``)."""
+    hot = redis.hot
     session_store = CachedSessionStore(RedisSessionStore(redis=hot, keys=keys))
     api_keys = CachedApiKeyStore(RedisApiKeyStore(redis=hot, keys=keys))
     sessions = SessionService(
-        users=users,
+        users=RedisUserStore(redis=hot, keys=keys),
         sessions=session_store,
         ttl_seconds=settings.session_ttl,
         idle_seconds=settings.session_idle_ttl,
@@ -131,32 +129,70 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
     )
     issuers = IssuerHolder()
     authorizer = Authorizer(
-        sessions=sessions,
-        cookie_name=settings.session_cookie,
-        api_keys=api_keys,
-        issuers=issuers,
+        sessions=sessions, cookie_name=settings.session_cookie, api_keys=api_keys, issuers=issuers
     )
-    # Rate limiting has its own client: its commands give up sooner (Envoy waits 100 ms).
-    counters = connect(
-        settings.redis_url, timeout=settings.ratelimit_redis_timeout, name="wardgate-ratelimit"
-    )
-    limiter = RateLimiter(counters=RedisCounterStore(redis=counters), key_for=keys.counter)
+    return AuthParts(sessions, authorizer, issuers, session_store, api_keys)
 
+
+@dataclasses.dataclass(frozen=True)
+class LimitParts:
+    service: RateLimitService
+    refusals: RedisRefusalLog
+
+
+def wire_limits(
+    settings: Settings, redis: RedisClients, keys: Keys, metrics: Metrics
+) -> LimitParts:
+    limiter = RateLimiter(counters=RedisCounterStore(redis=redis.counters), key_for=keys.counter)
+    refusals = RedisRefusalLog(redis=redis.counters, keys=keys)
+    service = RateLimitService(
+        limiter=limiter,
+        metrics=metrics,
+        fail_open=settings.ratelimit_failure_mode == "open",
+        refusals=refusals,
+    )
+    return LimitParts(service, refusals)
+
+
+@dataclasses.dataclass(frozen=True)
+class ControlPlane:
+    cache: SnapshotCache
+    nodes: NodeRegistry
+    watcher: DocumentWatcher
+    status: RedisStatusStore
+
+
+def wire_control_plane(
+    settings: Settings, redis: RedisClients, keys: Keys, metrics: Metrics, issuers: IssuerHolder
+) -> ControlPlane:
+    """Documents in Redis -> watcher -> snapshot cache -> ADS (``xds/watcher.py``)."""
     options = translate_options(settings)
     cache = SnapshotCache(
         listener_factory=lambda g: build_listener(g.listen_address, g.listen_port, options)
     )
-    nodes = NodeRegistry()
+    status = RedisStatusStore(redis=redis.control, keys=keys)
     watcher = DocumentWatcher(
-        redis=control,
-        keys=keys,
-        cache=cache,
-        options=options,
+        source=RedisDocumentSource(redis=redis.control, keys=keys),
+        builder=SnapshotBuilder(options),
+        publisher=cache,
+        refused=RefusedReport(status=status, metrics=metrics),
+        issuers=IssuerLoader(
+            holder=issuers, environ=os.environ, read_text=lambda p: Path(p).read_text()
+        ),
         metrics=metrics,
         resync_interval=settings.resync_interval,
-        issuers=issuers,
     )
+    return ControlPlane(cache, NodeRegistry(), watcher, status)
 
+
+def wire_grpc(
+    settings: Settings,
+    metrics: Metrics,
+    auth: AuthParts,
+    limits: LimitParts,
+    control: ControlPlane,
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """ADS, ext_authz, rate limit and health on one port, shared by the workers."""
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 1),
@@ -165,126 +201,153 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ]
     )
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
-        AggregatedDiscoveryService(
-            cache=cache, nodes=nodes, metrics=metrics, default_listen_port=settings.listen_port
-        ),
-        server,
-    )
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-        AuthorizationService(
-            authorizer=authorizer, metrics=metrics, fail_open=settings.authz_failure_mode == "open"
-        ),
-        server,
-    )
-    refusals = RedisRefusalLog(redis=counters, keys=keys)
-    rls = RateLimitService(
-        limiter=limiter,
+    ads = AggregatedDiscoveryService(
+        configs=control.cache,
+        nodes=control.nodes,
         metrics=metrics,
-        fail_open=settings.ratelimit_failure_mode == "open",
-        refusals=refusals,
+        default_listen_port=settings.listen_port,
     )
-    rls_pb2_grpc.add_RateLimitServiceServicer_to_server(rls, server)
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
+    authz = AuthorizationService(
+        authorizer=auth.authorizer,
+        metrics=metrics,
+        fail_open=settings.authz_failure_mode == "open",
+    )
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(authz, server)
+    rls_pb2_grpc.add_RateLimitServiceServicer_to_server(limits.service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"{settings.bind_host}:{settings.grpc_port}"
     if server.add_insecure_port(address) == 0:
         raise OSError(f"cannot listen on {address} (gRPC)")
+    return server, health_servicer
+
+
+def wire_http(
+    settings: Settings,
+    metrics: Metrics,
+    auth: AuthParts,
+    redis: RedisClients,
+    keys: Keys,
+    cache: SnapshotCache,
+) -> web.Application:
+    """/auth/*, /registry/*, /metrics, /healthz, /readyz."""
 
     async def ready() -> tuple[bool, str]:
         if not cache.ready:
             return False, "no snapshot built yet"
         try:
-            await hot.ping()
-        except RedisError as exc:
-            return False, f"redis: {exc}"
+            with redis_errors():
+                await redis.hot.ping()
+        except StoreError as exc:
+            return False, str(exc)
         return True, "ok"
 
     app = create_app(
-        sessions=sessions,
+        sessions=auth.sessions,
         metrics=metrics,
         cookie_name=settings.session_cookie,
         cookie_secure=settings.cookie_secure,
         ready=ready,
     )
-    registry = RedisRegistryStore(redis=hot, keys=keys)
-
-    async def is_registry_service(name: str) -> bool:
-        try:
-            raw = await hot.hget(keys.services, name)
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
-        try:
-            return bool(raw) and json.loads(raw).get("discovery") == "registry"
-        except (ValueError, AttributeError):
-            return False
-
+    registry = RedisRegistryStore(redis=redis.hot, keys=keys)
     add_registry_routes(
         app,
         registry=registry,
-        is_registry_service=is_registry_service,
+        is_registry_service=registry.is_registry_service,
         token=settings.registry_token,
     )
+    return app
+
+
+def background_tasks(
+    *,
+    redis: RedisClients,
+    keys: Keys,
+    metrics: Metrics,
+    auth: AuthParts,
+    limits: LimitParts,
+    control: ControlPlane,
+    worker: str,
+) -> list[Coroutine[Any, Any, None]]:
+    revoked: dict[str, Any] = {
+        keys.sessions_channel: auth.session_store.cache,
+        keys.api_keys_channel: auth.api_keys.cache,
+    }
+    return [
+        control.watcher.run(),
+        report_nodes(control.nodes, control.status, worker),
+        report_refused_clients(limits.service, limits.refusals, metrics),
+        listen_for_revocations(redis=redis.control, keys=keys, caches=revoked),
+    ]
+
+
+async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
+    """Run until SIGINT/SIGTERM: gRPC (ADS, ext_authz, rate limit, health) and HTTP."""
+    metrics = metrics or create_metrics()
+    keys = Keys(settings.key_prefix)
+    redis = RedisClients.connect(settings)
+    auth = wire_auth(settings, redis, keys)
+    limits = wire_limits(settings, redis, keys, metrics)
+    control = wire_control_plane(settings, redis, keys, metrics, auth.issuers)
+    server, health_servicer = wire_grpc(settings, metrics, auth, limits, control)
+    app = wire_http(settings, metrics, auth, redis, keys, control.cache)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.bind_host, settings.http_port, reuse_port=True)
+    worker = f"{socket.gethostname()}:{os.getpid()}"
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-
     await server.start()
     await site.start()
-    worker = f"{socket.gethostname()}:{os.getpid()}"
     tasks = [
-        asyncio.create_task(watcher.run(), name="watcher"),
-        asyncio.create_task(_report_nodes(nodes, control, keys, worker), name="node-status"),
-        asyncio.create_task(_report_refusals(rls, refusals, metrics), name="refusals"),
-        asyncio.create_task(
-            listen_for_revocations(
-                redis=control,
-                keys=keys,
-                caches={
-                    keys.sessions_channel: session_store.cache,
-                    keys.api_keys_channel: api_keys.cache,
-                },
-            ),
-            name="revocations",
-        ),
+        asyncio.create_task(work)
+        for work in background_tasks(
+            redis=redis,
+            keys=keys,
+            metrics=metrics,
+            auth=auth,
+            limits=limits,
+            control=control,
+            worker=worker,
+        )
     ]
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     log.info(
-        "wardgate serving: gRPC %s, HTTP %s:%d, redis %s",
-        address,
+        "wardgate serving: gRPC %s:%d, HTTP %s:%d, redis %s",
+        settings.bind_host,
+        settings.grpc_port,
         settings.bind_host,
         settings.http_port,
-        _redact(settings.redis_url),
+        redact(settings.redis_url),
     )
     try:
         await stop.wait()
     finally:
         log.info("wardgate stopping")
         await health_servicer.enter_graceful_shutdown()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await _cancel(tasks)
         await server.stop(grace=1.0)
         await runner.cleanup()
-        with contextlib.suppress(RedisError, OSError):
-            await control.hdel(keys.nodes, worker)
-        await hot.aclose()
-        await counters.aclose()
-        await control.aclose()
+        with contextlib.suppress(StoreError):
+            await control.status.drop_nodes(worker)
+        await redis.aclose()
 
 
-def _redact(url: str) -> str:
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
+def redact(url: str) -> str:
+    """A Redis URL without its password, for logs."""
     if "@" in url:
         scheme, rest = url.split("://", 1)
         return f"{scheme}://***@{rest.split('@', 1)[1]}"
     return url
-
-
-_ = NodeGroup

@@ -112,7 +112,7 @@ async def with_server(test: Any) -> None:
     server = grpc.aio.server()
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
         AggregatedDiscoveryService(
-            cache=cache, nodes=nodes, metrics=metrics, default_listen_port=10000
+            configs=cache, nodes=nodes, metrics=metrics, default_listen_port=10000
         ),
         server,
     )

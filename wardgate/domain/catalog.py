@@ -20,6 +20,8 @@ from wardgate.domain.documents import (
 from wardgate.errors import DocumentError, ReferenceError_
 
 KIND_ORDER = ("Issuer", "Service", "Route")  # services before the routes that use them
+# The documents as stored: kind -> name -> the JSON text.
+RawDocuments = dict[str, dict[str, str]]
 
 
 @dataclasses.dataclass(frozen=True)

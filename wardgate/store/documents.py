@@ -12,13 +12,11 @@ from typing import Any
 
 from redis.exceptions import WatchError
 
-from wardgate.domain.catalog import KIND_ORDER, Change
+from wardgate.domain.catalog import KIND_ORDER, Change, RawDocuments
 from wardgate.errors import ConflictError, DocumentError, StoreError
 from wardgate.store.errors import redis_errors
 from wardgate.store.keys import Keys
 from wardgate.store.redis_client import AnyRedis
-
-RawDocuments = dict[str, dict[str, str]]
 
 
 def _who() -> str:

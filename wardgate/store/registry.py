@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 from wardgate.domain.registry import Instance
@@ -50,3 +51,12 @@ class RedisRegistryStore:
             instances = [i for i in (Instance.from_member(m) for m in members) if i is not None]
             out[name] = sorted(instances)
         return out
+
+    async def is_registry_service(self, name: str) -> bool:
+        """Whether the stored service ``name`` takes its endpoints from heartbeats."""
+        with redis_errors():
+            raw = await self._r.hget(self._k.services, name)
+        try:
+            return bool(raw) and json.loads(raw).get("discovery") == "registry"
+        except (ValueError, AttributeError):
+            return False

@@ -1,5 +1,6 @@
 """The ADS servicer: both variants on one server, chosen by each Envoy's bootstrap
-(``api_type: GRPC`` or ``DELTA_GRPC``). It reads only the snapshot cache."""
+(``api_type: GRPC`` or ``DELTA_GRPC``). It reads only snapshots, through a ``ConfigWatcher``
+(``ports.py``): where they come from is the watcher's business."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from wardgate.metrics import Metrics
 from wardgate.xds.delta import delta_stream
 from wardgate.xds.nodes import NodeRegistry
-from wardgate.xds.snapshot import SnapshotCache
+from wardgate.xds.ports import ConfigWatcher
 from wardgate.xds.sotw import sotw_stream
 
 
@@ -19,13 +20,13 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
     def __init__(
         self,
         *,
-        cache: SnapshotCache,
+        configs: ConfigWatcher,
         nodes: NodeRegistry,
         metrics: Metrics,
         default_listen_port: int,
     ) -> None:
         self._kw = {
-            "cache": cache,
+            "configs": configs,
             "nodes": nodes,
             "metrics": metrics,
             "default_port": default_listen_port,

@@ -19,7 +19,8 @@ from envoy.service.discovery.v3 import discovery_pb2
 from wardgate.metrics import Metrics
 from wardgate.xds.nodes import NodeRegistry, NodeState
 from wardgate.xds.ordering import Sequencer
-from wardgate.xds.snapshot import WILDCARD_TYPES, Snapshot, SnapshotCache
+from wardgate.xds.ports import ConfigWatcher
+from wardgate.xds.snapshot import WILDCARD_TYPES, Snapshot
 from wardgate.xds.stream import record_answer, serve_stream
 from wardgate.xds.typeurls import TYPE_CLUSTER
 
@@ -120,7 +121,7 @@ def _response(
 def delta_stream(
     request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
     *,
-    cache: SnapshotCache,
+    configs: ConfigWatcher,
     nodes: NodeRegistry,
     metrics: Metrics,
     default_port: int,
@@ -128,7 +129,7 @@ def delta_stream(
     watches: dict[str, _DeltaWatch] = {}
     return serve_stream(
         request_iterator,
-        cache=cache,
+        configs=configs,
         nodes=nodes,
         metrics=metrics,
         default_port=default_port,

@@ -1,4 +1,4 @@
-"""ADS, state of the world: one stream per Envoy, answered from the snapshot cache.
+"""ADS, state of the world: one stream per Envoy, answered from the snapshots.
 
 Protocol rules followed (Envoy's xds_protocol): a request whose nonce is not the last one we
 sent on this stream is stale and ignored; a request with ``error_detail`` is a NACK and the
@@ -22,7 +22,8 @@ from envoy.service.discovery.v3 import discovery_pb2
 from wardgate.metrics import Metrics
 from wardgate.xds.nodes import NodeRegistry, NodeState
 from wardgate.xds.ordering import Sequencer
-from wardgate.xds.snapshot import WILDCARD_TYPES, Snapshot, SnapshotCache
+from wardgate.xds.ports import ConfigWatcher
+from wardgate.xds.snapshot import WILDCARD_TYPES, Snapshot
 from wardgate.xds.stream import record_answer, serve_stream
 from wardgate.xds.typeurls import TYPE_CLUSTER
 
@@ -119,7 +120,7 @@ def _respond(
 def sotw_stream(
     request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
     *,
-    cache: SnapshotCache,
+    configs: ConfigWatcher,
     nodes: NodeRegistry,
     metrics: Metrics,
     default_port: int,
@@ -127,7 +128,7 @@ def sotw_stream(
     watches: dict[str, _Watch] = {}
     return serve_stream(
         request_iterator,
-        cache=cache,
+        configs=configs,
         nodes=nodes,
         metrics=metrics,
         default_port=default_port,

@@ -1,5 +1,5 @@
-"""What both ADS variants share: reading a stream's requests while watching the cache, and
-registering the Envoy behind the stream."""
+"""What both ADS variants share: reading a stream's requests while watching for new snapshots,
+and registering the Envoy behind the stream."""
 
 from __future__ import annotations
 
@@ -9,17 +9,16 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import grpc
 
 from wardgate.metrics import Metrics
 from wardgate.xds.nodes import NodeRegistry, NodeState
-from wardgate.xds.snapshot import PUSH_ORDER, NodeGroup, Snapshot, SnapshotCache
+from wardgate.xds.ordering import Sequencer
+from wardgate.xds.ports import ConfigWatcher
+from wardgate.xds.snapshot import PUSH_ORDER, NodeGroup, Snapshot
 from wardgate.xds.typeurls import short_name
-
-if TYPE_CHECKING:
-    from wardgate.xds.ordering import Sequencer
 
 log = logging.getLogger("wardgate.xds")
 _stream_ids = itertools.count(1)
@@ -50,7 +49,7 @@ def node_group(node: Any, default_port: int) -> NodeGroup:
 
 
 async def request_batches(
-    request_iterator: AsyncIterator[Any], cache: SnapshotCache
+    request_iterator: AsyncIterator[Any], configs: ConfigWatcher
 ) -> AsyncIterator[list[Any]]:
     """Yield the requests that have arrived (an empty list when only the snapshot changed);
     end when the client closes the stream."""
@@ -70,12 +69,12 @@ async def request_batches(
     pending: set[asyncio.Task[Any]] = set()
     # The generation the consumer has certainly seen: taken before handing it a batch, so a
     # snapshot published while it works on that batch wakes the next wait at once.
-    generation = cache.generation
+    generation = configs.generation
     try:
         while True:
             if queue.empty():
                 waiter = asyncio.create_task(queue.get())
-                changed = asyncio.create_task(cache.wait_changed(generation))
+                changed = asyncio.create_task(configs.wait_changed(generation))
                 pending = {waiter, changed}
                 finished, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 changed.cancel()
@@ -91,7 +90,7 @@ async def request_batches(
                 batch = [queue.get_nowait()]
             while not queue.empty():
                 batch.append(queue.get_nowait())
-            generation = cache.generation
+            generation = configs.generation
             if done in batch:
                 yield [r for r in batch[: batch.index(done)]]
                 return
@@ -128,15 +127,15 @@ def record_answer(
         log.debug("envoy %s ACKed %s %s", state.node_id, label, version)
 
 
-OnRequest = Callable[[Any, NodeState, "Sequencer"], None]
+OnRequest = Callable[[Any, NodeState, Sequencer], None]
 # (type_url, snapshot, next_nonce, sequencer) -> (response, version sent) or None
-Respond = Callable[[str, Snapshot, Callable[[], str], "Sequencer"], tuple[Any, str] | None]
+Respond = Callable[[str, Snapshot, Callable[[], str], Sequencer], tuple[Any, str] | None]
 
 
 async def serve_stream(
     request_iterator: AsyncIterator[Any],
     *,
-    cache: SnapshotCache,
+    configs: ConfigWatcher,
     nodes: NodeRegistry,
     metrics: Metrics,
     default_port: int,
@@ -146,18 +145,16 @@ async def serve_stream(
 ) -> AsyncIterator[Any]:
     """The loop both ADS variants run: apply the requests that arrived, then offer each type,
     in make-before-break order, a chance to answer from the Envoy's snapshot."""
-    from wardgate.xds.ordering import Sequencer
-
     session = StreamSession(nodes=nodes, metrics=metrics, mode=mode, default_port=default_port)
     nonces = itertools.count(1)
     seq = Sequencer()
     try:
-        async for batch in request_batches(request_iterator, cache):
+        async for batch in request_batches(request_iterator, configs):
             for req in batch:
                 on_request(req, session.see(req), seq)
             if session.group is None or session.state is None:
                 continue
-            snapshot = cache.snapshot_for(session.group)
+            snapshot = configs.snapshot_for(session.group)
             if snapshot is None:
                 continue  # nothing built yet: requests stay outstanding
             for type_url in PUSH_ORDER:

@@ -1,0 +1,136 @@
+"""The control plane's ``DocumentSource`` on Redis: documents, last good versions, registry
+instances, and the announcements of changes to them.
+
+Announcements come from the CLI's change channel, the registry channel and, so that a raw
+``HSET``/``HDEL`` is seen at once, keyspace notifications on the document hashes (turned on
+with ``CONFIG SET`` unless that is not allowed; then raw writes wait for the watcher's
+periodic re-read). Under Redis Cluster, keyspace events stay on the node that holds the key,
+so that node is configured and listened to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any
+
+from redis.asyncio.cluster import RedisCluster
+
+from wardgate.domain.catalog import KIND_ORDER, RawDocuments
+from wardgate.domain.registry import Instance
+from wardgate.errors import StoreError
+from wardgate.store.documents import RedisDocumentStore
+from wardgate.store.errors import redis_errors
+from wardgate.store.keys import Keys
+from wardgate.store.redis_client import AnyRedis
+from wardgate.store.registry import RedisRegistryStore
+from wardgate.xds.ports import Signal, Stored
+
+log = logging.getLogger("wardgate.watcher")
+
+
+class RedisNotifications:
+    """One pub/sub subscription; ``wait`` coalesces a burst of messages into one signal."""
+
+    def __init__(self, pubsub: Any, *, registry_channel: str, complete: bool) -> None:
+        self._pubsub = pubsub
+        self._registry_channel = registry_channel
+        self.complete = complete
+
+    async def wait(self, timeout: float) -> Signal:
+        signal = Signal.NONE
+        with redis_errors():
+            msg = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
+            while msg is not None:
+                if msg.get("channel") == self._registry_channel:
+                    signal |= Signal.REGISTRY
+                else:
+                    signal |= Signal.DOCUMENTS
+                msg = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.005)
+        return signal
+
+
+class RedisDocumentSource:
+    def __init__(self, *, redis: AnyRedis, keys: Keys, manage_keyspace_events: bool = True):
+        self._r = redis
+        self._k = keys
+        self._documents = RedisDocumentStore(redis=redis, keys=keys)
+        self._registry = RedisRegistryStore(redis=redis, keys=keys)
+        self._manage_events = manage_keyspace_events
+
+    async def load(self) -> Stored:
+        """Every document hash and the revision, in one round trip."""
+        with redis_errors():
+            async with self._r.pipeline(transaction=False) as pipe:
+                for kind in KIND_ORDER:
+                    pipe.hgetall(self._k.documents(kind))
+                pipe.get(self._k.revision)
+                *hashes, revision = await pipe.execute()
+        documents = {kind: dict(h) for kind, h in zip(KIND_ORDER, hashes, strict=True)}
+        return Stored(documents, int(revision or 0))
+
+    async def load_last_good(self) -> RawDocuments:
+        return await self._documents.load_last_good()
+
+    async def save_last_good(
+        self, changed: Mapping[tuple[str, str], str], gone: Iterable[tuple[str, str]]
+    ) -> None:
+        await self._documents.save_last_good(changed, gone)
+
+    async def live_instances(
+        self, services: Sequence[str], *, now: float
+    ) -> dict[str, list[Instance]]:
+        return await self._registry.live(services, now=now)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[RedisNotifications]:
+        keyspace = await self._enable_keyspace_events()
+        pubsub = self._pubsub()
+        try:
+            with redis_errors():
+                await pubsub.subscribe(self._k.changes_channel, self._k.registry_channel)
+                if keyspace:
+                    await pubsub.psubscribe(
+                        *[f"__keyspace@*__:{self._k.documents(k)}" for k in KIND_ORDER]
+                    )
+            yield RedisNotifications(
+                pubsub, registry_channel=self._k.registry_channel, complete=keyspace
+            )
+        finally:
+            with contextlib.suppress(StoreError), redis_errors():
+                await pubsub.aclose()
+
+    def _target(self) -> dict[str, Any]:
+        """Under Redis Cluster: the node holding the documents is the one to talk to."""
+        if isinstance(self._r, RedisCluster):
+            return {"target_nodes": self._r.get_node_from_key(self._k.routes)}
+        return {}
+
+    def _pubsub(self) -> Any:
+        if isinstance(self._r, RedisCluster):
+            return self._r.pubsub(node=self._r.get_node_from_key(self._k.routes))
+        return self._r.pubsub()
+
+    async def _enable_keyspace_events(self) -> bool:
+        """Turn on keyspace events for hashes (keeping any flags already set); False when
+        that is not ours to do or Redis refuses."""
+        if not self._manage_events:
+            return False
+        try:
+            with redis_errors():
+                target = self._target()
+                current = (await self._r.config_get("notify-keyspace-events", **target)).get(
+                    "notify-keyspace-events", ""
+                )
+                flags = set(current)
+                if not {"K", "h"} <= flags and not {"K", "A"} <= flags:
+                    await self._r.config_set(
+                        "notify-keyspace-events", "".join(sorted(flags | {"K", "h", "g"})), **target
+                    )
+            return True
+        except StoreError as exc:
+            log.warning(
+                "keyspace notifications unavailable (%s); raw writes wait for the re-read", exc
+            )
+            return False

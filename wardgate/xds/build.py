@@ -1,0 +1,193 @@
+"""The build: stored documents in, a snapshot out. No Redis, no waiting.
+
+``SnapshotBuilder`` parses the stored documents into a ``Catalog`` (refusing bad ones, falling
+back to their last good versions), translates it into Envoy resources and packs them into a
+``Snapshot``. It remembers what it built, so the next build costs what changed: parses are
+memoized by stored text, a catalog is patched when only a few routes changed, and translated
+resources keep their bytes (and so their version) while their documents are the same objects.
+
+``LastGood`` keeps what was served per document, as the store does, and says what differs
+after a build, so only differences are written back.
+
+The watcher (``watcher.py``) does the reading and the waiting and calls these.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+
+from wardgate.domain.catalog import Catalog, ParseMemo, RawDocuments
+from wardgate.domain.registry import Instance
+from wardgate.xds.assemble import Base, Translator
+from wardgate.xds.snapshot import Resources, Snapshot, resources_from_bytes
+from wardgate.xds.translate import TranslateOptions
+from wardgate.xds.typeurls import TYPE_CLUSTER, TYPE_ENDPOINT, TYPE_ROUTE, TYPE_SCOPED_ROUTE
+
+Endpoints = dict[str, list[tuple[str, int, int]]]  # service -> (address, port, weight)
+
+
+@dataclasses.dataclass(frozen=True)
+class LastGoodDiff:
+    """What to record after a build: documents served in a new version, and no longer."""
+
+    changed: dict[tuple[str, str], str]
+    gone: list[tuple[str, str]]
+
+    def __bool__(self) -> bool:
+        return bool(self.changed or self.gone)
+
+
+class LastGood:
+    """The version of each document last served (kind -> name -> text)."""
+
+    def __init__(self, documents: RawDocuments) -> None:
+        self.documents = documents
+
+    def diff(self, catalog: Catalog) -> LastGoodDiff:
+        """What ``catalog`` serves that differs from what was served. A patched catalog says
+        which documents may differ; otherwise every one is compared."""
+        before_all = self.documents
+        keys: Iterable[tuple[str, str]]
+        if catalog.changed is not None:
+            keys = catalog.changed
+        else:
+            keys = set(catalog.served) | {(k, n) for k, names in before_all.items() for n in names}
+        changed: dict[tuple[str, str], str] = {}
+        gone: list[tuple[str, str]] = []
+        for kind, name in keys:
+            text = catalog.served.get((kind, name))
+            before = before_all.get(kind, {}).get(name)
+            if text is None and before is not None:
+                gone.append((kind, name))
+            elif text is not None and text != before:
+                changed[(kind, name)] = text
+        return LastGoodDiff(changed, gone)
+
+    def apply(self, diff: LastGoodDiff) -> None:
+        for (kind, name), text in diff.changed.items():
+            self.documents.setdefault(kind, {})[name] = text
+        for kind, name in diff.gone:
+            del self.documents[kind][name]
+
+
+def registry_services(catalog: Catalog) -> list[str]:
+    """The services whose endpoints come from registry heartbeats."""
+    return sorted(n for n, svc in catalog.services.items() if svc.discovery == "registry")
+
+
+@dataclasses.dataclass(frozen=True)
+class Parsed:
+    """Stored documents and the catalog parsed from them, ready to build."""
+
+    documents: RawDocuments
+    catalog: Catalog
+
+    @property
+    def registry_services(self) -> list[str]:
+        return registry_services(self.catalog)
+
+
+def _endpoints_of(live: Mapping[str, list[Instance]]) -> Endpoints:
+    return {name: [(i.address, i.port, i.weight) for i in ins] for name, ins in live.items()}
+
+
+class SnapshotBuilder:
+    """Builds snapshots from stored documents, incrementally. Holds no connection: every
+    input is an argument, every output a return value."""
+
+    def __init__(self, options: TranslateOptions) -> None:
+        self._translator = Translator(options)
+        self._memo = ParseMemo()
+        self._documents: RawDocuments | None = None  # what the catalog was parsed from
+        self._catalog: Catalog | None = None
+        self._base: Base | None = None
+        self._instances: dict[str, list[Instance]] = {}
+        self._revision = 0
+        self._resources: dict[str, Resources] = {}
+
+    @property
+    def catalog(self) -> Catalog | None:
+        return self._catalog
+
+    @property
+    def registry_services(self) -> list[str]:
+        return registry_services(self._catalog) if self._catalog is not None else []
+
+    @property
+    def moving(self) -> bool:
+        """Whether routes sit in two placements, to be settled (``settle``) shortly."""
+        return self._translator.moving
+
+    def is_current(self, documents: RawDocuments) -> bool:
+        """Whether the last build was made from exactly these documents."""
+        return self._base is not None and documents == self._documents
+
+    def parse(
+        self, documents: RawDocuments, last_good: RawDocuments, *, incremental: bool = True
+    ) -> Parsed:
+        """The catalog of ``documents``: patched from the last one built when only a few
+        routes changed and ``incremental``, else parsed whole."""
+        catalog = None
+        if incremental and self._catalog is not None and self._documents is not None:
+            catalog = Catalog.updated(
+                self._catalog, self._documents, documents, last_good, memo=self._memo
+            )
+        if catalog is None:
+            catalog = Catalog.from_raw(documents, last_good, memo=self._memo)
+        return Parsed(documents, catalog)
+
+    def build(
+        self, parsed: Parsed, instances: Mapping[str, list[Instance]], *, revision: int
+    ) -> Snapshot:
+        """The snapshot serving ``parsed``, with ``instances`` as the endpoints of its
+        registry services. Only a build that succeeds becomes the base of the next."""
+        base = self._translator.base(parsed.catalog, _endpoints_of(instances))
+        self._base, self._catalog, self._documents = base, parsed.catalog, parsed.documents
+        self._instances = dict(instances)
+        self._revision = revision
+        return self._snapshot()
+
+    def with_instances(self, instances: Mapping[str, list[Instance]]) -> Snapshot | None:
+        """The last snapshot with new registry endpoints; None if they did not change."""
+        if self._base is None or dict(instances) == self._instances:
+            return None
+        self._instances = dict(instances)
+        endpoints = _endpoints_of(self._instances)
+        registry = set(self.registry_services)
+        self._base = dataclasses.replace(
+            self._base,
+            endpoint_bytes=[
+                (name, self._translator.endpoints(name, endpoints.get(name, [])))
+                if name in registry
+                else (name, data)
+                for name, data in self._base.endpoint_bytes
+            ],
+        )
+        return self._snapshot()
+
+    def settle(self) -> Snapshot | None:
+        """The last snapshot with the route moves that are due finished; None if none was."""
+        if self._base is None:
+            return None
+        settled = self._translator.settle(self._base)
+        if settled is None:
+            return None
+        self._base = settled
+        return self._snapshot()
+
+    def _snapshot(self) -> Snapshot:
+        assert self._base is not None
+        base, before = self._base, self._resources
+        self._resources = {
+            t: resources_from_bytes(t, items, before.get(t))
+            for t, items in (
+                (TYPE_CLUSTER, base.cluster_bytes),
+                (TYPE_ENDPOINT, base.endpoint_bytes),
+                (TYPE_SCOPED_ROUTE, base.scope_bytes),
+                (TYPE_ROUTE, base.route_bytes),
+            )
+        }
+        return Snapshot(
+            dict(self._resources), revision=self._revision, route_clusters=base.route_clusters
+        )

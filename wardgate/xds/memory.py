@@ -1,0 +1,117 @@
+"""In-memory implementations of the control plane's ports: a ``DocumentSource`` and a
+``StatusStore`` that hold everything in dictionaries. For unit tests of the watcher and for
+tools that build snapshots without Redis; ``fail`` makes every call raise ``StoreError``, as
+a store that went away would."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any
+
+from wardgate.domain.catalog import RawDocuments
+from wardgate.domain.registry import Instance
+from wardgate.errors import StoreError
+from wardgate.xds.ports import Signal, Stored
+
+
+class MemoryNotifications:
+    def __init__(self, source: MemoryDocumentSource) -> None:
+        self._source = source
+        self.complete = True
+
+    async def wait(self, timeout: float) -> Signal:
+        self._source.check()
+        try:
+            await asyncio.wait_for(self._source.announced.wait(), timeout)
+        except TimeoutError:
+            return Signal.NONE
+        self._source.check()
+        signal, self._source.pending = self._source.pending, Signal.NONE
+        self._source.announced.clear()
+        return signal
+
+
+class MemoryDocumentSource:
+    def __init__(self, documents: RawDocuments | None = None) -> None:
+        self.documents: RawDocuments = {"Issuer": {}, "Service": {}, "Route": {}}
+        for kind, docs in (documents or {}).items():
+            self.documents[kind] = dict(docs)
+        self.revision = 0
+        self.last_good: RawDocuments = {}
+        self.instances: dict[str, list[Instance]] = {}
+        self.fail = False
+        self.announced = asyncio.Event()
+        self.pending = Signal.NONE
+        self.loads = 0  # how many times the documents were read (for tests)
+
+    def check(self) -> None:
+        if self.fail:
+            raise StoreError("memory store: failing on purpose")
+
+    def put(self, kind: str, name: str, text: str | None, *, announce: bool = True) -> None:
+        """Write (``text``) or delete (None) one document, as a raw write would."""
+        if text is None:
+            self.documents[kind].pop(name, None)
+        else:
+            self.documents[kind][name] = text
+        if announce:
+            self.announce(Signal.DOCUMENTS)
+
+    def announce(self, signal: Signal) -> None:
+        self.pending |= signal
+        self.announced.set()
+
+    async def load(self) -> Stored:
+        self.check()
+        self.loads += 1
+        return Stored(copy.deepcopy(self.documents), self.revision)
+
+    async def load_last_good(self) -> RawDocuments:
+        self.check()
+        return copy.deepcopy(self.last_good)
+
+    async def save_last_good(
+        self, changed: Mapping[tuple[str, str], str], gone: Iterable[tuple[str, str]]
+    ) -> None:
+        self.check()
+        for (kind, name), text in changed.items():
+            self.last_good.setdefault(kind, {})[name] = text
+        for kind, name in gone:
+            self.last_good.get(kind, {}).pop(name, None)
+
+    async def live_instances(
+        self, services: Sequence[str], *, now: float
+    ) -> dict[str, list[Instance]]:
+        self.check()
+        return {name: sorted(self.instances.get(name, [])) for name in sorted(services)}
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[MemoryNotifications]:
+        self.check()
+        yield MemoryNotifications(self)
+
+
+class MemoryStatusStore:
+    def __init__(self) -> None:
+        self.refused: dict[str, str] = {}
+        self.nodes: dict[str, Mapping[str, Any]] = {}
+        self.fail = False
+
+    def _check(self) -> None:
+        if self.fail:
+            raise StoreError("memory store: failing on purpose")
+
+    async def save_refused(self, refused: Mapping[str, str]) -> None:
+        self._check()
+        self.refused = dict(refused)
+
+    async def save_nodes(self, worker: str, report: Mapping[str, Any]) -> None:
+        self._check()
+        self.nodes[worker] = report
+
+    async def drop_nodes(self, worker: str) -> None:
+        self._check()
+        self.nodes.pop(worker, None)

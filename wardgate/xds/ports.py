@@ -1,0 +1,109 @@
+"""What the control plane needs from the world, named by role.
+
+The control plane has two halves that never meet directly (as in go-control-plane):
+
+- the *watcher* side reads documents from a ``DocumentSource``, builds snapshots and hands
+  them to a ``SnapshotPublisher``; it records what it refused in a ``StatusStore``;
+- the *ADS* side reads snapshots only, through a ``ConfigWatcher``.
+
+Implementations: ``store.document_source.RedisDocumentSource`` and
+``store.status.RedisStatusStore`` (Redis); ``xds.memory.MemoryDocumentSource`` (in memory, for
+tests and tools); ``xds.snapshot.SnapshotCache`` is both publisher and config watcher.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+from wardgate.domain.catalog import RawDocuments
+from wardgate.domain.registry import Instance
+from wardgate.xds.snapshot import NodeGroup, Snapshot
+
+
+@dataclasses.dataclass(frozen=True)
+class Stored:
+    """The documents as stored, and the revision the CLI last wrote (for logs and status)."""
+
+    documents: RawDocuments
+    revision: int = 0
+
+
+class Signal(enum.Flag):
+    """What a notification says changed (several coalesce into one)."""
+
+    NONE = 0
+    DOCUMENTS = enum.auto()  # a document hash was written (CLI or raw HSET/HDEL)
+    REGISTRY = enum.auto()  # a registry instance appeared or left
+
+
+class Notifications(Protocol):
+    """A live subscription to change announcements."""
+
+    @property
+    def complete(self) -> bool:
+        """Whether raw writes are announced too (keyspace events), not only the CLI's."""
+        ...
+
+    async def wait(self, timeout: float) -> Signal:
+        """What was announced within ``timeout`` seconds (a burst coalesced into one), or
+        ``Signal.NONE``. Raises ``StoreError`` when the subscription is lost."""
+        ...
+
+
+class DocumentSource(Protocol):
+    """Where documents, their last good versions and registry instances are kept."""
+
+    async def load(self) -> Stored: ...
+
+    async def load_last_good(self) -> RawDocuments: ...
+
+    async def save_last_good(
+        self, changed: Mapping[tuple[str, str], str], gone: Iterable[tuple[str, str]]
+    ) -> None:
+        """Record what is served now: ``changed`` (kind, name) -> text, ``gone`` no longer."""
+        ...
+
+    async def live_instances(
+        self, services: Sequence[str], *, now: float
+    ) -> dict[str, list[Instance]]: ...
+
+    def subscribe(self) -> AbstractAsyncContextManager[Notifications]:
+        """Subscribe to change announcements (raises ``StoreError`` if it cannot)."""
+        ...
+
+
+class StatusStore(Protocol):
+    """Where ``wardgate status`` reads what this process saw."""
+
+    async def save_refused(self, refused: Mapping[str, str]) -> None: ...
+
+    async def save_nodes(self, worker: str, report: Mapping[str, Any]) -> None: ...
+
+    async def drop_nodes(self, worker: str) -> None: ...
+
+
+class SnapshotPublisher(Protocol):
+    """Where built snapshots go."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    def set_base(self, snapshot: Snapshot) -> bool:
+        """Publish; returns whether any resource changed."""
+        ...
+
+
+class ConfigWatcher(Protocol):
+    """What the ADS servers see of the snapshots: the generation, a way to wait for the
+    next one, and the snapshot for an Envoy's node group."""
+
+    @property
+    def generation(self) -> int: ...
+
+    async def wait_changed(self, generation: int, timeout: float | None = None) -> None: ...
+
+    def snapshot_for(self, group: NodeGroup) -> Snapshot | None: ...
