@@ -1,0 +1,379 @@
+"""The control plane's parts without Redis: the pure build, last good versions, the watcher
+loop over an in-memory document source, and its consumers (issuers, refused report, GC)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from wardgate.domain.registry import Instance
+from wardgate.domain.tokens import IssuerHolder
+from wardgate.metrics import Metrics, create_metrics
+from wardgate.xds.build import LastGood, SnapshotBuilder
+from wardgate.xds.gc_policy import GcPolicy
+from wardgate.xds.issuers import IssuerLoader
+from wardgate.xds.listener import build_listener
+from wardgate.xds.memory import MemoryDocumentSource, MemoryStatusStore
+from wardgate.xds.ports import Signal
+from wardgate.xds.refused import RefusedReport
+from wardgate.xds.snapshot import NodeGroup, Snapshot, SnapshotCache
+from wardgate.xds.translate import TranslateOptions
+from wardgate.xds.typeurls import TYPE_CLUSTER, TYPE_ENDPOINT, TYPE_LISTENER
+from wardgate.xds.watcher import DocumentWatcher
+
+OPTS = TranslateOptions()
+
+
+def _svc(name: str, **extra: Any) -> str:
+    doc = {"kind": "Service", "name": name, "endpoints": [{"address": "10.0.0.1", "port": 80}]}
+    return json.dumps({**doc, **extra})
+
+
+def _route(name: str, backend: str, prefix: str, **extra: Any) -> str:
+    doc = {"kind": "Route", "name": name, "match": {"prefix": prefix}, "backend": backend}
+    return json.dumps({**doc, **extra})
+
+
+def _documents(routes: int = 3) -> dict[str, dict[str, str]]:
+    return {
+        "Issuer": {},
+        "Service": {"users": _svc("users")},
+        "Route": {f"r{i}": _route(f"r{i}", "users", f"/r{i}") for i in range(routes)},
+    }
+
+
+def _names(snapshot: Snapshot, type_url: str) -> set[str]:
+    return set(snapshot.get(type_url).items)
+
+
+# --- the pure build -----------------------------------------------------------------------
+
+
+def test_build_turns_documents_into_a_snapshot() -> None:
+    builder = SnapshotBuilder(OPTS)
+    parsed = builder.parse(_documents(), {})
+    snapshot = builder.build(parsed, {}, revision=7)
+    assert "users" in _names(snapshot, TYPE_CLUSTER)
+    assert "users" in _names(snapshot, TYPE_ENDPOINT)
+    assert snapshot.revision == 7
+    assert "users" in snapshot.route_clusters
+    assert builder.is_current(_documents())
+    assert not builder.is_current(_documents(routes=4))
+
+
+def test_a_parse_that_is_not_built_does_not_become_current() -> None:
+    builder = SnapshotBuilder(OPTS)
+    builder.build(builder.parse(_documents(), {}), {}, revision=1)
+    builder.parse(_documents(routes=5), {})  # say the build after it failed
+    assert builder.is_current(_documents())
+    assert not builder.is_current(_documents(routes=5))
+
+
+def test_incremental_build_equals_a_fresh_one() -> None:
+    warm = SnapshotBuilder(OPTS)
+    warm.build(warm.parse(_documents(routes=20), {}), {}, revision=1)
+    changed = _documents(routes=20)
+    changed["Route"]["r3"] = _route("r3", "users", "/moved")
+    del changed["Route"]["r5"]
+    patched = warm.parse(changed, {})
+    assert patched.catalog.changed is not None  # patched, not parsed whole
+    incremental = warm.build(patched, {}, revision=2)
+    cold = SnapshotBuilder(OPTS)
+    fresh = cold.build(cold.parse(changed, {}), {}, revision=2)
+    for type_url in fresh.resources:
+        assert incremental.get(type_url).version == fresh.get(type_url).version, type_url
+
+
+def test_same_documents_give_the_same_versions_in_every_builder() -> None:
+    a, b = SnapshotBuilder(OPTS), SnapshotBuilder(OPTS)
+    sa = a.build(a.parse(_documents(), {}), {}, revision=1)
+    sb = b.build(b.parse(_documents(), {}), {}, revision=99)
+    assert {t: r.version for t, r in sa.resources.items()} == {
+        t: r.version for t, r in sb.resources.items()
+    }
+
+
+def test_registry_instances_change_only_endpoints() -> None:
+    docs = _documents()
+    docs["Service"]["reg"] = json.dumps({"kind": "Service", "name": "reg", "discovery": "registry"})
+    docs["Route"]["reg"] = _route("reg", "reg", "/reg")
+    builder = SnapshotBuilder(OPTS)
+    parsed = builder.parse(docs, {})
+    assert parsed.registry_services == ["reg"]
+    first = builder.build(parsed, {"reg": []}, revision=1)
+    assert builder.with_instances({"reg": []}) is None  # nothing new
+    second = builder.with_instances({"reg": [Instance("10.0.0.9", 9000, 1)]})
+    assert second is not None
+    assert second.get(TYPE_ENDPOINT).version != first.get(TYPE_ENDPOINT).version
+    assert second.get(TYPE_CLUSTER).version == first.get(TYPE_CLUSTER).version
+
+
+def test_bad_document_is_served_in_its_last_good_version() -> None:
+    builder = SnapshotBuilder(OPTS)
+    docs = _documents()
+    last_good = LastGood({})
+    first = builder.parse(docs, last_good.documents)
+    last_good.apply(last_good.diff(first.catalog))
+    assert last_good.documents["Route"]["r1"] == docs["Route"]["r1"]
+    docs["Route"]["r1"] = '{"kind": "Route", "name": "r1"}'  # a raw write, invalid
+    second = builder.parse(docs, last_good.documents)
+    assert "r1" in second.catalog.routes  # still served
+    assert "still serving the last good version" in second.catalog.refused["Route/r1"]
+    assert not last_good.diff(second.catalog)  # what is served did not change
+
+
+def test_last_good_diff_names_only_what_changed() -> None:
+    builder = SnapshotBuilder(OPTS)
+    last_good = LastGood({})
+    parsed = builder.parse(_documents(routes=3), {})
+    builder.build(parsed, {}, revision=1)
+    last_good.apply(last_good.diff(parsed.catalog))
+    docs = _documents(routes=2)  # r2 deleted
+    docs["Route"]["r0"] = _route("r0", "users", "/zero")
+    diff = last_good.diff(builder.parse(docs, last_good.documents).catalog)
+    assert set(diff.changed) == {("Route", "r0")}
+    assert diff.gone == [("Route", "r2")]
+    last_good.apply(diff)
+    assert set(last_good.documents["Route"]) == {"r0", "r1"}
+
+
+# --- the watcher over an in-memory source -------------------------------------------------
+
+
+class Parts:
+    def __init__(self, source: MemoryDocumentSource, *, resync: float = 30.0) -> None:
+        self.source = source
+        self.status = MemoryStatusStore()
+        self.metrics: Metrics = create_metrics()
+        self.cache = SnapshotCache(
+            listener_factory=lambda g: build_listener(g.listen_address, g.listen_port, OPTS)
+        )
+        self.holder = IssuerHolder()
+        self.files: dict[str, str] = {}
+        self.watcher = DocumentWatcher(
+            source=source,
+            builder=SnapshotBuilder(OPTS),
+            publisher=self.cache,
+            refused=RefusedReport(status=self.status, metrics=self.metrics),
+            issuers=IssuerLoader(holder=self.holder, environ={}, read_text=self.read_file),
+            metrics=self.metrics,
+            resync_interval=resync,
+        )
+
+    def read_file(self, path: str) -> str:
+        if path not in self.files:
+            raise FileNotFoundError(f"no such file: {path}")
+        return self.files[path]
+
+    def snapshot(self) -> Snapshot:
+        snap = self.cache.snapshot_for(NodeGroup("0.0.0.0", 10000))
+        assert snap is not None
+        return snap
+
+    def count(self, name: str, **labels: str) -> float:
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def _run(body: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(body(), 20))
+
+
+async def _eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "not true in time"
+        await asyncio.sleep(0.01)
+
+
+def test_sync_publishes_and_a_second_sync_changes_nothing() -> None:
+    async def body() -> None:
+        parts = Parts(MemoryDocumentSource(_documents()))
+        assert await parts.watcher.sync() is True
+        assert parts.cache.ready
+        assert TYPE_LISTENER in parts.snapshot().resources
+        generation = parts.cache.generation
+        assert await parts.watcher.sync() is False
+        assert parts.cache.generation == generation
+        assert parts.count("wardgate_xds_snapshot_builds_total", result="unchanged") == 1
+        assert parts.source.last_good["Route"].keys() == {"r0", "r1", "r2"}
+
+    _run(body)
+
+
+def test_run_follows_raw_writes_and_records_refusals() -> None:
+    async def body() -> None:
+        parts = Parts(MemoryDocumentSource(_documents()))
+        task = asyncio.create_task(parts.watcher.run())
+        await _eventually(lambda: parts.cache.ready)
+        parts.source.put("Route", "new", _route("new", "users", "/new"))
+        await _eventually(lambda: "new" in parts.watcher._builder.catalog.routes)  # type: ignore[union-attr]
+        parts.source.put("Route", "broken", "{not json")
+        await _eventually(lambda: "Route/broken" in parts.status.refused)
+        assert "not valid JSON" in parts.status.refused["Route/broken"]
+        assert parts.count("wardgate_documents_refused") == 1
+        parts.source.put("Route", "broken", None)
+        await _eventually(lambda: parts.status.refused == {})
+        task.cancel()
+
+    _run(body)
+
+
+def test_a_failing_store_keeps_the_last_snapshot_and_recovers() -> None:
+    async def body() -> None:
+        parts = Parts(MemoryDocumentSource(_documents()))
+        task = asyncio.create_task(parts.watcher.run())
+        await _eventually(lambda: parts.cache.ready)
+        before = parts.snapshot()
+        parts.source.fail = True
+        parts.source.announce(Signal.DOCUMENTS)
+        await _eventually(lambda: parts.watcher.last_error != "")
+        assert parts.count("wardgate_store_errors_total", component="watcher") >= 1
+        assert parts.snapshot().resources == before.resources  # still served
+        parts.source.documents["Route"]["later"] = _route("later", "users", "/later")
+        parts.source.fail = False
+        await _eventually(lambda: parts.watcher.last_error == "", timeout=8)
+        await _eventually(lambda: "later" in parts.watcher._builder.catalog.routes)  # type: ignore[union-attr]
+        task.cancel()
+
+    _run(body)
+
+
+def test_the_resync_interval_catches_unannounced_writes() -> None:
+    async def body() -> None:
+        parts = Parts(MemoryDocumentSource(_documents()), resync=0.2)
+        task = asyncio.create_task(parts.watcher.run())
+        await _eventually(lambda: parts.cache.ready)
+        parts.source.put("Route", "quiet", _route("quiet", "users", "/quiet"), announce=False)
+        await _eventually(lambda: "quiet" in parts.watcher._builder.catalog.routes)  # type: ignore[union-attr]
+        task.cancel()
+
+    _run(body)
+
+
+def test_registry_announcements_refresh_endpoints_only() -> None:
+    async def body() -> None:
+        docs = _documents()
+        docs["Service"]["reg"] = json.dumps(
+            {"kind": "Service", "name": "reg", "discovery": "registry"}
+        )
+        parts = Parts(MemoryDocumentSource(docs))
+        task = asyncio.create_task(parts.watcher.run())
+        await _eventually(lambda: parts.cache.ready)
+        loads = parts.source.loads
+        endpoints = parts.snapshot().get(TYPE_ENDPOINT).version
+        parts.source.instances["reg"] = [Instance("10.1.1.1", 7000, 1)]
+        parts.source.announce(Signal.REGISTRY)
+        await _eventually(lambda: parts.snapshot().get(TYPE_ENDPOINT).version != endpoints)
+        assert parts.source.loads == loads  # no document re-read for a heartbeat
+        task.cancel()
+
+    _run(body)
+
+
+# --- consumers ----------------------------------------------------------------------------
+
+
+def _issuer(name: str, iss: str, **keys: Any) -> str:
+    return json.dumps({"kind": "Issuer", "name": name, "issuer": iss, "audiences": ["api"], **keys})
+
+
+def test_issuers_that_cannot_load_are_refused_and_retried() -> None:
+    async def body() -> None:
+        docs = _documents()
+        docs["Issuer"]["idp"] = _issuer("idp", "https://idp", jwks_file="/keys.json")
+        docs["Issuer"]["twin"] = _issuer("twin", "https://idp", hs256_secret_env="NOPE")
+        parts = Parts(MemoryDocumentSource(docs))
+        await parts.watcher.sync()
+        assert "jwks_file /keys.json" in parts.status.refused["Issuer/idp"]
+        assert "Issuer/twin" in parts.status.refused  # env var missing
+        assert len(parts.holder.verifier) == 0
+        parts.files["/keys.json"] = json.dumps(_jwks())
+        await parts.watcher.sync()  # unchanged documents: key files are read again
+        assert "Issuer/idp" not in parts.status.refused
+        assert "already trusted through issuer idp" in parts.status.refused["Issuer/twin"]
+        assert len(parts.holder.verifier) == 1
+
+    _run(body)
+
+
+def _jwks() -> dict[str, Any]:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from jwt.algorithms import ECAlgorithm
+
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    jwk = json.loads(ECAlgorithm.to_jwk(key))
+    return {"keys": [{**jwk, "kid": "k1", "use": "sig"}]}
+
+
+def test_refused_report_writes_only_changes_and_retries_failures() -> None:
+    async def body() -> None:
+        status = MemoryStatusStore()
+        metrics = create_metrics()
+        report = RefusedReport(status=status, metrics=metrics)
+        writes = 0
+        save = status.save_refused
+
+        async def counting(refused: Any) -> None:
+            nonlocal writes
+            writes += 1
+            await save(refused)
+
+        status.save_refused = counting  # type: ignore[method-assign]
+        await report.report({"Route/a": "bad"})
+        await report.report({"Route/a": "bad"})
+        assert writes == 1
+        status.fail = True
+        await report.report({"Route/a": "bad", "Route/b": "worse"})
+        assert writes == 2 and status.refused == {"Route/a": "bad"}
+        status.fail = False
+        await report.report({"Route/a": "bad", "Route/b": "worse"})  # same set, not saved yet
+        assert status.refused == {"Route/a": "bad", "Route/b": "worse"}
+        report.forget_saved()
+        await report.report({"Route/a": "bad", "Route/b": "worse"})
+        assert writes == 4
+
+    _run(body)
+
+
+class FakeGc:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.events: list[str] = []
+
+    def policy(self) -> GcPolicy:
+        return GcPolicy(
+            clock=lambda: self.now,
+            freeze=lambda: self.events.append("freeze"),
+            thaw=lambda: self.events.append("thaw"),
+            collect=lambda: self.events.append("collect"),
+        )
+
+
+def test_gc_is_frozen_after_builds_and_collected_when_quiet() -> None:
+    gc = FakeGc()
+    policy = gc.policy()
+    for _ in range(GcPolicy.IDLE_AFTER_BUILDS):
+        policy.after_build()
+    assert set(gc.events) == {"freeze"}
+    gc.events.clear()
+    policy.idle()  # not quiet long enough
+    assert gc.events == []
+    gc.now += GcPolicy.IDLE_QUIET_SECONDS + 1
+    policy.idle()
+    assert gc.events == ["thaw", "collect", "freeze"]
+
+
+@pytest.mark.parametrize("by", ["builds", "time"])
+def test_gc_is_collected_at_the_latest_under_steady_changes(by: str) -> None:
+    gc = FakeGc()
+    policy = gc.policy()
+    steps = GcPolicy.THAW_EVERY_BUILDS if by == "builds" else 3
+    for _ in range(steps):
+        if by == "time":
+            gc.now += GcPolicy.THAW_EVERY_SECONDS / 2 + 1
+        policy.after_build()
+    assert "collect" in gc.events
