@@ -14,6 +14,7 @@ import time
 
 from prometheus_client import multiprocess
 
+from wardgate.server import serve
 from wardgate.settings import Settings
 
 log = logging.getLogger("wardgate")
@@ -28,10 +29,8 @@ def _configure_logging(settings: Settings) -> None:
 
 
 def _worker(settings: Settings) -> None:
-    from wardgate.server import serve
-
     _configure_logging(settings)
-    try:
+    try:  # optional: a faster event loop where it is installed
         import uvloop  # type: ignore[import-not-found]
 
         uvloop.install()
