@@ -10,8 +10,11 @@ from typing import Any
 import pytest
 
 from tests.support import with_redis
+from wardgate.domain.catalog import Catalog, plan_apply
+from wardgate.domain.documents import parse_document
 from wardgate.domain.registry import Instance
 from wardgate.store.document_source import RedisDocumentSource
+from wardgate.store.documents import RedisDocumentStore
 from wardgate.store.keys import Keys
 from wardgate.store.registry import RedisRegistryStore
 from wardgate.store.status import RedisStatusStore
@@ -102,5 +105,30 @@ def test_status_store_round_trip(redis_url: str, prefix: str) -> None:
         await status.save_refused({})
         report = await status.read()
         assert report.workers == [] and report.refused == {}
+
+    with_redis(redis_url, body)
+
+
+def test_a_value_that_is_not_utf8_is_refused_alone(redis_url: str, prefix: str) -> None:
+    keys = Keys(prefix)
+
+    async def body(r: Any) -> None:
+        await r.hset(keys.services, "s", SVC)
+        await r.hset(keys.routes, "bad", b'{"kind": "Route"\xff}')
+        await r.hset(keys.routes, b"bad\xfename", b"{}")
+        stored = await RedisDocumentSource(redis=r, keys=keys).load()
+        catalog = Catalog.from_raw(stored.documents)
+        assert set(catalog.services) == {"s"}
+        assert "not UTF-8 text (bad byte at offset 16)" in catalog.refused["Route/bad"]
+        assert "Route/bad\\xfename" in catalog.refused
+        # The CLI's store reads and writes around it, and the client stays usable.
+        store = RedisDocumentStore(redis=r, keys=keys)
+        assert (await store.load())["Route"].keys() == {"bad", "bad\\xfename"}
+        route = parse_document(
+            {"kind": "Route", "name": "ok", "match": {"prefix": "/ok"}, "backend": "s"}
+        )
+        revision, changes = await store.commit(lambda current: plan_apply(current, [route]))
+        assert [str(c) for c in changes] == ["route/ok created"] and revision == 1
+        assert await r.ping()
 
     with_redis(redis_url, body)

@@ -206,6 +206,14 @@ _NO_MEMO = _NoMemo()
 
 def _parse_stored(kind: str, name: str, text: str) -> Document:
     try:
+        text.encode("utf-8")  # bytes that were not UTF-8 are kept as surrogate escapes
+    except UnicodeEncodeError as exc:
+        raise DocumentError(
+            f"the stored value is not UTF-8 text (bad byte at offset {exc.start})",
+            kind=kind,
+            name=name,
+        ) from None
+    try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DocumentError(

@@ -20,7 +20,11 @@ from redis.asyncio.cluster import RedisCluster
 from wardgate.domain.catalog import KIND_ORDER, RawDocuments
 from wardgate.domain.registry import Instance
 from wardgate.errors import StoreError
-from wardgate.store.documents import RedisDocumentStore
+from wardgate.store.documents import (
+    RedisDocumentStore,
+    decode_documents,
+    queue_documents_read,
+)
 from wardgate.store.errors import redis_errors
 from wardgate.store.keys import Keys
 from wardgate.store.redis_client import AnyRedis
@@ -64,10 +68,10 @@ class RedisDocumentSource:
         with redis_errors():
             async with self._r.pipeline(transaction=False) as pipe:
                 for kind in KIND_ORDER:
-                    pipe.hgetall(self._k.documents(kind))
+                    queue_documents_read(pipe, self._k.documents(kind))
                 pipe.get(self._k.revision)
                 *hashes, revision = await pipe.execute()
-        documents = {kind: dict(h) for kind, h in zip(KIND_ORDER, hashes, strict=True)}
+        documents = {kind: decode_documents(h) for kind, h in zip(KIND_ORDER, hashes, strict=True)}
         return Stored(documents, int(revision or 0))
 
     async def load_last_good(self) -> RawDocuments:

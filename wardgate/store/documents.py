@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from redis.client import NEVER_DECODE
 from redis.exceptions import WatchError
 
 from wardgate.domain.catalog import KIND_ORDER, Change, RawDocuments
@@ -26,6 +27,22 @@ def _who() -> str:
         return "unknown"
 
 
+def queue_documents_read(pipe: Any, key: str) -> Any:
+    """HGETALL of a document hash, its bytes left undecoded (``decode_documents``): one value
+    that is not UTF-8 must not make the whole hash unreadable."""
+    return pipe.execute_command("HGETALL", key, **{NEVER_DECODE: True})
+
+
+def decode_documents(raw: Mapping[bytes, bytes]) -> dict[str, str]:
+    """A document hash as text. A value that is not UTF-8 keeps its bytes as surrogate
+    escapes, so that parsing refuses that document alone and says why; a name that is not
+    UTF-8 shows its bad bytes as ``\\x`` escapes (such a name is refused too)."""
+    return {
+        name.decode("utf-8", "backslashreplace"): value.decode("utf-8", "surrogateescape")
+        for name, value in raw.items()
+    }
+
+
 class RedisDocumentStore:
     def __init__(self, *, redis: AnyRedis, keys: Keys) -> None:
         self._r = redis
@@ -36,9 +53,9 @@ class RedisDocumentStore:
         with redis_errors():
             async with self._r.pipeline(transaction=False) as pipe:
                 for kind in KIND_ORDER:
-                    pipe.hgetall(key_of(kind))
+                    queue_documents_read(pipe, key_of(kind))
                 results = await pipe.execute()
-        return {kind: dict(r) for kind, r in zip(KIND_ORDER, results, strict=True)}
+        return {kind: decode_documents(r) for kind, r in zip(KIND_ORDER, results, strict=True)}
 
     async def load(self) -> RawDocuments:
         return await self._hashes(self._k.documents)
@@ -99,7 +116,7 @@ class RedisDocumentStore:
                 await pipe.watch(*watched, self._k.revision)
                 current = {}
                 for kind, key in zip(KIND_ORDER, watched, strict=True):
-                    current[kind] = dict(await pipe.hgetall(key))
+                    current[kind] = decode_documents(await queue_documents_read(pipe, key))
                 revision = int(await pipe.get(self._k.revision) or 0)
                 changes = list(plan(current))
                 effective = [c for c in changes if c.action != "unchanged"]

@@ -16,8 +16,10 @@ from redis.exceptions import RedisError
 
 from wardgate.errors import StoreError
 
-# What a Redis round trip can raise: the client's own errors, and the socket failing under it.
-TRANSPORT_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError)
+# What a Redis round trip can raise: the client's own errors, the socket failing under it, and
+# a stored value that is not UTF-8 where text is expected (documents are read as bytes and
+# refused one by one instead: ``store.documents.decode_documents``).
+TRANSPORT_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError, UnicodeError)
 
 
 @contextlib.contextmanager
