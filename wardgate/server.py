@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ from wardgate.xds.issuers import IssuerLoader
 from wardgate.xds.listener import build_listener
 from wardgate.xds.node_report import report_nodes
 from wardgate.xds.nodes import NodeRegistry
+from wardgate.xds.ports import StatusStore
 from wardgate.xds.refused import RefusedReport
 from wardgate.xds.snapshot import SnapshotCache
 from wardgate.xds.translate import TranslateOptions
@@ -159,7 +160,7 @@ class ControlPlane:
     cache: SnapshotCache
     nodes: NodeRegistry
     watcher: DocumentWatcher
-    status: RedisStatusStore
+    status: StatusStore
 
 
 def wire_control_plane(
@@ -223,32 +224,43 @@ def wire_grpc(
     return server, health_servicer
 
 
+Readiness = Callable[[], Awaitable[tuple[bool, str]]]
+
+
+def readiness(control: ControlPlane, ping: Callable[[], Awaitable[object]]) -> Readiness:
+    """Ready when a snapshot is built, configuration changes still come through, and the
+    request path's Redis answers; else not ready, with the reason."""
+
+    async def ready() -> tuple[bool, str]:
+        if not control.cache.ready:
+            return False, "no snapshot built yet"
+        if control.watcher.last_error:  # serving a snapshot that may be stale
+            return False, f"configuration not updating: {control.watcher.last_error}"
+        try:
+            with redis_errors():
+                await ping()
+        except StoreError as exc:
+            return False, str(exc)
+        return True, "ok"
+
+    return ready
+
+
 def wire_http(
     settings: Settings,
     metrics: Metrics,
     auth: AuthParts,
     redis: RedisClients,
     keys: Keys,
-    cache: SnapshotCache,
+    control: ControlPlane,
 ) -> web.Application:
     """/auth/*, /registry/*, /metrics, /healthz, /readyz."""
-
-    async def ready() -> tuple[bool, str]:
-        if not cache.ready:
-            return False, "no snapshot built yet"
-        try:
-            with redis_errors():
-                await redis.hot.ping()
-        except StoreError as exc:
-            return False, str(exc)
-        return True, "ok"
-
     app = create_app(
         sessions=auth.sessions,
         metrics=metrics,
         cookie_name=settings.session_cookie,
         cookie_secure=settings.cookie_secure,
-        ready=ready,
+        ready=readiness(control, redis.hot.ping),
     )
     registry = RedisRegistryStore(redis=redis.hot, keys=keys)
     add_registry_routes(
@@ -291,7 +303,7 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
     limits = wire_limits(settings, redis, keys, metrics)
     control = wire_control_plane(settings, redis, keys, metrics, auth.issuers)
     server, health_servicer = wire_grpc(settings, metrics, auth, limits, control)
-    app = wire_http(settings, metrics, auth, redis, keys, control.cache)
+    app = wire_http(settings, metrics, auth, redis, keys, control)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.bind_host, settings.http_port, reuse_port=True)

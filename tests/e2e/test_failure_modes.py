@@ -55,10 +55,15 @@ def test_redis_down_fails_closed_for_auth_open_for_limits_and_recovers(
             in metrics
         )
 
+        ready = f"http://127.0.0.1:{s.http_port}/readyz"
+        not_ready = eventually(lambda: (r := http.get(ready)).status_code == 503 and r, timeout=8)
+        assert "redis" in not_ready.text
+
         port = int(s.redis_url.rsplit(":", 1)[1].split("/")[0])
         s.procs["redis-server"] = devstack.start_redis(port, s.workdir / "redis2")
         # A fresh, empty Redis: the session is gone, so 401 means wardgate reaches Redis again.
         eventually(lambda: http.get("/fm-closed").status_code == 401, timeout=5)
+        eventually(lambda: http.get(ready).status_code == 200, timeout=10)
 
 
 def test_envoy_keeps_serving_while_wardgate_is_down_and_reconnects(private_stack: Stack) -> None:

@@ -13,11 +13,13 @@ import pytest
 from wardgate.domain.registry import Instance
 from wardgate.domain.tokens import IssuerHolder
 from wardgate.metrics import Metrics, create_metrics
+from wardgate.server import ControlPlane, readiness
 from wardgate.xds.build import LastGood, SnapshotBuilder
 from wardgate.xds.gc_policy import GcPolicy
 from wardgate.xds.issuers import IssuerLoader
 from wardgate.xds.listener import build_listener
 from wardgate.xds.memory import MemoryDocumentSource, MemoryStatusStore
+from wardgate.xds.nodes import NodeRegistry
 from wardgate.xds.ports import Signal
 from wardgate.xds.refused import RefusedReport
 from wardgate.xds.snapshot import NodeGroup, Snapshot, SnapshotCache
@@ -377,3 +379,30 @@ def test_gc_is_collected_at_the_latest_under_steady_changes(by: str) -> None:
             gc.now += GcPolicy.THAW_EVERY_SECONDS / 2 + 1
         policy.after_build()
     assert "collect" in gc.events
+
+
+def test_not_ready_while_configuration_changes_cannot_come_through() -> None:
+    async def body() -> None:
+        parts = Parts(MemoryDocumentSource(_documents()))
+        control = ControlPlane(parts.cache, NodeRegistry(), parts.watcher, parts.status)
+        pings: list[str] = []
+
+        async def ping() -> None:
+            pings.append("ping")
+
+        ready = readiness(control, ping)
+        assert await ready() == (False, "no snapshot built yet")
+        task = asyncio.create_task(parts.watcher.run())
+        await _eventually(lambda: parts.cache.ready)
+        assert await ready() == (True, "ok")
+        parts.source.fail = True
+        parts.source.announce(Signal.DOCUMENTS)
+        await _eventually(lambda: parts.watcher.last_error != "")
+        ok, reason = await ready()
+        assert not ok and reason.startswith("configuration not updating: ")
+        parts.source.fail = False
+        await _eventually(lambda: parts.watcher.last_error == "", timeout=8)
+        assert await ready() == (True, "ok")
+        task.cancel()
+
+    _run(body)
