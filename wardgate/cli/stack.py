@@ -1,4 +1,6 @@
-"""``wardgate up``: the whole stack on one machine, for a first look and for development."""
+"""``wardgate up`` (the whole stack on one machine, for a first look and for development),
+``wardgate serve`` (the service itself) and ``wardgate bootstrap`` (an Envoy bootstrap that
+points at it)."""
 
 from __future__ import annotations
 
@@ -16,17 +18,20 @@ from typing import Any, TypeVar
 import click
 
 from wardgate import devstack
-from wardgate.cli import CliError, read_documents
+from wardgate.cli.base import CliError, settings_of
+from wardgate.cli.documents import read_documents
 from wardgate.domain.catalog import plan_apply
 from wardgate.domain.documents import Service
 from wardgate.domain.passwords import hash_password
 from wardgate.domain.ports import UserRecord
+from wardgate.envoy_proc import render_bootstrap
 from wardgate.store.documents import RedisDocumentStore
 from wardgate.store.keys import Keys
 from wardgate.store.redis_client import connect
 from wardgate.store.redis_store import RedisUserStore
+from wardgate.workers import run_workers
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 DEMO_UPSTREAM_PORT = 8081
 DEMO_GRPC_PORT = 8082
 DEMO_USERS = {
@@ -226,3 +231,62 @@ wardgate is up. Try:
 Ctrl-C stops everything.
 """
     )
+
+
+@click.command()
+@click.option("--node-id", default="envoy-1", show_default=True)
+@click.option("--listen-port", default=10000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--admin-port", default=9901, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--wardgate-host", default="127.0.0.1", show_default=True)
+@click.option("--wardgate-port", default=18000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--delta", is_flag=True, help="Incremental xDS (DELTA_GRPC).")
+def bootstrap(
+    node_id: str,
+    listen_port: int,
+    admin_port: int,
+    wardgate_host: str,
+    wardgate_port: int,
+    delta: bool,
+) -> None:
+    """Print an Envoy bootstrap that takes its configuration from wardgate."""
+    click.echo(
+        render_bootstrap(
+            node_id=node_id,
+            listen_port=listen_port,
+            admin_port=admin_port,
+            wardgate_port=wardgate_port,
+            wardgate_host=wardgate_host,
+            delta=delta,
+        )
+    )
+
+
+@click.command()
+@click.option(
+    "--workers", type=click.IntRange(1, 64), default=None, help="Processes (SO_REUSEPORT)."
+)
+@click.option("--grpc-port", type=click.IntRange(1, 65535), default=None)
+@click.option("--http-port", type=click.IntRange(1, 65535), default=None)
+@click.option("--bind", "bind_host", default=None, help="Address to listen on.")
+@click.pass_context
+def serve(
+    ctx: click.Context,
+    workers: int | None,
+    grpc_port: int | None,
+    http_port: int | None,
+    bind_host: str | None,
+) -> None:
+    """Run the wardgate service (ADS, ext_authz, rate limit, HTTP) until SIGINT/SIGTERM."""
+    settings = settings_of(ctx).with_overrides(
+        **{
+            k: v
+            for k, v in {
+                "workers": workers,
+                "grpc_port": grpc_port,
+                "http_port": http_port,
+                "bind_host": bind_host,
+            }.items()
+            if v is not None
+        }
+    )
+    run_workers(settings)
