@@ -5,6 +5,7 @@ points at it)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from wardgate import devstack
 from wardgate.cli.base import CliError, settings_of
 from wardgate.cli.documents import read_documents
 from wardgate.domain.catalog import plan_apply
-from wardgate.domain.documents import Service
+from wardgate.domain.documents import Document, Service
 from wardgate.domain.passwords import hash_password
 from wardgate.domain.ports import UserRecord
 from wardgate.envoy_proc import render_bootstrap
@@ -40,30 +41,151 @@ DEMO_USERS = {
 }
 
 
-async def _seed(redis_url: str, examples: Path, offset: int, upstream_port: int) -> None:
-    docs = read_documents((str(examples),))
-    shifted = []
-    for d in docs:
+@dataclasses.dataclass(frozen=True)
+class UpPorts:
+    """The ports of one ``wardgate up``, ``--port-offset`` already added."""
+
+    listen: int
+    admin: int
+    grpc: int
+    http: int
+    redis: int
+    upstream: int
+    grpc_upstream: int
+
+    @classmethod
+    def shifted(
+        cls, offset: int, *, listen: int, admin: int, grpc: int, http: int, redis: int
+    ) -> UpPorts:
+        return cls(
+            listen=listen + offset,
+            admin=admin + offset,
+            grpc=grpc + offset,
+            http=http + offset,
+            redis=redis + offset,
+            upstream=DEMO_UPSTREAM_PORT + offset,
+            grpc_upstream=DEMO_GRPC_PORT + offset,
+        )
+
+    def check_free(self, *, private_redis: bool) -> None:
+        """Refuse to start when something already listens on one of the ports."""
+        named = [
+            ("listener", self.listen),
+            ("Envoy admin", self.admin),
+            ("gRPC", self.grpc),
+            ("HTTP", self.http),
+            ("demo upstream", self.upstream),
+            ("demo gRPC upstream", self.grpc_upstream),
+        ] + ([("redis", self.redis)] if private_redis else [])
+        for name, port in named:
+            if devstack.port_open(port):
+                raise CliError(f"port {port} ({name}) is already in use; try --port-offset N")
+
+
+class _Processes:
+    """The processes ``up`` started, in start order. SIGINT or SIGTERM (``ask_to_stop``), or
+    one of them exiting, ends ``watch``; ``stop_all`` stops them in reverse order."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.started: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.stopping = False
+
+    def add(self, name: str, proc: subprocess.Popen[bytes]) -> None:
+        self.started.append((name, proc))
+
+    def ask_to_stop(self, _signum: int, _frame: object) -> None:
+        self.stopping = True
+
+    def watch(self) -> None:
+        while not self.stopping:
+            for name, p in self.started:
+                if p.poll() is not None:
+                    click.echo(
+                        f"{name} exited with {p.returncode}; stopping (logs in {self.work})",
+                        err=True,
+                    )
+                    self.stopping = True
+            time.sleep(0.3)
+
+    def stop_all(self) -> None:
+        for _name, p in reversed(self.started):
+            devstack.stop(p)
+
+
+def _demo_documents(examples: Path, ports: UpPorts) -> list[Document]:
+    """The documents in ``examples``, the demo services moved to the demo upstreams' ports."""
+    moved = {DEMO_UPSTREAM_PORT: ports.upstream, DEMO_GRPC_PORT: ports.grpc_upstream}
+    shifted: list[Document] = []
+    for d in read_documents((str(examples),)):
         if isinstance(d, Service) and d.endpoints:
-            moved = {DEMO_UPSTREAM_PORT: upstream_port, DEMO_GRPC_PORT: DEMO_GRPC_PORT + offset}
             eps = [e.model_copy(update={"port": moved.get(e.port, e.port)}) for e in d.endpoints]
             d = d.model_copy(update={"endpoints": eps})
         shifted.append(d)
+    return shifted
+
+
+async def _seed(redis_url: str, examples: Path, ports: UpPorts) -> None:
+    """Apply the demo documents and create the demo users that do not exist yet."""
+    docs = _demo_documents(examples, ports)
     redis = connect(redis_url, timeout=5.0, name="wardgate-up")
     try:
-        store = RedisDocumentStore(
-            redis=redis, keys=Keys(os.environ.get("WARDGATE_KEY_PREFIX", "wardgate:"))
-        )
-        await store.commit(lambda current: plan_apply(current, shifted))
-        users = RedisUserStore(
-            redis=redis, keys=Keys(os.environ.get("WARDGATE_KEY_PREFIX", "wardgate:"))
-        )
+        keys = Keys(os.environ.get("WARDGATE_KEY_PREFIX", "wardgate:"))
+        store = RedisDocumentStore(redis=redis, keys=keys)
+        await store.commit(lambda current: plan_apply(current, docs))
+        users = RedisUserStore(redis=redis, keys=keys)
         for name, (password, roles) in DEMO_USERS.items():
             if await users.get_user(name) is None:
                 digest = await asyncio.to_thread(hash_password, password)
                 await users.put_user(UserRecord(name, digest, roles))
     finally:
         await redis.aclose()
+
+
+def _start_redis(procs: _Processes, ports: UpPorts) -> str:
+    click.echo(f"starting redis-server on 127.0.0.1:{ports.redis}")
+    procs.add("redis-server", devstack.start_redis(ports.redis, procs.work / "redis"))
+    return f"redis://127.0.0.1:{ports.redis}/0"
+
+
+def _start_upstreams(procs: _Processes, ports: UpPorts) -> None:
+    click.echo(
+        f"starting the demo upstreams on 127.0.0.1:{ports.upstream} (REST) and "
+        f"127.0.0.1:{ports.grpc_upstream} (gRPC)"
+    )
+    work = procs.work
+    procs.add("upstream", devstack.start_upstream(ports.upstream, "echo", work / "upstream.log"))
+    procs.add(
+        "grpc-upstream",
+        devstack.start_upstream(
+            ports.grpc_upstream, "greeter", work / "grpc-upstream.log", grpc=True
+        ),
+    )
+
+
+def _start_wardgate(procs: _Processes, ports: UpPorts, redis_url: str) -> None:
+    click.echo(f"starting wardgate (gRPC {ports.grpc}, HTTP {ports.http})")
+    env = {
+        "REDIS_URL": redis_url,
+        "WARDGATE_GRPC_PORT": str(ports.grpc),
+        "WARDGATE_HTTP_PORT": str(ports.http),
+        "WARDGATE_LISTEN_PORT": str(ports.listen),
+    }
+    log = procs.work / "wardgate.log"
+    procs.add("wardgate", devstack.start_wardgate(env=env, http_port=ports.http, log=log))
+
+
+def _start_envoy(procs: _Processes, ports: UpPorts) -> None:
+    click.echo(f"starting envoy (listener {ports.listen}, admin {ports.admin})")
+    envoy = devstack.start_envoy(
+        workdir=procs.work,
+        node_id="envoy-up",
+        listen_port=ports.listen,
+        admin_port=ports.admin,
+        wardgate_port=ports.grpc,
+        concurrency=2,
+    )
+    procs.add("envoy", envoy)
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -111,105 +233,40 @@ def up(
     workdir: str | None,
 ) -> None:
     """Run Redis, wardgate, Envoy and a demo upstream with the demo routes; Ctrl-C stops all."""
-    o = port_offset
-    listen_port, admin_port, grpc_port, http_port, redis_port = (
-        listen_port + o,
-        admin_port + o,
-        grpc_port + o,
-        http_port + o,
-        redis_port + o,
+    ports = UpPorts.shifted(
+        port_offset,
+        listen=listen_port,
+        admin=admin_port,
+        grpc=grpc_port,
+        http=http_port,
+        redis=redis_port,
     )
-    upstream_port = DEMO_UPSTREAM_PORT + o
-    for name, port in [
-        ("listener", listen_port),
-        ("Envoy admin", admin_port),
-        ("gRPC", grpc_port),
-        ("HTTP", http_port),
-        ("demo upstream", upstream_port),
-        ("demo gRPC upstream", DEMO_GRPC_PORT + o),
-    ] + ([] if os.environ.get("REDIS_URL") else [("redis", redis_port)]):
-        if devstack.port_open(port):
-            raise CliError(f"port {port} ({name}) is already in use; try --port-offset N")
+    given_redis_url = os.environ.get("REDIS_URL")
+    ports.check_free(private_redis=not given_redis_url)
     work = Path(workdir or tempfile.mkdtemp(prefix="wardgate-up-"))
     work.mkdir(parents=True, exist_ok=True)
-    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-    stopping = False
-
-    def on_signal(_signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    procs = _Processes(work)
+    signal.signal(signal.SIGINT, procs.ask_to_stop)
+    signal.signal(signal.SIGTERM, procs.ask_to_stop)
     try:
-        redis_url = os.environ.get("REDIS_URL")
-        if not redis_url:
-            click.echo(f"starting redis-server on 127.0.0.1:{redis_port}")
-            procs.append(("redis-server", devstack.start_redis(redis_port, work / "redis")))
-            redis_url = f"redis://127.0.0.1:{redis_port}/0"
-        click.echo(
-            f"starting the demo upstreams on 127.0.0.1:{upstream_port} (REST) and "
-            f"127.0.0.1:{DEMO_GRPC_PORT + o} (gRPC)"
-        )
-        procs.append(
-            ("upstream", devstack.start_upstream(upstream_port, "echo", work / "upstream.log"))
-        )
-        procs.append(
-            (
-                "grpc-upstream",
-                devstack.start_upstream(
-                    DEMO_GRPC_PORT + o, "greeter", work / "grpc-upstream.log", grpc=True
-                ),
-            )
-        )
-        asyncio.run(_seed(redis_url, Path(examples), o, upstream_port))
-        click.echo(f"starting wardgate (gRPC {grpc_port}, HTTP {http_port})")
-        env = {
-            "REDIS_URL": redis_url,
-            "WARDGATE_GRPC_PORT": str(grpc_port),
-            "WARDGATE_HTTP_PORT": str(http_port),
-            "WARDGATE_LISTEN_PORT": str(listen_port),
-        }
-        procs.append(
-            (
-                "wardgate",
-                devstack.start_wardgate(env=env, http_port=http_port, log=work / "wardgate.log"),
-            )
-        )
-        click.echo(f"starting envoy (listener {listen_port}, admin {admin_port})")
-        procs.append(
-            (
-                "envoy",
-                devstack.start_envoy(
-                    workdir=work,
-                    node_id="envoy-up",
-                    listen_port=listen_port,
-                    admin_port=admin_port,
-                    wardgate_port=grpc_port,
-                    concurrency=2,
-                ),
-            )
-        )
-        devstack.wait_http(f"http://127.0.0.1:{listen_port}/public", timeout=30)
-        _tour(listen_port, admin_port, http_port, work, redis_url)
-        while not stopping:
-            for name, p in procs:
-                if p.poll() is not None:
-                    click.echo(
-                        f"{name} exited with {p.returncode}; stopping (logs in {work})", err=True
-                    )
-                    stopping = True
-            time.sleep(0.3)
+        redis_url = given_redis_url or _start_redis(procs, ports)
+        _start_upstreams(procs, ports)
+        asyncio.run(_seed(redis_url, Path(examples), ports))
+        _start_wardgate(procs, ports, redis_url)
+        _start_envoy(procs, ports)
+        devstack.wait_http(f"http://127.0.0.1:{ports.listen}/public", timeout=30)
+        _tour(ports, work, redis_url)
+        procs.watch()
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         click.echo("stopping ...")
-        for _name, p in reversed(procs):
-            devstack.stop(p)
+        procs.stop_all()
         click.echo("stopped")
     sys.exit(0)
 
 
-def _tour(listen: int, admin: int, http: int, work: Path, redis_url: str) -> None:
+def _tour(ports: UpPorts, work: Path, redis_url: str) -> None:
+    listen, admin, http = ports.listen, ports.admin, ports.http
     base = f"http://127.0.0.1:{listen}"
     click.echo(
         f"""
