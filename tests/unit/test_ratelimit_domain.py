@@ -13,7 +13,7 @@ from wardgate.domain.ports import LimitCheck, LimitOutcome
 from wardgate.domain.ratelimit import (
     MAX_VALUE_LEN,
     RULE_KEY,
-    Decision,
+    LimitDecision,
     LimitRequest,
     RateLimiter,
     encode_rule,
@@ -175,14 +175,14 @@ def limiter(store: FixedWindowCounters, clock: Clock) -> RateLimiter:
     return RateLimiter(counters=store, key_for=key_for, clock=clock)
 
 
-def decide(limiter: RateLimiter, *requests: LimitRequest) -> Decision:
+def decide(limiter: RateLimiter, *requests: LimitRequest) -> LimitDecision:
     return asyncio.run(limiter.decide(list(requests)))
 
 
 def test_no_requests_is_allowed_without_the_store(
     limiter: RateLimiter, store: FixedWindowCounters
 ) -> None:
-    assert decide(limiter) == Decision(True, [])
+    assert decide(limiter) == LimitDecision(True, [])
     assert store.calls == []
 
 

@@ -69,7 +69,7 @@ class Deny:
     message: str
 
 
-Decision = Allow | Deny
+AccessDecision = Allow | Deny  # what the authorizer answers for one request on one route
 
 
 def _origin_of(value: str) -> tuple[str, str]:
@@ -147,7 +147,7 @@ class Authorizer:
             return Deny(401, "invalid_api_key", "the API key has expired")
         return Identity(record.name, record.roles, "api_key", record.expires_at, tier=record.tier)
 
-    async def decide(self, policy: RoutePolicy, facts: RequestFacts) -> Decision:
+    async def decide(self, policy: RoutePolicy, facts: RequestFacts) -> AccessDecision:
         cookie_header = facts.headers.get("cookie")
         cookies = parse_cookies(cookie_header)
         session_id = cookies.get(self._cookie)

@@ -15,6 +15,7 @@ from wardgate.domain.doc_base import (
     _Doc,
 )
 from wardgate.domain.durations import parse_duration
+from wardgate.domain.jwks import keys_from_jwks
 
 ENV_NAME_RE = r"^[A-Z_][A-Z0-9_]{0,127}$"
 CLAIM_RE = r"^[A-Za-z0-9_.:/-]{1,128}$"
@@ -108,7 +109,5 @@ class Issuer(_Doc):
         if len(given) != 1:
             raise ValueError("an issuer needs exactly one of jwks_file, jwks or hs256_secret_env")
         if self.jwks is not None:
-            from wardgate.domain.tokens import keys_from_jwks
-
             keys_from_jwks(self.jwks)  # raises ValueError with the reason
         return self

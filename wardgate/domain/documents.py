@@ -2,7 +2,8 @@
 
 ``parse_document`` turns one mapping into a model or raises ``DocumentError`` with a one-line
 reason; ``check_references`` validates a whole set (a route naming an unknown service). The
-models live in ``doc_route``, ``doc_service`` and ``doc_issuer``; this module is their front.
+models live in ``doc_route`` (with ``doc_match`` and ``doc_route_parts``), ``doc_service`` and
+``doc_issuer``; this module is their front.
 """
 
 from __future__ import annotations
@@ -23,15 +24,9 @@ from wardgate.domain.doc_base import (
     host_regex,
 )
 from wardgate.domain.doc_issuer import Issuer
-from wardgate.domain.doc_route import (
-    Auth,
-    Cors,
-    Match,
-    RateLimit,
-    Retries,
-    Route,
-    WeightedBackend,
-)
+from wardgate.domain.doc_match import Match
+from wardgate.domain.doc_route import Route
+from wardgate.domain.doc_route_parts import Auth, Cors, RateLimit, Retries, WeightedBackend
 from wardgate.domain.doc_service import (
     CircuitBreaker,
     Endpoint,

@@ -76,7 +76,10 @@ class Verdict:
 
 
 @dataclasses.dataclass(frozen=True)
-class Decision:
+class LimitDecision:
+    """The limiter's verdict on one request: refused when a rule that is not in shadow mode is
+    over its limit."""
+
     allowed: bool
     verdicts: list[Verdict]  # one per descriptor wardgate understood, in order
     from_cache: bool = False
@@ -127,9 +130,9 @@ class RateLimiter:
         if len(self._over) >= self._max_over:
             self._over.clear()
 
-    async def decide(self, requests: Sequence[LimitRequest]) -> Decision:
+    async def decide(self, requests: Sequence[LimitRequest]) -> LimitDecision:
         if not requests:
-            return Decision(True, [])
+            return LimitDecision(True, [])
         now_ms = int(self._clock() * 1000)
         checks = [self._check(r, now_ms) for r in requests]
         # A key known to be over its limit until a later time is refused without Redis.
@@ -137,7 +140,7 @@ class RateLimiter:
             until = self._over.get(check.key)
             if until is not None and not req.shadow:
                 if until > now_ms:
-                    return Decision(
+                    return LimitDecision(
                         False,
                         [
                             Verdict(r, r is not req, 0, max(1, -(-(until - now_ms) // 1000)))
@@ -160,4 +163,4 @@ class RateLimiter:
                     if len(self._over) >= self._max_over:
                         self._prune(now_ms)
                     self._over[check.key] = now_ms + out.reset_ms
-        return Decision(allowed, verdicts)
+        return LimitDecision(allowed, verdicts)

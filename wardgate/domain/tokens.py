@@ -15,50 +15,22 @@ import json
 import re
 import secrets
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jwt
-from jwt import PyJWKSet
-from jwt.exceptions import InvalidKeyError, PyJWKError, PyJWKSetError, PyJWTError
+from jwt.exceptions import PyJWTError
 
+from wardgate.domain.documents import Issuer
 from wardgate.domain.durations import parse_duration
+from wardgate.domain.jwks import SigningKey, keys_from_jwks
 from wardgate.domain.sessions import Identity
-
-if TYPE_CHECKING:
-    from wardgate.domain.documents import Issuer
 
 MAX_TOKEN = 8192
 API_KEY_RE = re.compile(r"^wg_[A-Za-z0-9_-]{43}$")
-_CURVES = {"P-256": "ES256"}
 
 
 class TokenError(ValueError):
     """A token was refused; the message says why (safe to show the client)."""
-
-
-def keys_from_jwks(jwks: Mapping[str, Any]) -> list[tuple[str | None, str, Any]]:
-    """(kid, algorithm, key) for every RS256/ES256 key of a JWKS; ValueError otherwise."""
-    try:
-        keyset = PyJWKSet.from_dict(dict(jwks))
-    except (PyJWKSetError, PyJWKError, InvalidKeyError, TypeError, ValueError, KeyError) as exc:
-        raise ValueError(f"jwks: not a usable key set: {exc}") from None
-    out: list[tuple[str | None, str, Any]] = []
-    for k in keyset.keys:
-        raw = k._jwk_data  # the JWK's own fields: kty, crv, use, alg
-        if raw.get("use", "sig") != "sig":
-            continue
-        if raw.get("kty") == "RSA":
-            alg = "RS256"
-        elif raw.get("kty") == "EC" and raw.get("crv") in _CURVES:
-            alg = _CURVES[raw["crv"]]
-        else:
-            continue
-        if raw.get("alg") not in (None, alg):
-            continue
-        out.append((k.key_id, alg, k.key))
-    if not out:
-        raise ValueError("jwks: no RS256 or ES256 signing key in the set")
-    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +38,7 @@ class TrustedIssuer:
     name: str
     issuer: str
     audiences: tuple[str, ...]
-    keys: tuple[tuple[str | None, str, Any], ...] = ()  # (kid, alg, key) from a JWKS
+    keys: tuple[SigningKey, ...] = ()  # from a JWKS
     secret: bytes | None = None  # HS256
     roles_claim: str = "roles"
     user_claim: str = "sub"
@@ -158,7 +130,7 @@ def trusted_issuer(
     doc: Issuer, *, environ: Mapping[str, str], read_text: Callable[[str], str]
 ) -> TrustedIssuer:
     """The keys of an Issuer document, loaded; ValueError with the reason if they cannot be."""
-    keys: list[tuple[str | None, str, Any]] = []
+    keys: list[SigningKey] = []
     secret = None
     if doc.hs256_secret_env:
         value = environ.get(doc.hs256_secret_env, "")

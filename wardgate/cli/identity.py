@@ -1,4 +1,5 @@
-"""``wardgate users`` and ``wardgate sessions``."""
+"""``wardgate users``, ``wardgate sessions`` and ``wardgate keys``: who may sign in, their live
+sessions, and API keys."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 
 import click
 
-from wardgate.cli import CliError, redis_for, run_async
+from wardgate.cli.base import CliError, redis_for, run_async
 from wardgate.domain.durations import parse_duration
 from wardgate.domain.passwords import hash_password
 from wardgate.domain.ports import ApiKeyRecord, UserRecord

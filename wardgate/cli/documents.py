@@ -1,33 +1,24 @@
-"""The ``wardgate`` command. Every command exits non-zero with a one-line reason on bad input
-or when Redis cannot be reached."""
+"""``wardgate apply``, ``validate``, ``get``, ``delete``, ``history``, ``rollback`` and
+``status``: the documents in Redis, and reading document files (``read_documents``, which
+``wardgate up`` also uses to load the demo documents)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import difflib
-import functools
 import json
-import logging
-import sys
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 import yaml
-from redis.exceptions import RedisError
 
+from wardgate.cli.base import CliError, redis_for, run_async
 from wardgate.domain.catalog import Change, plan_apply, plan_delete, plan_restore
 from wardgate.domain.documents import Document, parse_document
-from wardgate.errors import DocumentError, WardgateError
-from wardgate.settings import Settings, load_settings
+from wardgate.errors import DocumentError
 from wardgate.store.documents import RedisDocumentStore
-from wardgate.store.keys import Keys
-from wardgate.store.redis_client import AnyRedis, connect
 
-T = TypeVar("T")
 KIND_NAMES = {
     "route": "Route",
     "routes": "Route",
@@ -36,61 +27,6 @@ KIND_NAMES = {
     "issuer": "Issuer",
     "issuers": "Issuer",
 }
-
-
-class CliError(WardgateError):
-    """A one-line reason for the user."""
-
-
-def run_async(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> T:
-        return asyncio.run(fn(*args, **kwargs))
-
-    return wrapper
-
-
-def settings_of(ctx: click.Context) -> Settings:
-    obj = ctx.find_root().obj
-    if obj is None or "settings" not in obj:
-        root = ctx.find_root()
-        obj = root.obj = root.obj or {}
-        obj["settings"] = load_settings(config_file=obj.get("config"))
-    return obj["settings"]  # type: ignore[no-any-return]
-
-
-async def open_redis(settings: Settings) -> AnyRedis:
-    client = connect(
-        settings.redis_url, timeout=max(2.0, settings.redis_timeout), name="wardgate-cli"
-    )
-    try:
-        await client.ping()
-    except (RedisError, OSError) as exc:
-        await client.aclose()
-        raise CliError(f"cannot reach Redis at {settings.redis_url}: {exc}") from None
-    return client
-
-
-@contextlib.asynccontextmanager
-async def redis_for(ctx: click.Context) -> AsyncIterator[tuple[AnyRedis, Keys]]:
-    """A Redis client for one command (closed after it) and the key names in force."""
-    settings = settings_of(ctx)
-    redis = await open_redis(settings)
-    try:
-        yield redis, Keys(settings.key_prefix)
-    finally:
-        await redis.aclose()
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config", type=click.Path(dir_okay=False), help="YAML settings file.")
-@click.pass_context
-def cli(ctx: click.Context, config: str | None) -> None:
-    """Wardgate: Envoy carries the traffic, wardgate decides and configures."""
-    ctx.obj = {"config": config}
-
-
-# --- documents ----------------------------------------------------------------------------
 
 
 def read_documents(paths: tuple[str, ...]) -> list[Document]:
@@ -154,7 +90,7 @@ def print_changes(changes: list[Change], *, dry_run: bool, revision: int | None 
         click.echo(f"revision {revision}")
 
 
-@cli.command()
+@click.command()
 @click.option("-f", "--filename", "paths", multiple=True, required=True, help="File or directory.")
 @click.option("--dry-run", is_flag=True, help="Validate and show what would change; write nothing.")
 @click.pass_context
@@ -171,7 +107,7 @@ async def apply(ctx: click.Context, paths: tuple[str, ...], dry_run: bool) -> No
         print_changes(changes, dry_run=False, revision=revision)
 
 
-@cli.command()
+@click.command()
 @click.option("-f", "--filename", "paths", multiple=True, required=True, help="File or directory.")
 def validate(paths: tuple[str, ...]) -> None:
     """Check documents against the schema without touching Redis."""
@@ -212,7 +148,7 @@ def _summary(kind: str, doc: dict[str, Any]) -> list[str]:
     return [doc["name"], doc.get("protocol", "http"), eps]
 
 
-@cli.command()
+@click.command()
 @click.argument("kind")
 @click.argument("name", required=False)
 @click.option("-o", "--output", type=click.Choice(["table", "yaml", "json"]), default="table")
@@ -248,7 +184,7 @@ async def get(ctx: click.Context, kind: str, name: str | None, output: str) -> N
             click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
-@cli.command()
+@click.command()
 @click.argument("kind")
 @click.argument("name")
 @click.pass_context
@@ -262,7 +198,7 @@ async def delete(ctx: click.Context, kind: str, name: str) -> None:
         print_changes(changes, dry_run=False, revision=revision)
 
 
-@cli.command()
+@click.command()
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 @click.option("-n", "--count", default=20, show_default=True, type=click.IntRange(1, 10000))
 @click.pass_context
@@ -280,7 +216,7 @@ async def history(ctx: click.Context, output: str, count: int) -> None:
         click.echo(f"{row['revision']:>6}  {when}  {row['who']}  {what}")
 
 
-@cli.command()
+@click.command()
 @click.argument("revision", type=click.IntRange(0))
 @click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
 @click.pass_context
@@ -303,7 +239,7 @@ async def rollback(ctx: click.Context, revision: int, dry_run: bool) -> None:
             click.echo(f"already at revision {revision}")
 
 
-@cli.command()
+@click.command()
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 @click.pass_context
 @run_async
@@ -338,110 +274,3 @@ async def status(ctx: click.Context, output: str) -> None:
     click.echo(f"refused documents: {len(refused)}")
     for key, reason in sorted(refused.items()):
         click.echo(f"  {key}: {reason}")
-
-
-@cli.command()
-@click.option("--node-id", default="envoy-1", show_default=True)
-@click.option("--listen-port", default=10000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--admin-port", default=9901, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--wardgate-host", default="127.0.0.1", show_default=True)
-@click.option("--wardgate-port", default=18000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--delta", is_flag=True, help="Incremental xDS (DELTA_GRPC).")
-def bootstrap(
-    node_id: str,
-    listen_port: int,
-    admin_port: int,
-    wardgate_host: str,
-    wardgate_port: int,
-    delta: bool,
-) -> None:
-    """Print an Envoy bootstrap that takes its configuration from wardgate."""
-    from wardgate.envoy_proc import render_bootstrap
-
-    click.echo(
-        render_bootstrap(
-            node_id=node_id,
-            listen_port=listen_port,
-            admin_port=admin_port,
-            wardgate_port=wardgate_port,
-            wardgate_host=wardgate_host,
-            delta=delta,
-        )
-    )
-
-
-@cli.command()
-@click.option(
-    "--workers", type=click.IntRange(1, 64), default=None, help="Processes (SO_REUSEPORT)."
-)
-@click.option("--grpc-port", type=click.IntRange(1, 65535), default=None)
-@click.option("--http-port", type=click.IntRange(1, 65535), default=None)
-@click.option("--bind", "bind_host", default=None, help="Address to listen on.")
-@click.pass_context
-def serve(
-    ctx: click.Context,
-    workers: int | None,
-    grpc_port: int | None,
-    http_port: int | None,
-    bind_host: str | None,
-) -> None:
-    """Run the wardgate service (ADS, ext_authz, rate limit, HTTP) until SIGINT/SIGTERM."""
-    from wardgate.workers import run_workers
-
-    settings = settings_of(ctx).with_overrides(
-        **{
-            k: v
-            for k, v in {
-                "workers": workers,
-                "grpc_port": grpc_port,
-                "http_port": http_port,
-                "bind_host": bind_host,
-            }.items()
-            if v is not None
-        }
-    )
-    run_workers(settings)
-
-
-def _register_subcommands() -> None:
-    from wardgate.cli_identity import keys, sessions, users
-    from wardgate.cli_registry import register
-    from wardgate.up import up
-
-    cli.add_command(register)
-    cli.add_command(keys)
-    cli.add_command(users)
-    cli.add_command(sessions)
-    cli.add_command(up)
-
-
-_register_subcommands()
-
-
-def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cli.main(args=argv, prog_name="wardgate", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except click.UsageError as exc:
-        click.echo(f"error: {exc.format_message()} (see 'wardgate {_path(exc)}--help')", err=True)
-        sys.exit(2)
-    except click.ClickException as exc:
-        click.echo(f"error: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
-    except WardgateError as exc:
-        for line in str(exc).splitlines() or ["failed"]:
-            click.echo(f"error: {line}", err=True)
-        sys.exit(1)
-    except (RedisError, OSError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-
-
-def _path(exc: click.UsageError) -> str:
-    ctx = exc.ctx
-    if ctx is None or ctx.parent is None:
-        return ""
-    return ctx.command_path.removeprefix("wardgate").strip() + " "

@@ -10,7 +10,7 @@ import time
 
 import click
 
-from wardgate.cli import CliError, redis_for, run_async
+from wardgate.cli.base import CliError, redis_for, run_async
 from wardgate.domain.durations import parse_duration
 from wardgate.domain.registry import validate_instance
 from wardgate.store.registry import RedisRegistryStore

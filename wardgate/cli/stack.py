@@ -1,0 +1,349 @@
+"""``wardgate up`` (the whole stack on one machine, for a first look and for development),
+``wardgate serve`` (the service itself) and ``wardgate bootstrap`` (an Envoy bootstrap that
+points at it)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from wardgate import devstack
+from wardgate.cli.base import CliError, settings_of
+from wardgate.cli.documents import read_documents
+from wardgate.domain.catalog import plan_apply
+from wardgate.domain.documents import Document, Service
+from wardgate.domain.passwords import hash_password
+from wardgate.domain.ports import UserRecord
+from wardgate.envoy_proc import render_bootstrap
+from wardgate.store.documents import RedisDocumentStore
+from wardgate.store.keys import Keys
+from wardgate.store.redis_client import connect
+from wardgate.store.redis_store import RedisUserStore
+from wardgate.workers import run_workers
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+DEMO_UPSTREAM_PORT = 8081
+DEMO_GRPC_PORT = 8082
+DEMO_USERS = {
+    "alice": ("alice-password", ("user",)),
+    "admin": ("admin-password", ("admin", "user")),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class UpPorts:
+    """The ports of one ``wardgate up``, ``--port-offset`` already added."""
+
+    listen: int
+    admin: int
+    grpc: int
+    http: int
+    redis: int
+    upstream: int
+    grpc_upstream: int
+
+    @classmethod
+    def shifted(
+        cls, offset: int, *, listen: int, admin: int, grpc: int, http: int, redis: int
+    ) -> UpPorts:
+        return cls(
+            listen=listen + offset,
+            admin=admin + offset,
+            grpc=grpc + offset,
+            http=http + offset,
+            redis=redis + offset,
+            upstream=DEMO_UPSTREAM_PORT + offset,
+            grpc_upstream=DEMO_GRPC_PORT + offset,
+        )
+
+    def check_free(self, *, private_redis: bool) -> None:
+        """Refuse to start when something already listens on one of the ports."""
+        named = [
+            ("listener", self.listen),
+            ("Envoy admin", self.admin),
+            ("gRPC", self.grpc),
+            ("HTTP", self.http),
+            ("demo upstream", self.upstream),
+            ("demo gRPC upstream", self.grpc_upstream),
+        ] + ([("redis", self.redis)] if private_redis else [])
+        for name, port in named:
+            if devstack.port_open(port):
+                raise CliError(f"port {port} ({name}) is already in use; try --port-offset N")
+
+
+class _Processes:
+    """The processes ``up`` started, in start order. SIGINT or SIGTERM (``ask_to_stop``), or
+    one of them exiting, ends ``watch``; ``stop_all`` stops them in reverse order."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.started: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.stopping = False
+
+    def add(self, name: str, proc: subprocess.Popen[bytes]) -> None:
+        self.started.append((name, proc))
+
+    def ask_to_stop(self, _signum: int, _frame: object) -> None:
+        self.stopping = True
+
+    def watch(self) -> None:
+        while not self.stopping:
+            for name, p in self.started:
+                if p.poll() is not None:
+                    click.echo(
+                        f"{name} exited with {p.returncode}; stopping (logs in {self.work})",
+                        err=True,
+                    )
+                    self.stopping = True
+            time.sleep(0.3)
+
+    def stop_all(self) -> None:
+        for _name, p in reversed(self.started):
+            devstack.stop(p)
+
+
+def _demo_documents(examples: Path, ports: UpPorts) -> list[Document]:
+    """The documents in ``examples``, the demo services moved to the demo upstreams' ports."""
+    moved = {DEMO_UPSTREAM_PORT: ports.upstream, DEMO_GRPC_PORT: ports.grpc_upstream}
+    shifted: list[Document] = []
+    for d in read_documents((str(examples),)):
+        if isinstance(d, Service) and d.endpoints:
+            eps = [e.model_copy(update={"port": moved.get(e.port, e.port)}) for e in d.endpoints]
+            d = d.model_copy(update={"endpoints": eps})
+        shifted.append(d)
+    return shifted
+
+
+async def _seed(redis_url: str, examples: Path, ports: UpPorts) -> None:
+    """Apply the demo documents and create the demo users that do not exist yet."""
+    docs = _demo_documents(examples, ports)
+    redis = connect(redis_url, timeout=5.0, name="wardgate-up")
+    try:
+        keys = Keys(os.environ.get("WARDGATE_KEY_PREFIX", "wardgate:"))
+        store = RedisDocumentStore(redis=redis, keys=keys)
+        await store.commit(lambda current: plan_apply(current, docs))
+        users = RedisUserStore(redis=redis, keys=keys)
+        for name, (password, roles) in DEMO_USERS.items():
+            if await users.get_user(name) is None:
+                digest = await asyncio.to_thread(hash_password, password)
+                await users.put_user(UserRecord(name, digest, roles))
+    finally:
+        await redis.aclose()
+
+
+def _start_redis(procs: _Processes, ports: UpPorts) -> str:
+    click.echo(f"starting redis-server on 127.0.0.1:{ports.redis}")
+    procs.add("redis-server", devstack.start_redis(ports.redis, procs.work / "redis"))
+    return f"redis://127.0.0.1:{ports.redis}/0"
+
+
+def _start_upstreams(procs: _Processes, ports: UpPorts) -> None:
+    click.echo(
+        f"starting the demo upstreams on 127.0.0.1:{ports.upstream} (REST) and "
+        f"127.0.0.1:{ports.grpc_upstream} (gRPC)"
+    )
+    work = procs.work
+    procs.add("upstream", devstack.start_upstream(ports.upstream, "echo", work / "upstream.log"))
+    procs.add(
+        "grpc-upstream",
+        devstack.start_upstream(
+            ports.grpc_upstream, "greeter", work / "grpc-upstream.log", grpc=True
+        ),
+    )
+
+
+def _start_wardgate(procs: _Processes, ports: UpPorts, redis_url: str) -> None:
+    click.echo(f"starting wardgate (gRPC {ports.grpc}, HTTP {ports.http})")
+    env = {
+        "REDIS_URL": redis_url,
+        "WARDGATE_GRPC_PORT": str(ports.grpc),
+        "WARDGATE_HTTP_PORT": str(ports.http),
+        "WARDGATE_LISTEN_PORT": str(ports.listen),
+    }
+    log = procs.work / "wardgate.log"
+    procs.add("wardgate", devstack.start_wardgate(env=env, http_port=ports.http, log=log))
+
+
+def _start_envoy(procs: _Processes, ports: UpPorts) -> None:
+    click.echo(f"starting envoy (listener {ports.listen}, admin {ports.admin})")
+    envoy = devstack.start_envoy(
+        workdir=procs.work,
+        node_id="envoy-up",
+        listen_port=ports.listen,
+        admin_port=ports.admin,
+        wardgate_port=ports.grpc,
+        concurrency=2,
+    )
+    procs.add("envoy", envoy)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _port(flag: str, default: int, help: str | None = None) -> Callable[[_F], _F]:
+    """A port option, also read from WARDGATE_<FLAG> (``--grpc-port``: WARDGATE_GRPC_PORT)."""
+    env = "WARDGATE_" + flag.removeprefix("--").replace("-", "_").upper()
+    return click.option(
+        flag,
+        type=click.IntRange(1, 65535),
+        default=default,
+        show_default=True,
+        help=help,
+        envvar=env,
+    )
+
+
+@click.command()
+@_port("--listen-port", 10000)
+@_port("--admin-port", 9901)
+@_port("--grpc-port", 18000)
+@_port("--http-port", 18080)
+@_port("--redis-port", 16379, "Port of the private redis-server (when REDIS_URL is not set).")
+@click.option(
+    "--port-offset",
+    type=click.IntRange(0, 1000),
+    default=0,
+    show_default=True,
+    help="Added to every port.",
+    envvar="WARDGATE_PORT_OFFSET",
+)
+@click.option(
+    "--examples", type=click.Path(file_okay=False), default=str(EXAMPLES), show_default=True
+)
+@click.option("--workdir", type=click.Path(file_okay=False), default=None, help="Logs and configs.")
+def up(
+    listen_port: int,
+    admin_port: int,
+    grpc_port: int,
+    http_port: int,
+    redis_port: int,
+    port_offset: int,
+    examples: str,
+    workdir: str | None,
+) -> None:
+    """Run Redis, wardgate, Envoy and a demo upstream with the demo routes; Ctrl-C stops all."""
+    ports = UpPorts.shifted(
+        port_offset,
+        listen=listen_port,
+        admin=admin_port,
+        grpc=grpc_port,
+        http=http_port,
+        redis=redis_port,
+    )
+    given_redis_url = os.environ.get("REDIS_URL")
+    ports.check_free(private_redis=not given_redis_url)
+    work = Path(workdir or tempfile.mkdtemp(prefix="wardgate-up-"))
+    work.mkdir(parents=True, exist_ok=True)
+    procs = _Processes(work)
+    signal.signal(signal.SIGINT, procs.ask_to_stop)
+    signal.signal(signal.SIGTERM, procs.ask_to_stop)
+    try:
+        redis_url = given_redis_url or _start_redis(procs, ports)
+        _start_upstreams(procs, ports)
+        asyncio.run(_seed(redis_url, Path(examples), ports))
+        _start_wardgate(procs, ports, redis_url)
+        _start_envoy(procs, ports)
+        devstack.wait_http(f"http://127.0.0.1:{ports.listen}/public", timeout=30)
+        _tour(ports, work, redis_url)
+        procs.watch()
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        click.echo("stopping ...")
+        procs.stop_all()
+        click.echo("stopped")
+    sys.exit(0)
+
+
+def _tour(ports: UpPorts, work: Path, redis_url: str) -> None:
+    listen, admin, http = ports.listen, ports.admin, ports.http
+    base = f"http://127.0.0.1:{listen}"
+    click.echo(
+        f"""
+wardgate is up. Try:
+
+  curl -i {base}/public/hello                       # public route: 200, rate limited per IP
+  curl -i {base}/api/me                             # protected: 401 without a session
+  curl -i -c /tmp/wg.jar -H 'content-type: application/json' \\
+       -d '{{"username":"alice","password":"alice-password"}}' {base}/auth/login
+  curl -i -b /tmp/wg.jar {base}/api/me              # 200, upstream sees x-user-id: alice
+  curl -i -b /tmp/wg.jar {base}/api/admin           # 403: alice lacks role admin
+  curl -i {base}/nowhere                            # 404 with a JSON body
+  python -m wardgate.demo.grpc_upstream --call 127.0.0.1:{listen} --name you   # gRPC route
+
+  REDIS_URL={redis_url} wardgate get routes
+  metrics: http://127.0.0.1:{http}/metrics   envoy admin: http://127.0.0.1:{admin}/
+  logs: {work}
+
+Ctrl-C stops everything.
+"""
+    )
+
+
+@click.command()
+@click.option("--node-id", default="envoy-1", show_default=True)
+@click.option("--listen-port", default=10000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--admin-port", default=9901, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--wardgate-host", default="127.0.0.1", show_default=True)
+@click.option("--wardgate-port", default=18000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--delta", is_flag=True, help="Incremental xDS (DELTA_GRPC).")
+def bootstrap(
+    node_id: str,
+    listen_port: int,
+    admin_port: int,
+    wardgate_host: str,
+    wardgate_port: int,
+    delta: bool,
+) -> None:
+    """Print an Envoy bootstrap that takes its configuration from wardgate."""
+    click.echo(
+        render_bootstrap(
+            node_id=node_id,
+            listen_port=listen_port,
+            admin_port=admin_port,
+            wardgate_port=wardgate_port,
+            wardgate_host=wardgate_host,
+            delta=delta,
+        )
+    )
+
+
+@click.command()
+@click.option(
+    "--workers", type=click.IntRange(1, 64), default=None, help="Processes (SO_REUSEPORT)."
+)
+@click.option("--grpc-port", type=click.IntRange(1, 65535), default=None)
+@click.option("--http-port", type=click.IntRange(1, 65535), default=None)
+@click.option("--bind", "bind_host", default=None, help="Address to listen on.")
+@click.pass_context
+def serve(
+    ctx: click.Context,
+    workers: int | None,
+    grpc_port: int | None,
+    http_port: int | None,
+    bind_host: str | None,
+) -> None:
+    """Run the wardgate service (ADS, ext_authz, rate limit, HTTP) until SIGINT/SIGTERM."""
+    settings = settings_of(ctx).with_overrides(
+        **{
+            k: v
+            for k, v in {
+                "workers": workers,
+                "grpc_port": grpc_port,
+                "http_port": http_port,
+                "bind_host": bind_host,
+            }.items()
+            if v is not None
+        }
+    )
+    run_workers(settings)

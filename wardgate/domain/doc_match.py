@@ -1,0 +1,168 @@
+"""The ``match`` of a Route (which requests it takes) and the path-character rules that
+``match.prefix``, ``match.path`` and ``rewrite_prefix`` share."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import (
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from wardgate.domain.doc_base import (
+    HEADER_NAME_RE,
+    HTTP_METHODS,
+    RESERVED_HEADERS,
+    _Doc,
+    check_envoy_regex,
+    host_regex,
+)
+
+# What Envoy matches as it comes (RFC 3986 path characters, '[' and ']'); it percent-encodes
+# the rest of ASCII ('|', '^', '{', ...) before routing and refuses raw non-ASCII bytes.
+_PCHAR = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/\[\]]|%[0-9A-Fa-f]{2})*")
+_PLAIN = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%\[\]]")
+_DECODED = re.compile(r"%(?:[46][1-9A-Fa-f]|[57][0-9Aa]|3[0-9]|2[DdEeFf]|5[CcFf]|7[Ee])")
+
+
+def check_path_chars(value: str, where: str) -> None:
+    """A path as Envoy compares it: URL path characters, others percent-encoded; and no
+    percent-encoded letter, digit, '-._~' or slash, which Envoy decodes (or redirects)
+    before routing, so that the encoded form would never match."""
+    bad = next((c for c in value if not _PLAIN.fullmatch(c)), None)
+    if bad is not None:
+        encoded = "".join(f"%{b:02X}" for b in bad.encode())
+        raise ValueError(
+            f"{where} holds {bad!r}: paths are matched as sent on the wire; write it "
+            f"percent-encoded ({encoded})"
+        )
+    if not _PCHAR.fullmatch(value):
+        raise ValueError(f"{where}: '%' must start a percent-encoding such as %25")
+    if m := _DECODED.search(value):
+        decoded = bytes.fromhex(m.group(0)[1:]).decode()
+        if decoded in "/\\":
+            raise ValueError(
+                f"{where} holds {m.group(0)}: Envoy answers requests holding an escaped "
+                "slash with a redirect to the unescaped path, so no route ever sees one"
+            )
+        raise ValueError(
+            f"{where} holds {m.group(0)}: Envoy decodes it to {decoded!r} before routing; "
+            f"write {decoded!r}"
+        )
+
+
+class Match(_Doc):
+    """Which requests a route takes (Envoy ``route.match``). Exactly one of ``prefix``,
+    ``path`` or ``regex`` is required; ``methods``, ``headers`` and ``hosts`` narrow the
+    match, and every condition given must hold."""
+
+    prefix: str | None = Field(
+        default=None,
+        description=(
+            "Path prefix: starts with '/', holds no '?', '#' or space, and is written as on "
+            "the wire: URL path characters, anything else percent-encoded ('/caf%C3%A9'), "
+            "never an encoded letter, digit, '-._~' or slash (Envoy decodes those before "
+            "routing). Without a trailing '/' "
+            "it becomes Envoy's path_separated_prefix ('/api/users' matches /api/users and "
+            "/api/users/42, not /api/usersX); ending in '/' a plain prefix ('/' matches every "
+            "path). Exactly one of prefix, path or regex."
+        ),
+    )
+    path: str | None = Field(
+        default=None,
+        description=(
+            "Exact path (Envoy match.path), same character rules as prefix. Exactly one of "
+            "prefix, path or regex."
+        ),
+    )
+    regex: str | None = Field(
+        default=None,
+        description=(
+            "RE2 regex the whole path (without the query string) must match (Envoy "
+            "match.safe_regex). Refused if RE2 rejects it or its program size is over 100. "
+            "Exactly one of prefix, path or regex."
+        ),
+    )
+    methods: list[str] | None = Field(
+        default=None,
+        description=(
+            "HTTP methods the route takes, upper-cased: GET, HEAD, POST, PUT, PATCH, DELETE, "
+            "OPTIONS, CONNECT, TRACE (a ':method' header matcher in Envoy; OPTIONS is added "
+            "when the route has cors, for preflights). Unset: any method."
+        ),
+    )
+    headers: dict[str, str] | None = Field(
+        default=None,
+        description=(
+            "Request headers that must be present with exactly this value (Envoy header "
+            "matcher, string_match.exact). Names are lower-cased HTTP tokens; x-user-id, "
+            "x-user-roles, x-auth-method, x-request-id, x-wardgate-scope, cookie, authorization "
+            "and x-api-key cannot be named."
+        ),
+    )
+    hosts: list[str] | None = Field(
+        default=None,
+        description=(
+            "Host names the Host/:authority header must be one of, with any port (an "
+            "':authority' regex matcher in Envoy). A leading '*.' matches any subdomain, not "
+            "the bare domain; names are lower-cased. Unset: any host."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _one_path_matcher(self) -> Match:
+        given = [k for k in ("prefix", "path", "regex") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("match needs exactly one of prefix, path or regex")
+        for key in ("prefix", "path"):
+            value = getattr(self, key)
+            if value is not None and (not value.startswith("/") or any(c in value for c in "?# ")):
+                raise ValueError(f"match.{key} must start with '/' and hold no '?', '#' or space")
+            if value is not None:
+                check_path_chars(value, f"match.{key}")
+        if self.regex is not None:
+            check_envoy_regex(self.regex, "match.regex")
+        return self
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        upper = [m.upper() for m in value]
+        bad = [m for m in upper if m not in HTTP_METHODS]
+        if bad or not upper:
+            raise ValueError(f"unknown HTTP method(s) {bad}; use {sorted(HTTP_METHODS)}")
+        return upper
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return None
+        out = {}
+        for name, want in value.items():
+            lname = name.lower()
+            if not HEADER_NAME_RE.match(lname):
+                raise ValueError(f"'{name}' is not a valid header name")
+            if lname in RESERVED_HEADERS or lname in ("cookie", "authorization", "x-api-key"):
+                raise ValueError(
+                    f"'{lname}' cannot be matched: the gateway sets or strips it, and a client "
+                    "could otherwise choose the route by sending it"
+                )
+            out[lname] = want
+        return out
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        for host in value:
+            if not re.match(r"^(\*\.)?[A-Za-z0-9.-]+$", host):
+                raise ValueError(f"'{host}' is not a host name (a leading '*.' is allowed)")
+        hosts = [h.lower() for h in value]
+        check_envoy_regex(host_regex(hosts), "match.hosts (as a regex)")
+        return hosts

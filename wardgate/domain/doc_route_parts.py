@@ -1,0 +1,256 @@
+"""The parts of a Route besides its match: the traffic split (``WeightedBackend``) and the
+policies on the way (``Retries``, ``Auth``, ``RateLimit``, ``Cors``)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import (
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from wardgate.domain.doc_base import (
+    RETRY_CONDITIONS,
+    Name,
+    _Doc,
+    _duration,
+)
+from wardgate.domain.durations import parse_period
+
+
+class WeightedBackend(_Doc):
+    """One service of a route's traffic split (an entry of Envoy's
+    ``weighted_clusters.clusters``)."""
+
+    service: Name = Field(
+        description="Name of the Service document (the Envoy cluster) that gets this share."
+    )
+    weight: int = Field(
+        ge=0,
+        le=10000,
+        description=(
+            "Relative share of the traffic, 0 to 10000 (Envoy cluster weight). The weights of "
+            "a route's backends must add up to more than 0."
+        ),
+    )
+
+
+class Retries(_Doc):
+    """Retry policy of a route (Envoy ``route.retry_policy``)."""
+
+    attempts: int = Field(
+        ge=0, le=10, description="Retries after the first try, 0 to 10 (Envoy num_retries)."
+    )
+    on: list[str] = Field(
+        default_factory=lambda: ["5xx", "reset", "connect-failure"],
+        description=(
+            "When to retry (Envoy retry_on, comma-joined): 5xx, gateway-error, reset, "
+            "connect-failure, retriable-4xx, refused-stream, retriable-status-codes, "
+            "http3-post-connect-failure. Default: [5xx, reset, connect-failure]."
+        ),
+    )
+    per_try_timeout: str | None = Field(
+        default=None,
+        description=(
+            "Timeout of each try, a duration such as '250ms' or '2s' (more than 0, at most "
+            "1d; Envoy per_try_timeout). Unset: each try is bounded only by the route's "
+            "timeout."
+        ),
+    )
+
+    @field_validator("on")
+    @classmethod
+    def _on(cls, value: list[str]) -> list[str]:
+        bad = [c for c in value if c not in RETRY_CONDITIONS]
+        if bad:
+            raise ValueError(f"unknown retry condition(s) {bad}; use {sorted(RETRY_CONDITIONS)}")
+        return value
+
+    _ptt = field_validator("per_try_timeout")(classmethod(lambda cls, v: v and _duration(v)))
+
+
+class Auth(_Doc):
+    """Who may pass a route. Unless ``require`` is ``none``, the route's policy travels to
+    wardgate's ext_authz in the per-route ``check_settings.context_extensions``."""
+
+    require: Literal["none", "session", "jwt", "api_key", "any"] = Field(
+        default="none",
+        description=(
+            "The credential the route accepts: none (public route: ext_authz is off, no "
+            "identity), session (the wg_session cookie), jwt ('authorization: Bearer' token "
+            "signed by a trusted Issuer), api_key (the x-api-key header) or any of the three. "
+            "Default: none."
+        ),
+    )
+    roles: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]] = Field(
+        default_factory=list,
+        description=(
+            "Role names (^[A-Za-z0-9._:-]{1,64}$); the caller needs at least one of them, "
+            "otherwise 403 forbidden. Not allowed with require none. Default: [] (any "
+            "authenticated caller)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _roles_need_auth(self) -> Auth:
+        if self.roles and self.require == "none":
+            raise ValueError("auth.roles needs auth.require other than 'none'")
+        return self
+
+
+RATE_DIMENSIONS_RE = re.compile(r"^(ip|user|api_key|route|header:[a-z0-9][a-z0-9_-]*)$")
+
+
+class RateLimit(_Doc):
+    """One limit. ``by`` names what is counted apart: one dimension, or several together
+    (``[user, header:x-tenant]``: per user per tenant); every rule also counts per route
+    unless ``key`` names a counter shared by the routes that use the same key."""
+
+    by: str | list[str] = Field(
+        description=(
+            "What is counted separately: one dimension, or a list of 1 to 4 different ones "
+            "(each combination counted apart). A dimension is ip (the client address, Envoy "
+            "remote_address), user (the identity from ext_authz), api_key (the key's name), "
+            "route (one counter for all clients) or header:NAME (the request header NAME). "
+            "A rule whose user, api_key or header has no value does not apply."
+        )
+    )
+    requests: int = Field(
+        ge=1,
+        le=10**9,
+        description=(
+            "Requests allowed per period, 1 to 10^9 (API keys of a tier listed in tiers get "
+            "that tier's number instead)."
+        ),
+    )
+    per: str = Field(
+        description=(
+            "The period: second, minute, hour, day, or a duration that is a whole number of "
+            "seconds, at least 1s (such as '30s' or '5m')."
+        )
+    )
+    algorithm: Literal["fixed_window", "sliding_window", "token_bucket"] = Field(
+        default="fixed_window",
+        description=(
+            "Counting method, in wardgate's rate-limit service: fixed_window, sliding_window "
+            "or token_bucket. Default: fixed_window."
+        ),
+    )
+    shadow: bool = Field(
+        default=False,
+        description="Count and report, but never refuse a request. Default: false.",
+    )
+    # Per API key tier: requests for keys of that tier (others get ``requests``).
+    tiers: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$")], int] | None = Field(
+        default=None,
+        description=(
+            "A different requests (1 to 10^9) for API keys of each tier named (tier names "
+            "like role names). The tier comes from ext_authz ('default' for a key without one "
+            "and for requests without an API key); tiers not listed get requests. The tier "
+            "does not split the count."
+        ),
+    )
+    key: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")] | None = Field(
+        default=None,
+        description=(
+            "A counter shared by every rule, on any route, naming the same key (rule id "
+            "key:<key> instead of <route>#<index>); give such rules the same numbers and by. "
+            "Unset: the rule counts for its route alone."
+        ),
+    )
+
+    @field_validator("by")
+    @classmethod
+    def _by(cls, value: str | list[str]) -> str | list[str]:
+        values = [value] if isinstance(value, str) else list(value)
+        if not values or len(values) > 4:
+            raise ValueError("rate_limits.by: one to four dimensions")
+        out = []
+        for v in values:
+            v = v.strip().lower()
+            if not RATE_DIMENSIONS_RE.match(v):
+                raise ValueError(
+                    f"rate_limits.by '{v}': use ip, user, api_key, route or header:NAME"
+                )
+            out.append(v)
+        if len(set(out)) != len(out):
+            raise ValueError("rate_limits.by names a dimension twice")
+        return out[0] if isinstance(value, str) else out
+
+    @field_validator("tiers")
+    @classmethod
+    def _tiers(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        if value is not None and any(not 1 <= n <= 10**9 for n in value.values()):
+            raise ValueError("rate_limits.tiers: each tier's requests is 1 to 1e9")
+        return value
+
+    @property
+    def dimensions(self) -> list[str]:
+        return [self.by] if isinstance(self.by, str) else list(self.by)
+
+    @field_validator("per")
+    @classmethod
+    def _per(cls, value: str) -> str:
+        parse_period(value)
+        return value
+
+    @property
+    def period_seconds(self) -> int:
+        return int(parse_period(self.per))
+
+
+class Cors(_Doc):
+    """CORS policy of a route: a per-route Envoy ``CorsPolicy``, applied by Envoy's CORS filter
+    (which answers preflights before RBAC, ext_authz and rate limiting)."""
+
+    allow_origins: list[str] = Field(
+        description=(
+            "Allowed origins: '*' alone, or origins such as https://app.example.com "
+            "(http(s)://host[:port]), compared exactly (Envoy allow_origin_string_match; '*' "
+            "becomes the regex '.*'). Origins other than '*' also pass the CSRF check."
+        )
+    )
+    allow_methods: list[str] | None = Field(
+        default=None,
+        description=(
+            "Methods allowed cross-origin (Envoy allow_methods, comma-joined). Unset: the "
+            "route's match.methods."
+        ),
+    )
+    allow_headers: list[str] | None = Field(
+        default=None,
+        description="Request headers allowed cross-origin (Envoy allow_headers, comma-joined).",
+    )
+    expose_headers: list[str] | None = Field(
+        default=None,
+        description=(
+            "Response headers exposed to the browser (Envoy expose_headers, comma-joined)."
+        ),
+    )
+    allow_credentials: bool = Field(
+        default=False,
+        description=(
+            "Allow credentials such as cookies cross-origin (Envoy allow_credentials). "
+            "Default: false."
+        ),
+    )
+    max_age: str | None = Field(
+        default=None,
+        description=(
+            "How long a browser may cache a preflight answer, a duration such as '10m' "
+            "(more than 0, at most 1d); sent to Envoy (max_age) in whole seconds."
+        ),
+    )
+
+    @field_validator("allow_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not re.match(r"^https?://[A-Za-z0-9.-]+(:\d+)?$", origin):
+                raise ValueError(f"'{origin}' is not an origin such as https://app.example.com")
+        return value
+
+    _max_age = field_validator("max_age")(classmethod(lambda cls, v: v and _duration(v)))
