@@ -14,10 +14,11 @@ import click
 import yaml
 
 from wardgate.cli.base import CliError, redis_for, run_async
-from wardgate.domain.catalog import Change, plan_apply, plan_delete, plan_restore
+from wardgate.domain.catalog import Change, parse_stored, plan_apply, plan_delete, plan_restore
 from wardgate.domain.documents import Document, parse_document
 from wardgate.errors import DocumentError
 from wardgate.store.documents import RedisDocumentStore
+from wardgate.store.status import RedisStatusStore
 
 KIND_NAMES = {
     "route": "Route",
@@ -123,7 +124,23 @@ def _kind(word: str) -> str:
     return kind
 
 
+def _shown(kind: str, name: str, text: str) -> dict[str, Any]:
+    """A stored document as it is shown: as stored when valid; otherwise its kind, name,
+    why it is refused and its text (bytes that are not UTF-8 as ``\\x`` escapes)."""
+    try:
+        parse_stored(kind, name, text)
+        shown: dict[str, Any] = json.loads(text)
+        return shown
+    except DocumentError as exc:
+        readable = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return {"kind": kind, "name": name, "refused": exc.reason, "stored": readable}
+
+
 def _summary(kind: str, doc: dict[str, Any]) -> list[str]:
+    if "refused" in doc:
+        return [doc["name"], f"(refused: {doc['refused']})"] + [""] * (
+            2 if kind != "Service" else 1
+        )
     if kind == "Route":
         m = doc.get("match", {})
         where = m.get("prefix") or m.get("path") or f"~{m.get('regex')}"
@@ -162,12 +179,7 @@ async def get(ctx: click.Context, kind: str, name: str | None, output: str) -> N
     if name is not None and name not in raw:
         raise CliError(f"{k.lower()}/{name} not found")
     names = [name] if name is not None else sorted(raw)
-    docs = []
-    for n in names:
-        try:
-            docs.append(json.loads(raw[n]))
-        except json.JSONDecodeError:
-            docs.append({"kind": k, "name": n, "invalid": raw[n]})
+    docs = [_shown(k, n, raw[n]) for n in names]
     if output == "json":
         click.echo(json.dumps(docs[0] if name else docs, indent=2))
     elif output == "yaml":
@@ -246,13 +258,11 @@ async def rollback(ctx: click.Context, revision: int, dry_run: bool) -> None:
 async def status(ctx: click.Context, output: str) -> None:
     """Revision, connected Envoys (what each ACKed or NACKed), refused documents."""
     async with redis_for(ctx) as (redis, keys):
-        revision = int(await redis.get(keys.revision) or 0)
-        workers = await redis.hgetall(keys.nodes)
-        refused = await redis.hgetall(keys.refused)
+        report = await RedisStatusStore(redis=redis, keys=keys).read()
+    revision, refused = report.revision, report.refused
     nodes = []
     now = time.time()
-    for doc in workers.values():
-        entry = json.loads(doc)
+    for entry in report.workers:
         if now - entry.get("time", 0) > 60:
             continue  # a worker that stopped reporting (its reports come every 15 s)
         for node in entry.get("nodes", []):

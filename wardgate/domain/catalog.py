@@ -185,7 +185,7 @@ class ParseMemo:
         found = self._seen.get(key)
         if found is None:
             try:
-                found = _parse_stored(kind, name, text)
+                found = parse_stored(kind, name, text)
             except DocumentError as exc:
                 found = exc.reason
             if len(self._seen) >= self._max:
@@ -198,13 +198,14 @@ class ParseMemo:
 
 class _NoMemo(ParseMemo):
     def parse(self, kind: str, name: str, text: str) -> Document:
-        return _parse_stored(kind, name, text)
+        return parse_stored(kind, name, text)
 
 
 _NO_MEMO = _NoMemo()
 
 
-def _parse_stored(kind: str, name: str, text: str) -> Document:
+def parse_stored(kind: str, name: str, text: str) -> Document:
+    """A document as stored in Redis under ``name``; ``DocumentError`` says why not."""
     try:
         text.encode("utf-8")  # bytes that were not UTF-8 are kept as surrogate escapes
     except UnicodeEncodeError as exc:
