@@ -54,11 +54,9 @@ class Guard:
         self.limit = limit
         self.failures: dict[str, int] = {}
 
-    async def blocked_for(self, user: str) -> int:
-        return 900 if self.failures.get(user, 0) >= self.limit else 0
-
-    async def failed(self, user: str) -> None:
+    async def attempt(self, user: str) -> int:
         self.failures[user] = self.failures.get(user, 0) + 1
+        return 900 if self.failures[user] > self.limit else 0
 
     async def cleared(self, user: str) -> None:
         self.failures.pop(user, None)

@@ -32,10 +32,13 @@ class UserStore(Protocol):
 
 
 class LoginGuard(Protocol):
-    """Failed logins per user name (known or not: the answer must not tell them apart)."""
+    """Login attempts per user name (known or not: the answer must not tell them apart).
 
-    async def blocked_for(self, user: str) -> int: ...  # seconds; 0 when not blocked
-    async def failed(self, user: str) -> None: ...
+    An attempt is counted *before* its password is checked, in one atomic step that also
+    says whether it is over the limit: parallel guesses cannot all slip in while the first
+    ones are being verified. A good login clears the count."""
+
+    async def attempt(self, user: str) -> int: ...  # seconds to wait; 0: go on and verify
     async def cleared(self, user: str) -> None: ...
 
 

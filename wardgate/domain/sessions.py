@@ -87,15 +87,13 @@ class SessionService:
             await asyncio.to_thread(verify_password, None, password[:MAX_PASSWORD])
             return None
         if self._guard is not None:
-            wait = await self._guard.blocked_for(username)
+            wait = await self._guard.attempt(username)  # counted before the check
             if wait:
                 raise TooManyAttempts(wait)
         user = await self._users.get_user(username)
         stored = user.password_hash if user else None
         ok = await asyncio.to_thread(verify_password, stored, password)
         if not ok or user is None:
-            if self._guard is not None:
-                await self._guard.failed(username)
             return None
         if self._guard is not None:
             await self._guard.cleared(username)

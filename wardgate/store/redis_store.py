@@ -300,7 +300,8 @@ class RedisRefusalLog:
 
 
 class RedisLoginGuard:
-    """At most ``limit`` failed logins per user name per ``window`` seconds."""
+    """At most ``limit`` login attempts per user name per ``window`` seconds, a good login
+    clearing the count. Counting and reading the count are one transaction."""
 
     def __init__(self, *, redis: AnyRedis, keys: Keys, limit: int, window: int = 900) -> None:
         self._r = redis
@@ -308,24 +309,17 @@ class RedisLoginGuard:
         self._limit = limit
         self._window = window
 
-    async def blocked_for(self, user: str) -> int:
+    async def attempt(self, user: str) -> int:
         if self._limit <= 0:
             return 0
         key = self._k.login_failures(user)
         with redis_errors():
-            async with self._r.pipeline(transaction=False) as pipe:
-                pipe.get(key)
-                pipe.ttl(key)
-                count, ttl = await pipe.execute()
-        return max(1, int(ttl)) if int(count or 0) >= self._limit else 0
-
-    async def failed(self, user: str) -> None:
-        key = self._k.login_failures(user)
-        with redis_errors():
-            async with self._r.pipeline(transaction=False) as pipe:
+            async with self._r.pipeline(transaction=True) as pipe:
                 pipe.incr(key)
                 pipe.expire(key, self._window, nx=True)
-                await pipe.execute()
+                pipe.ttl(key)
+                count, _, ttl = await pipe.execute()
+        return max(1, int(ttl)) if int(count) > self._limit else 0
 
     async def cleared(self, user: str) -> None:
         with redis_errors():
