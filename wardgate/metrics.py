@@ -30,6 +30,7 @@ class Metrics:
     xds_pushes: Counter
     xds_acks: Counter
     xds_nacks: Counter
+    subscriptions: Gauge
     snapshot_builds: Counter
     snapshot_seconds: Histogram
     documents_refused: Gauge
@@ -105,6 +106,15 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         ),
         xds_acks=Counter("wardgate_xds_acks_total", "xDS ACKs, by type.", ["type"], registry=r),
         xds_nacks=Counter("wardgate_xds_nacks_total", "xDS NACKs, by type.", ["type"], registry=r),
+        subscriptions=Gauge(
+            "wardgate_subscriptions",
+            "Whether a Redis subscription is up (1) or not (0): changes (document and "
+            "registry announcements), keyspace (raw writes), revocations (credential caches). "
+            "With several workers, the lowest.",
+            ["name"],
+            registry=r,
+            multiprocess_mode="livemin",
+        ),
         snapshot_builds=Counter(
             "wardgate_xds_snapshot_builds_total",
             "Snapshot builds by result (changed, unchanged, failed).",

@@ -290,7 +290,7 @@ def background_tasks(
         control.watcher.run(),
         report_nodes(control.nodes, control.status, worker),
         report_refused_clients(limits.service, limits.refusals, metrics),
-        listen_for_revocations(redis=redis.control, keys=keys, caches=revoked),
+        listen_for_revocations(redis=redis.control, keys=keys, caches=revoked, metrics=metrics),
     ]
 
 

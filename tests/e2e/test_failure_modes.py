@@ -3,6 +3,12 @@ keeps its configuration, and everything recovers by itself."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import time
+
+import httpx
 import pytest
 
 from tests.support import Stack, eventually, route
@@ -162,3 +168,38 @@ def test_a_hung_redis_costs_milliseconds_not_a_hang(private_stack: Stack) -> Non
         metrics = http.get(f"http://127.0.0.1:{s.http_port}/metrics").text
         assert 'wardgate_ratelimit_failures_total{mode="open"}' in metrics
         eventually(lambda: http.get("/hung-auth").status_code == 401, timeout=10)
+
+
+def _gauge(s: Stack, name: str, label: str) -> float | None:
+    text = httpx.get(f"http://127.0.0.1:{s.http_port}/metrics", timeout=3).text
+    for line in text.splitlines():
+        if line.startswith(f'{name}{{name="{label}"}}'):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_subscriptions_come_back_after_a_cold_start_against_a_stalled_redis(
+    private_stack: Stack,
+) -> None:
+    """Issue 10, item 10: started while Redis does not answer (SIGSTOP), wardgate must end
+    up with keyspace events and the revocation channel once Redis answers again, so a raw
+    write is live at once, not at the next periodic re-read (set to 60 s here)."""
+    s = private_stack
+    devstack.stop(s.procs.pop("wardgate"))
+    redis_proc = s.procs["redis-server"]
+    os.kill(redis_proc.pid, signal.SIGSTOP)
+    try:
+        s.start_wardgate(extra_env={"WARDGATE_RESYNC_INTERVAL": "60s"})
+        time.sleep(7)  # past the control client's 5 s deadline: its first attempts time out
+    finally:
+        os.kill(redis_proc.pid, signal.SIGCONT)
+    devstack.wait_http(f"http://127.0.0.1:{s.http_port}/readyz", timeout=30)
+    eventually(lambda: _gauge(s, "wardgate_subscriptions", "keyspace") == 1, timeout=15)
+    eventually(lambda: _gauge(s, "wardgate_subscriptions", "revocations") == 1, timeout=15)
+    with s.client() as http:
+        s.redis().hset(
+            f"{s.prefix}routes",
+            "after-stall",
+            json.dumps(route("after-stall", "/after-stall", "echo")),
+        )
+        eventually(lambda: http.get("/after-stall").status_code == 200, timeout=3)

@@ -16,6 +16,8 @@ from wardgate.domain.catalog import plan_apply, plan_delete
 from wardgate.domain.documents import parse_document
 from wardgate.domain.ports import SessionRecord, UserRecord
 from wardgate.errors import DocumentError, StoreError
+from wardgate.metrics import create_metrics
+from wardgate.store.cache import CachedSessionStore, listen_for_revocations
 from wardgate.store.documents import RedisDocumentStore
 from wardgate.store.keys import Keys
 from wardgate.store.redis_client import connect
@@ -147,9 +149,8 @@ def test_refusal_log_counts_distinct_clients_per_minute(redis_url: str, prefix: 
 
 
 def test_cached_sessions_are_evicted_by_the_revocation_channel(redis_url: str, prefix: str) -> None:
-    from wardgate.store.cache import CachedSessionStore, listen_for_revocations
-
     keys = Keys(prefix)
+    metrics = create_metrics()
 
     async def body(r: Any) -> None:
         inner = RedisSessionStore(redis=r, keys=keys)
@@ -158,7 +159,9 @@ def test_cached_sessions_are_evicted_by_the_revocation_channel(redis_url: str, p
         await inner.create_session(record)
         assert await cached.get_session(record.id_hash) == record  # cache off: read through
         listener = asyncio.create_task(
-            listen_for_revocations(redis=r, keys=keys, caches={keys.sessions_channel: cached.cache})
+            listen_for_revocations(
+                redis=r, keys=keys, caches={keys.sessions_channel: cached.cache}, metrics=metrics
+            )
         )
         try:
             for _ in range(100):
@@ -166,6 +169,10 @@ def test_cached_sessions_are_evicted_by_the_revocation_channel(redis_url: str, p
                     break
                 await asyncio.sleep(0.01)
             assert cached.cache.enabled
+            assert (
+                metrics.registry.get_sample_value("wardgate_subscriptions", {"name": "revocations"})
+                == 1
+            )
             await cached.get_session(record.id_hash)
             await r.delete(keys.session(record.id_hash))  # a raw delete is not announced...
             assert await cached.get_session(record.id_hash) == record  # ...so it is cached

@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar
 from redis.exceptions import RedisError
 
 from wardgate.domain.ports import ApiKeyRecord, ApiKeyStore, SessionRecord, SessionStore
+from wardgate.metrics import Metrics
 from wardgate.store.keys import Keys
 from wardgate.store.redis_client import AnyRedis
 
@@ -128,7 +129,7 @@ class CachedApiKeyStore:
 
 
 async def listen_for_revocations(
-    *, redis: AnyRedis, keys: Keys, caches: dict[str, _Lru[Any]]
+    *, redis: AnyRedis, keys: Keys, caches: dict[str, _Lru[Any]], metrics: Metrics
 ) -> None:
     """Forever: keep the caches in step with the revocation channels (``caches`` maps a
     channel to the cache it invalidates). Caches are on only while subscribed."""
@@ -149,6 +150,7 @@ async def listen_for_revocations(
             for cache in caches.values():
                 cache.clear()
                 cache.enabled = True
+            metrics.subscriptions.labels("revocations").set(1)
             while True:
                 msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 if msg is not None:
@@ -156,6 +158,7 @@ async def listen_for_revocations(
         except (RedisError, OSError) as exc:
             log.warning("revocation channel lost (%s); caches off until it is back", exc)
         finally:
+            metrics.subscriptions.labels("revocations").set(0)
             for cache in caches.values():
                 cache.enabled = False
                 cache.clear()

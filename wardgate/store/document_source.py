@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ResponseError
 
 from wardgate.domain.catalog import KIND_ORDER, RawDocuments
 from wardgate.domain.registry import Instance
@@ -117,8 +118,10 @@ class RedisDocumentSource:
         return self._r.pubsub()
 
     async def _enable_keyspace_events(self) -> bool:
-        """Turn on keyspace events for hashes (keeping any flags already set); False when
-        that is not ours to do or Redis refuses."""
+        """Turn on keyspace events for hashes (keeping any flags already set). False when
+        that is not ours to do, or Redis refuses the command (a managed Redis without
+        CONFIG); a Redis that does not answer raises ``StoreError``, so that the whole
+        subscription is tried again rather than left without keyspace events for good."""
         if not self._manage_events:
             return False
         try:
@@ -134,7 +137,7 @@ class RedisDocumentSource:
                     )
             return True
         except StoreError as exc:
-            log.warning(
-                "keyspace notifications unavailable (%s); raw writes wait for the re-read", exc
-            )
+            if not isinstance(exc.__cause__, ResponseError):
+                raise
+            log.warning("keyspace events unavailable (%s); raw writes wait for the re-read", exc)
             return False

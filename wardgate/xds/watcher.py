@@ -155,11 +155,13 @@ class DocumentWatcher:
         while True:
             try:
                 async with self._source.subscribe() as notifications:
+                    self._subscribed(True, complete=notifications.complete)
                     await self.sync()
                     self.last_error = ""
                     backoff = 0.2
                     await self._follow(notifications)
             except StoreError as exc:
+                self._subscribed(False, complete=False)
                 self._last_good = None  # re-read what was served, another replica may have moved
                 self._refused.forget_saved()
                 self._failed(str(exc), "watcher")
@@ -169,6 +171,10 @@ class DocumentWatcher:
                 log.exception("document watcher failed; keeping the last snapshot, retrying")
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
+
+    def _subscribed(self, up: bool, *, complete: bool) -> None:
+        self._metrics.subscriptions.labels("changes").set(int(up))
+        self._metrics.subscriptions.labels("keyspace").set(int(up and complete))
 
     def _failed(self, reason: str, store: str | None) -> None:
         self.last_error = reason
