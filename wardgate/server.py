@@ -17,7 +17,6 @@ import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -35,6 +34,7 @@ from wardgate.errors import StoreError
 from wardgate.extproc.authz import AuthorizationService
 from wardgate.extproc.ratelimit import RateLimitService
 from wardgate.extproc.refusal_report import report_refused_clients
+from wardgate.files import read_bounded_file
 from wardgate.http.app import create_app
 from wardgate.http.registry import add_registry_routes
 from wardgate.metrics import Metrics, create_metrics
@@ -177,9 +177,7 @@ def wire_control_plane(
         builder=SnapshotBuilder(options),
         publisher=cache,
         refused=RefusedReport(status=status, metrics=metrics),
-        issuers=IssuerLoader(
-            holder=issuers, environ=os.environ, read_text=lambda p: Path(p).read_text()
-        ),
+        issuers=IssuerLoader(holder=issuers, environ=os.environ, read_file=read_bounded_file),
         metrics=metrics,
         resync_interval=settings.resync_interval,
     )

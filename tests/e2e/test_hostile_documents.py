@@ -4,6 +4,8 @@ keeps working (issue 10, item 3)."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import httpx
 import pytest
@@ -44,3 +46,38 @@ def test_a_value_that_is_not_utf8_is_refused_alone(stack: Stack) -> None:
     finally:
         r.hdel(key, "not-utf8", b"bad\xfename")
     eventually(lambda: not _status(stack)["refused"], timeout=5)
+
+
+@pytest.mark.parametrize("target", ["fifo", "/dev/zero", "big"])
+def test_a_key_file_that_is_not_a_small_regular_file_is_refused_without_a_stall(
+    stack: Stack, tmp_path: Path, target: str
+) -> None:
+    """Issue 10, item 5: ``jwks_file`` naming a FIFO once hung the whole service, and
+    /dev/zero would have exhausted its memory."""
+    if target == "fifo":
+        path = tmp_path / "keys.fifo"
+        os.mkfifo(path)
+    elif target == "big":
+        path = tmp_path / "big.json"
+        path.write_bytes(b" " * (2 << 20))
+    else:
+        path = Path(target)
+    name = f"hostile-{target.strip('/').replace('/', '-')}"
+    issuer = {
+        "kind": "Issuer",
+        "name": name,
+        "issuer": f"https://{name}.example",
+        "audiences": ["api"],
+        "jwks_file": str(path),
+    }
+    stack.apply(issuer, route(f"{name}-r", f"/{name}", "echo", auth={"require": "jwt"}))
+    reason = eventually(lambda: _status(stack)["refused"].get(f"Issuer/{name}"), timeout=8)  # type: ignore[attr-defined]
+    assert "not a regular file" in reason or "larger than" in reason
+    health = httpx.get(f"http://127.0.0.1:{stack.http_port}/healthz", timeout=3)
+    assert health.status_code == 200  # the service is not stalled
+    with stack.client() as http:
+        eventually(lambda: http.get(f"/{name}").status_code == 401, timeout=5)
+    assert stack.cli("delete", "route", f"{name}-r").returncode == 0
+    deleted = stack.cli("delete", "issuer", name)
+    assert deleted.returncode == 0, deleted.stderr
+    eventually(lambda: f"Issuer/{name}" not in _status(stack)["refused"], timeout=8)  # type: ignore[operator]

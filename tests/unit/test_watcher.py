@@ -161,7 +161,7 @@ class Parts:
             builder=SnapshotBuilder(OPTS),
             publisher=self.cache,
             refused=RefusedReport(status=self.status, metrics=self.metrics),
-            issuers=IssuerLoader(holder=self.holder, environ={}, read_text=self.read_file),
+            issuers=IssuerLoader(holder=self.holder, environ={}, read_file=self.read_file),
             metrics=self.metrics,
             resync_interval=resync,
         )
