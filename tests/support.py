@@ -18,6 +18,8 @@ import yaml
 
 from wardgate import devstack
 
+REGISTRY_TOKEN = "test-registry-token"
+
 
 @dataclasses.dataclass
 class Stack:
@@ -49,6 +51,7 @@ class Stack:
             "WARDGATE_RATELIMIT_TIMEOUT": "2s",
             "WARDGATE_RATELIMIT_REDIS_TIMEOUT": "1s",
             "WARDGATE_LOG_LEVEL": "INFO",
+            "WARDGATE_REGISTRY_TOKEN": REGISTRY_TOKEN,
         }
 
     def redis(self) -> redis.Redis:

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import urllib.parse
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -28,6 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from wardgate.domain.authz import Authorizer
 from wardgate.domain.ratelimit import RateLimiter
+from wardgate.domain.registry import Reserved
 from wardgate.domain.sessions import SessionService
 from wardgate.domain.tokens import IssuerHolder
 from wardgate.errors import StoreError
@@ -244,6 +246,19 @@ def readiness(control: ControlPlane, ping: Callable[[], Awaitable[object]]) -> R
     return ready
 
 
+def own_endpoints(settings: Settings) -> Reserved:
+    """The gateway's own endpoints, which no registered instance may name: its Redis (every
+    node of a cluster URL's seed), its gRPC and HTTP ports on loopback and where it binds."""
+    endpoints: list[tuple[str, int]] = []
+    redis = urllib.parse.urlsplit(settings.redis_url.replace("+cluster", "", 1))
+    if redis.hostname:
+        endpoints.append((redis.hostname, redis.port or 6379))
+    for host in {"127.0.0.1", settings.bind_host, settings.http_advertise_host}:
+        for port in (settings.grpc_port, settings.http_port, settings.advertised_http_port):
+            endpoints.append((host, port))
+    return Reserved.of(endpoints)
+
+
 def wire_http(
     settings: Settings,
     metrics: Metrics,
@@ -266,6 +281,7 @@ def wire_http(
         registry=registry,
         is_registry_service=registry.is_registry_service,
         token=settings.registry_token,
+        reserved=own_endpoints(settings),
     )
     return app
 

@@ -51,7 +51,7 @@ class Settings:
     # the peer of the connection). Decides the address that `by: ip` counts and RBAC sees.
     trusted_proxy_hops: int = 0
     log_level: str = "INFO"
-    # Bearer token required by POST /registry/* (empty: no token; keep the HTTP port private).
+    # Bearer token required by POST /registry/* (empty: heartbeats over HTTP are off).
     registry_token: str = ""
 
     @property

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -163,13 +164,14 @@ def _start_upstreams(procs: _Processes, ports: UpPorts) -> None:
     )
 
 
-def _start_wardgate(procs: _Processes, ports: UpPorts, redis_url: str) -> None:
+def _start_wardgate(procs: _Processes, ports: UpPorts, redis_url: str, registry_token: str) -> None:
     click.echo(f"starting wardgate (gRPC {ports.grpc}, HTTP {ports.http})")
     env = {
         "REDIS_URL": redis_url,
         "WARDGATE_GRPC_PORT": str(ports.grpc),
         "WARDGATE_HTTP_PORT": str(ports.http),
         "WARDGATE_LISTEN_PORT": str(ports.listen),
+        "WARDGATE_REGISTRY_TOKEN": registry_token,
     }
     log = procs.work / "wardgate.log"
     procs.add("wardgate", devstack.start_wardgate(env=env, http_port=ports.http, log=log))
@@ -252,10 +254,12 @@ def up(
         redis_url = given_redis_url or _start_redis(procs, ports)
         _start_upstreams(procs, ports)
         asyncio.run(_seed(redis_url, Path(examples), ports))
-        _start_wardgate(procs, ports, redis_url)
+        # The registry's heartbeats need a token: one for this run, printed below.
+        registry_token = os.environ.get("WARDGATE_REGISTRY_TOKEN") or secrets.token_urlsafe(24)
+        _start_wardgate(procs, ports, redis_url, registry_token)
         _start_envoy(procs, ports)
         devstack.wait_http(f"http://127.0.0.1:{ports.listen}/public", timeout=30)
-        _tour(ports, work, redis_url)
+        _tour(ports, work, redis_url, registry_token)
         procs.watch()
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -265,7 +269,7 @@ def up(
     sys.exit(0)
 
 
-def _tour(ports: UpPorts, work: Path, redis_url: str) -> None:
+def _tour(ports: UpPorts, work: Path, redis_url: str, registry_token: str) -> None:
     listen, admin, http = ports.listen, ports.admin, ports.http
     base = f"http://127.0.0.1:{listen}"
     click.echo(
@@ -283,6 +287,8 @@ wardgate is up. Try:
 
   REDIS_URL={redis_url} wardgate get routes
   metrics: http://127.0.0.1:{http}/metrics   envoy admin: http://127.0.0.1:{admin}/
+  registry heartbeats: POST http://127.0.0.1:{http}/registry/heartbeat
+      with authorization: Bearer {registry_token}
   logs: {work}
 
 Ctrl-C stops everything.

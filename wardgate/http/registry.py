@@ -7,11 +7,10 @@ import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 
-from wardgate.domain.registry import Instance, validate_instance
+from wardgate.domain.registry import Heartbeat, Reserved, parse_heartbeat
 from wardgate.errors import StoreError
 from wardgate.extproc.responses import error_body
 from wardgate.store.registry import RedisRegistryStore
@@ -31,57 +30,52 @@ def add_registry_routes(
     registry: RedisRegistryStore,
     is_registry_service: IsRegistryService,
     token: str,
+    reserved: Reserved,
 ) -> None:
-    async def parse(request: web.Request) -> tuple[str, Instance, float] | web.Response:
-        if token:
-            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-            if not hmac.compare_digest(given.encode(), token.encode()):
-                return _error(401, "unauthenticated", "a valid registry token is required")
+    """Both endpoints need ``authorization: Bearer <registry_token>``; with no token set
+    they are off (403): an open registry lets anyone reaching the port add instances."""
+
+    async def parse(request: web.Request) -> Heartbeat | web.Response:
+        if not token:
+            return _error(403, "forbidden", "registry heartbeats are off: set registry_token")
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return _error(401, "unauthenticated", "a valid registry token is required")
         try:
-            body: Any = json.loads(await request.read() or b"null")
-        except (ValueError, UnicodeDecodeError):
-            body = None
-        if not isinstance(body, dict) or not isinstance(body.get("service"), str):
-            return _error(400, "bad_request", 'send JSON {"service", "address", "port"}')
+            beat = parse_heartbeat(json.loads(await request.read() or b"null"), reserved=reserved)
+        except (ValueError, UnicodeDecodeError) as exc:
+            reason = str(exc) if not isinstance(exc, json.JSONDecodeError) else "not JSON"
+            return _error(400, "bad_request", reason)
         try:
-            instance = validate_instance(
-                str(body.get("address", "")),
-                int(body.get("port", 0)),
-                int(body.get("weight", 1)),
-                float(body.get("ttl", 10)),
-            )
-        except (TypeError, ValueError) as exc:
-            return _error(400, "bad_request", str(exc))
-        try:
-            if not await is_registry_service(body["service"]):
+            if not await is_registry_service(beat.service):
                 return _error(
-                    404, "not_found", f"no service {body['service']!r} with discovery: registry"
+                    404, "not_found", f"no service {beat.service!r} with discovery: registry"
                 )
         except StoreError:
             return _error(503, "unavailable", "the registry is unavailable; retry shortly")
-        return body["service"], instance, float(body.get("ttl", 10))
+        return beat
 
     async def heartbeat(request: web.Request) -> web.Response:
-        parsed = await parse(request)
-        if isinstance(parsed, web.Response):
-            return parsed
-        service, instance, ttl = parsed
+        beat = await parse(request)
+        if isinstance(beat, web.Response):
+            return beat
         try:
-            new = await registry.heartbeat(service, instance, ttl=ttl, now=time.time())
+            new = await registry.heartbeat(
+                beat.service, beat.instance, ttl=beat.ttl, now=time.time()
+            )
         except StoreError:
             return _error(503, "unavailable", "the registry is unavailable; retry shortly")
-        return web.json_response({"service": service, "new": new, "ttl": ttl})
+        return web.json_response({"service": beat.service, "new": new, "ttl": beat.ttl})
 
     async def deregister(request: web.Request) -> web.Response:
-        parsed = await parse(request)
-        if isinstance(parsed, web.Response):
-            return parsed
-        service, instance, _ttl = parsed
+        beat = await parse(request)
+        if isinstance(beat, web.Response):
+            return beat
         try:
-            removed = await registry.deregister(service, instance)
+            removed = await registry.deregister(beat.service, beat.instance)
         except StoreError:
             return _error(503, "unavailable", "the registry is unavailable; retry shortly")
-        return web.json_response({"service": service, "removed": removed})
+        return web.json_response({"service": beat.service, "removed": removed})
 
     app.router.add_post("/registry/heartbeat", heartbeat)
     app.router.add_post("/registry/deregister", deregister)
