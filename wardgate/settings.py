@@ -138,6 +138,8 @@ def load_settings(
             loaded = yaml.safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise SettingsError(f"cannot read config file {path}: {exc}") from None
+        except RecursionError:
+            raise SettingsError(f"cannot read config file {path}: nested too deeply") from None
         if not isinstance(loaded, dict):
             raise SettingsError(f"config file {path} must hold a mapping of settings")
         for key, raw in loaded.items():

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import Stack, eventually, route
+from tests.support import REGISTRY_TOKEN, Stack, eventually, route
 
 pytestmark = pytest.mark.e2e
 
@@ -81,3 +81,38 @@ def test_a_key_file_that_is_not_a_small_regular_file_is_refused_without_a_stall(
     deleted = stack.cli("delete", "issuer", name)
     assert deleted.returncode == 0, deleted.stderr
     eventually(lambda: f"Issuer/{name}" not in _status(stack)["refused"], timeout=8)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("[" * 10_000, "nested too deeply"),
+        ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n", "aliases"),
+    ],
+    ids=["deep", "aliases"],
+)
+def test_hostile_yaml_gets_one_error_line(
+    stack: Stack, tmp_path: Path, text: str, reason: str
+) -> None:
+    """Issue 10, item 9: YAML nested 10,000 deep crashed ``apply`` with a traceback; nested
+    aliases expand exponentially once written out."""
+    path = tmp_path / "hostile.yaml"
+    path.write_text(text)
+    for command in ("apply", "validate"):
+        result = stack.cli(command, "-f", str(path))
+        assert result.returncode == 1
+        assert "Traceback" not in result.stderr
+        assert result.stderr.startswith("error: ") and reason in result.stderr
+
+
+def test_json_bodies_nested_too_deeply_are_400(stack: Stack) -> None:
+    deep = b"[" * 10_000  # within every size limit: only its depth is hostile
+    base = f"http://127.0.0.1:{stack.http_port}"
+    json_type = {"content-type": "application/json"}
+    login = httpx.post(f"{base}/auth/login", content=deep, headers=json_type, timeout=5)
+    assert login.status_code == 400
+    auth = {**json_type, "authorization": f"Bearer {REGISTRY_TOKEN}"}
+    beat = httpx.post(f"{base}/registry/heartbeat", content=deep, headers=auth, timeout=5)
+    assert beat.status_code == 400
+    with stack.client() as http:  # and through Envoy
+        assert http.post("/auth/login", content=deep, headers=json_type).status_code == 400

@@ -114,6 +114,36 @@ def test_hs256_with_the_secret_from_the_environment(tokens_stack: Stack) -> None
         assert http.get("/tk/jwt", headers={"authorization": f"Bearer {wrong}"}).status_code == 401
 
 
+def _claims() -> dict[str, Any]:
+    now = int(time.time())
+    return {"iss": "https://idp.example.com", "aud": "api", "sub": "ada", "exp": now + 300}
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _deep_payload() -> str:
+    header = _b64(json.dumps({"alg": "RS256", "kid": "r1"}).encode())
+    return f"{header}.{_b64(b'[' * 5000)}.{_b64(b'sig')}"
+
+
+def test_why_a_token_is_refused_is_said_plainly(tokens_stack: Stack) -> None:
+    unknown_kid = jwt.encode(_claims(), RSA_KEY, algorithm="RS256", headers={"kid": "k9"})
+    with tokens_stack.client() as http:
+        resp = http.get("/tk/jwt", headers={"authorization": f"Bearer {unknown_kid}"})
+    assert resp.status_code == 401
+    assert "no key with kid 'k9'" in resp.json()["message"]
+
+
+def test_roles_a_route_could_never_name_are_dropped(tokens_stack: Stack) -> None:
+    """A role "reader,admin" would read as two roles in the comma-joined x-user-roles."""
+    t = token(RSA_KEY, "RS256", roles=["reader", "x,admin", "has space", "ok:role"])
+    with tokens_stack.client() as http:
+        seen = echo(http.get("/tk/jwt", headers={"authorization": f"Bearer {t}"}))["headers"]
+    assert seen["x-user-roles"] == "reader,ok:role"
+
+
 def _unsigned(claims: dict[str, Any]) -> str:
     def b64(d: dict[str, Any]) -> str:
         return base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
@@ -158,6 +188,13 @@ def _unsigned(claims: dict[str, Any]) -> str:
         lambda: "a.b.c",
         lambda: token(RSA_KEY, "RS256")[:-5],  # truncated
         lambda: "x" * 10_000,
+        # Issue 10, item 9: a string exp, control characters in sub, a kid nobody has, and
+        # a payload nested deeper than the JSON parser's recursion limit.
+        lambda: token(RSA_KEY, "RS256", exp=str(int(time.time()) + 300)),
+        lambda: token(RSA_KEY, "RS256", sub="ada\r\nx-user-roles: admin"),
+        lambda: token(RSA_KEY, "RS256", sub="ada\u0000"),
+        lambda: jwt.encode(_claims(), RSA_KEY, algorithm="RS256", headers={"kid": "nobody"}),
+        lambda: _deep_payload(),
     ],
 )
 def test_bad_tokens_are_401(tokens_stack: Stack, make: Any) -> None:

@@ -30,6 +30,19 @@ KIND_NAMES = {
 }
 
 
+class NoAliasLoader(yaml.SafeLoader):
+    """YAML without aliases (``*name``): a few lines of nested aliases expand into billions
+    of nodes once the document is written out as JSON."""
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not accepted", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
 def read_documents(paths: tuple[str, ...]) -> list[Document]:
     """Every document in the files (YAML or JSON, multi-document) or directories given."""
     files: list[Path] = []
@@ -47,9 +60,11 @@ def read_documents(paths: tuple[str, ...]) -> list[Document]:
     errors: list[str] = []
     for f in files:
         try:
-            loaded = [d for d in yaml.safe_load_all(f.read_text()) if d is not None]
+            loaded = [d for d in yaml.load_all(f.read_text(), NoAliasLoader) if d is not None]
         except (OSError, UnicodeDecodeError) as exc:
             raise CliError(f"{f}: cannot read: {exc}") from None
+        except RecursionError:
+            raise CliError(f"{f}: not valid YAML: nested too deeply") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""

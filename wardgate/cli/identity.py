@@ -11,6 +11,7 @@ import time
 import click
 
 from wardgate.cli.base import CliError, redis_for, run_async
+from wardgate.domain.doc_base import ROLE_PATTERN
 from wardgate.domain.durations import parse_duration
 from wardgate.domain.passwords import hash_password
 from wardgate.domain.ports import ApiKeyRecord, UserRecord
@@ -19,7 +20,7 @@ from wardgate.domain.tokens import hash_api_key, new_api_key
 from wardgate.store.redis_store import RedisApiKeyStore, RedisSessionStore, RedisUserStore
 
 USERNAME_RE = re.compile(rf"^[A-Za-z0-9._@-]{{1,{MAX_USERNAME}}}$")
-ROLE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+ROLE_RE = re.compile(ROLE_PATTERN)
 
 
 @click.group()

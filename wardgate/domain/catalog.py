@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from wardgate.domain import jsontext
 from wardgate.domain.documents import (
     Document,
     Issuer,
@@ -215,11 +216,13 @@ def parse_stored(kind: str, name: str, text: str) -> Document:
             name=name,
         ) from None
     try:
-        data = json.loads(text)
+        data = jsontext.loads(text)
     except json.JSONDecodeError as exc:
         raise DocumentError(
             f"not valid JSON: {exc.msg} at {exc.pos}", kind=kind, name=name
         ) from None
+    except ValueError as exc:
+        raise DocumentError(f"not valid JSON: {exc}", kind=kind, name=name) from None
     doc = parse_document(data, expect_kind=kind)
     if doc.name != name:
         raise DocumentError(

@@ -17,6 +17,8 @@ from pydantic import (
 from wardgate.domain.durations import parse_duration
 
 NAME_RE = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
+# Roles and tiers: safe in a header value and in the comma-joined x-user-roles.
+ROLE_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
 RESERVED_PREFIX = "wardgate"
 
 

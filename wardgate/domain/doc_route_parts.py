@@ -14,6 +14,7 @@ from pydantic import (
 
 from wardgate.domain.doc_base import (
     RETRY_CONDITIONS,
+    ROLE_PATTERN,
     Name,
     _Doc,
     _duration,
@@ -85,7 +86,7 @@ class Auth(_Doc):
             "Default: none."
         ),
     )
-    roles: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]] = Field(
+    roles: list[Annotated[str, Field(pattern=ROLE_PATTERN)]] = Field(
         default_factory=list,
         description=(
             "Role names (^[A-Za-z0-9._:-]{1,64}$); the caller needs at least one of them, "
@@ -144,7 +145,7 @@ class RateLimit(_Doc):
         description="Count and report, but never refuse a request. Default: false.",
     )
     # Per API key tier: requests for keys of that tier (others get ``requests``).
-    tiers: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$")], int] | None = Field(
+    tiers: dict[Annotated[str, Field(pattern=ROLE_PATTERN)], int] | None = Field(
         default=None,
         description=(
             "A different requests (1 to 10^9) for API keys of each tier named (tier names "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import re
 import secrets
 from collections.abc import Callable, Mapping
@@ -20,12 +19,16 @@ from typing import Any
 import jwt
 from jwt.exceptions import PyJWTError
 
+from wardgate.domain import jsontext
+from wardgate.domain.doc_base import ROLE_PATTERN
 from wardgate.domain.documents import Issuer
 from wardgate.domain.durations import parse_duration
 from wardgate.domain.jwks import SigningKey, keys_from_jwks
 from wardgate.domain.sessions import Identity
 
 MAX_TOKEN = 8192
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_ROLE = re.compile(ROLE_PATTERN)
 API_KEY_RE = re.compile(r"^wg_[A-Za-z0-9_-]{43}$")
 
 
@@ -58,7 +61,7 @@ class JwtVerifier:
         try:
             header = jwt.get_unverified_header(token)
             claims = jwt.decode(token, options={"verify_signature": False})
-        except PyJWTError:
+        except (PyJWTError, RecursionError):  # deep nesting in a part: malformed too
             raise TokenError("malformed token") from None
         alg = header.get("alg")
         iss = claims.get("iss")
@@ -67,13 +70,13 @@ class JwtVerifier:
             raise TokenError("token from an issuer this gateway does not trust")
         if alg == "HS256" and issuer.secret is not None:
             candidates: list[Any] = [issuer.secret]
-        elif alg in ("RS256", "ES256") and issuer.keys:
+        elif alg in ("RS256", "ES256") and any(a == alg for _, a, _ in issuer.keys):
             kid = header.get("kid")
             candidates = [k for (i, a, k) in issuer.keys if a == alg and (kid is None or i == kid)]
+            if not candidates:
+                raise TokenError(f"no key with kid {str(kid)[:64]!r} for this issuer")
         else:
-            candidates = []
-        if not candidates:
-            raise TokenError(f"algorithm {alg!r} is not accepted for this issuer")
+            raise TokenError(f"algorithm {str(alg)[:16]!r} is not accepted for this issuer")
         last: Exception | None = None
         for key in candidates:
             try:
@@ -99,15 +102,26 @@ class JwtVerifier:
             raise TokenError(
                 "invalid signature" if last is None or "ignature" in str(last) else str(last)
             )
+        for claim in ("exp", "nbf", "iat"):  # PyJWT reads "123" as 123: not a NumericDate
+            value = verified.get(claim)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+            ):
+                raise TokenError(f"claim '{claim}' must be a number (seconds since the epoch)")
         user = verified.get(issuer.user_claim)
         if not isinstance(user, str) or not 0 < len(user) <= 256:
             raise TokenError(f"token has no usable '{issuer.user_claim}' claim")
+        if _CONTROL.search(user):  # it becomes the x-user-id header
+            raise TokenError(f"claim '{issuer.user_claim}' holds control characters")
         roles = verified.get(issuer.roles_claim, [])
         if isinstance(roles, str):
             roles = [r for r in re.split(r"[ ,]+", roles) if r]
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise TokenError(f"claim '{issuer.roles_claim}' must be a list of strings")
-        return Identity(user, tuple(roles[:64]), "jwt", float(verified.get("exp", 0)))
+        # Roles a route could never name are dropped: joined by commas into x-user-roles,
+        # "user,admin" would read as two roles upstream.
+        usable = [r for r in roles if _ROLE.match(r)]
+        return Identity(user, tuple(usable[:64]), "jwt", float(verified.get("exp", 0)))
 
 
 # --- API keys --------------------------------------------------------------------------
@@ -143,7 +157,7 @@ def trusted_issuer(
         keys = keys_from_jwks(doc.jwks)
     elif doc.jwks_file:
         try:
-            data = json.loads(read_text(doc.jwks_file))
+            data = jsontext.loads(read_text(doc.jwks_file))
         except (OSError, ValueError) as exc:
             raise ValueError(f"jwks_file {doc.jwks_file}: {exc}") from None
         keys = keys_from_jwks(data)

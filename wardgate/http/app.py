@@ -7,7 +7,6 @@ their routes.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -16,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from wardgate.domain import jsontext
 from wardgate.domain.sessions import Identity, SessionService, parse_cookies
 from wardgate.errors import StoreError, TooManyAttempts
 from wardgate.extproc.responses import error_body
@@ -84,7 +84,7 @@ class Endpoints:
                 415, "unsupported_media_type", "send the credentials as application/json", request
             )
         try:
-            body = json.loads(await request.read() or b"null")
+            body = jsontext.loads(await request.read() or b"null")
         except (ValueError, UnicodeDecodeError):
             return self._bad_login(
                 400, "bad_request", 'send JSON {"username": ..., "password": ...}', request

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from wardgate.domain import jsontext
 from wardgate.domain.registry import Heartbeat, Reserved, parse_heartbeat
 from wardgate.errors import StoreError
 from wardgate.extproc.responses import error_body
@@ -42,7 +43,9 @@ def add_registry_routes(
         if not hmac.compare_digest(given.encode(), token.encode()):
             return _error(401, "unauthenticated", "a valid registry token is required")
         try:
-            beat = parse_heartbeat(json.loads(await request.read() or b"null"), reserved=reserved)
+            beat = parse_heartbeat(
+                jsontext.loads(await request.read() or b"null"), reserved=reserved
+            )
         except (ValueError, UnicodeDecodeError) as exc:
             reason = str(exc) if not isinstance(exc, json.JSONDecodeError) else "not JSON"
             return _error(400, "bad_request", reason)
