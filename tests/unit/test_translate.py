@@ -22,15 +22,11 @@ from wardgate.domain.catalog import Catalog
 from wardgate.domain.documents import Route, Service, host_regex, parse_document
 from wardgate.domain.ratelimit import RULE_KEY, encode_rule, parse_descriptor
 from wardgate.xds.assemble import build_base, build_route_configuration
+from wardgate.xds.clusters import build_cluster
 from wardgate.xds.listener import build_listener
+from wardgate.xds.routes import virtual_host_head
 from wardgate.xds.scopes import SCOPE_HEADER
-from wardgate.xds.translate import (
-    HTTP_CLUSTER,
-    ROUTE_CONFIG_NAME,
-    TranslateOptions,
-    build_cluster,
-    virtual_host_head,
-)
+from wardgate.xds.translate import HTTP_CLUSTER, ROUTE_CONFIG_NAME, TranslateOptions
 
 OPTS = TranslateOptions()
 BUILTIN_NAMES = ["wardgate.auth.login", "wardgate.auth.logout", "wardgate.auth.session"]

@@ -23,19 +23,14 @@ from google.protobuf import json_format
 from wardgate.domain.catalog import Catalog
 from wardgate.domain.documents import Route, Service
 from wardgate.xds import scopes
-from wardgate.xds.translate import (
-    HTTP_CLUSTER,
-    ROUTE_CONFIG_NAME,
-    TranslateOptions,
+from wardgate.xds.clusters import (
     build_auth_cluster,
     build_cluster,
     build_load_assignment,
-    builtin_routes,
-    route_entry,
-    route_sort_key,
     uses_eds,
-    virtual_host_head,
 )
+from wardgate.xds.routes import builtin_routes, route_entry, route_sort_key, virtual_host_head
+from wardgate.xds.translate import HTTP_CLUSTER, ROUTE_CONFIG_NAME, TranslateOptions
 
 HASHING_LB = ("ring_hash", "maglev")
 SortKey = tuple[int, int, int, int, str]

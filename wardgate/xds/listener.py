@@ -35,7 +35,7 @@ from wardgate.xds.translate import (
     LISTENER_NAME,
     RATELIMIT_DOMAIN,
     TranslateOptions,
-    _socket,
+    socket_address,
 )
 from wardgate.xds.typeurls import (
     T_BUFFER,
@@ -212,7 +212,7 @@ def build_listener(address: str, port: int, opts: TranslateOptions) -> listener_
     }
     listener = {
         "name": LISTENER_NAME,
-        "address": _socket(address, port),
+        "address": socket_address(address, port),
         "filter_chains": [
             {
                 "filters": [
