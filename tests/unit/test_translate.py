@@ -25,7 +25,7 @@ from wardgate.xds.assemble import build_base, build_route_configuration
 from wardgate.xds.clusters import build_cluster
 from wardgate.xds.listener import build_listener
 from wardgate.xds.routes import virtual_host_head
-from wardgate.xds.scopes import SCOPE_HEADER
+from wardgate.xds.scope_key import SCOPE_HEADER
 from wardgate.xds.translate import HTTP_CLUSTER, ROUTE_CONFIG_NAME, TranslateOptions
 
 OPTS = TranslateOptions()

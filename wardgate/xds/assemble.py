@@ -2,7 +2,7 @@
 
 The ``Translator`` remembers, per document, its serialized Envoy message: a change to one
 route among ten thousand translates that route only. Route configurations (one per scope,
-``scopes.py``) are assembled on the wire (each route's bytes, already framed as a
+``scope_layout.py``) are assembled on the wire (each route's bytes, already framed as a
 ``VirtualHost.routes`` field, concatenated), not by copying ten thousand messages into new
 ones, which cost more than everything else together.
 """
@@ -22,18 +22,25 @@ from google.protobuf import json_format
 
 from wardgate.domain.catalog import Catalog
 from wardgate.domain.documents import Route, Service
-from wardgate.xds import scopes
 from wardgate.xds.clusters import (
     build_auth_cluster,
     build_cluster,
     build_load_assignment,
     uses_eds,
 )
-from wardgate.xds.routes import builtin_routes, route_entry, route_sort_key, virtual_host_head
+from wardgate.xds.routes import (
+    SortKey,
+    builtin_routes,
+    route_entry,
+    route_sort_key,
+    virtual_host_head,
+)
+from wardgate.xds.scope_envoy import marker_route, route_config_name, scope_resources
+from wardgate.xds.scope_key import Pin, bucket, pin_buckets, request_segments
+from wardgate.xds.scope_layout import Layout, Placed
 from wardgate.xds.translate import HTTP_CLUSTER, ROUTE_CONFIG_NAME, TranslateOptions
 
 HASHING_LB = ("ring_hash", "maglev")
-SortKey = tuple[int, int, int, int, str]
 _BUILTIN_KEY: SortKey = (-(2**62), 0, 0, 0, "")  # wardgate's own routes come first
 # Routes moving between scopes stay in both placements this long before the markers switch:
 # long enough for every connected Envoy to have taken the first step.
@@ -63,15 +70,15 @@ def route_field(entry: dict[str, Any]) -> bytes:
     return _field(3, msg.SerializeToString(deterministic=True))
 
 
-def placed_route(entry: dict[str, Any]) -> scopes.Placed:
+def placed_route(entry: dict[str, Any]) -> Placed:
     """A route ready for the scopes: what its path fixes, its buckets, its bytes."""
     m = entry["match"]
-    pin = scopes.Pin.of(
+    pin = Pin.of(
         prefix=m.get("prefix", m.get("path_separated_prefix")),
         path=m.get("path"),
         regex=m.get("safe_regex", {}).get("regex"),
     )
-    return scopes.Placed(pin, scopes.pin_buckets(pin), route_field(entry))
+    return Placed(pin, pin_buckets(pin), route_field(entry))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,15 +107,13 @@ class Base:
 
     def routes_for(self, path: str) -> list[route_components_pb2.Route]:
         """The routes a request for ``path`` is matched against, in order: what the scope
-        script picks (a Python mirror of ``scopes.scope_lua``)."""
+        script picks (a Python mirror of ``scope_key.scope_lua``)."""
         configs = dict(self.route_bytes)
-        segs = scopes.request_segments(path)
+        segs = request_segments(path)
         seg = segs[0] if segs else ""
         depth = self.depths.get(seg, 1)
-        key = scopes.bucket(segs, depth)
-        config = route_pb2.RouteConfiguration.FromString(
-            configs[scopes.route_config_name(depth, key)]
-        )
+        key = bucket(segs, depth)
+        config = route_pb2.RouteConfiguration.FromString(configs[route_config_name(depth, key)])
         return list(config.virtual_hosts[0].routes)
 
 
@@ -121,7 +126,7 @@ class Translator:
     def __init__(self, opts: TranslateOptions, *, max_cached: int = 200_000) -> None:
         self.opts = opts
         # per route: (the document, hashing, its sort key, its placement and bytes)
-        self._routes: dict[int, tuple[Route, bool, SortKey, scopes.Placed]] = {}
+        self._routes: dict[int, tuple[Route, bool, SortKey, Placed]] = {}
         self._clusters: dict[int, tuple[Service, bytes]] = {}
         self._endpoints: dict[tuple[str, tuple[tuple[str, int, int], ...]], bytes] = {}
         self._max = max_cached
@@ -130,7 +135,7 @@ class Translator:
             f"\0{e['name']}": ((_BUILTIN_KEY[0], i, 0, 0, e["name"]), placed_route(e))
             for i, e in enumerate(builtin_routes(opts))
         }
-        self._layout: scopes.Layout | None = None
+        self._layout: Layout | None = None
         self._layout_routes: dict[str, Route] = {}
         self._hashing: frozenset[str] = frozenset()
         self._uses: Counter[str] = Counter()  # service -> how many routes use it
@@ -144,7 +149,7 @@ class Translator:
                     r, scoped_route_pb2.ScopedRouteConfiguration()
                 ).SerializeToString(deterministic=True),
             )
-            for r in scopes.scope_resources()
+            for r in scope_resources()
         ]
         self._auth_cluster = build_auth_cluster(opts).SerializeToString(deterministic=True)
         head = json_format.ParseDict(virtual_host_head(), route_components_pb2.VirtualHost())
@@ -157,7 +162,7 @@ class Translator:
             self._clusters.clear()
             self._endpoints.clear()
 
-    def _route_entry(self, route: Route, hashing: bool) -> tuple[SortKey, scopes.Placed]:
+    def _route_entry(self, route: Route, hashing: bool) -> tuple[SortKey, Placed]:
         found = self._routes.get(id(route))
         if found is not None and found[0] is route and found[1] == hashing:
             return found[2], found[3]
@@ -173,9 +178,7 @@ class Translator:
         if data is None:
             if len(self._markers) > 10_000:
                 self._markers.clear()
-            data = self._markers[(segment, depth)] = route_field(
-                scopes.marker_route(segment, depth)
-            )
+            data = self._markers[(segment, depth)] = route_field(marker_route(segment, depth))
         return data
 
     def cluster(self, svc: Service) -> bytes:
@@ -197,7 +200,7 @@ class Translator:
             self._endpoints[key] = data
         return data
 
-    def _ordered(self, routes: list[Route], services: Mapping[str, Service]) -> list[scopes.Placed]:
+    def _ordered(self, routes: list[Route], services: Mapping[str, Service]) -> list[Placed]:
         """wardgate's own routes, then the documents' routes in the global order."""
         hashing = {n for n, s in services.items() if s.lb in HASHING_LB}
         entries = [
@@ -216,14 +219,14 @@ class Translator:
         (for tests and tools; Envoy gets ``route_configurations``)."""
         return self._config(ROUTE_CONFIG_NAME, [p.data for p in self._ordered(routes, services)])
 
-    def _update_layout(self, catalog: Catalog) -> scopes.Layout:
+    def _update_layout(self, catalog: Catalog) -> Layout:
         """The scopes after this catalog: only routes that are not the same documents as last
         time move (the whole layout again when a service's balancing changes how routes
         hash)."""
         routes = catalog.routes
         hashing = frozenset(n for n, s in catalog.services.items() if s.lb in HASHING_LB)
         if self._layout is None or hashing != self._hashing:
-            self._layout = scopes.Layout(self._marker, self._config)
+            self._layout = Layout(self._marker, self._config)
             self._layout.apply([], self._builtin)
             self._layout_routes, self._uses, self._hashing = {}, Counter(), hashing
         old = self._layout_routes
@@ -247,7 +250,7 @@ class Translator:
 
     @property
     def moving(self) -> bool:
-        """Whether routes are between two placements (see ``scopes.Layout``)."""
+        """Whether routes are between two placements (see ``scope_layout.Layout``)."""
         return self._layout is not None and bool(self._layout.moving)
 
     def settle(self, base: Base, *, after: float = SETTLE_AFTER) -> Base | None:

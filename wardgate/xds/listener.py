@@ -23,7 +23,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa
 from google.protobuf import json_format
 
 from wardgate.domain.durations import format_duration
-from wardgate.xds.scopes import scope_filter, scoped_routes
+from wardgate.xds.scope_envoy import scope_filter, scoped_routes
 from wardgate.xds.translate import (
     EXT_AUTHZ,
     F_BUFFER,
@@ -127,7 +127,7 @@ LOCAL_REPLIES: list[tuple[int, str | None, str, str | None]] = [
 def build_listener(address: str, port: int, opts: TranslateOptions) -> listener_pb2.Listener:
     grpc = {"envoy_grpc": {"cluster_name": GRPC_CLUSTER}}
     filters = [
-        # Before anything reads the route: the scope key from the path (scopes.py). It
+        # Before anything reads the route: the scope key from the path (scope_key.py). It
         # overwrites whatever the client sent in that header.
         scope_filter(),
         {

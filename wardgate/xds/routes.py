@@ -1,7 +1,7 @@
 """Route documents -> Envoy route entries, in the global order (``docs/ROUTING.md``), and what
 every route shares: the virtual host and wardgate's own routes.
 
-Entries are dicts in Envoy's JSON form; ``assemble.py`` serializes them, ``scopes.py``
+Entries are dicts in Envoy's JSON form; ``assemble.py`` serializes them, ``scope_layout.py``
 places them in scopes.
 """
 
@@ -21,7 +21,7 @@ from envoy.extensions.filters.http.rbac.v3 import rbac_pb2  # noqa: F401
 from wardgate.domain.documents import Route, host_regex
 from wardgate.domain.durations import parse_duration
 from wardgate.domain.ratelimit import RULE_KEY, TIER_KEY, encode_rule
-from wardgate.xds.scopes import SCOPE_HEADER
+from wardgate.xds.scope_key import SCOPE_HEADER
 from wardgate.xds.translate import (
     EXT_AUTHZ,
     F_BUFFER,
@@ -40,8 +40,11 @@ from wardgate.xds.typeurls import (
     T_RBAC_ROUTE,
 )
 
+# A route's place in the global order, smallest first: what ``route_sort_key`` gives.
+SortKey = tuple[int, int, int, int, str]
 
-def route_sort_key(route: Route) -> tuple[int, int, int, int, str]:
+
+def route_sort_key(route: Route) -> SortKey:
     """Higher ``priority`` first; then exact path, regex, prefix; longer paths first; routes
     with more conditions (methods, headers, hosts) first; then by name."""
     m = route.match
@@ -238,7 +241,7 @@ def virtual_host_head() -> dict[str, Any]:
         "name": "wardgate",
         "domains": ["*"],
         # Applied by the router, after ext_authz has read it: the API key is for the gateway;
-        # the scope key is for Envoy (scopes.py).
+        # the scope key is for Envoy (scope_key.py).
         "request_headers_to_remove": ["x-api-key", SCOPE_HEADER],
         "typed_per_filter_config": {
             EXT_AUTHZ: {"@type": T_EXT_AUTHZ_ROUTE, "disabled": True},

@@ -7,8 +7,9 @@ Envoy's documentation) and parsed into protobuf messages once. The pieces:
 - ``routes.py``: a route document's entry, the global order (``route_sort_key``,
   ``docs/ROUTING.md``), the virtual host and wardgate's built-in routes;
 - ``listener.py``: the listener and its HTTP filters;
-- ``scopes.py`` and ``assemble.py``: the routes split into scopes, and the snapshot's
-  resources assembled from all of the above.
+- ``scope_key.py``, ``scope_layout.py``, ``scope_envoy.py``: the routes split into scopes
+  (the key, what each scope holds, what Envoy is told);
+- ``assemble.py``: the snapshot's resources assembled from all of the above.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ F_CORS = "envoy.filters.http.cors"
 F_RBAC = "envoy.filters.http.rbac"
 F_BUFFER = "envoy.filters.http.buffer"
 # Its own name, not the extension's: Envoy falls back from a filter's name to its extension's
-# for per-route config, and the scope filter (scopes.py), also Lua, must never be disabled.
+# for per-route config, and the scope filter (scope_envoy.py), also Lua, must never be disabled.
 F_LUA = "wardgate.session_cookie"
 
 

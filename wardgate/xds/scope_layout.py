@@ -1,12 +1,8 @@
-"""Scoped routes: the route table split by the request path, so that a change rebuilds a
-small part of it (docs/DECISIONS.md record 20, docs/ROUTING.md "Scopes").
+"""What every scope holds, kept up to date route by route (docs/DECISIONS.md records 20-21,
+docs/ROUTING.md "Scopes").
 
-Envoy picks a scope (a RouteConfiguration of its own) from a key in a request header; the
-first HTTP filter, a Lua script, computes that key from the path, so a client cannot choose
-it. A key is a depth and a bucket: the bucket is a hash of the path's first ``depth``
-segments (query string dropped, missing segments empty), ``BUCKETS`` buckets per depth.
-
-- Depth 1 always: every request first looks in the bucket of its first segment.
+- Depth 1 always: every request first looks in the bucket of its first segment
+  (scope_key.py).
 - A first segment with many routes under it may go deeper (2 or 3 segments). Its depth-1
   bucket then holds a *marker* route for it, whose metadata tells the script the depth; the
   script recomputes the key with that many segments and Envoy routes again, once.
@@ -24,113 +20,14 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import json
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 
-from wardgate.xds.typeurls import T_LUA
+from wardgate.xds.routes import SortKey
+from wardgate.xds.scope_envoy import route_config_name
+from wardgate.xds.scope_key import BUCKETS, MAX_DEPTH, Pin, bucket
 
-BUCKETS = 67  # prime: a polynomial hash spreads evenly over a prime count
-MAX_DEPTH = 3
 SPLIT_MIN = 64  # a first segment with fewer routes stays at depth 1
-SCOPE_HEADER = "x-wardgate-scope"
-F_SCOPE = "wardgate.scope"  # the Lua filter's name; the markers' metadata is under it
-SCOPED_ROUTES_NAME = "wardgate_scopes"
-_HASH_MOD = 1_000_003  # (h * 31 + byte) stays an exact integer in Lua's doubles
-_REGEX_META = frozenset("\\.^$|?*+()[]{}")
-# Characters a request path holds as they are (RFC 3986 pchar, '/', '[' and ']'): a literal
-# stops at anything else, so a segment taken from a regex is always a valid path prefix.
-_PATH_CHARS = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:@/%[]"
-)
-
-
-SEGMENT_HASH_BYTES = 64  # only a segment's first bytes are hashed: long paths cost no more
-
-
-def bucket(segments: Sequence[str], depth: int) -> int:
-    """The bucket of a request's first ``depth`` segments (missing ones empty): a hash of
-    them joined by '/', each cut to its first SEGMENT_HASH_BYTES bytes. The Lua script
-    computes the same number."""
-    h = 0
-    for i in range(depth):
-        if i:
-            h = (h * 31 + 47) % _HASH_MOD  # the '/' between segments
-        seg = segments[i].encode()[:SEGMENT_HASH_BYTES] if i < len(segments) else b""
-        for byte in seg:
-            h = (h * 31 + byte) % _HASH_MOD
-    return h % BUCKETS
-
-
-def scope_key(depth: int, segments: Sequence[str]) -> str:
-    return f"{depth}:{bucket(segments, depth)}"
-
-
-def route_config_name(depth: int, b: int) -> str:
-    return f"wardgate_routes_{depth}_{b}"
-
-
-def scope_name(depth: int, b: int) -> str:
-    return f"wardgate_scope_{depth}_{b}"
-
-
-def request_segments(path: str) -> list[str]:
-    """A request path's segments, as the Lua script splits them."""
-    for stop in "?#":
-        path = path.split(stop, 1)[0]
-    return [s for s in path.split("/") if s]
-
-
-def regex_segments(regex: str) -> tuple[str, ...]:
-    """The complete path segments every match of ``regex`` starts with (maybe none): the
-    literal text before the first regex operator, cut at its last '/'. Any '|' gives none
-    (no need to parse RE2's groups, classes and quoting to find the top-level ones)."""
-    if "|" in regex:
-        return ()
-    text = regex[1:] if regex.startswith("^") else regex
-    literal: list[str] = []
-    for c in text:
-        if c in _REGEX_META or c not in _PATH_CHARS:
-            if c in "?*{" and literal:
-                literal.pop()  # the character before may be absent
-            break
-        literal.append(c)
-    parts = "".join(literal).split("/")
-    if len(parts) < 2 or parts[0] != "":
-        return ()
-    out: list[str] = []
-    for seg in parts[1:-1]:  # the last part is not known to end there
-        if not seg:
-            break
-        out.append(seg)
-    return tuple(out)
-
-
-@dataclasses.dataclass(frozen=True)
-class Pin:
-    """What a route's path fixes: its leading segments, and whether it matches only paths of
-    exactly those segments (an exact path)."""
-
-    segments: tuple[str, ...]
-    exact: bool = False
-
-    @classmethod
-    def of(cls, *, prefix: str | None, path: str | None, regex: str | None) -> Pin:
-        if path is not None:
-            return cls(tuple(request_segments(path)), exact=True)
-        if regex is not None:
-            return cls(regex_segments(regex))
-        # '/api/users' (path_separated_prefix) and '/api/users/' both fix api, users.
-        return cls(tuple(s for s in (prefix or "/").split("/") if s))
-
-    def placed(self, depth: int) -> bool:
-        """Whether at ``depth`` this route lives in one bucket (else in all of them)."""
-        return self.exact or len(self.segments) >= depth
-
-
-def pin_buckets(pin: Pin) -> tuple[int, ...]:
-    """A pin's bucket at each depth (index depth - 1)."""
-    return tuple(bucket(pin.segments, d) for d in range(1, MAX_DEPTH + 1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +39,6 @@ class Placed:
     data: bytes
 
 
-SortKey = tuple[int, int, int, int, str]
 Slot = tuple[int, int]  # (depth, bucket)
 MARKER_KEY = -(2**63)  # sort-key head of the markers: first in their bucket
 
@@ -369,97 +265,3 @@ class Layout:
             self._configs[slot] = self._assemble(name, [data for _, data in self._buckets[slot]])
         self._dirty.clear()
         return [(route_config_name(*slot), self._configs[slot]) for slot in self._buckets]
-
-
-def marker_route(segment: str, depth: int) -> dict[str, object]:
-    """The route that sends requests under ``/segment`` ``depth`` segments deep. Never
-    answers when the script works; if it did, a 404."""
-    return {
-        "name": f"wardgate.scope/{segment}",
-        "match": {"path_separated_prefix": f"/{segment}"},
-        "metadata": {"filter_metadata": {F_SCOPE: {"depth": depth}}},
-        "direct_response": {"status": 404},
-    }
-
-
-def scope_resources() -> list[dict[str, object]]:
-    """Every scope, fixed: MAX_DEPTH x BUCKETS, each with its route configuration."""
-    return [
-        {
-            "name": scope_name(d, b),
-            "route_configuration_name": route_config_name(d, b),
-            "key": {"fragments": [{"string_key": f"{d}:{b}"}]},
-        }
-        for d in range(1, MAX_DEPTH + 1)
-        for b in range(BUCKETS)
-    ]
-
-
-def scope_filter() -> dict[str, object]:
-    """The HTTP filter that sets the scope key: first in the chain."""
-    return {
-        "name": F_SCOPE,
-        "typed_config": {
-            "@type": T_LUA,
-            "default_source_code": {"inline_string": scope_lua()},
-        },
-    }
-
-
-def scoped_routes(inline: list[dict[str, object]] | None = None) -> dict[str, object]:
-    """The connection manager's ``scoped_routes``: the scope from the key header; scopes and
-    their route configurations over ADS, or ``inline`` (static configurations, benchmarks)."""
-    ads = {"ads": {}, "resource_api_version": "V3"}
-    out: dict[str, object] = {
-        "name": SCOPED_ROUTES_NAME,
-        "scope_key_builder": {
-            "fragments": [{"header_value_extractor": {"name": SCOPE_HEADER, "index": 0}}]
-        },
-        "rds_config_source": ads,
-    }
-    if inline is None:
-        out["scoped_rds"] = {"scoped_rds_config_source": ads}
-    else:
-        out["scoped_route_configurations_list"] = {"scoped_route_configurations": inline}
-    return out
-
-
-def scope_lua() -> str:
-    """The first HTTP filter: sets the scope key from the path; goes deeper once if the
-    route found says so. The key is overwritten first, so an error leaves no client value
-    (and no scope: 404)."""
-    return f"""
-local HEADER = {json.dumps(SCOPE_HEADER)}
-local BUCKETS = {BUCKETS}
-local MAX_DEPTH = {MAX_DEPTH}
-local function key(segs, depth)
-  local h = 0
-  for i = 1, depth do
-    local s = segs[i] or ""
-    if i > 1 then h = (h * 31 + 47) % {_HASH_MOD} end
-    for j = 1, math.min(#s, {SEGMENT_HASH_BYTES}) do
-      h = (h * 31 + string.byte(s, j)) % {_HASH_MOD}
-    end
-  end
-  return depth .. ":" .. (h % BUCKETS)
-end
-function envoy_on_request(handle)
-  local headers = handle:headers()
-  headers:replace(HEADER, "none")
-  local path = headers:get(":path") or "/"
-  local stop = string.find(path, "[?#]")
-  if stop then path = string.sub(path, 1, stop - 1) end
-  local segs = {{}}
-  for seg in string.gmatch(path, "[^/]+") do
-    segs[#segs + 1] = seg
-    if #segs >= MAX_DEPTH then break end
-  end
-  headers:replace(HEADER, key(segs, 1))
-  handle:clearRouteCache()
-  local depth = handle:metadata():get("depth")
-  if depth and depth > 1 and depth <= MAX_DEPTH then
-    headers:replace(HEADER, key(segs, depth))
-    handle:clearRouteCache()
-  end
-end
-"""
