@@ -67,7 +67,7 @@ def scoped_configs(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     layout = Layout(marker, assemble)
     layout.apply(
-        [], {e["name"]: ((0, 0, 0, 0, f"{i:08d}"), placed_route(e)) for i, e in enumerate(entries)}
+        [], {e["name"]: placed_route(e, (0, 0, 0, 0, f"{i:08d}")) for i, e in enumerate(entries)}
     )
     by_name = dict(layout.configs())
     out = []

@@ -37,7 +37,7 @@ from wardgate.xds.routes import (
 )
 from wardgate.xds.scope_envoy import marker_route, route_config_name, scope_resources
 from wardgate.xds.scope_key import Pin, bucket, pin_buckets, request_segments
-from wardgate.xds.scope_layout import Layout, Placed
+from wardgate.xds.scope_layout import Entry, Layout, Placed
 from wardgate.xds.translate import HTTP_CLUSTER, ROUTE_CONFIG_NAME, TranslateOptions
 
 HASHING_LB = ("ring_hash", "maglev")
@@ -70,15 +70,16 @@ def route_field(entry: dict[str, Any]) -> bytes:
     return _field(3, msg.SerializeToString(deterministic=True))
 
 
-def placed_route(entry: dict[str, Any]) -> Placed:
-    """A route ready for the scopes: what its path fixes, its buckets, its bytes."""
+def placed_route(entry: dict[str, Any], key: SortKey) -> Placed:
+    """A route ready for the scopes: where it sorts, its bytes, what its path fixes and its
+    buckets."""
     m = entry["match"]
     pin = Pin.of(
         prefix=m.get("prefix", m.get("path_separated_prefix")),
         path=m.get("path"),
         regex=m.get("safe_regex", {}).get("regex"),
     )
-    return Placed(pin, pin_buckets(pin), route_field(entry))
+    return Placed(Entry(key, route_field(entry)), pin, pin_buckets(pin))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,13 +127,13 @@ class Translator:
     def __init__(self, opts: TranslateOptions, *, max_cached: int = 200_000) -> None:
         self.opts = opts
         # per route: (the document, hashing, its sort key, its placement and bytes)
-        self._routes: dict[int, tuple[Route, bool, SortKey, Placed]] = {}
+        self._routes: dict[int, tuple[Route, bool, Placed]] = {}
         self._clusters: dict[int, tuple[Service, bytes]] = {}
         self._endpoints: dict[tuple[str, tuple[tuple[str, int, int], ...]], bytes] = {}
         self._max = max_cached
         # wardgate's own routes: first in the order, named so no document can clash.
         self._builtin = {
-            f"\0{e['name']}": ((_BUILTIN_KEY[0], i, 0, 0, e["name"]), placed_route(e))
+            f"\0{e['name']}": placed_route(e, (_BUILTIN_KEY[0], i, 0, 0, e["name"]))
             for i, e in enumerate(builtin_routes(opts))
         }
         self._layout: Layout | None = None
@@ -162,16 +163,15 @@ class Translator:
             self._clusters.clear()
             self._endpoints.clear()
 
-    def _route_entry(self, route: Route, hashing: bool) -> tuple[SortKey, Placed]:
+    def _route_entry(self, route: Route, hashing: bool) -> Placed:
         found = self._routes.get(id(route))
         if found is not None and found[0] is route and found[1] == hashing:
-            return found[2], found[3]
-        placed = placed_route(route_entry(route, hashing=hashing))
-        key = route_sort_key(route)
+            return found[2]
+        placed = placed_route(route_entry(route, hashing=hashing), route_sort_key(route))
         self.translated += 1
         self._trim()
-        self._routes[id(route)] = (route, hashing, key, placed)
-        return key, placed
+        self._routes[id(route)] = (route, hashing, placed)
+        return placed
 
     def _marker(self, segment: str, depth: int) -> bytes:
         data = self._markers.get((segment, depth))
@@ -203,12 +203,12 @@ class Translator:
     def _ordered(self, routes: list[Route], services: Mapping[str, Service]) -> list[Placed]:
         """wardgate's own routes, then the documents' routes in the global order."""
         hashing = {n for n, s in services.items() if s.lb in HASHING_LB}
-        entries = [
+        placed = [
             self._route_entry(r, bool(hashing) and bool(hashing & set(r.services())))
             for r in routes
         ]
-        entries.sort(key=lambda e: e[0])
-        return [placed for _, placed in self._builtin.values()] + [p for _, p in entries]
+        placed.sort(key=lambda p: p.entry.key)
+        return [*self._builtin.values(), *placed]
 
     def _config(self, name: str, fields: list[bytes]) -> bytes:
         # A message's fields may come in any order: the head, then the routes (field 3).
@@ -217,7 +217,9 @@ class Translator:
     def route_configuration(self, routes: list[Route], services: Mapping[str, Service]) -> bytes:
         """The whole table as one configuration, in the global order: what the scopes split
         (for tests and tools; Envoy gets ``route_configurations``)."""
-        return self._config(ROUTE_CONFIG_NAME, [p.data for p in self._ordered(routes, services)])
+        return self._config(
+            ROUTE_CONFIG_NAME, [p.entry.data for p in self._ordered(routes, services)]
+        )
 
     def _update_layout(self, catalog: Catalog) -> Layout:
         """The scopes after this catalog: only routes that are not the same documents as last

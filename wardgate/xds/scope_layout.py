@@ -22,29 +22,43 @@ import bisect
 import dataclasses
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from typing import NamedTuple
 
 from wardgate.xds.routes import SortKey
 from wardgate.xds.scope_envoy import route_config_name
 from wardgate.xds.scope_key import BUCKETS, MAX_DEPTH, Pin, bucket
 
 SPLIT_MIN = 64  # a first segment with fewer routes stays at depth 1
+MARKER_KEY = -(2**63)  # sort-key head of the markers: first in their bucket
+Slot = tuple[int, int]  # (depth, bucket): one scope
+
+
+class Entry(NamedTuple):
+    """What a bucket holds of a route (or a marker): where it sorts, and its bytes."""
+
+    key: SortKey
+    data: bytes
+
+
+def _sort_key(entry: Entry) -> SortKey:
+    return entry.key
 
 
 @dataclasses.dataclass(frozen=True)
 class Placed:
-    """One route ready to place: its pin, its buckets per depth and its serialized form."""
+    """One route ready to place: its entry, what its path fixes and its bucket per depth
+    (index depth - 1)."""
 
+    entry: Entry
     pin: Pin
     buckets: tuple[int, ...]
-    data: bytes
 
 
-Slot = tuple[int, int]  # (depth, bucket)
-MARKER_KEY = -(2**63)  # sort-key head of the markers: first in their bucket
+class Move(NamedTuple):
+    """A first segment's routes on their way to another depth (make before break)."""
 
-
-def _entry_key(entry: tuple[SortKey, bytes]) -> SortKey:
-    return entry[0]
+    depth: int  # the depth they go to
+    since: float  # when the move started (the caller's clock, e.g. time.monotonic())
 
 
 class _Group:
@@ -98,25 +112,27 @@ class Layout:
     ) -> None:
         self._marker = marker
         self._assemble = assemble
-        self._routes: dict[str, tuple[SortKey, Placed]] = {}
+        self._routes: dict[str, Placed] = {}
         self._groups: dict[str, _Group] = {}
         self._spanning: set[str] = set()  # routes that fix no segment
         self.depths: dict[str, int] = {}  # what the markers say: depths other than 1
-        self.moving: dict[str, tuple[int, float]] = {}  # segment -> (new depth, since)
-        self._buckets: dict[Slot, list[tuple[SortKey, bytes]]] = {
+        self.moving: dict[str, Move] = {}  # first segment -> where its routes go
+        self._buckets: dict[Slot, list[Entry]] = {
             (d, b): [] for d in range(1, MAX_DEPTH + 1) for b in range(BUCKETS)
         }
         self._configs: dict[Slot, bytes] = {}
         self._dirty: set[Slot] = set(self._buckets)
 
+    # --- where routes go -----------------------------------------------------------------
+
     def _used(self) -> list[int]:
-        return sorted({1, *self.depths.values(), *(d for d, _ in self.moving.values())})
+        return sorted({1, *self.depths.values(), *(m.depth for m in self.moving.values())})
 
     def _placements(self, segment: str) -> list[int]:
         """The depths where a first segment's routes are: one, two while it moves."""
         depth = self.depths.get(segment, 1)
-        target = self.moving.get(segment)
-        return [depth] if target is None else [depth, target[0]]
+        move = self.moving.get(segment)
+        return [depth] if move is None else [depth, move.depth]
 
     def _slots(self, placed: Placed) -> list[Slot]:
         if not placed.pin.segments:
@@ -129,16 +145,18 @@ class Layout:
                 out.extend((depth, b) for b in range(BUCKETS))
         return out
 
-    def _insert(self, slots: Iterable[Slot], key: SortKey, data: bytes) -> None:
+    # --- the buckets ---------------------------------------------------------------------
+
+    def _insert(self, slots: Iterable[Slot], entry: Entry) -> None:
         for slot in slots:
-            bisect.insort(self._buckets[slot], (key, data), key=_entry_key)
+            bisect.insort(self._buckets[slot], entry, key=_sort_key)
             self._dirty.add(slot)
 
     def _remove(self, slots: Iterable[Slot], key: SortKey) -> None:
         for slot in slots:
             entries = self._buckets[slot]
-            i = bisect.bisect_left(entries, key, key=_entry_key)
-            assert entries[i][0] == key
+            i = bisect.bisect_left(entries, key, key=_sort_key)
+            assert entries[i].key == key
             del entries[i]
             self._dirty.add(slot)
 
@@ -149,7 +167,7 @@ class Layout:
             self._remove([slot], key)
         if depth > 1:
             self.depths[segment] = depth
-            self._insert([slot], key, self._marker(segment, depth))
+            self._insert([slot], Entry(key, self._marker(segment, depth)))
         else:
             self.depths.pop(segment, None)
 
@@ -158,15 +176,16 @@ class Layout:
         lifted = []
         for name in names:
             if name in self._routes:
-                key, placed = self._routes[name]
-                self._remove(self._slots(placed), key)
+                placed = self._routes[name]
+                self._remove(self._slots(placed), placed.entry.key)
                 lifted.append(name)
         return lifted
 
-    def _drop(self, names: Iterable[str]) -> None:
+    def _put_back(self, names: Iterable[str]) -> None:
+        """Insert lifted routes again, into the slots the state now gives them."""
         for name in names:
-            key, placed = self._routes[name]
-            self._insert(self._slots(placed), key, placed.data)
+            placed = self._routes[name]
+            self._insert(self._slots(placed), placed.entry)
 
     def _respread(self, used_before: list[int]) -> None:
         """Routes that fix no segment are in every level in use: follow changes of it."""
@@ -176,23 +195,38 @@ class Layout:
         gone = [d for d in used_before if d not in used]
         new = [d for d in used if d not in used_before]
         for name in self._spanning:
-            key, placed = self._routes[name]
-            self._remove([(d, b) for d in gone for b in range(BUCKETS)], key)
-            self._insert([(d, b) for d in new for b in range(BUCKETS)], key, placed.data)
+            placed = self._routes[name]
+            self._remove([(d, b) for d in gone for b in range(BUCKETS)], placed.entry.key)
+            self._insert([(d, b) for d in new for b in range(BUCKETS)], placed.entry)
+
+    # --- changes -------------------------------------------------------------------------
 
     def apply(
         self,
         removed: Iterable[str],
-        added: Mapping[str, tuple[SortKey, Placed]],
+        added: Mapping[str, Placed],
         *,
         now: float = 0.0,
     ) -> None:
         """Routes ``removed`` (by name) leave, routes ``added`` come in (a changed route is
         in both). Sort keys must be unique (they end with the route's name)."""
+        touched = self._take_out(removed) | self._count_in(added)
+        used_before = self._used()
+        lifted = self._regroup(touched, now)
+        self._respread(used_before)
+        self._put_back(lifted)
+        for name, placed in added.items():
+            self._routes[name] = placed
+            if not placed.pin.segments:
+                self._spanning.add(name)
+            self._insert(self._slots(placed), placed.entry)
+
+    def _take_out(self, names: Iterable[str]) -> set[str]:
+        """Routes that leave go out of their slots and groups; returns the groups touched."""
         touched: set[str] = set()
-        for name in list(removed):
-            key, placed = self._routes.pop(name)
-            self._remove(self._slots(placed), key)
+        for name in list(names):
+            placed = self._routes.pop(name)
+            self._remove(self._slots(placed), placed.entry.key)
             if placed.pin.segments:
                 seg = placed.pin.segments[0]
                 group = self._groups[seg]
@@ -201,16 +235,27 @@ class Layout:
                 touched.add(seg)
             else:
                 self._spanning.discard(name)
-        for name, (_key, placed) in added.items():
+        return touched
+
+    def _count_in(self, added: Mapping[str, Placed]) -> set[str]:
+        """Routes that come in are counted in their groups (placed once depths are chosen);
+        returns the groups touched."""
+        touched: set[str] = set()
+        for name, placed in added.items():
             if placed.pin.segments:
                 seg = placed.pin.segments[0]
                 group = self._groups.setdefault(seg, _Group())
                 group.names.add(name)
                 group.count(placed, +1)
                 touched.add(seg)
-        used_before = self._used()
+        return touched
+
+    def _regroup(self, touched: set[str], now: float) -> list[str]:
+        """Each touched group gets the depth its routes call for: at once if none of them is
+        placed yet, else by a move (a moving group waits for settle). Returns the routes
+        lifted out of their slots, to put back."""
         lifted: list[str] = []
-        for seg in sorted(touched - set(self.moving)):  # a moving group waits for settle
+        for seg in sorted(touched - set(self.moving)):
             group = self._groups[seg]
             depth = group.depth() if group.names else 1
             if depth == self.depths.get(seg, 1):
@@ -220,48 +265,45 @@ class Layout:
             staying = [n for n in group.names if n in self._routes]
             moved = self._lift(staying)
             if moved:
-                self.moving[seg] = (depth, now)  # both placements until settled
+                self.moving[seg] = Move(depth, now)  # both placements until settled
             else:
                 self._set_marker(seg, depth)  # nothing served there yet: switch at once
             lifted += moved
             if not group.names:
                 del self._groups[seg]
-        self._respread(used_before)
-        self._drop(lifted)
-        for name, (key, placed) in added.items():
-            self._routes[name] = (key, placed)
-            if not placed.pin.segments:
-                self._spanning.add(name)
-            self._insert(self._slots(placed), key, placed.data)
+        return lifted
 
     def settle(self, *, now: float, after: float) -> bool:
         """Finish the moves started at least ``after`` seconds ago: the markers switch to
         the new depth and the old placement goes. Returns whether anything changed."""
-        due = sorted(seg for seg, (_, since) in self.moving.items() if now - since >= after)
+        due = sorted(seg for seg, move in self.moving.items() if now - move.since >= after)
         for seg in due:
-            used_before = self._used()
-            group = self._groups.get(seg)
-            names = sorted(group.names) if group is not None else []
-            lifted = self._lift(names)
-            depth, _ = self.moving.pop(seg)
-            self._set_marker(seg, depth if names else 1)
-            if group is not None and not names:
-                del self._groups[seg]
-            self._respread(used_before)
-            self._drop(lifted)
-            # Changes during the move may call for another depth: start that move now.
-            if group is not None and names and group.depth() != depth:
-                before = self._used()
-                lifted = self._lift(names)
-                self.moving[seg] = (group.depth(), now)
-                self._respread(before)
-                self._drop(lifted)
+            self._finish_move(seg, now)
         return bool(due)
+
+    def _finish_move(self, seg: str, now: float) -> None:
+        used_before = self._used()
+        group = self._groups.get(seg)
+        names = sorted(group.names) if group is not None else []
+        lifted = self._lift(names)
+        depth = self.moving.pop(seg).depth
+        self._set_marker(seg, depth if names else 1)
+        if group is not None and not names:
+            del self._groups[seg]
+        self._respread(used_before)
+        self._put_back(lifted)
+        # Changes during the move may call for another depth: start that move now.
+        if group is not None and names and group.depth() != depth:
+            before = self._used()
+            lifted = self._lift(names)
+            self.moving[seg] = Move(group.depth(), now)
+            self._respread(before)
+            self._put_back(lifted)
 
     def configs(self) -> list[tuple[str, bytes]]:
         """Every scope's route configuration; only those that changed are assembled again."""
         for slot in self._dirty:
             name = route_config_name(*slot)
-            self._configs[slot] = self._assemble(name, [data for _, data in self._buckets[slot]])
+            self._configs[slot] = self._assemble(name, [e.data for e in self._buckets[slot]])
         self._dirty.clear()
         return [(route_config_name(*slot), self._configs[slot]) for slot in self._buckets]
