@@ -22,7 +22,7 @@ BUCKETS = 67  # prime: a polynomial hash spreads evenly over a prime count
 MAX_DEPTH = 3
 SCOPE_HEADER = "x-wardgate-scope"
 SEGMENT_HASH_BYTES = 64  # only a segment's first bytes are hashed: long paths cost no more
-_HASH_MOD = 1_000_003  # (h * 31 + byte) stays an exact integer in Lua's doubles
+HASH_MOD = 1_000_003  # (h * 31 + byte) stays an exact integer in Lua's doubles
 _REGEX_META = frozenset("\\.^$|?*+()[]{}")
 # Characters a request path holds as they are (RFC 3986 pchar, '/', '[' and ']'): a literal
 # stops at anything else, so a segment taken from a regex is always a valid path prefix.
@@ -38,10 +38,10 @@ def bucket(segments: Sequence[str], depth: int) -> int:
     h = 0
     for i in range(depth):
         if i:
-            h = (h * 31 + 47) % _HASH_MOD  # the '/' between segments
+            h = (h * 31 + 47) % HASH_MOD  # the '/' between segments
         seg = segments[i].encode()[:SEGMENT_HASH_BYTES] if i < len(segments) else b""
         for byte in seg:
-            h = (h * 31 + byte) % _HASH_MOD
+            h = (h * 31 + byte) % HASH_MOD
     return h % BUCKETS
 
 
@@ -68,9 +68,9 @@ local function key(segs, depth)
   local h = 0
   for i = 1, depth do
     local s = segs[i] or ""
-    if i > 1 then h = (h * 31 + 47) % {_HASH_MOD} end
+    if i > 1 then h = (h * 31 + 47) % {HASH_MOD} end
     for j = 1, math.min(#s, {SEGMENT_HASH_BYTES}) do
-      h = (h * 31 + string.byte(s, j)) % {_HASH_MOD}
+      h = (h * 31 + string.byte(s, j)) % {HASH_MOD}
     end
   end
   return depth .. ":" .. (h % BUCKETS)
