@@ -118,6 +118,43 @@ class Base:
         return list(config.virtual_hosts[0].routes)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _TranslatedRoute:
+    """A route document's translation, and what it was translated with."""
+
+    document: Route
+    hashing: bool  # a backend balances by consistent hashing (route_entry's ``hashing``)
+    placed: Placed
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _TranslatedService:
+    """A service document's cluster, serialized."""
+
+    document: Service
+    data: bytes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _ServiceResources:
+    """The clusters and endpoints last built, and what they were built from."""
+
+    services: dict[str, Service]
+    instances: dict[str, list[tuple[str, int, int]]]
+    cluster_bytes: list[tuple[str, bytes]]
+    endpoint_bytes: list[tuple[str, bytes]]
+
+    def built_from(
+        self, services: Mapping[str, Service], instances: Mapping[str, list[tuple[str, int, int]]]
+    ) -> bool:
+        """Whether these are the same service documents and the same registry instances."""
+        return (
+            self.services.keys() == services.keys()
+            and all(self.services[n] is s for n, s in services.items())
+            and self.instances == instances
+        )
+
+
 class Translator:
     """Translates documents, remembering each one's serialized result.
 
@@ -126,9 +163,9 @@ class Translator:
 
     def __init__(self, opts: TranslateOptions, *, max_cached: int = 200_000) -> None:
         self.opts = opts
-        # per route: (the document, hashing, its sort key, its placement and bytes)
-        self._routes: dict[int, tuple[Route, bool, Placed]] = {}
-        self._clusters: dict[int, tuple[Service, bytes]] = {}
+        # Memories by id() of the document (each holding it, so that the id is not reused).
+        self._routes: dict[int, _TranslatedRoute] = {}
+        self._clusters: dict[int, _TranslatedService] = {}
         self._endpoints: dict[tuple[str, tuple[tuple[str, int, int], ...]], bytes] = {}
         self._max = max_cached
         # wardgate's own routes: first in the order, named so no document can clash.
@@ -140,8 +177,7 @@ class Translator:
         self._layout_routes: dict[str, Route] = {}
         self._hashing: frozenset[str] = frozenset()
         self._uses: Counter[str] = Counter()  # service -> how many routes use it
-        self._services: tuple[dict[str, Service], Mapping[str, Any], list[Any], list[Any]] | None
-        self._services = None
+        self._services: _ServiceResources | None = None
         self._markers: dict[tuple[str, int], bytes] = {}
         self._scope_bytes = [
             (
@@ -165,12 +201,12 @@ class Translator:
 
     def _route_entry(self, route: Route, hashing: bool) -> Placed:
         found = self._routes.get(id(route))
-        if found is not None and found[0] is route and found[1] == hashing:
-            return found[2]
+        if found is not None and found.document is route and found.hashing == hashing:
+            return found.placed
         placed = placed_route(route_entry(route, hashing=hashing), route_sort_key(route))
         self.translated += 1
         self._trim()
-        self._routes[id(route)] = (route, hashing, placed)
+        self._routes[id(route)] = _TranslatedRoute(route, hashing, placed)
         return placed
 
     def _marker(self, segment: str, depth: int) -> bytes:
@@ -183,12 +219,12 @@ class Translator:
 
     def cluster(self, svc: Service) -> bytes:
         found = self._clusters.get(id(svc))
-        if found is not None and found[0] is svc:
-            return found[1]
+        if found is not None and found.document is svc:
+            return found.data
         data: bytes = build_cluster(svc).SerializeToString(deterministic=True)
         self.translated += 1
         self._trim()
-        self._clusters[id(svc)] = (svc, data)
+        self._clusters[id(svc)] = _TranslatedService(svc, data)
         return data
 
     def endpoints(self, name: str, endpoints: list[tuple[str, int, int]]) -> bytes:
@@ -269,13 +305,8 @@ class Translator:
     ) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
         """Clusters and endpoints; the same lists again if no service changed."""
         prev = self._services
-        if (
-            prev is not None
-            and prev[0].keys() == catalog.services.keys()
-            and all(prev[0][n] is s for n, s in catalog.services.items())
-            and prev[1] == instances
-        ):
-            return prev[2], prev[3]
+        if prev is not None and prev.built_from(catalog.services, instances):
+            return prev.cluster_bytes, prev.endpoint_bytes
         services = [s for _, s in sorted(catalog.services.items())]
         endpoint_bytes = []
         for svc in services:
@@ -289,7 +320,9 @@ class Translator:
         cluster_bytes = [(HTTP_CLUSTER, self._auth_cluster)] + [
             (s.name, self.cluster(s)) for s in services
         ]
-        self._services = (dict(catalog.services), dict(instances), cluster_bytes, endpoint_bytes)
+        self._services = _ServiceResources(
+            dict(catalog.services), dict(instances), cluster_bytes, endpoint_bytes
+        )
         return cluster_bytes, endpoint_bytes
 
     def base(self, catalog: Catalog, instances: Mapping[str, list[tuple[str, int, int]]]) -> Base:
