@@ -15,9 +15,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.endpoint.v3 import endpoint_pb2
-from envoy.config.route.v3 import route_components_pb2, route_pb2, scoped_route_pb2
+from envoy.config.route.v3 import route_components_pb2, scoped_route_pb2
 from google.protobuf import json_format
 
 from wardgate.domain.catalog import Catalog
@@ -35,8 +33,8 @@ from wardgate.xds.routes import (
     route_sort_key,
     virtual_host_head,
 )
-from wardgate.xds.scope_envoy import marker_route, route_config_name, scope_resources
-from wardgate.xds.scope_key import Pin, bucket, pin_buckets, request_segments
+from wardgate.xds.scope_envoy import marker_route, scope_resources
+from wardgate.xds.scope_key import Pin, pin_buckets
 from wardgate.xds.scope_layout import Entry, Layout, Placed
 from wardgate.xds.translate import HTTP_CLUSTER, ROUTE_CONFIG_NAME, TranslateOptions
 
@@ -92,30 +90,6 @@ class Base:
     scope_bytes: list[tuple[str, bytes]]
     route_clusters: frozenset[str]  # the clusters the routes send traffic to
     depths: dict[str, int]  # first segments keyed deeper than one segment
-
-    # Message views, for tests and tools; the snapshot uses the bytes.
-    @property
-    def clusters(self) -> list[cluster_pb2.Cluster]:
-        return [cluster_pb2.Cluster.FromString(b) for _, b in self.cluster_bytes]
-
-    @property
-    def endpoints(self) -> list[endpoint_pb2.ClusterLoadAssignment]:
-        return [endpoint_pb2.ClusterLoadAssignment.FromString(b) for _, b in self.endpoint_bytes]
-
-    @property
-    def route_configs(self) -> dict[str, route_pb2.RouteConfiguration]:
-        return {n: route_pb2.RouteConfiguration.FromString(b) for n, b in self.route_bytes}
-
-    def routes_for(self, path: str) -> list[route_components_pb2.Route]:
-        """The routes a request for ``path`` is matched against, in order: what the scope
-        script picks (a Python mirror of ``scope_key.scope_lua``)."""
-        configs = dict(self.route_bytes)
-        segs = request_segments(path)
-        seg = segs[0] if segs else ""
-        depth = self.depths.get(seg, 1)
-        key = bucket(segs, depth)
-        config = route_pb2.RouteConfiguration.FromString(configs[route_config_name(depth, key)])
-        return list(config.virtual_hosts[0].routes)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -351,23 +325,3 @@ def build_base(
     """Every resource but the listener. ``instances`` are the live endpoints of the
     ``discovery: registry`` services; a long-lived ``translator`` makes it incremental."""
     return (translator or Translator(opts)).base(catalog, instances or {})
-
-
-def build_route_configuration(
-    routes: list[Route],
-    opts: TranslateOptions,
-    services: Mapping[str, Service] | None = None,
-) -> route_pb2.RouteConfiguration:
-    data = Translator(opts).route_configuration(routes, services or {})
-    return route_pb2.RouteConfiguration.FromString(data)
-
-
-def clusters_of(config: route_pb2.RouteConfiguration) -> frozenset[str]:
-    """The clusters a route configuration sends traffic to."""
-    names: set[str] = set()
-    for vhost in config.virtual_hosts:
-        for r in vhost.routes:
-            if r.route.cluster:
-                names.add(r.route.cluster)
-            names.update(w.name for w in r.route.weighted_clusters.clusters)
-    return frozenset(names)
