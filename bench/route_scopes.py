@@ -32,9 +32,10 @@ from google.protobuf import json_format
 
 from wardgate import devstack
 from wardgate.xds import typeurls as tu
-from wardgate.xds.assemble import _field, placed_route, route_field
+from wardgate.xds.assemble import placed_route
 from wardgate.xds.scope_envoy import marker_route, scope_filter, scope_resources, scoped_routes
 from wardgate.xds.scope_layout import Layout
+from wardgate.xds.wire import route_configuration, route_field
 
 OK = {"status": 200, "body": {"inline_string": "ok\n"}}
 METHODS = {"name": ":method", "string_match": {"safe_regex": {"regex": "^(GET|POST)$"}}}
@@ -63,7 +64,7 @@ def scoped_configs(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return route_field(marker_route(segment, depth))
 
     def assemble(name: str, fields: list[bytes]) -> bytes:
-        return _field(1, name.encode()) + _field(2, head_bytes + b"".join(fields))
+        return route_configuration(name, head_bytes, fields)
 
     layout = Layout(marker, assemble)
     layout.apply(

@@ -2,9 +2,7 @@
 
 The ``Translator`` remembers, per document, its serialized Envoy message: a change to one
 route among ten thousand translates that route only. Route configurations (one per scope,
-``scope_layout.py``) are assembled on the wire (each route's bytes, already framed as a
-``VirtualHost.routes`` field, concatenated), not by copying ten thousand messages into new
-ones, which cost more than everything else together.
+``scope_layout.py``) are assembled on the wire from each route's bytes (``wire.py``).
 """
 
 from __future__ import annotations
@@ -37,35 +35,13 @@ from wardgate.xds.scope_envoy import marker_route, scope_resources
 from wardgate.xds.scope_key import Pin, pin_buckets
 from wardgate.xds.scope_layout import Entry, Layout, Placed
 from wardgate.xds.translate import HTTP_CLUSTER, ROUTE_CONFIG_NAME, TranslateOptions
+from wardgate.xds.wire import route_configuration, route_field
 
 HASHING_LB = ("ring_hash", "maglev")
 _BUILTIN_KEY: SortKey = (-(2**62), 0, 0, 0, "")  # wardgate's own routes come first
 # Routes moving between scopes stay in both placements this long before the markers switch:
 # long enough for every connected Envoy to have taken the first step.
 SETTLE_AFTER = 2.0
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited field (wire type 2): strings, bytes and messages."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def route_field(entry: dict[str, Any]) -> bytes:
-    """A route in Envoy's JSON form, serialized as a ``VirtualHost.routes`` field."""
-    msg = json_format.ParseDict(entry, route_components_pb2.Route())
-    return _field(3, msg.SerializeToString(deterministic=True))
 
 
 def placed_route(entry: dict[str, Any], key: SortKey) -> Placed:
@@ -221,8 +197,7 @@ class Translator:
         return [*self._builtin.values(), *placed]
 
     def _config(self, name: str, fields: list[bytes]) -> bytes:
-        # A message's fields may come in any order: the head, then the routes (field 3).
-        return _field(1, name.encode()) + _field(2, self._vhost_head + b"".join(fields))
+        return route_configuration(name, self._vhost_head, fields)
 
     def route_configuration(self, routes: list[Route], services: Mapping[str, Service]) -> bytes:
         """The whole table as one configuration, in the global order: what the scopes split
