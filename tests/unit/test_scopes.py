@@ -12,7 +12,7 @@ from envoy.config.route.v3 import route_components_pb2
 from tests.xds_views import build_route_configuration, route_configs, routes_for
 from wardgate.domain.catalog import Catalog
 from wardgate.domain.documents import parse_document
-from wardgate.xds.assemble import build_base
+from wardgate.xds.assemble import Translator, build_base
 from wardgate.xds.scope_envoy import scope_resources
 from wardgate.xds.scope_key import BUCKETS, MAX_DEPTH
 from wardgate.xds.translate import TranslateOptions
@@ -136,8 +136,6 @@ def test_scopes_are_fixed_and_each_names_its_route_configuration() -> None:
 def test_incremental_layout_equals_a_fresh_build_after_every_change(seed: int) -> None:
     """Route by route updates (including groups crossing the depth thresholds and back)
     give byte for byte what building everything again gives."""
-    from wardgate.xds.assemble import Translator
-
     rng = random.Random(seed)
     docs = random_table(rng, 200)
     services = {"s": parse_document(SVC), "t": parse_document({**SVC, "name": "t"})}

@@ -22,7 +22,7 @@ from wardgate.domain.authz import RoutePolicy
 from wardgate.domain.catalog import Catalog
 from wardgate.domain.documents import Route, Service, host_regex, parse_document
 from wardgate.domain.ratelimit import RULE_KEY, encode_rule, parse_descriptor
-from wardgate.xds.assemble import build_base
+from wardgate.xds.assemble import Translator, build_base
 from wardgate.xds.clusters import build_cluster
 from wardgate.xds.listener import build_listener
 from wardgate.xds.routes import virtual_host_head
@@ -718,10 +718,6 @@ def test_cors_routes_with_methods_also_match_the_preflight() -> None:
 
 
 def test_translation_is_incremental_per_document() -> None:
-    from wardgate.domain.catalog import Catalog
-    from wardgate.domain.documents import parse_document
-    from wardgate.xds.assemble import Translator, build_base
-
     svc = parse_document(
         {"kind": "Service", "name": "s", "endpoints": [{"address": "127.0.0.1", "port": 1}]}
     )
@@ -747,10 +743,6 @@ def test_translation_is_incremental_per_document() -> None:
 
 
 def test_consistent_hashing_backends_hash_on_the_client_address() -> None:
-    from wardgate.domain.catalog import Catalog
-    from wardgate.domain.documents import parse_document
-    from wardgate.xds.assemble import build_base
-
     svc = parse_document(
         {
             "kind": "Service",

@@ -59,7 +59,8 @@ def request_segments(path: str) -> list[str]:
 def scope_lua() -> str:
     """The first HTTP filter: sets the scope key from the path; goes deeper once if the
     route found says so. The key is overwritten first, so an error leaves no client value
-    (and no scope: 404)."""
+    (and no scope: 404). ``handle:metadata()`` is the found route's metadata under the
+    filter's own name, where a marker route puts ``depth`` (scope_envoy.py)."""
     return f"""
 local HEADER = {json.dumps(SCOPE_HEADER)}
 local BUCKETS = {BUCKETS}
