@@ -10,7 +10,7 @@ Static Envoys (no wardgate, no upstream: every route is a ``direct_response`` 20
               201 scopes, the route copied into each scope of depth 1.
   one-N       one table of N routes shaped like bench/xds_scale.py's (``/r/<i>``, methods
               GET and POST), requested on the route Envoy tries last: a full linear scan.
-  scoped-N    the same N routes placed by ``wardgate.xds.scopes.Layout`` (here: the first
+  scoped-N    the same N routes placed by ``wardgate.xds.scope_layout.Layout`` (here: the first
               segment ``r`` keyed by two segments, so every request makes two lookups).
 
 Figures are printed as ratios against one-1; nothing is asserted.
@@ -31,9 +31,11 @@ from envoy.config.route.v3 import route_components_pb2, route_pb2
 from google.protobuf import json_format
 
 from wardgate import devstack
-from wardgate.xds import scopes
 from wardgate.xds import typeurls as tu
-from wardgate.xds.assemble import _field, placed_route, route_field
+from wardgate.xds.assemble import placed_route
+from wardgate.xds.scope_envoy import marker_route, scope_filter, scope_resources, scoped_routes
+from wardgate.xds.scope_layout import Layout
+from wardgate.xds.wire import route_configuration, route_field
 
 OK = {"status": 200, "body": {"inline_string": "ok\n"}}
 METHODS = {"name": ":method", "string_match": {"safe_regex": {"regex": "^(GET|POST)$"}}}
@@ -59,18 +61,18 @@ def scoped_configs(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     head_bytes = head.SerializeToString(deterministic=True)
 
     def marker(segment: str, depth: int) -> bytes:
-        return route_field(scopes.marker_route(segment, depth))
+        return route_field(marker_route(segment, depth))
 
     def assemble(name: str, fields: list[bytes]) -> bytes:
-        return _field(1, name.encode()) + _field(2, head_bytes + b"".join(fields))
+        return route_configuration(name, head_bytes, fields)
 
-    layout = scopes.Layout(marker, assemble)
+    layout = Layout(marker, assemble)
     layout.apply(
-        [], {e["name"]: ((0, 0, 0, 0, f"{i:08d}"), placed_route(e)) for i, e in enumerate(entries)}
+        [], {e["name"]: placed_route(e, (0, 0, 0, 0, f"{i:08d}")) for i, e in enumerate(entries)}
     )
     by_name = dict(layout.configs())
     out = []
-    for scope in scopes.scope_resources():
+    for scope in scope_resources():
         config = route_pb2.RouteConfiguration.FromString(
             by_name[str(scope["route_configuration_name"])]
         )
@@ -94,8 +96,8 @@ def envoy_config(
         "codec_type": "AUTO",
     }
     if scoped:
-        filters.append(scopes.scope_filter())
-        hcm["scoped_routes"] = scopes.scoped_routes(inline=scoped_configs(entries))
+        filters.append(scope_filter())
+        hcm["scoped_routes"] = scoped_routes(inline=scoped_configs(entries))
     else:
         hcm["route_config"] = {"name": "one", "virtual_hosts": [{**HEAD, "routes": entries}]}
     filters.append(

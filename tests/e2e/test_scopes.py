@@ -8,8 +8,8 @@ import pytest
 from tests.support import Stack, echo, eventually, route, service
 from wardgate.domain.catalog import Catalog
 from wardgate.domain.documents import parse_document
-from wardgate.xds import scopes
 from wardgate.xds.assemble import build_base
+from wardgate.xds.scope_key import BUCKETS, MAX_DEPTH, SCOPE_HEADER
 from wardgate.xds.translate import TranslateOptions
 
 OPTS = TranslateOptions()
@@ -66,7 +66,7 @@ def test_routes_at_every_depth_are_served_and_the_order_holds(stack: Stack) -> N
         assert http.get("/deep/v1/svc12/special").status_code == 401
         assert _answer(http, "/deep/v1/svc12/other") == "/got/svc12/other"
         # Upstreams never see the scope key.
-        assert scopes.SCOPE_HEADER not in echo(http.get("/deep/v1/svc5"))["headers"]
+        assert SCOPE_HEADER not in echo(http.get("/deep/v1/svc5"))["headers"]
 
 
 def test_long_segments_are_keyed_alike_by_envoy_and_wardgate(stack: Stack) -> None:
@@ -87,9 +87,9 @@ def test_a_client_sent_scope_key_changes_nothing(stack: Stack) -> None:
     with stack.client() as http:
         eventually(lambda: http.get("/pick/x").status_code == 200, timeout=2.0)
         # Every key there is: the protected route stays protected, whatever the client sends.
-        for depth in range(1, scopes.MAX_DEPTH + 1):
-            for b in range(scopes.BUCKETS):
-                resp = http.get("/pick/locked", headers={scopes.SCOPE_HEADER: f"{depth}:{b}"})
+        for depth in range(1, MAX_DEPTH + 1):
+            for b in range(BUCKETS):
+                resp = http.get("/pick/locked", headers={SCOPE_HEADER: f"{depth}:{b}"})
                 assert resp.status_code == 401, (depth, b)
 
 

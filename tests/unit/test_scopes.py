@@ -9,10 +9,12 @@ import re
 import pytest
 from envoy.config.route.v3 import route_components_pb2
 
+from tests.xds_views import build_route_configuration, route_configs, routes_for
 from wardgate.domain.catalog import Catalog
 from wardgate.domain.documents import parse_document
-from wardgate.xds import scopes
-from wardgate.xds.assemble import build_base, build_route_configuration
+from wardgate.xds.assemble import Translator, build_base
+from wardgate.xds.scope_envoy import scope_resources
+from wardgate.xds.scope_key import BUCKETS, MAX_DEPTH
 from wardgate.xds.translate import TranslateOptions
 
 OPTS = TranslateOptions()
@@ -96,7 +98,7 @@ def test_every_request_ends_in_a_scope_that_answers_as_the_whole_table(seed: int
     whole = list(build_route_configuration(list(routes.values()), OPTS).virtual_hosts[0].routes)
     for _ in range(400):
         path = random_path(rng)
-        assert first_match(base.routes_for(path), path) == first_match(whole, path), path
+        assert first_match(routes_for(base, path), path) == first_match(whole, path), path
 
 
 def test_a_crowded_first_segment_is_keyed_deeper_and_small_ones_are_not() -> None:
@@ -118,62 +120,22 @@ def test_a_crowded_first_segment_is_keyed_deeper_and_small_ones_are_not() -> Non
     base = build_base(catalog, OPTS)
     # /api/v1/... : the second segment is the same everywhere, the third tells them apart.
     assert base.depths == {"api": 3}
-    sizes = [len(c.virtual_hosts[0].routes) for c in base.route_configs.values()]
+    sizes = [len(c.virtual_hosts[0].routes) for c in route_configs(base).values()]
     assert max(sizes) < 30  # 500 routes over 64 buckets, not one table of 500
-    assert [r.name for r in base.routes_for("/api/v1/svc7/x?y=1")].count("r7") == 1
+    assert [r.name for r in routes_for(base, "/api/v1/svc7/x?y=1")].count("r7") == 1
 
 
 def test_scopes_are_fixed_and_each_names_its_route_configuration() -> None:
-    names = [r["route_configuration_name"] for r in scopes.scope_resources()]
-    assert len(names) == len(set(names)) == scopes.BUCKETS * scopes.MAX_DEPTH
-    keys = [r["key"]["fragments"][0]["string_key"] for r in scopes.scope_resources()]  # type: ignore[index]
-    assert "1:0" in keys and f"{scopes.MAX_DEPTH}:{scopes.BUCKETS - 1}" in keys
-
-
-@pytest.mark.parametrize(
-    ("regex", "segments"),
-    [
-        ("/api/v[0-9]+/users", ("api",)),
-        ("^/api/users/[0-9]+", ("api", "users")),
-        ("/api/users?", ("api",)),  # the "s" is optional: "users" is not a whole segment
-        ("/api/users/x*", ("api", "users")),
-        ("/(api|x)/z", ()),
-        ("/api/a|/b/c", ()),
-        ("/api/(a|b)/c", ()),  # any '|' gives none: RE2's syntax is not parsed for it
-        ("^/api/x[](]|/shop/y", ()),  # a ']' first in a class, then a top-level '|'
-        ("^/api/x[[:alpha:](]|/shop/y", ()),
-        ("^/api/x\\Q(\\E/shop/y", ("api",)),
-        ("^/a#b/k1/.*", ()),  # '#' is no path character: never part of a segment
-        ("^/caf%C3%A9/x/[0-9]+", ("caf%C3%A9", "x")),
-        (".*\\.png", ()),
-        ("/a.b/c", ()),
-        ("(?i)/api/x", ()),
-        ("/api/[/]x", ("api",)),
-    ],
-)
-def test_regex_segments_are_only_what_every_match_starts_with(
-    regex: str, segments: tuple[str, ...]
-) -> None:
-    assert scopes.regex_segments(regex) == segments
-
-
-def test_request_segments_drop_the_query_and_empty_segments() -> None:
-    assert scopes.request_segments("/api/users?next=/a/b") == ["api", "users"]
-    assert scopes.request_segments("/") == []
-    assert scopes.request_segments("/api/#frag") == ["api"]
-    assert scopes.bucket(["api"], 2) == scopes.bucket(["api", ""], 2)
-    assert scopes.scope_key(2, ["api"]) == f"2:{scopes.bucket(['api'], 2)}"
-    # Only a segment's first bytes count: a long segment costs the script no more.
-    long = "x" * scopes.SEGMENT_HASH_BYTES
-    assert scopes.bucket([long + "a"], 1) == scopes.bucket([long + "b"], 1)
+    names = [r["route_configuration_name"] for r in scope_resources()]
+    assert len(names) == len(set(names)) == BUCKETS * MAX_DEPTH
+    keys = [r["key"]["fragments"][0]["string_key"] for r in scope_resources()]  # type: ignore[index]
+    assert "1:0" in keys and f"{MAX_DEPTH}:{BUCKETS - 1}" in keys
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_incremental_layout_equals_a_fresh_build_after_every_change(seed: int) -> None:
     """Route by route updates (including groups crossing the depth thresholds and back)
     give byte for byte what building everything again gives."""
-    from wardgate.xds.assemble import Translator
-
     rng = random.Random(seed)
     docs = random_table(rng, 200)
     services = {"s": parse_document(SVC), "t": parse_document({**SVC, "name": "t"})}
@@ -215,7 +177,7 @@ def test_incremental_layout_equals_a_fresh_build_after_every_change(seed: int) -
         moves += translator.moving
         while True:
             for path in paths:
-                assert first_match(got.routes_for(path), path) == first_match(whole, path), path
+                assert first_match(routes_for(got, path), path) == first_match(whole, path), path
             settled = translator.settle(got, after=0)
             if settled is None:
                 break

@@ -17,20 +17,17 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import json_format
 
+from tests import xds_views as views
 from wardgate.domain.authz import RoutePolicy
 from wardgate.domain.catalog import Catalog
 from wardgate.domain.documents import Route, Service, host_regex, parse_document
 from wardgate.domain.ratelimit import RULE_KEY, encode_rule, parse_descriptor
-from wardgate.xds.assemble import build_base, build_route_configuration
+from wardgate.xds.assemble import Translator, build_base
+from wardgate.xds.clusters import build_cluster
 from wardgate.xds.listener import build_listener
-from wardgate.xds.scopes import SCOPE_HEADER
-from wardgate.xds.translate import (
-    HTTP_CLUSTER,
-    ROUTE_CONFIG_NAME,
-    TranslateOptions,
-    build_cluster,
-    virtual_host_head,
-)
+from wardgate.xds.routes import virtual_host_head
+from wardgate.xds.scope_key import SCOPE_HEADER
+from wardgate.xds.translate import HTTP_CLUSTER, ROUTE_CONFIG_NAME, TranslateOptions
 
 OPTS = TranslateOptions()
 BUILTIN_NAMES = ["wardgate.auth.login", "wardgate.auth.logout", "wardgate.auth.session"]
@@ -51,7 +48,7 @@ def service(name: str = "svc", **extra: Any) -> Service:
 
 
 def entries(routes: list[Route], opts: TranslateOptions = OPTS) -> list[route_pb2.Route]:
-    config = build_route_configuration(routes, opts)
+    config = views.build_route_configuration(routes, opts)
     assert config.name == ROUTE_CONFIG_NAME
     (vhost,) = config.virtual_hosts
     assert list(vhost.domains) == ["*"]
@@ -474,7 +471,7 @@ def test_ip_endpoints_are_served_by_eds() -> None:
     )
     # The endpoints themselves travel as a ClusterLoadAssignment of the same name.
     base = build_base(Catalog({}, {"users": svc}, {}), OPTS)
-    (cla,) = base.endpoints
+    (cla,) = views.endpoints(base)
     assert cla.cluster_name == "users"
     assert endpoints_of(cla) == [("10.0.0.1", 80, 3), ("::1", 81, 1)]
 
@@ -493,7 +490,7 @@ def test_strict_dns_cluster_for_host_names(endpoints: list[dict[str, Any]]) -> N
     assert c.load_assignment.cluster_name == "users"
     assert endpoints_of(c.load_assignment) == [(e["address"], e["port"], 1) for e in endpoints]
     # Envoy resolves these itself: no EDS resource for them.
-    assert build_base(Catalog({}, {"users": svc}, {}), OPTS).endpoints == []
+    assert views.endpoints(build_base(Catalog({}, {"users": svc}, {}), OPTS)) == []
 
 
 def test_registry_services_take_their_endpoints_from_the_instances() -> None:
@@ -502,10 +499,10 @@ def test_registry_services_take_their_endpoints_from_the_instances() -> None:
     c = build_cluster(reg)
     assert c.type == cluster_pb2.Cluster.EDS
     cat = Catalog({}, {"reg": reg}, {})
-    (cla,) = build_base(cat, OPTS, {"reg": [("10.0.0.5", 9000, 2)]}).endpoints
+    (cla,) = views.endpoints(build_base(cat, OPTS, {"reg": [("10.0.0.5", 9000, 2)]}))
     assert (cla.cluster_name, endpoints_of(cla)) == ("reg", [("10.0.0.5", 9000, 2)])
     # No live instance: an empty assignment, not a missing one.
-    (empty,) = build_base(cat, OPTS).endpoints
+    (empty,) = views.endpoints(build_base(cat, OPTS))
     assert (empty.cluster_name, endpoints_of(empty)) == ("reg", [])
 
 
@@ -605,20 +602,20 @@ def test_build_base_puts_the_auth_cluster_first_then_services_by_name() -> None:
     )
     opts = TranslateOptions(http_host="wardgate.internal", http_port=18081)
     base = build_base(cat, opts)
-    assert [c.name for c in base.clusters] == ["wardgate_auth", "alpha", "svc"]
-    assert [e.cluster_name for e in base.endpoints] == ["alpha", "svc"]
-    auth = base.clusters[0]
+    assert [c.name for c in views.clusters(base)] == ["wardgate_auth", "alpha", "svc"]
+    assert [e.cluster_name for e in views.endpoints(base)] == ["alpha", "svc"]
+    auth = views.clusters(base)[0]
     assert auth.type == cluster_pb2.Cluster.STRICT_DNS
     sock = auth.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
     assert (sock.address, sock.port_value) == ("wardgate.internal", 18081)
     # "r" (prefix /) may match any path: it is in every scope, after wardgate's own routes.
-    assert [e.name for e in base.routes_for("/auth/login")] == [*BUILTIN_NAMES, "r"]
-    assert [e.name for e in base.routes_for("/anything")] == ["r"]
+    assert [e.name for e in views.routes_for(base, "/auth/login")] == [*BUILTIN_NAMES, "r"]
+    assert [e.name for e in views.routes_for(base, "/anything")] == ["r"]
 
 
 def test_auth_cluster_is_static_for_an_ip() -> None:
     base = build_base(Catalog({}, {}, {}), TranslateOptions(http_host="127.0.0.1"))
-    assert base.clusters[0].type == cluster_pb2.Cluster.STATIC
+    assert views.clusters(base)[0].type == cluster_pb2.Cluster.STATIC
 
 
 # --- listener -----------------------------------------------------------------------------
@@ -721,10 +718,6 @@ def test_cors_routes_with_methods_also_match_the_preflight() -> None:
 
 
 def test_translation_is_incremental_per_document() -> None:
-    from wardgate.domain.catalog import Catalog
-    from wardgate.domain.documents import parse_document
-    from wardgate.xds.assemble import Translator, build_base
-
     svc = parse_document(
         {"kind": "Service", "name": "s", "endpoints": [{"address": "127.0.0.1", "port": 1}]}
     )
@@ -745,15 +738,11 @@ def test_translation_is_incremental_per_document() -> None:
         Catalog(routes=changed, services={"s": svc}, refused={}), OPTS, translator=translator
     )
     assert translator.translated == 52  # only the changed route was translated again
-    assert "/seven" in [r.match.path_separated_prefix for r in base.routes_for("/seven")]
-    assert all(r.name != "r7" for r in base.routes_for("/r7"))
+    assert "/seven" in [r.match.path_separated_prefix for r in views.routes_for(base, "/seven")]
+    assert all(r.name != "r7" for r in views.routes_for(base, "/r7"))
 
 
 def test_consistent_hashing_backends_hash_on_the_client_address() -> None:
-    from wardgate.domain.catalog import Catalog
-    from wardgate.domain.documents import parse_document
-    from wardgate.xds.assemble import build_base
-
     svc = parse_document(
         {
             "kind": "Service",
@@ -764,5 +753,5 @@ def test_consistent_hashing_backends_hash_on_the_client_address() -> None:
     )
     r = parse_document({"kind": "Route", "name": "r", "match": {"prefix": "/r"}, "backend": "s"})
     base = build_base(Catalog(routes={"r": r}, services={"s": svc}, refused={}), OPTS)
-    (entry,) = base.routes_for("/r")
+    (entry,) = views.routes_for(base, "/r")
     assert entry.route.hash_policy[0].connection_properties.source_ip is True

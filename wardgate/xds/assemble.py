@@ -2,9 +2,7 @@
 
 The ``Translator`` remembers, per document, its serialized Envoy message: a change to one
 route among ten thousand translates that route only. Route configurations (one per scope,
-``scopes.py``) are assembled on the wire (each route's bytes, already framed as a
-``VirtualHost.routes`` field, concatenated), not by copying ten thousand messages into new
-ones, which cost more than everything else together.
+``scope_layout.py``) are assembled on the wire from each route's bytes (``wire.py``).
 """
 
 from __future__ import annotations
@@ -15,68 +13,47 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.endpoint.v3 import endpoint_pb2
-from envoy.config.route.v3 import route_components_pb2, route_pb2, scoped_route_pb2
+from envoy.config.route.v3 import route_components_pb2, scoped_route_pb2
 from google.protobuf import json_format
 
 from wardgate.domain.catalog import Catalog
 from wardgate.domain.documents import Route, Service
-from wardgate.xds import scopes
-from wardgate.xds.translate import (
-    HTTP_CLUSTER,
-    ROUTE_CONFIG_NAME,
-    TranslateOptions,
+from wardgate.xds.clusters import (
     build_auth_cluster,
     build_cluster,
     build_load_assignment,
+    uses_eds,
+)
+from wardgate.xds.routes import (
+    SortKey,
     builtin_routes,
     route_entry,
     route_sort_key,
-    uses_eds,
     virtual_host_head,
 )
+from wardgate.xds.scope_envoy import marker_route, scope_resources
+from wardgate.xds.scope_key import Pin, pin_buckets
+from wardgate.xds.scope_layout import Entry, Layout, Placed
+from wardgate.xds.translate import HTTP_CLUSTER, ROUTE_CONFIG_NAME, TranslateOptions
+from wardgate.xds.wire import route_configuration, route_field
 
 HASHING_LB = ("ring_hash", "maglev")
-SortKey = tuple[int, int, int, int, str]
 _BUILTIN_KEY: SortKey = (-(2**62), 0, 0, 0, "")  # wardgate's own routes come first
 # Routes moving between scopes stay in both placements this long before the markers switch:
 # long enough for every connected Envoy to have taken the first step.
 SETTLE_AFTER = 2.0
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited field (wire type 2): strings, bytes and messages."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def route_field(entry: dict[str, Any]) -> bytes:
-    """A route in Envoy's JSON form, serialized as a ``VirtualHost.routes`` field."""
-    msg = json_format.ParseDict(entry, route_components_pb2.Route())
-    return _field(3, msg.SerializeToString(deterministic=True))
-
-
-def placed_route(entry: dict[str, Any]) -> scopes.Placed:
-    """A route ready for the scopes: what its path fixes, its buckets, its bytes."""
+def placed_route(entry: dict[str, Any], key: SortKey) -> Placed:
+    """A route ready for the scopes: where it sorts, its bytes, what its path fixes and its
+    buckets."""
     m = entry["match"]
-    pin = scopes.Pin.of(
+    pin = Pin.of(
         prefix=m.get("prefix", m.get("path_separated_prefix")),
         path=m.get("path"),
         regex=m.get("safe_regex", {}).get("regex"),
     )
-    return scopes.Placed(pin, scopes.pin_buckets(pin), route_field(entry))
+    return Placed(Entry(key, route_field(entry)), pin, pin_buckets(pin))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,31 +67,42 @@ class Base:
     route_clusters: frozenset[str]  # the clusters the routes send traffic to
     depths: dict[str, int]  # first segments keyed deeper than one segment
 
-    # Message views, for tests and tools; the snapshot uses the bytes.
-    @property
-    def clusters(self) -> list[cluster_pb2.Cluster]:
-        return [cluster_pb2.Cluster.FromString(b) for _, b in self.cluster_bytes]
 
-    @property
-    def endpoints(self) -> list[endpoint_pb2.ClusterLoadAssignment]:
-        return [endpoint_pb2.ClusterLoadAssignment.FromString(b) for _, b in self.endpoint_bytes]
+@dataclasses.dataclass(frozen=True, slots=True)
+class _TranslatedRoute:
+    """A route document's translation, and what it was translated with."""
 
-    @property
-    def route_configs(self) -> dict[str, route_pb2.RouteConfiguration]:
-        return {n: route_pb2.RouteConfiguration.FromString(b) for n, b in self.route_bytes}
+    document: Route
+    hashing: bool  # a backend balances by consistent hashing (route_entry's ``hashing``)
+    placed: Placed
 
-    def routes_for(self, path: str) -> list[route_components_pb2.Route]:
-        """The routes a request for ``path`` is matched against, in order: what the scope
-        script picks (a Python mirror of ``scopes.scope_lua``)."""
-        configs = dict(self.route_bytes)
-        segs = scopes.request_segments(path)
-        seg = segs[0] if segs else ""
-        depth = self.depths.get(seg, 1)
-        key = scopes.bucket(segs, depth)
-        config = route_pb2.RouteConfiguration.FromString(
-            configs[scopes.route_config_name(depth, key)]
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _TranslatedService:
+    """A service document's cluster, serialized."""
+
+    document: Service
+    data: bytes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _ServiceResources:
+    """The clusters and endpoints last built, and what they were built from."""
+
+    services: dict[str, Service]
+    instances: dict[str, list[tuple[str, int, int]]]
+    cluster_bytes: list[tuple[str, bytes]]
+    endpoint_bytes: list[tuple[str, bytes]]
+
+    def built_from(
+        self, services: Mapping[str, Service], instances: Mapping[str, list[tuple[str, int, int]]]
+    ) -> bool:
+        """Whether these are the same service documents and the same registry instances."""
+        return (
+            self.services.keys() == services.keys()
+            and all(self.services[n] is s for n, s in services.items())
+            and self.instances == instances
         )
-        return list(config.virtual_hosts[0].routes)
 
 
 class Translator:
@@ -125,22 +113,21 @@ class Translator:
 
     def __init__(self, opts: TranslateOptions, *, max_cached: int = 200_000) -> None:
         self.opts = opts
-        # per route: (the document, hashing, its sort key, its placement and bytes)
-        self._routes: dict[int, tuple[Route, bool, SortKey, scopes.Placed]] = {}
-        self._clusters: dict[int, tuple[Service, bytes]] = {}
+        # Memories by id() of the document (each holding it, so that the id is not reused).
+        self._routes: dict[int, _TranslatedRoute] = {}
+        self._clusters: dict[int, _TranslatedService] = {}
         self._endpoints: dict[tuple[str, tuple[tuple[str, int, int], ...]], bytes] = {}
         self._max = max_cached
         # wardgate's own routes: first in the order, named so no document can clash.
         self._builtin = {
-            f"\0{e['name']}": ((_BUILTIN_KEY[0], i, 0, 0, e["name"]), placed_route(e))
+            f"\0{e['name']}": placed_route(e, (_BUILTIN_KEY[0], i, 0, 0, e["name"]))
             for i, e in enumerate(builtin_routes(opts))
         }
-        self._layout: scopes.Layout | None = None
+        self._layout: Layout | None = None
         self._layout_routes: dict[str, Route] = {}
         self._hashing: frozenset[str] = frozenset()
         self._uses: Counter[str] = Counter()  # service -> how many routes use it
-        self._services: tuple[dict[str, Service], Mapping[str, Any], list[Any], list[Any]] | None
-        self._services = None
+        self._services: _ServiceResources | None = None
         self._markers: dict[tuple[str, int], bytes] = {}
         self._scope_bytes = [
             (
@@ -149,7 +136,7 @@ class Translator:
                     r, scoped_route_pb2.ScopedRouteConfiguration()
                 ).SerializeToString(deterministic=True),
             )
-            for r in scopes.scope_resources()
+            for r in scope_resources()
         ]
         self._auth_cluster = build_auth_cluster(opts).SerializeToString(deterministic=True)
         head = json_format.ParseDict(virtual_host_head(), route_components_pb2.VirtualHost())
@@ -162,35 +149,32 @@ class Translator:
             self._clusters.clear()
             self._endpoints.clear()
 
-    def _route_entry(self, route: Route, hashing: bool) -> tuple[SortKey, scopes.Placed]:
+    def _route_entry(self, route: Route, hashing: bool) -> Placed:
         found = self._routes.get(id(route))
-        if found is not None and found[0] is route and found[1] == hashing:
-            return found[2], found[3]
-        placed = placed_route(route_entry(route, hashing=hashing))
-        key = route_sort_key(route)
+        if found is not None and found.document is route and found.hashing == hashing:
+            return found.placed
+        placed = placed_route(route_entry(route, hashing=hashing), route_sort_key(route))
         self.translated += 1
         self._trim()
-        self._routes[id(route)] = (route, hashing, key, placed)
-        return key, placed
+        self._routes[id(route)] = _TranslatedRoute(route, hashing, placed)
+        return placed
 
     def _marker(self, segment: str, depth: int) -> bytes:
         data = self._markers.get((segment, depth))
         if data is None:
             if len(self._markers) > 10_000:
                 self._markers.clear()
-            data = self._markers[(segment, depth)] = route_field(
-                scopes.marker_route(segment, depth)
-            )
+            data = self._markers[(segment, depth)] = route_field(marker_route(segment, depth))
         return data
 
     def cluster(self, svc: Service) -> bytes:
         found = self._clusters.get(id(svc))
-        if found is not None and found[0] is svc:
-            return found[1]
+        if found is not None and found.document is svc:
+            return found.data
         data: bytes = build_cluster(svc).SerializeToString(deterministic=True)
         self.translated += 1
         self._trim()
-        self._clusters[id(svc)] = (svc, data)
+        self._clusters[id(svc)] = _TranslatedService(svc, data)
         return data
 
     def endpoints(self, name: str, endpoints: list[tuple[str, int, int]]) -> bytes:
@@ -202,33 +186,34 @@ class Translator:
             self._endpoints[key] = data
         return data
 
-    def _ordered(self, routes: list[Route], services: Mapping[str, Service]) -> list[scopes.Placed]:
+    def _ordered(self, routes: list[Route], services: Mapping[str, Service]) -> list[Placed]:
         """wardgate's own routes, then the documents' routes in the global order."""
         hashing = {n for n, s in services.items() if s.lb in HASHING_LB}
-        entries = [
+        placed = [
             self._route_entry(r, bool(hashing) and bool(hashing & set(r.services())))
             for r in routes
         ]
-        entries.sort(key=lambda e: e[0])
-        return [placed for _, placed in self._builtin.values()] + [p for _, p in entries]
+        placed.sort(key=lambda p: p.entry.key)
+        return [*self._builtin.values(), *placed]
 
     def _config(self, name: str, fields: list[bytes]) -> bytes:
-        # A message's fields may come in any order: the head, then the routes (field 3).
-        return _field(1, name.encode()) + _field(2, self._vhost_head + b"".join(fields))
+        return route_configuration(name, self._vhost_head, fields)
 
     def route_configuration(self, routes: list[Route], services: Mapping[str, Service]) -> bytes:
         """The whole table as one configuration, in the global order: what the scopes split
         (for tests and tools; Envoy gets ``route_configurations``)."""
-        return self._config(ROUTE_CONFIG_NAME, [p.data for p in self._ordered(routes, services)])
+        return self._config(
+            ROUTE_CONFIG_NAME, [p.entry.data for p in self._ordered(routes, services)]
+        )
 
-    def _update_layout(self, catalog: Catalog) -> scopes.Layout:
+    def _update_layout(self, catalog: Catalog) -> Layout:
         """The scopes after this catalog: only routes that are not the same documents as last
         time move (the whole layout again when a service's balancing changes how routes
         hash)."""
         routes = catalog.routes
         hashing = frozenset(n for n, s in catalog.services.items() if s.lb in HASHING_LB)
         if self._layout is None or hashing != self._hashing:
-            self._layout = scopes.Layout(self._marker, self._config)
+            self._layout = Layout(self._marker, self._config)
             self._layout.apply([], self._builtin)
             self._layout_routes, self._uses, self._hashing = {}, Counter(), hashing
         old = self._layout_routes
@@ -252,7 +237,7 @@ class Translator:
 
     @property
     def moving(self) -> bool:
-        """Whether routes are between two placements (see ``scopes.Layout``)."""
+        """Whether routes are between two placements (see ``scope_layout.Layout``)."""
         return self._layout is not None and bool(self._layout.moving)
 
     def settle(self, base: Base, *, after: float = SETTLE_AFTER) -> Base | None:
@@ -269,13 +254,8 @@ class Translator:
     ) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
         """Clusters and endpoints; the same lists again if no service changed."""
         prev = self._services
-        if (
-            prev is not None
-            and prev[0].keys() == catalog.services.keys()
-            and all(prev[0][n] is s for n, s in catalog.services.items())
-            and prev[1] == instances
-        ):
-            return prev[2], prev[3]
+        if prev is not None and prev.built_from(catalog.services, instances):
+            return prev.cluster_bytes, prev.endpoint_bytes
         services = [s for _, s in sorted(catalog.services.items())]
         endpoint_bytes = []
         for svc in services:
@@ -289,7 +269,9 @@ class Translator:
         cluster_bytes = [(HTTP_CLUSTER, self._auth_cluster)] + [
             (s.name, self.cluster(s)) for s in services
         ]
-        self._services = (dict(catalog.services), dict(instances), cluster_bytes, endpoint_bytes)
+        self._services = _ServiceResources(
+            dict(catalog.services), dict(instances), cluster_bytes, endpoint_bytes
+        )
         return cluster_bytes, endpoint_bytes
 
     def base(self, catalog: Catalog, instances: Mapping[str, list[tuple[str, int, int]]]) -> Base:
@@ -318,23 +300,3 @@ def build_base(
     """Every resource but the listener. ``instances`` are the live endpoints of the
     ``discovery: registry`` services; a long-lived ``translator`` makes it incremental."""
     return (translator or Translator(opts)).base(catalog, instances or {})
-
-
-def build_route_configuration(
-    routes: list[Route],
-    opts: TranslateOptions,
-    services: Mapping[str, Service] | None = None,
-) -> route_pb2.RouteConfiguration:
-    data = Translator(opts).route_configuration(routes, services or {})
-    return route_pb2.RouteConfiguration.FromString(data)
-
-
-def clusters_of(config: route_pb2.RouteConfiguration) -> frozenset[str]:
-    """The clusters a route configuration sends traffic to."""
-    names: set[str] = set()
-    for vhost in config.virtual_hosts:
-        for r in vhost.routes:
-            if r.route.cluster:
-                names.add(r.route.cluster)
-            names.update(w.name for w in r.route.weighted_clusters.clusters)
-    return frozenset(names)

@@ -19,11 +19,10 @@ from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
 from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
     http_connection_manager_pb2,
 )
-from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from google.protobuf import json_format
 
 from wardgate.domain.durations import format_duration
-from wardgate.xds.scopes import scope_filter, scoped_routes
+from wardgate.xds.scope_envoy import scope_filter, scoped_routes
 from wardgate.xds.translate import (
     EXT_AUTHZ,
     F_BUFFER,
@@ -35,7 +34,7 @@ from wardgate.xds.translate import (
     LISTENER_NAME,
     RATELIMIT_DOMAIN,
     TranslateOptions,
-    _socket,
+    socket_address,
 )
 from wardgate.xds.typeurls import (
     T_BUFFER,
@@ -48,6 +47,121 @@ from wardgate.xds.typeurls import (
     T_RBAC,
     T_ROUTER,
 )
+
+
+def build_listener(address: str, port: int, opts: TranslateOptions) -> listener_pb2.Listener:
+    """The one listener: an HTTP connection manager on ``address``:``port``."""
+    listener = {
+        "name": LISTENER_NAME,
+        "address": socket_address(address, port),
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": _connection_manager(opts),
+                    }
+                ]
+            }
+        ],
+    }
+    return json_format.ParseDict(listener, listener_pb2.Listener())
+
+
+def _connection_manager(opts: TranslateOptions) -> dict[str, Any]:
+    return {
+        "@type": T_HCM,
+        "stat_prefix": "wardgate",
+        "codec_type": "AUTO",
+        "use_remote_address": True,
+        "xff_num_trusted_hops": opts.trusted_proxy_hops,
+        # Routes are chosen on the normalized path: /api//admin, /api/./admin and
+        # /api/%61dmin must not slip past a protected /api/admin to a public /api route
+        # (upstream frameworks normalize them back to /api/admin).
+        "normalize_path": True,
+        "merge_slashes": True,
+        "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
+        "strip_trailing_host_dot": True,
+        # One route configuration per scope; the scope from a header the first filter sets.
+        "scoped_routes": scoped_routes(),
+        "http_filters": _http_filters(opts),
+        "local_reply_config": {"mappers": [_mapper(*m) for m in LOCAL_REPLIES]},
+        "upgrade_configs": [{"upgrade_type": "websocket", "enabled": False}],
+    }
+
+
+# --- HTTP filters ----------------------------------------------------------------------------
+
+
+def _http_filters(opts: TranslateOptions) -> list[dict[str, Any]]:
+    """The HTTP filters in the order they run (docs/ROUTING.md, "What every request goes
+    through")."""
+    return [
+        # Before anything reads the route: the scope key from the path (scope_key.py). It
+        # overwrites whatever the client sent in that header.
+        scope_filter(),
+        _strip_identity_headers(),
+        _filter(F_CORS, T_CORS),
+        _filter(F_RBAC, T_RBAC),
+        _ext_authz(opts),
+        _rate_limit(opts),
+        _strip_session_cookie(opts),
+        _filter(F_BUFFER, T_BUFFER, max_request_bytes=opts.max_request_bytes),
+        _filter("envoy.filters.http.router", T_ROUTER),
+    ]
+
+
+def _filter(name: str, type_url: str, **config: Any) -> dict[str, Any]:
+    return {"name": name, "typed_config": {"@type": type_url, **config}}
+
+
+def _strip_identity_headers() -> dict[str, Any]:
+    """Whatever identity headers the client sent are dropped, so only ext_authz can set
+    them, on every route, even when authorization fails open."""
+    return _filter(
+        "envoy.filters.http.header_mutation",
+        T_HEADER_MUTATION,
+        mutations={"request_mutations": [{"remove": h} for h in IDENTITY_HEADERS]},
+    )
+
+
+def _wardgate_grpc() -> dict[str, Any]:
+    return {"envoy_grpc": {"cluster_name": GRPC_CLUSTER}}
+
+
+def _ext_authz(opts: TranslateOptions) -> dict[str, Any]:
+    return _filter(
+        EXT_AUTHZ,
+        T_EXT_AUTHZ,
+        grpc_service={**_wardgate_grpc(), "timeout": format_duration(opts.ext_authz_timeout)},
+        transport_api_version="V3",
+        failure_mode_allow=opts.authz_fail_open,
+        status_on_error={"code": "ServiceUnavailable"},
+    )
+
+
+def _rate_limit(opts: TranslateOptions) -> dict[str, Any]:
+    return _filter(
+        "envoy.filters.http.ratelimit",
+        T_RATELIMIT,
+        domain=RATELIMIT_DOMAIN,
+        timeout=format_duration(opts.ratelimit_timeout),
+        failure_mode_deny=opts.ratelimit_fail_closed,
+        status_on_error={"code": "ServiceUnavailable"},
+        enable_x_ratelimit_headers="DRAFT_VERSION_03",
+        rate_limit_service={"grpc_service": _wardgate_grpc(), "transport_api_version": "V3"},
+    )
+
+
+def _strip_session_cookie(opts: TranslateOptions) -> dict[str, Any]:
+    """The session cookie is for the gateway: after ext_authz (which has read it and, on
+    protected routes, already dropped it), no upstream gets it, public routes included. Only
+    wardgate's own /auth/* routes keep it (they disable this filter)."""
+    return _filter(
+        F_LUA,
+        T_LUA,
+        default_source_code={"inline_string": strip_cookie_lua(opts.session_cookie)},
+    )
 
 
 def strip_cookie_lua(name: str) -> str:
@@ -72,38 +186,7 @@ end
 """
 
 
-# --- listener -----------------------------------------------------------------------------
-
-
-def _error_body(code: str, message: str) -> dict[str, Any]:
-    return {
-        "json_format": {"error": code, "message": message, "request_id": "%REQ(X-REQUEST-ID)%"},
-        "content_type": "application/json",
-    }
-
-
-def _status_is(status: int) -> dict[str, Any]:
-    return {
-        "status_code_filter": {
-            "comparison": {
-                "op": "EQ",
-                "value": {"default_value": status, "runtime_key": f"wardgate.local_reply.{status}"},
-            }
-        }
-    }
-
-
-def _mapper(
-    status: int, code: str | None, message: str = "", flag: str | None = None
-) -> dict[str, Any]:
-    filt: dict[str, Any] = _status_is(status)
-    if flag is not None:
-        filt = {"and_filter": {"filters": [filt, {"response_flag_filter": {"flags": [flag]}}]}}
-    mapper: dict[str, Any] = {"filter": filt}
-    if code is not None:  # None: the first match wins and keeps the body as it is
-        mapper["body_format_override"] = _error_body(code, message)
-    return mapper
-
+# --- local replies ---------------------------------------------------------------------------
 
 # Local replies Envoy makes itself get the JSON error body. The first matching mapper wins:
 # wardgate's own 401/403 denials (flag UAEX) already carry one and are kept as they are.
@@ -124,101 +207,31 @@ LOCAL_REPLIES: list[tuple[int, str | None, str, str | None]] = [
 ]
 
 
-def build_listener(address: str, port: int, opts: TranslateOptions) -> listener_pb2.Listener:
-    grpc = {"envoy_grpc": {"cluster_name": GRPC_CLUSTER}}
-    filters = [
-        # Before anything reads the route: the scope key from the path (scopes.py). It
-        # overwrites whatever the client sent in that header.
-        scope_filter(),
-        {
-            # Then: whatever identity headers the client sent are dropped, so only
-            # ext_authz can set them, on every route, even when authorization fails open.
-            "name": "envoy.filters.http.header_mutation",
-            "typed_config": {
-                "@type": T_HEADER_MUTATION,
-                "mutations": {"request_mutations": [{"remove": h} for h in IDENTITY_HEADERS]},
-            },
-        },
-        {
-            "name": F_CORS,
-            "typed_config": {"@type": T_CORS},
-        },
-        {
-            "name": F_RBAC,
-            "typed_config": {"@type": T_RBAC},
-        },
-        {
-            "name": EXT_AUTHZ,
-            "typed_config": {
-                "@type": T_EXT_AUTHZ,
-                "grpc_service": {**grpc, "timeout": format_duration(opts.ext_authz_timeout)},
-                "transport_api_version": "V3",
-                "failure_mode_allow": opts.authz_fail_open,
-                "status_on_error": {"code": "ServiceUnavailable"},
-            },
-        },
-        {
-            "name": "envoy.filters.http.ratelimit",
-            "typed_config": {
-                "@type": T_RATELIMIT,
-                "domain": RATELIMIT_DOMAIN,
-                "timeout": format_duration(opts.ratelimit_timeout),
-                "failure_mode_deny": opts.ratelimit_fail_closed,
-                "status_on_error": {"code": "ServiceUnavailable"},
-                "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
-                "rate_limit_service": {"grpc_service": grpc, "transport_api_version": "V3"},
-            },
-        },
-        {
-            # The session cookie is for the gateway: after ext_authz (which has read it and,
-            # on protected routes, already dropped it), no upstream gets it, public routes
-            # included. Only wardgate's own /auth/* routes keep it.
-            "name": F_LUA,
-            "typed_config": {
-                "@type": T_LUA,
-                "default_source_code": {"inline_string": strip_cookie_lua(opts.session_cookie)},
-            },
-        },
-        {
-            "name": F_BUFFER,
-            "typed_config": {
-                "@type": T_BUFFER,
-                "max_request_bytes": opts.max_request_bytes,
-            },
-        },
-        {
-            "name": "envoy.filters.http.router",
-            "typed_config": {"@type": T_ROUTER},
-        },
-    ]
-    hcm = {
-        "@type": T_HCM,
-        "stat_prefix": "wardgate",
-        "codec_type": "AUTO",
-        "use_remote_address": True,
-        "xff_num_trusted_hops": opts.trusted_proxy_hops,
-        # Routes are chosen on the normalized path: /api//admin, /api/./admin and
-        # /api/%61dmin must not slip past a protected /api/admin to a public /api route
-        # (upstream frameworks normalize them back to /api/admin).
-        "normalize_path": True,
-        "merge_slashes": True,
-        "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
-        "strip_trailing_host_dot": True,
-        # One route configuration per scope; the scope from a header the first filter sets.
-        "scoped_routes": scoped_routes(),
-        "http_filters": filters,
-        "local_reply_config": {"mappers": [_mapper(*m) for m in LOCAL_REPLIES]},
-        "upgrade_configs": [{"upgrade_type": "websocket", "enabled": False}],
-    }
-    listener = {
-        "name": LISTENER_NAME,
-        "address": _socket(address, port),
-        "filter_chains": [
-            {
-                "filters": [
-                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
-                ]
+def _mapper(
+    status: int, code: str | None, message: str = "", flag: str | None = None
+) -> dict[str, Any]:
+    filt: dict[str, Any] = _status_is(status)
+    if flag is not None:
+        filt = {"and_filter": {"filters": [filt, {"response_flag_filter": {"flags": [flag]}}]}}
+    mapper: dict[str, Any] = {"filter": filt}
+    if code is not None:  # None: the first match wins and keeps the body as it is
+        mapper["body_format_override"] = _error_body(code, message)
+    return mapper
+
+
+def _status_is(status: int) -> dict[str, Any]:
+    return {
+        "status_code_filter": {
+            "comparison": {
+                "op": "EQ",
+                "value": {"default_value": status, "runtime_key": f"wardgate.local_reply.{status}"},
             }
-        ],
+        }
     }
-    return json_format.ParseDict(listener, listener_pb2.Listener())
+
+
+def _error_body(code: str, message: str) -> dict[str, Any]:
+    return {
+        "json_format": {"error": code, "message": message, "request_id": "%REQ(X-REQUEST-ID)%"},
+        "content_type": "application/json",
+    }

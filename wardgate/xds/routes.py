@@ -1,0 +1,299 @@
+"""Route documents -> Envoy route entries, in the global order (``docs/ROUTING.md``), and what
+every route shares: the virtual host and wardgate's own routes.
+
+Entries are dicts in Envoy's JSON form; ``assemble.py`` serializes them, ``scope_layout.py``
+places them in scopes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any
+
+# Importing these registers the message types that "@type" below refers to.
+from envoy.extensions.filters.http.buffer.v3 import buffer_pb2  # noqa: F401
+from envoy.extensions.filters.http.cors.v3 import cors_pb2  # noqa: F401
+from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2  # noqa: F401
+from envoy.extensions.filters.http.lua.v3 import lua_pb2  # noqa: F401
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2  # noqa: F401
+
+from wardgate.domain.documents import Route, host_regex
+from wardgate.domain.durations import parse_duration
+from wardgate.domain.ratelimit import RULE_KEY, TIER_KEY, encode_rule
+from wardgate.xds.scope_key import SCOPE_HEADER
+from wardgate.xds.translate import (
+    EXT_AUTHZ,
+    F_BUFFER,
+    F_CORS,
+    F_LUA,
+    F_RBAC,
+    HTTP_CLUSTER,
+    TranslateOptions,
+    envoy_duration,
+)
+from wardgate.xds.typeurls import (
+    T_BUFFER_ROUTE,
+    T_CORS_POLICY,
+    T_EXT_AUTHZ_ROUTE,
+    T_LUA_ROUTE,
+    T_RBAC_ROUTE,
+)
+
+# A route's place in the global order, smallest first: what ``route_sort_key`` gives.
+SortKey = tuple[int, int, int, int, str]
+
+
+def route_sort_key(route: Route) -> SortKey:
+    """Higher ``priority`` first; then exact path, regex, prefix; longer paths first; routes
+    with more conditions (methods, headers, hosts) first; then by name."""
+    m = route.match
+    kind = 0 if m.path is not None else (1 if m.regex is not None else 2)
+    length = len(m.path or m.prefix or m.regex or "")
+    conditions = bool(m.methods) + len(m.headers or {}) + bool(m.hosts)
+    return (-route.priority, kind, -length, -conditions, route.name)
+
+
+def _regex_alternatives(values: list[str]) -> str:
+    return "|".join(re.escape(v) for v in values)
+
+
+def _route_match(route: Route) -> dict[str, Any]:
+    m = route.match
+    match: dict[str, Any] = {}
+    if m.path is not None:
+        match["path"] = m.path
+    elif m.regex is not None:
+        match["safe_regex"] = {"regex": m.regex}
+    else:
+        prefix = m.prefix or "/"
+        # "/api/users" matches /api/users and /api/users/..., never /api/usersX.
+        key = "prefix" if prefix.endswith("/") else "path_separated_prefix"
+        match[key] = prefix
+    headers: list[dict[str, Any]] = []
+    if m.methods:
+        methods = list(m.methods)
+        if route.cors is not None and "OPTIONS" not in methods:
+            methods.append("OPTIONS")  # the CORS preflight must reach the CORS filter
+        regex = f"^({_regex_alternatives(methods)})$"
+        headers.append({"name": ":method", "string_match": {"safe_regex": {"regex": regex}}})
+    for name, value in (m.headers or {}).items():
+        headers.append({"name": name, "string_match": {"exact": value}})
+    if m.hosts:
+        headers.append(
+            {"name": ":authority", "string_match": {"safe_regex": {"regex": host_regex(m.hosts)}}}
+        )
+    if headers:
+        match["headers"] = headers
+    return match
+
+
+def _metadata_action(key: str, field: str, default: str | None = None) -> dict[str, Any]:
+    action: dict[str, Any] = {
+        "descriptor_key": key,
+        "metadata_key": {"key": EXT_AUTHZ, "path": [{"key": field}]},
+        "source": "DYNAMIC",
+    }
+    if default is not None:
+        action["default_value"] = default
+    return {"metadata": action}
+
+
+def _rate_limit_actions(route: Route) -> list[dict[str, Any]]:
+    out = []
+    for i, rule in enumerate(route.rate_limits):
+        rule_id = f"key:{rule.key}" if rule.key else f"{route.name}#{i}"
+        value = encode_rule(
+            rule_id, rule.requests, rule.period_seconds, rule.algorithm, rule.shadow, rule.tiers
+        )
+        actions: list[dict[str, Any]] = [
+            {"generic_key": {"descriptor_key": RULE_KEY, "descriptor_value": value}}
+        ]
+        for dim in rule.dimensions:
+            if dim == "ip":
+                actions.append({"remote_address": {}})
+            elif dim in ("user", "api_key"):
+                # No identity (a public route, or another credential): no descriptor, no limit.
+                actions.append(_metadata_action(dim, dim))
+            elif dim.startswith("header:"):
+                name = dim.split(":", 1)[1]
+                actions.append({"request_headers": {"header_name": name, "descriptor_key": name}})
+        if rule.tiers:
+            actions.append(_metadata_action(TIER_KEY, "tier", default="default"))
+        out.append({"actions": actions})
+    return out
+
+
+def _rbac(route: Route) -> dict[str, Any] | None:
+    def ids(cidrs: list[str]) -> dict[str, Any]:
+        principals = []
+        for cidr in cidrs:
+            net = ipaddress.ip_network(cidr, strict=False)
+            principals.append(
+                {
+                    "remote_ip": {
+                        "address_prefix": str(net.network_address),
+                        "prefix_len": net.prefixlen,
+                    }
+                }
+            )
+        return {"or_ids": {"ids": principals}}
+
+    if not route.ip_allow and not route.ip_deny:
+        return None
+    if route.ip_allow:
+        principal: dict[str, Any] = ids(route.ip_allow)
+        if route.ip_deny:
+            principal = {"and_ids": {"ids": [principal, {"not_id": ids(route.ip_deny)}]}}
+        action = "ALLOW"
+    else:
+        principal, action = ids(route.ip_deny or []), "DENY"
+    policy = {"permissions": [{"any": True}], "principals": [principal]}
+    return {
+        "@type": T_RBAC_ROUTE,
+        "rbac": {"rules": {"action": action, "policies": {"ip": policy}}},
+    }
+
+
+def _cors(route: Route) -> dict[str, Any] | None:
+    if route.cors is None:
+        return None
+    c = route.cors
+    policy: dict[str, Any] = {
+        "@type": T_CORS_POLICY,
+        "allow_origin_string_match": [
+            {"safe_regex": {"regex": ".*"}} if o == "*" else {"exact": o} for o in c.allow_origins
+        ],
+        "allow_credentials": c.allow_credentials,
+    }
+    methods = c.allow_methods or route.match.methods
+    if methods:
+        policy["allow_methods"] = ", ".join(methods)
+    if c.allow_headers:
+        policy["allow_headers"] = ", ".join(c.allow_headers)
+    if c.expose_headers:
+        policy["expose_headers"] = ", ".join(c.expose_headers)
+    if c.max_age:
+        policy["max_age"] = str(int(parse_duration(c.max_age)))
+    return policy
+
+
+def _route_action(route: Route, hashing: bool) -> dict[str, Any]:
+    action: dict[str, Any] = {}
+    if hashing:
+        action["hash_policy"] = [{"connection_properties": {"source_ip": True}}]
+    if route.backend is not None:
+        action["cluster"] = route.backend
+    else:
+        action["weighted_clusters"] = {
+            "clusters": [{"name": b.service, "weight": b.weight} for b in route.backends or []]
+        }
+    if route.rewrite_prefix is not None:
+        action["prefix_rewrite"] = route.rewrite_prefix
+    action["timeout"] = envoy_duration(route.timeout) if route.timeout else "15s"
+    if route.retries is not None:
+        policy: dict[str, Any] = {
+            "retry_on": ",".join(route.retries.on),
+            "num_retries": route.retries.attempts,
+        }
+        if route.retries.per_try_timeout:
+            policy["per_try_timeout"] = envoy_duration(route.retries.per_try_timeout)
+        action["retry_policy"] = policy
+    if route.rate_limits:
+        action["rate_limits"] = _rate_limit_actions(route)
+    if route.websocket:
+        action["upgrade_configs"] = [{"upgrade_type": "websocket"}]
+    return action
+
+
+def _per_filter_config(route: Route) -> dict[str, Any]:
+    """The route's own configuration of the listener's filters; empty for most routes.
+
+    Public routes and routes without max_body_bytes carry no ext_authz or buffer config:
+    they inherit the virtual host's (both disabled). Envoy pays per per-route config, and
+    with ten thousand routes that dominates how fast it takes a new route table."""
+    per_filter: dict[str, Any] = {}
+    if route.auth.require != "none":
+        ctx = {"route": route.name, "auth": route.auth.require}
+        if route.auth.roles:
+            ctx["roles"] = ",".join(route.auth.roles)
+        if route.cors:
+            ctx["cors_origins"] = " ".join(o for o in route.cors.allow_origins if o != "*")
+        per_filter[EXT_AUTHZ] = {
+            "@type": T_EXT_AUTHZ_ROUTE,
+            "check_settings": {"context_extensions": ctx},
+        }
+    if cors := _cors(route):
+        per_filter[F_CORS] = cors
+    if rbac := _rbac(route):
+        per_filter[F_RBAC] = rbac
+    if route.max_body_bytes is not None:
+        per_filter[F_BUFFER] = {
+            "@type": T_BUFFER_ROUTE,
+            "buffer": {"max_request_bytes": route.max_body_bytes},
+        }
+    return per_filter
+
+
+def route_entry(route: Route, *, hashing: bool = False) -> dict[str, Any]:
+    """One route in Envoy's JSON form. ``hashing``: a backend balances by consistent hashing
+    (ring_hash, maglev), so the route says what to hash: the client's address."""
+    action = _route_action(route, hashing)
+    entry: dict[str, Any] = {"name": route.name, "match": _route_match(route), "route": action}
+    if per_filter := _per_filter_config(route):
+        entry["typed_per_filter_config"] = per_filter
+    return entry
+
+
+def virtual_host_head() -> dict[str, Any]:
+    """The one virtual host, without its routes: what every route inherits."""
+    return {
+        "name": "wardgate",
+        "domains": ["*"],
+        # Applied by the router, after ext_authz has read it: the API key is for the gateway;
+        # the scope key is for Envoy (scope_key.py).
+        "request_headers_to_remove": ["x-api-key", SCOPE_HEADER],
+        "typed_per_filter_config": {
+            EXT_AUTHZ: {"@type": T_EXT_AUTHZ_ROUTE, "disabled": True},
+            F_BUFFER: {"@type": T_BUFFER_ROUTE, "disabled": True},
+        },
+    }
+
+
+def builtin_routes(opts: TranslateOptions) -> list[dict[str, Any]]:
+    """wardgate's own endpoints, reached through Envoy: /auth/login, /auth/logout, /auth/session."""
+    common = {
+        "typed_per_filter_config": {
+            F_BUFFER: {"@type": T_BUFFER_ROUTE, "buffer": {"max_request_bytes": 16384}},
+            F_LUA: {"@type": T_LUA_ROUTE, "disabled": True},  # /auth/* needs the cookie
+        },
+    }
+    login_limit = encode_rule(
+        "wardgate.login#0", opts.login_limit_per_minute, 60, "fixed_window", False
+    )
+    out = []
+    for path in ("/auth/login", "/auth/logout", "/auth/session"):
+        action: dict[str, Any] = {"cluster": HTTP_CLUSTER, "timeout": "5s"}
+        if path == "/auth/login":
+            action["rate_limits"] = [
+                {
+                    "actions": [
+                        {
+                            "generic_key": {
+                                "descriptor_key": RULE_KEY,
+                                "descriptor_value": login_limit,
+                            }
+                        },
+                        {"remote_address": {}},
+                    ]
+                }
+            ]
+        out.append(
+            {
+                "name": f"wardgate{path.replace('/', '.')}",
+                "match": {"path": path},
+                "route": action,
+                **common,
+            }
+        )
+    return out
