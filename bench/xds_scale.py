@@ -6,7 +6,7 @@
 Measures, in one run:
 1. in process: the time and memory to build the full snapshot cold (parse, validate,
    translate, serialize and hash every document), and to rebuild it after one route changed
-   with the watcher's memories (parse memo, per-document translator);
+   with the builder's memories (parse memo, per-document translator);
 2. end to end: with a real redis-server, one wardgate worker and two Envoys (one state of the
    world, one delta), the time from one changed route written to Redis (a raw HSET, picked up
    by keyspace notification) until each Envoy serves it, p50/p99 over N changes.
@@ -32,11 +32,9 @@ from pathlib import Path
 import redis
 
 from wardgate import devstack
-from wardgate.domain.catalog import Catalog, ParseMemo
-from wardgate.xds.assemble import Translator, build_base
-from wardgate.xds.snapshot import resources_from_bytes
+from wardgate.xds.build import SnapshotBuilder
 from wardgate.xds.translate import TranslateOptions
-from wardgate.xds.typeurls import TYPE_CLUSTER, TYPE_ENDPOINT, TYPE_ROUTE
+from wardgate.xds.typeurls import TYPE_ROUTE
 
 SHAPE = "one-prefix"  # or "per-service" (--shape)
 
@@ -75,36 +73,19 @@ def documents(routes: int, services: int, upstream_port: int) -> dict[str, dict[
     return {"Route": rts, "Service": svcs}
 
 
-def build(
-    raw: dict[str, dict[str, str]],
-    memo: ParseMemo | None,
-    tr: Translator,
-    previous: tuple[dict[str, dict[str, str]], Catalog] | None = None,
-) -> Catalog:
-    """What the watcher does on a change: parse (patching the previous catalog when only
-    routes changed), translate, serialize and hash."""
-    catalog = None
-    if previous is not None:
-        catalog = Catalog.updated(previous[1], previous[0], raw, memo=memo)
-    if catalog is None:
-        catalog = Catalog.from_raw(raw, memo=memo)
-    base = build_base(catalog, tr.opts, translator=tr)
-    resources_from_bytes(TYPE_CLUSTER, base.cluster_bytes)
-    resources_from_bytes(TYPE_ENDPOINT, base.endpoint_bytes)
-    _ = resources_from_bytes(TYPE_ROUTE, base.route_bytes).versions  # what delta sends by
-    return catalog
-
-
 def in_process(routes: int, services: int) -> dict[str, float]:
+    """The watcher's build (``SnapshotBuilder``: parse, validate, translate, serialize,
+    hash), cold and then after one changed route, with its memories."""
     raw = documents(routes, services, 8081)
     opts = TranslateOptions()
     tracemalloc.start()  # memory in one build, time in another (tracemalloc slows Python)
-    build(raw, ParseMemo(), Translator(opts))
+    first = SnapshotBuilder(opts)
+    first.build(first.parse(raw, {}), {}, revision=0)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     t0 = time.perf_counter()
-    memo, tr = ParseMemo(), Translator(opts)
-    catalog = build(raw, memo, tr)
+    builder = SnapshotBuilder(opts)
+    builder.build(builder.parse(raw, {}), {}, revision=0)
     cold = time.perf_counter() - t0
     warm = []
     for k in range(20):
@@ -113,7 +94,8 @@ def in_process(routes: int, services: int) -> dict[str, float]:
         doc["match"]["prefix"] = f"/changed/{k}"
         changed["Route"]["r7"] = json.dumps(doc)
         t0 = time.perf_counter()
-        catalog = build(changed, memo, tr, (raw, catalog))
+        snapshot = builder.build(builder.parse(changed, {}), {}, revision=k)
+        _ = snapshot.get(TYPE_ROUTE).versions  # what delta sends by
         warm.append(time.perf_counter() - t0)
         raw = changed
     return {"cold_s": cold, "peak_mib": peak / 2**20, "warm_p50_s": statistics.median(warm)}

@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from envoy.config.route.v3 import route_components_pb2, scoped_route_pb2
-from google.protobuf import json_format
 
 from wardgate.domain.catalog import Catalog
 from wardgate.domain.documents import Route, Service
+from wardgate.xds import canonical
 from wardgate.xds.clusters import (
     build_auth_cluster,
     build_cluster,
@@ -132,14 +132,14 @@ class Translator:
         self._scope_bytes = [
             (
                 str(r["name"]),
-                json_format.ParseDict(
-                    r, scoped_route_pb2.ScopedRouteConfiguration()
-                ).SerializeToString(deterministic=True),
+                canonical.parse(r, scoped_route_pb2.ScopedRouteConfiguration()).SerializeToString(
+                    deterministic=True
+                ),
             )
             for r in scope_resources()
         ]
         self._auth_cluster = build_auth_cluster(opts).SerializeToString(deterministic=True)
-        head = json_format.ParseDict(virtual_host_head(), route_components_pb2.VirtualHost())
+        head = canonical.parse(virtual_host_head(), route_components_pb2.VirtualHost())
         self._vhost_head = head.SerializeToString(deterministic=True)
         self.translated = 0  # documents translated, not served from memory (for tests)
 

@@ -14,6 +14,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa
 from google.protobuf import json_format
 
 from wardgate.domain.documents import Service
+from wardgate.xds import canonical
 from wardgate.xds.translate import (
     HTTP_CLUSTER,
     TranslateOptions,
@@ -58,7 +59,7 @@ def build_load_assignment(
                 ]
             }
         ]
-    return json_format.ParseDict(cla, endpoint_pb2.ClusterLoadAssignment())
+    return canonical.parse(cla, endpoint_pb2.ClusterLoadAssignment())
 
 
 def build_cluster(svc: Service) -> cluster_pb2.Cluster:
@@ -114,7 +115,7 @@ def build_cluster(svc: Service) -> cluster_pb2.Cluster:
             "base_ejection_time": envoy_duration(od.base_ejection_time),
             "max_ejection_percent": od.max_ejection_percent,
         }
-    return json_format.ParseDict(c, cluster_pb2.Cluster())
+    return canonical.parse(c, cluster_pb2.Cluster())
 
 
 def build_auth_cluster(opts: TranslateOptions) -> cluster_pb2.Cluster:
@@ -133,4 +134,4 @@ def build_auth_cluster(opts: TranslateOptions) -> cluster_pb2.Cluster:
             ],
         },
     }
-    return json_format.ParseDict(c, cluster_pb2.Cluster())
+    return canonical.parse(c, cluster_pb2.Cluster())

@@ -19,9 +19,9 @@ from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
 from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
     http_connection_manager_pb2,
 )
-from google.protobuf import json_format
 
 from wardgate.domain.durations import format_duration
+from wardgate.xds import canonical
 from wardgate.xds.scope_envoy import scope_filter, scoped_routes
 from wardgate.xds.translate import (
     EXT_AUTHZ,
@@ -65,7 +65,7 @@ def build_listener(address: str, port: int, opts: TranslateOptions) -> listener_
             }
         ],
     }
-    return json_format.ParseDict(listener, listener_pb2.Listener())
+    return canonical.parse(listener, listener_pb2.Listener())
 
 
 def _connection_manager(opts: TranslateOptions) -> dict[str, Any]:

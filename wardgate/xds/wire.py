@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from envoy.config.route.v3 import route_components_pb2
-from google.protobuf import json_format
+
+from wardgate.xds import canonical
 
 # Field numbers: RouteConfiguration.name, .virtual_hosts; VirtualHost.routes.
 _CONFIG_NAME, _CONFIG_VHOSTS, _VHOST_ROUTES = 1, 2, 3
@@ -37,7 +38,7 @@ def _field(number: int, payload: bytes) -> bytes:
 
 def route_field(entry: dict[str, Any]) -> bytes:
     """A route in Envoy's JSON form, serialized as a ``VirtualHost.routes`` field."""
-    msg = json_format.ParseDict(entry, route_components_pb2.Route())
+    msg = canonical.parse(entry, route_components_pb2.Route())
     return _field(_VHOST_ROUTES, msg.SerializeToString(deterministic=True))
 
 
