@@ -54,67 +54,18 @@ class Catalog:
         route off the gateway. ``services``: already parsed (raw services and issuers are
         then not read).
         """
-        refused: dict[str, str] = {}
-        parsed: dict[str, dict[str, Any]] = {kind: {} for kind in KIND_ORDER}
-        served: dict[tuple[str, str], str] = {}
+        work = _Parse(raw, last_good or {}, memo or _NO_MEMO)
         if services is not None:
-            parsed["Service"] = dict(services)
+            work.parsed["Service"] = dict(services)
         for kind in KIND_ORDER if services is None else ("Route",):
-            for name, text in sorted(raw.get(kind, {}).items()):
-                try:
-                    parsed[kind][name] = (memo or _NO_MEMO).parse(kind, name, text)
-                    served[(kind, name)] = text
-                    continue
-                except DocumentError as exc:
-                    refused[f"{kind}/{name}"] = exc.reason
-                previous = (last_good or {}).get(kind, {}).get(name)
-                if previous is not None and previous != text:
-                    with contextlib.suppress(DocumentError):
-                        parsed[kind][name] = (memo or _NO_MEMO).parse(kind, name, previous)
-                        served[(kind, name)] = previous
-                        refused[f"{kind}/{name}"] += " (still serving the last good version)"
-        known: dict[str, Service] = parsed["Service"]
-        previous_of = (last_good or {}).get
-        # A service deleted (raw HDEL) while routes use it is refused like the CLI would: it
-        # keeps being served in its last good version, for the routes that use it.
-        for route in parsed["Route"].values():
-            for svc in route.services():
-                prev = previous_of("Service", {}).get(svc)
-                if svc in known or prev is None:
-                    continue
-                with contextlib.suppress(DocumentError):
-                    restored = (memo or _NO_MEMO).parse("Service", svc, prev)
-                    assert isinstance(restored, Service)
-                    known[svc] = restored
-                    served[("Service", svc)] = prev
-                    refused[f"Service/{svc}"] = (
-                        f"deleted while route {route.name} uses it "
-                        "(still serving the last good version)"
-                    )
-        routes: dict[str, Route] = {}
-        for name, route in parsed["Route"].items():
-            missing = [s for s in route.services() if s not in known]
-            if not missing:
-                routes[name] = route
-                continue
-            reason = f"backend service {', '.join(missing)} does not exist"
-            served.pop(("Route", name), None)
-            prev = previous_of("Route", {}).get(name)
-            if prev is not None and prev != raw.get("Route", {}).get(name):
-                with contextlib.suppress(DocumentError):
-                    old_route = (memo or _NO_MEMO).parse("Route", name, prev)
-                    assert isinstance(old_route, Route)
-                    if all(s in known for s in old_route.services()):
-                        routes[name] = old_route
-                        served[("Route", name)] = prev
-                        reason += " (still serving the last good version)"
-            refused[f"Route/{name}"] = reason
+            work.parse_kind(kind)
+        work.keep_deleted_services()
         return cls(
-            routes=routes,
-            services=known,
-            refused=refused,
-            served=served,
-            issuers=parsed["Issuer"],
+            routes=work.checked_routes(),
+            services=work.parsed["Service"],
+            refused=work.refused,
+            served=work.served,
+            issuers=work.parsed["Issuer"],
         )
 
     @classmethod
@@ -171,6 +122,83 @@ class Catalog:
             issuers=previous.issuers,
             changed=frozenset(("Route", n) for n in changed),
         )
+
+
+class _Parse:
+    """One ``Catalog.from_raw`` in steps: what is parsed, served and refused so far."""
+
+    def __init__(
+        self,
+        raw: Mapping[str, Mapping[str, str]],
+        last_good: Mapping[str, Mapping[str, str]],
+        memo: ParseMemo,
+    ) -> None:
+        self.raw = raw
+        self.last_good = last_good
+        self.memo = memo
+        self.parsed: dict[str, dict[str, Any]] = {kind: {} for kind in KIND_ORDER}
+        self.served: dict[tuple[str, str], str] = {}
+        self.refused: dict[str, str] = {}
+
+    def parse_kind(self, kind: str) -> None:
+        """Every stored document of ``kind``; one that fails is refused and, if it has a
+        different last good version, served in that one."""
+        for name, text in sorted(self.raw.get(kind, {}).items()):
+            try:
+                self.parsed[kind][name] = self.memo.parse(kind, name, text)
+                self.served[(kind, name)] = text
+                continue
+            except DocumentError as exc:
+                self.refused[f"{kind}/{name}"] = exc.reason
+            previous = self.last_good.get(kind, {}).get(name)
+            if previous is not None and previous != text:
+                with contextlib.suppress(DocumentError):
+                    self.parsed[kind][name] = self.memo.parse(kind, name, previous)
+                    self.served[(kind, name)] = previous
+                    self.refused[f"{kind}/{name}"] += " (still serving the last good version)"
+
+    def keep_deleted_services(self) -> None:
+        """A service deleted (raw HDEL) while routes use it is refused like the CLI would:
+        it keeps being served in its last good version, for the routes that use it."""
+        known: dict[str, Service] = self.parsed["Service"]
+        for route in self.parsed["Route"].values():
+            for svc in route.services():
+                prev = self.last_good.get("Service", {}).get(svc)
+                if svc in known or prev is None:
+                    continue
+                with contextlib.suppress(DocumentError):
+                    restored = self.memo.parse("Service", svc, prev)
+                    assert isinstance(restored, Service)
+                    known[svc] = restored
+                    self.served[("Service", svc)] = prev
+                    self.refused[f"Service/{svc}"] = (
+                        f"deleted while route {route.name} uses it "
+                        "(still serving the last good version)"
+                    )
+
+    def checked_routes(self) -> dict[str, Route]:
+        """The routes whose services all exist; one that names a missing service is refused
+        and, if its last good version names only existing ones, served in that version."""
+        known: dict[str, Service] = self.parsed["Service"]
+        routes: dict[str, Route] = {}
+        for name, route in self.parsed["Route"].items():
+            missing = [s for s in route.services() if s not in known]
+            if not missing:
+                routes[name] = route
+                continue
+            reason = f"backend service {', '.join(missing)} does not exist"
+            self.served.pop(("Route", name), None)
+            prev = self.last_good.get("Route", {}).get(name)
+            if prev is not None and prev != self.raw.get("Route", {}).get(name):
+                with contextlib.suppress(DocumentError):
+                    old_route = self.memo.parse("Route", name, prev)
+                    assert isinstance(old_route, Route)
+                    if all(s in known for s in old_route.services()):
+                        routes[name] = old_route
+                        self.served[("Route", name)] = prev
+                        reason += " (still serving the last good version)"
+            self.refused[f"Route/{name}"] = reason
+        return routes
 
 
 class ParseMemo:

@@ -15,6 +15,7 @@ from pydantic import (
 )
 
 from wardgate.domain.durations import parse_duration
+from wardgate.domain.sessions import IDENTITY_HEADERS
 
 NAME_RE = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
 # Roles and tiers: safe in a header value and in the comma-joined x-user-roles.
@@ -45,14 +46,8 @@ RETRY_CONDITIONS = {
     "http3-post-connect-failure",
 }
 HEADER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9!#$%&'*+.^_`|~-]*$")
-# Set or stripped by the gateway (x-wardgate-scope: Envoy's scope key, xds/scopes.py).
-RESERVED_HEADERS = {
-    "x-user-id",
-    "x-user-roles",
-    "x-auth-method",
-    "x-request-id",
-    "x-wardgate-scope",
-}
+# Set or stripped by the gateway (x-wardgate-scope: Envoy's scope key, xds/scope_key.py).
+RESERVED_HEADERS = {*IDENTITY_HEADERS, "x-request-id", "x-wardgate-scope"}
 
 
 # Envoy's safe_regex is RE2 with a program-size limit (runtime re2.max_program_size.error_level,

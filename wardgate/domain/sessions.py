@@ -47,6 +47,10 @@ def strip_cookie(header: str, name: str) -> str:
     return "; ".join(p for p in kept if p)
 
 
+# What upstreams learn of the caller, set by the gateway alone: every client value is removed.
+IDENTITY_HEADERS = ("x-user-id", "x-user-roles", "x-auth-method")
+
+
 @dataclasses.dataclass(frozen=True)
 class Identity:
     user: str

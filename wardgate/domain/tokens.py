@@ -56,72 +56,98 @@ class JwtVerifier:
         return len(self._by_iss)
 
     def verify(self, token: str) -> Identity:
-        if not token or len(token) > MAX_TOKEN or token.count(".") != 2:
-            raise TokenError("malformed token")
-        try:
-            header = jwt.get_unverified_header(token)
-            claims = jwt.decode(token, options={"verify_signature": False})
-        except (PyJWTError, RecursionError):  # deep nesting in a part: malformed too
-            raise TokenError("malformed token") from None
-        alg = header.get("alg")
+        """The identity a token proves; ``TokenError`` saying why not."""
+        header, claims = _unverified(token)
         iss = claims.get("iss")
         issuer = self._by_iss.get(iss) if isinstance(iss, str) else None
         if issuer is None:
             raise TokenError("token from an issuer this gateway does not trust")
-        if alg == "HS256" and issuer.secret is not None:
-            candidates: list[Any] = [issuer.secret]
-        elif alg in ("RS256", "ES256") and any(a == alg for _, a, _ in issuer.keys):
-            kid = header.get("kid")
-            candidates = [k for (i, a, k) in issuer.keys if a == alg and (kid is None or i == kid)]
-            if not candidates:
-                raise TokenError(f"no key with kid {str(kid)[:64]!r} for this issuer")
-        else:
-            raise TokenError(f"algorithm {str(alg)[:16]!r} is not accepted for this issuer")
-        last: Exception | None = None
-        for key in candidates:
-            try:
-                verified = jwt.decode(
-                    token,
-                    key,
-                    algorithms=[str(alg)],
-                    audience=list(issuer.audiences),
-                    issuer=issuer.issuer,
-                    leeway=issuer.skew,
-                    options={"require": ["exp", "iss", "aud"], "verify_iat": True},
-                )
-                break
-            except jwt.ExpiredSignatureError:
-                raise TokenError("token expired") from None
-            except jwt.ImmatureSignatureError:
-                raise TokenError("token not valid yet") from None
-            except jwt.InvalidAudienceError:
-                raise TokenError("token not meant for this gateway (audience)") from None
-            except PyJWTError as exc:
-                last = exc
-        else:
-            raise TokenError(
-                "invalid signature" if last is None or "ignature" in str(last) else str(last)
+        alg = header.get("alg")
+        verified = _verified_claims(token, issuer, str(alg), _candidate_keys(issuer, header))
+        return _identity(verified, issuer)
+
+
+def _unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Header and claims, not yet trusted: only to find the issuer and its key."""
+    if not token or len(token) > MAX_TOKEN or token.count(".") != 2:
+        raise TokenError("malformed token")
+    try:
+        header = jwt.get_unverified_header(token)
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except (PyJWTError, RecursionError):  # deep nesting in a part: malformed too
+        raise TokenError("malformed token") from None
+    return header, claims
+
+
+def _candidate_keys(issuer: TrustedIssuer, header: Mapping[str, Any]) -> list[Any]:
+    """The issuer's keys for the token's algorithm (and ``kid``, when it names one). The
+    issuer decides which algorithms are possible: never ``none``, never HS256 with a
+    public key (no algorithm confusion)."""
+    alg = header.get("alg")
+    if alg == "HS256" and issuer.secret is not None:
+        return [issuer.secret]
+    if alg in ("RS256", "ES256") and any(a == alg for _, a, _ in issuer.keys):
+        kid = header.get("kid")
+        keys = [k for (i, a, k) in issuer.keys if a == alg and (kid is None or i == kid)]
+        if not keys:
+            raise TokenError(f"no key with kid {str(kid)[:64]!r} for this issuer")
+        return keys
+    raise TokenError(f"algorithm {str(alg)[:16]!r} is not accepted for this issuer")
+
+
+def _verified_claims(
+    token: str, issuer: TrustedIssuer, alg: str, keys: list[Any]
+) -> dict[str, Any]:
+    """The claims, once the signature, issuer, audience and times are checked."""
+    last: Exception | None = None
+    for key in keys:
+        try:
+            verified: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                audience=list(issuer.audiences),
+                issuer=issuer.issuer,
+                leeway=issuer.skew,
+                options={"require": ["exp", "iss", "aud"], "verify_iat": True},
             )
-        for claim in ("exp", "nbf", "iat"):  # PyJWT reads "123" as 123: not a NumericDate
-            value = verified.get(claim)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int | float)
-            ):
-                raise TokenError(f"claim '{claim}' must be a number (seconds since the epoch)")
-        user = verified.get(issuer.user_claim)
-        if not isinstance(user, str) or not 0 < len(user) <= 256:
-            raise TokenError(f"token has no usable '{issuer.user_claim}' claim")
-        if _CONTROL.search(user):  # it becomes the x-user-id header
-            raise TokenError(f"claim '{issuer.user_claim}' holds control characters")
-        roles = verified.get(issuer.roles_claim, [])
-        if isinstance(roles, str):
-            roles = [r for r in re.split(r"[ ,]+", roles) if r]
-        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
-            raise TokenError(f"claim '{issuer.roles_claim}' must be a list of strings")
-        # Roles a route could never name are dropped: joined by commas into x-user-roles,
-        # "user,admin" would read as two roles upstream.
-        usable = [r for r in roles if _ROLE.match(r)]
-        return Identity(user, tuple(usable[:64]), "jwt", float(verified.get("exp", 0)))
+            break
+        except jwt.ExpiredSignatureError:
+            raise TokenError("token expired") from None
+        except jwt.ImmatureSignatureError:
+            raise TokenError("token not valid yet") from None
+        except jwt.InvalidAudienceError:
+            raise TokenError("token not meant for this gateway (audience)") from None
+        except PyJWTError as exc:
+            last = exc
+    else:
+        raise TokenError(
+            "invalid signature" if last is None or "ignature" in str(last) else str(last)
+        )
+    for claim in ("exp", "nbf", "iat"):  # PyJWT reads "123" as 123: not a NumericDate
+        value = verified.get(claim)
+        numeric = isinstance(value, int | float) and not isinstance(value, bool)
+        if value is not None and not numeric:
+            raise TokenError(f"claim '{claim}' must be a number (seconds since the epoch)")
+    return verified
+
+
+def _identity(verified: Mapping[str, Any], issuer: TrustedIssuer) -> Identity:
+    """User and roles from verified claims, as they will appear in headers."""
+    user = verified.get(issuer.user_claim)
+    if not isinstance(user, str) or not 0 < len(user) <= 256:
+        raise TokenError(f"token has no usable '{issuer.user_claim}' claim")
+    if _CONTROL.search(user):  # it becomes the x-user-id header
+        raise TokenError(f"claim '{issuer.user_claim}' holds control characters")
+    roles = verified.get(issuer.roles_claim, [])
+    if isinstance(roles, str):
+        roles = [r for r in re.split(r"[ ,]+", roles) if r]
+    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+        raise TokenError(f"claim '{issuer.roles_claim}' must be a list of strings")
+    # Roles a route could never name are dropped: joined by commas into x-user-roles,
+    # "user,admin" would read as two roles upstream.
+    usable = [r for r in roles if _ROLE.match(r)]
+    return Identity(user, tuple(usable[:64]), "jwt", float(verified.get("exp", 0)))
 
 
 # --- API keys --------------------------------------------------------------------------

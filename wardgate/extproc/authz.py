@@ -13,13 +13,13 @@ from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 from wardgate.domain.authz import Allow, Authorizer, Deny, RequestFacts, RoutePolicy
+from wardgate.domain.sessions import IDENTITY_HEADERS
 from wardgate.errors import StoreError
 from wardgate.extproc.responses import error_body
 from wardgate.metrics import Metrics
 
 log = logging.getLogger("wardgate.authz")
 OVERWRITE = base_pb2.HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
-IDENTITY_HEADERS = ("x-user-id", "x-user-roles", "x-auth-method")
 _GRPC_CODE = {401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED}
 
 

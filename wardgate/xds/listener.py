@@ -21,6 +21,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noq
 )
 
 from wardgate.domain.durations import format_duration
+from wardgate.domain.sessions import IDENTITY_HEADERS
 from wardgate.xds import canonical
 from wardgate.xds.scope_envoy import scope_filter, scoped_routes
 from wardgate.xds.translate import (
@@ -30,7 +31,6 @@ from wardgate.xds.translate import (
     F_LUA,
     F_RBAC,
     GRPC_CLUSTER,
-    IDENTITY_HEADERS,
     LISTENER_NAME,
     RATELIMIT_DOMAIN,
     TranslateOptions,

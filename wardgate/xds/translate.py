@@ -24,7 +24,6 @@ LISTENER_NAME = "wardgate_http"
 GRPC_CLUSTER = "wardgate_grpc"  # static in the bootstrap: ADS, ext_authz, rate limit
 HTTP_CLUSTER = "wardgate_auth"  # wardgate's HTTP side (/auth/*), served by CDS
 RATELIMIT_DOMAIN = "wardgate"
-IDENTITY_HEADERS = ["x-user-id", "x-user-roles", "x-auth-method"]
 # HTTP filters' names: the listener's chain, and the routes' per-filter configs.
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
 F_CORS = "envoy.filters.http.cors"
