@@ -60,6 +60,7 @@ from wardgate.xds.ads import AggregatedDiscoveryService
 from wardgate.xds.build import SnapshotBuilder
 from wardgate.xds.issuers import IssuerLoader
 from wardgate.xds.listener import build_listener
+from wardgate.xds.local_guard import GuardOptions
 from wardgate.xds.node_report import report_nodes
 from wardgate.xds.nodes import NodeRegistry
 from wardgate.xds.ports import StatusStore
@@ -81,6 +82,9 @@ def translate_options(settings: Settings) -> TranslateOptions:
         ratelimit_fail_closed=settings.ratelimit_failure_mode == "closed",
         trusted_proxy_hops=settings.trusted_proxy_hops,
         session_cookie=settings.session_cookie,
+        guard=GuardOptions(
+            burst=settings.ratelimit_guard_burst, clients=settings.ratelimit_guard_clients
+        ),
     )
 
 

@@ -47,6 +47,11 @@ class Settings:
     ratelimit_timeout: float = 0.1
     # Redis commands of ShouldRateLimit give up after this (then the failure mode applies).
     ratelimit_redis_timeout: float = 0.05
+    # The local guard in Envoy behind every exact limit (xds/local_guard.py): a client's bucket
+    # holds this many times what the exact check can allow at once (0: no guard) ...
+    ratelimit_guard_burst: float = 1.0
+    # ... and each route keeps at most this many clients' buckets per Envoy.
+    ratelimit_guard_clients: int = 10_000
     # Proxies in front of Envoy whose X-Forwarded-For entries are trusted (0: the client is
     # the peer of the connection). Decides the address that `by: ip` counts and RBAC sees.
     trusted_proxy_hops: int = 0
@@ -71,6 +76,10 @@ _DURATIONS = {
     "ratelimit_timeout",
     "ratelimit_redis_timeout",
 }
+_RANGES: dict[str, tuple[float, float]] = {
+    "ratelimit_guard_burst": (0.0, 100.0),
+    "ratelimit_guard_clients": (1, 1_000_000),
+}
 _CHOICES = {
     "authz_failure_mode": {"closed", "open"},
     "ratelimit_failure_mode": {"open", "closed"},
@@ -92,12 +101,23 @@ def _coerce(field: dataclasses.Field[Any], raw: Any) -> Any:
             if not math.isfinite(value) or value <= 0 or value > 86400:
                 raise ValueError("must be more than 0 and at most 1d")
             return value
+        if field.type in ("float", float):
+            if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+                raise ValueError("must be a number")
+            value = float(raw)
+            low, high = _RANGES[name]
+            if not math.isfinite(value) or not low <= value <= high:
+                raise ValueError(f"must be from {low:g} to {high:g}")
+            return value
         if field.type in ("int", int):
             if isinstance(raw, bool) or not isinstance(raw, int | str):
                 raise ValueError("must be a whole number")
             value = int(raw)
             if value < 0:
                 raise ValueError("must not be negative")
+            if name in _RANGES and not _RANGES[name][0] <= value <= _RANGES[name][1]:
+                low, high = _RANGES[name]
+                raise ValueError(f"must be from {low:g} to {high:g}")
             if name.endswith("_port") and value > 65535:
                 raise ValueError("a port is at most 65535")
             if name.endswith("_port") and value == 0 and name != "http_advertise_port":

@@ -642,6 +642,8 @@ def test_listener_http_filters_in_order() -> None:
         "envoy.filters.http.rbac",
         "envoy.filters.http.ext_authz",
         "envoy.filters.http.ratelimit",
+        "wardgate.ratelimit_other_failure_mode",
+        "envoy.filters.http.local_ratelimit",
         "wardgate.session_cookie",
         "envoy.filters.http.buffer",
         "envoy.filters.http.router",
@@ -755,3 +757,107 @@ def test_consistent_hashing_backends_hash_on_the_client_address() -> None:
     base = build_base(Catalog(routes={"r": r}, services={"s": svc}, refused={}), OPTS)
     (entry,) = views.routes_for(base, "/r")
     assert entry.route.hash_policy[0].connection_properties.source_ip is True
+
+
+# --- the local guard and per-rule failure modes ------------------------------------------
+
+
+def _guard_of(entry: route_pb2.Route) -> Any:
+    from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
+
+    config = local_rate_limit_pb2.LocalRateLimit()
+    entry.typed_per_filter_config["envoy.filters.http.local_ratelimit"].Unpack(config)
+    return config
+
+
+def test_every_rule_that_fails_open_has_a_guard_bucket_per_client() -> None:
+    r = route(
+        "g",
+        {"prefix": "/g"},
+        auth={"require": "session"},
+        rate_limits=[
+            {"by": "ip", "requests": 10, "per": "hour"},
+            {
+                "by": ["user", "header:x-t"],
+                "requests": 7,
+                "per": "minute",
+                "algorithm": "token_bucket",
+            },
+            {"by": "route", "requests": 5, "per": "second", "shadow": True},
+            {"by": "api_key", "requests": 5, "per": "day", "tiers": {"gold": 50}},
+        ],
+    )
+    (entry,) = user_entries([r])
+    guard = _guard_of(entry)
+    assert guard.filter_enabled.default_value.numerator == 100
+    assert guard.filter_enforced.default_value.numerator == 100
+    assert guard.always_consume_default_token_bucket.value is False
+    assert guard.max_dynamic_descriptors.value == OPTS.guard.clients
+    ip, user, key = guard.descriptors  # no bucket for the shadow rule
+    assert [(e.key, e.value) for e in ip.entries] == [
+        (RULE_KEY, encode_rule("g#0", 10, 3600, "fixed_window", False)),
+        ("remote_address", ""),  # a wildcard: one bucket per address
+    ]
+    assert ip.token_bucket.max_tokens == 20  # a fixed window can allow 2x at once
+    assert (
+        ip.token_bucket.fill_interval.seconds == 360 and ip.token_bucket.tokens_per_fill.value == 1
+    )
+    assert [e.key for e in user.entries] == [RULE_KEY, "user", "x-t"]
+    assert user.token_bucket.max_tokens == 8  # 7 and one of slack
+    assert [e.key for e in key.entries] == [RULE_KEY, "api_key", "wg_tier"]
+    assert key.token_bucket.max_tokens == 100  # the largest tier's limit
+    headers = {h.header.key: h.header.value for h in guard.response_headers_to_add}
+    assert headers["retry-after"] == "9"  # the tightest bucket's next token (60 s / 7)
+
+
+@pytest.mark.parametrize(
+    ("requests", "per", "interval_ms", "per_fill"),
+    [
+        (1000, "second", 50, 50),  # at most one refill per 50 ms
+        (7, "minute", 8550, 1),
+        (3, "day", 28_800_000, 1),
+    ],
+)
+def test_guard_refill_keeps_the_rules_rate(
+    requests: int, per: str, interval_ms: int, per_fill: int
+) -> None:
+    r = route("g", {"prefix": "/g"}, rate_limits=[{"by": "ip", "requests": requests, "per": per}])
+    (entry,) = user_entries([r])
+    (bucket,) = [d.token_bucket for d in _guard_of(entry).descriptors]
+    interval = bucket.fill_interval.seconds * 1000 + bucket.fill_interval.nanos // 1_000_000
+    assert (interval, bucket.tokens_per_fill.value) == (interval_ms, per_fill)
+    assert interval % 50 == 0
+
+
+def test_no_guard_when_turned_off_or_for_rules_that_fail_closed() -> None:
+    from wardgate.xds.local_guard import GuardOptions
+
+    rules = [{"by": "ip", "requests": 1, "per": "hour"}]
+    off = TranslateOptions(guard=GuardOptions(burst=0))
+    (entry,) = entries([route("g", {"prefix": "/g"}, rate_limits=rules)], off)[3:]
+    assert "envoy.filters.http.local_ratelimit" not in entry.typed_per_filter_config
+    closed = [{"by": "ip", "requests": 1, "per": "hour", "failure_mode": "closed"}]
+    (entry,) = user_entries([route("g", {"prefix": "/g"}, rate_limits=closed)])
+    assert "envoy.filters.http.local_ratelimit" not in entry.typed_per_filter_config
+    (limit,) = entry.route.rate_limits
+    assert limit.stage.value == 1  # checked by the filter that fails the other way
+
+
+def test_rules_failing_like_the_setting_stay_in_stage_zero() -> None:
+    rules = [
+        {"by": "ip", "requests": 1, "per": "hour", "failure_mode": "open"},
+        {"by": "ip", "requests": 2, "per": "hour", "failure_mode": "closed"},
+        {"by": "ip", "requests": 3, "per": "hour"},
+    ]
+    closed = TranslateOptions(ratelimit_fail_closed=True)
+    (entry,) = entries([route("g", {"prefix": "/g"}, rate_limits=rules)], closed)[3:]
+    assert [limit.stage.value for limit in entry.route.rate_limits] == [1, 0, 0]
+    hcm = hcm_of(closed)
+    filters = {f.name: f for f in hcm.http_filters}
+    for name, stage, deny in (
+        ("envoy.filters.http.ratelimit", 0, True),
+        ("wardgate.ratelimit_other_failure_mode", 1, False),
+    ):
+        config = rate_limit_pb2.RateLimit()
+        filters[name].typed_config.Unpack(config)
+        assert (config.stage, config.failure_mode_deny) == (stage, deny)

@@ -144,6 +144,15 @@ class RateLimit(_Doc):
         default=False,
         description="Count and report, but never refuse a request. Default: false.",
     )
+    failure_mode: Literal["open", "closed"] | None = Field(
+        default=None,
+        description=(
+            "What this rule does when wardgate cannot answer in time (overloaded, or Redis "
+            "down): open lets the request through (Envoy's local guard still caps each "
+            "client), closed refuses it with 503. Default: the ratelimit_failure_mode "
+            "setting."
+        ),
+    )
     # Per API key tier: requests for keys of that tier (others get ``requests``).
     tiers: dict[Annotated[str, Field(pattern=ROLE_PATTERN)], int] | None = Field(
         default=None,

@@ -153,7 +153,8 @@ class Translator:
         found = self._routes.get(id(route))
         if found is not None and found.document is route and found.hashing == hashing:
             return found.placed
-        placed = placed_route(route_entry(route, hashing=hashing), route_sort_key(route))
+        entry = route_entry(route, hashing=hashing, opts=self.opts)
+        placed = placed_route(entry, route_sort_key(route))
         self.translated += 1
         self._trim()
         self._routes[id(route)] = _TranslatedRoute(route, hashing, placed)

@@ -23,6 +23,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noq
 from wardgate.domain.durations import format_duration
 from wardgate.domain.sessions import IDENTITY_HEADERS
 from wardgate.xds import canonical
+from wardgate.xds.local_guard import guard_filter
 from wardgate.xds.scope_envoy import scope_filter, scoped_routes
 from wardgate.xds.translate import (
     EXT_AUTHZ,
@@ -104,7 +105,9 @@ def _http_filters(opts: TranslateOptions) -> list[dict[str, Any]]:
         _filter(F_CORS, T_CORS),
         _filter(F_RBAC, T_RBAC),
         _ext_authz(opts),
-        _rate_limit(opts),
+        _rate_limit(opts, stage=0),
+        _rate_limit(opts, stage=1),
+        guard_filter(),  # after the exact check: it sees what that allowed or failed open on
         _strip_session_cookie(opts),
         _filter(F_BUFFER, T_BUFFER, max_request_bytes=opts.max_request_bytes),
         _filter("envoy.filters.http.router", T_ROUTER),
@@ -140,13 +143,17 @@ def _ext_authz(opts: TranslateOptions) -> dict[str, Any]:
     )
 
 
-def _rate_limit(opts: TranslateOptions) -> dict[str, Any]:
+def _rate_limit(opts: TranslateOptions, *, stage: int) -> dict[str, Any]:
+    """The exact check. Stage 0 checks the rules that fail as the setting says; stage 1 the
+    rules whose ``failure_mode`` says the other (``routes.py``)."""
+    fail_closed = opts.ratelimit_fail_closed != bool(stage)
     return _filter(
-        "envoy.filters.http.ratelimit",
+        "envoy.filters.http.ratelimit" if stage == 0 else "wardgate.ratelimit_other_failure_mode",
         T_RATELIMIT,
         domain=RATELIMIT_DOMAIN,
+        stage=stage,
         timeout=format_duration(opts.ratelimit_timeout),
-        failure_mode_deny=opts.ratelimit_fail_closed,
+        failure_mode_deny=fail_closed,
         status_on_error={"code": "ServiceUnavailable"},
         enable_x_ratelimit_headers="DRAFT_VERSION_03",
         rate_limit_service={"grpc_service": _wardgate_grpc(), "transport_api_version": "V3"},

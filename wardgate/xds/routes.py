@@ -18,9 +18,10 @@ from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2  # noqa: F4
 from envoy.extensions.filters.http.lua.v3 import lua_pb2  # noqa: F401
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2  # noqa: F401
 
-from wardgate.domain.documents import Route, host_regex
+from wardgate.domain.documents import RateLimit, Route, host_regex
 from wardgate.domain.durations import parse_duration
 from wardgate.domain.ratelimit import RULE_KEY, TIER_KEY, encode_rule
+from wardgate.xds.local_guard import F_LOCAL_RATELIMIT, guard_descriptor, route_guard
 from wardgate.xds.scope_key import SCOPE_HEADER
 from wardgate.xds.translate import (
     EXT_AUTHZ,
@@ -39,6 +40,8 @@ from wardgate.xds.typeurls import (
     T_LUA_ROUTE,
     T_RBAC_ROUTE,
 )
+
+DEFAULT_OPTIONS = TranslateOptions()
 
 # A route's place in the global order, smallest first: what ``route_sort_key`` gives.
 SortKey = tuple[int, int, int, int, str]
@@ -99,13 +102,28 @@ def _metadata_action(key: str, field: str, default: str | None = None) -> dict[s
     return {"metadata": action}
 
 
-def _rate_limit_actions(route: Route) -> list[dict[str, Any]]:
+def _rules(route: Route) -> list[tuple[str, RateLimit]]:
+    """The route's rules, each with its value as its descriptor carries it
+    (``domain/ratelimit.py``)."""
     out = []
     for i, rule in enumerate(route.rate_limits):
         rule_id = f"key:{rule.key}" if rule.key else f"{route.name}#{i}"
         value = encode_rule(
             rule_id, rule.requests, rule.period_seconds, rule.algorithm, rule.shadow, rule.tiers
         )
+        out.append((value, rule))
+    return out
+
+
+def _rate_limit_actions(
+    rules: list[tuple[str, RateLimit]], opts: TranslateOptions
+) -> list[dict[str, Any]]:
+    """The descriptors' actions, one list per rule. A rule whose failure mode differs from
+    the setting's is checked by the second rate-limit filter (``stage`` 1,
+    ``listener.py``), whose failure mode is the other one."""
+    default = "closed" if opts.ratelimit_fail_closed else "open"
+    out = []
+    for value, rule in rules:
         actions: list[dict[str, Any]] = [
             {"generic_key": {"descriptor_key": RULE_KEY, "descriptor_value": value}}
         ]
@@ -120,8 +138,24 @@ def _rate_limit_actions(route: Route) -> list[dict[str, Any]]:
                 actions.append({"request_headers": {"header_name": name, "descriptor_key": name}})
         if rule.tiers:
             actions.append(_metadata_action(TIER_KEY, "tier", default="default"))
-        out.append({"actions": actions})
+        stage = 1 if (rule.failure_mode or default) != default else 0
+        out.append({"stage": stage, "actions": actions} if stage else {"actions": actions})
     return out
+
+
+def _guard(rules: list[tuple[str, RateLimit]], opts: TranslateOptions) -> dict[str, Any] | None:
+    """The local guard's buckets for these rules (``local_guard.py``): the rules that fail
+    open; shadow rules, which never refuse, get none."""
+    guard = opts.guard
+    if not guard.enabled:
+        return None
+    default = "closed" if opts.ratelimit_fail_closed else "open"
+    descriptors = [
+        guard_descriptor(value, rule, guard.burst)
+        for value, rule in rules
+        if not rule.shadow and (rule.failure_mode or default) == "open"
+    ]
+    return route_guard(descriptors, guard) if descriptors else None
 
 
 def _rbac(route: Route) -> dict[str, Any] | None:
@@ -178,7 +212,7 @@ def _cors(route: Route) -> dict[str, Any] | None:
     return policy
 
 
-def _route_action(route: Route, hashing: bool) -> dict[str, Any]:
+def _route_action(route: Route, hashing: bool, opts: TranslateOptions) -> dict[str, Any]:
     action: dict[str, Any] = {}
     if hashing:
         action["hash_policy"] = [{"connection_properties": {"source_ip": True}}]
@@ -200,13 +234,13 @@ def _route_action(route: Route, hashing: bool) -> dict[str, Any]:
             policy["per_try_timeout"] = envoy_duration(route.retries.per_try_timeout)
         action["retry_policy"] = policy
     if route.rate_limits:
-        action["rate_limits"] = _rate_limit_actions(route)
+        action["rate_limits"] = _rate_limit_actions(_rules(route), opts)
     if route.websocket:
         action["upgrade_configs"] = [{"upgrade_type": "websocket"}]
     return action
 
 
-def _per_filter_config(route: Route) -> dict[str, Any]:
+def _per_filter_config(route: Route, opts: TranslateOptions) -> dict[str, Any]:
     """The route's own configuration of the listener's filters; empty for most routes.
 
     Public routes and routes without max_body_bytes carry no ext_authz or buffer config:
@@ -227,6 +261,8 @@ def _per_filter_config(route: Route) -> dict[str, Any]:
         per_filter[F_CORS] = cors
     if rbac := _rbac(route):
         per_filter[F_RBAC] = rbac
+    if limits := _guard(_rules(route), opts):
+        per_filter[F_LOCAL_RATELIMIT] = limits
     if route.max_body_bytes is not None:
         per_filter[F_BUFFER] = {
             "@type": T_BUFFER_ROUTE,
@@ -235,12 +271,14 @@ def _per_filter_config(route: Route) -> dict[str, Any]:
     return per_filter
 
 
-def route_entry(route: Route, *, hashing: bool = False) -> dict[str, Any]:
+def route_entry(
+    route: Route, *, hashing: bool = False, opts: TranslateOptions = DEFAULT_OPTIONS
+) -> dict[str, Any]:
     """One route in Envoy's JSON form. ``hashing``: a backend balances by consistent hashing
     (ring_hash, maglev), so the route says what to hash: the client's address."""
-    action = _route_action(route, hashing)
+    action = _route_action(route, hashing, opts)
     entry: dict[str, Any] = {"name": route.name, "match": _route_match(route), "route": action}
-    if per_filter := _per_filter_config(route):
+    if per_filter := _per_filter_config(route, opts):
         entry["typed_per_filter_config"] = per_filter
     return entry
 
@@ -262,38 +300,31 @@ def virtual_host_head() -> dict[str, Any]:
 
 def builtin_routes(opts: TranslateOptions) -> list[dict[str, Any]]:
     """wardgate's own endpoints, reached through Envoy: /auth/login, /auth/logout, /auth/session."""
-    common = {
-        "typed_per_filter_config": {
-            F_BUFFER: {"@type": T_BUFFER_ROUTE, "buffer": {"max_request_bytes": 16384}},
-            F_LUA: {"@type": T_LUA_ROUTE, "disabled": True},  # /auth/* needs the cookie
-        },
+    common: dict[str, Any] = {
+        F_BUFFER: {"@type": T_BUFFER_ROUTE, "buffer": {"max_request_bytes": 16384}},
+        F_LUA: {"@type": T_LUA_ROUTE, "disabled": True},  # /auth/* needs the cookie
     }
-    login_limit = encode_rule(
-        "wardgate.login#0", opts.login_limit_per_minute, 60, "fixed_window", False
-    )
+    login_rule = RateLimit(by="ip", requests=opts.login_limit_per_minute, per="minute")
+    login = [
+        (
+            encode_rule("wardgate.login#0", login_rule.requests, 60, "fixed_window", False),
+            login_rule,
+        )
+    ]
     out = []
     for path in ("/auth/login", "/auth/logout", "/auth/session"):
         action: dict[str, Any] = {"cluster": HTTP_CLUSTER, "timeout": "5s"}
+        per_filter = dict(common)
         if path == "/auth/login":
-            action["rate_limits"] = [
-                {
-                    "actions": [
-                        {
-                            "generic_key": {
-                                "descriptor_key": RULE_KEY,
-                                "descriptor_value": login_limit,
-                            }
-                        },
-                        {"remote_address": {}},
-                    ]
-                }
-            ]
+            action["rate_limits"] = _rate_limit_actions(login, opts)
+            if limits := _guard(login, opts):
+                per_filter[F_LOCAL_RATELIMIT] = limits
         out.append(
             {
                 "name": f"wardgate{path.replace('/', '.')}",
                 "match": {"path": path},
                 "route": action,
-                **common,
+                "typed_per_filter_config": per_filter,
             }
         )
     return out

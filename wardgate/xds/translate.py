@@ -18,6 +18,7 @@ import dataclasses
 from typing import Any
 
 from wardgate.domain.durations import format_duration, parse_duration
+from wardgate.xds.local_guard import GuardOptions
 
 ROUTE_CONFIG_NAME = "wardgate_routes"
 LISTENER_NAME = "wardgate_http"
@@ -46,6 +47,8 @@ class TranslateOptions:
     trusted_proxy_hops: int = 0
     session_cookie: str = "wg_session"
     max_request_bytes: int = 1 << 20
+    # The local guard behind exact limits (local_guard.py).
+    guard: GuardOptions = dataclasses.field(default_factory=GuardOptions)
 
 
 def envoy_duration(text: str) -> str:
