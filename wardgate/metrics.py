@@ -31,6 +31,8 @@ class Metrics:
     xds_acks: Counter
     xds_nacks: Counter
     subscriptions: Gauge
+    redis_may_evict: Gauge
+    ratelimit_overflow: Counter
     snapshot_builds: Counter
     snapshot_seconds: Histogram
     documents_refused: Gauge
@@ -114,6 +116,20 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
             ["name"],
             registry=r,
             multiprocess_mode="livemin",
+        ),
+        redis_may_evict=Gauge(
+            "wardgate_redis_may_evict",
+            "1 when the Redis of wardgate's data has a memory limit and a policy that evicts "
+            "keys (maxmemory-policy other than noeviction).",
+            registry=r,
+            multiprocess_mode="livemax",
+        ),
+        ratelimit_overflow=Counter(
+            "wardgate_ratelimit_overflow_total",
+            "Requests counted on a rule's shared overflow counter: their client-chosen value "
+            "came after ratelimit_max_clients others in the window.",
+            ["rule"],
+            registry=r,
         ),
         snapshot_builds=Counter(
             "wardgate_xds_snapshot_builds_total",

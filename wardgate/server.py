@@ -28,7 +28,7 @@ from envoy.service.ratelimit.v3 import rls_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from wardgate.domain.authz import Authorizer
-from wardgate.domain.ratelimit import RateLimiter
+from wardgate.domain.ratelimit import ClientBudget, RateLimiter
 from wardgate.domain.registry import Reserved
 from wardgate.domain.sessions import SessionService
 from wardgate.domain.tokens import IssuerHolder
@@ -44,6 +44,7 @@ from wardgate.settings import Settings
 from wardgate.store.cache import CachedApiKeyStore, CachedSessionStore, listen_for_revocations
 from wardgate.store.document_source import RedisDocumentSource
 from wardgate.store.errors import redis_errors
+from wardgate.store.eviction import EvictionWatch
 from wardgate.store.keys import Keys
 from wardgate.store.redis_client import AnyRedis, connect
 from wardgate.store.redis_store import (
@@ -94,7 +95,8 @@ class RedisClients:
 
     hot: AnyRedis  # the request path: users, sessions, API keys
     control: AnyRedis  # the control plane: documents, status, pub/sub
-    counters: AnyRedis  # rate-limit counters: gives up sooner (Envoy waits 100 ms)
+    # Rate-limit counters (maybe a Redis of their own): gives up sooner (Envoy waits 100 ms).
+    counters: AnyRedis
 
     @classmethod
     def connect(cls, settings: Settings) -> RedisClients:
@@ -103,7 +105,9 @@ class RedisClients:
             hot=connect(url, timeout=timeout, name="wardgate-hot"),
             control=connect(url, timeout=max(5.0, timeout), name="wardgate-control"),
             counters=connect(
-                url, timeout=settings.ratelimit_redis_timeout, name="wardgate-ratelimit"
+                settings.ratelimit_redis_url or url,
+                timeout=settings.ratelimit_redis_timeout,
+                name="wardgate-ratelimit",
             ),
         )
 
@@ -150,7 +154,13 @@ class LimitParts:
 def wire_limits(
     settings: Settings, redis: RedisClients, keys: Keys, metrics: Metrics
 ) -> LimitParts:
-    limiter = RateLimiter(counters=RedisCounterStore(redis=redis.counters), key_for=keys.counter)
+    budget = ClientBudget(
+        limit=settings.ratelimit_max_clients,
+        on_overflow=lambda rule: metrics.ratelimit_overflow.labels(rule).inc(),
+    )
+    limiter = RateLimiter(
+        counters=RedisCounterStore(redis=redis.counters), key_for=keys.counter, budget=budget
+    )
     refusals = RedisRefusalLog(redis=redis.counters, keys=keys)
     service = RateLimitService(
         limiter=limiter,
@@ -231,15 +241,21 @@ def wire_grpc(
 Readiness = Callable[[], Awaitable[tuple[bool, str]]]
 
 
-def readiness(control: ControlPlane, ping: Callable[[], Awaitable[object]]) -> Readiness:
-    """Ready when a snapshot is built, configuration changes still come through, and the
-    request path's Redis answers; else not ready, with the reason."""
+def readiness(
+    control: ControlPlane,
+    ping: Callable[[], Awaitable[object]],
+    eviction: EvictionWatch | None = None,
+) -> Readiness:
+    """Ready when a snapshot is built, configuration changes still come through, the request
+    path's Redis answers and cannot evict wardgate's data; else not ready, with the reason."""
 
     async def ready() -> tuple[bool, str]:
         if not control.cache.ready:
             return False, "no snapshot built yet"
         if control.watcher.last_error:  # serving a snapshot that may be stale
             return False, f"configuration not updating: {control.watcher.last_error}"
+        if eviction is not None and eviction.problem:
+            return False, eviction.problem
         try:
             with redis_errors():
                 await ping()
@@ -270,6 +286,7 @@ def wire_http(
     redis: RedisClients,
     keys: Keys,
     control: ControlPlane,
+    eviction: EvictionWatch,
 ) -> web.Application:
     """/auth/*, /registry/*, /metrics, /healthz, /readyz."""
     app = create_app(
@@ -277,7 +294,7 @@ def wire_http(
         metrics=metrics,
         cookie_name=settings.session_cookie,
         cookie_secure=settings.cookie_secure,
-        ready=readiness(control, redis.hot.ping),
+        ready=readiness(control, redis.hot.ping, eviction),
     )
     registry = RedisRegistryStore(redis=redis.hot, keys=keys)
     add_registry_routes(
@@ -298,6 +315,7 @@ def background_tasks(
     auth: AuthParts,
     limits: LimitParts,
     control: ControlPlane,
+    eviction: EvictionWatch,
     worker: str,
 ) -> list[Coroutine[Any, Any, None]]:
     revoked: dict[str, Any] = {
@@ -305,6 +323,7 @@ def background_tasks(
         keys.api_keys_channel: auth.api_keys.cache,
     }
     return [
+        eviction.run(),
         control.watcher.run(),
         report_nodes(control.nodes, control.status, worker),
         report_refused_clients(limits.service, limits.refusals, metrics),
@@ -321,7 +340,8 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
     limits = wire_limits(settings, redis, keys, metrics)
     control = wire_control_plane(settings, redis, keys, metrics, auth.issuers)
     server, health_servicer = wire_grpc(settings, metrics, auth, limits, control)
-    app = wire_http(settings, metrics, auth, redis, keys, control)
+    eviction = EvictionWatch(redis=redis.hot, metrics=metrics, allow=settings.redis_allow_eviction)
+    app = wire_http(settings, metrics, auth, redis, keys, control, eviction)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.bind_host, settings.http_port, reuse_port=True)
@@ -342,6 +362,7 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
             auth=auth,
             limits=limits,
             control=control,
+            eviction=eviction,
             worker=worker,
         )
     ]

@@ -52,6 +52,14 @@ class Settings:
     ratelimit_guard_burst: float = 1.0
     # ... and each route keeps at most this many clients' buckets per Envoy.
     ratelimit_guard_clients: int = 10_000
+    # Distinct client-chosen values (headers, addresses) one process counts apart per rule
+    # and window; past that, new values share one overflow counter (0: no bound).
+    ratelimit_max_clients: int = 100_000
+    # Rate-limit counters in a Redis of their own (empty: the one of redis_url). Counters may
+    # be evicted; wardgate's other data may not (docs/OPERATIONS.md, "Redis").
+    ratelimit_redis_url: str = ""
+    # Accept a Redis of redis_url that may evict keys (otherwise: not ready, and an error).
+    redis_allow_eviction: bool = False
     # Proxies in front of Envoy whose X-Forwarded-For entries are trusted (0: the client is
     # the peer of the connection). Decides the address that `by: ip` counts and RBAC sees.
     trusted_proxy_hops: int = 0
@@ -79,7 +87,9 @@ _DURATIONS = {
 _RANGES: dict[str, tuple[float, float]] = {
     "ratelimit_guard_burst": (0.0, 100.0),
     "ratelimit_guard_clients": (1, 1_000_000),
+    "ratelimit_max_clients": (0, 100_000_000),
 }
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 _CHOICES = {
     "authz_failure_mode": {"closed", "open"},
     "ratelimit_failure_mode": {"open", "closed"},
@@ -185,6 +195,13 @@ def load_settings(
             "under Redis Cluster the key prefix needs a hash tag so that the documents share a "
             "slot: set WARDGATE_KEY_PREFIX={wardgate}:"
         )
+    for name in ("redis_url", "ratelimit_redis_url"):
+        url = getattr(settings, name)
+        if url and not url.startswith(_REDIS_SCHEMES):
+            raise SettingsError(
+                f"setting {name} ({env_name(name)}): {url!r}: use redis://host:port/db, "
+                "rediss://..., unix://... or redis+cluster://host:port"
+            )
     if not settings.key_prefix:
         raise SettingsError("setting key_prefix (WARDGATE_KEY_PREFIX) must not be empty")
     return settings

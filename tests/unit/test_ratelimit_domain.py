@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 from wardgate.domain.ports import LimitCheck, LimitOutcome
 from wardgate.domain.ratelimit import (
     MAX_VALUE_LEN,
+    OVERFLOW,
     RULE_KEY,
+    ClientBudget,
     LimitDecision,
     LimitRequest,
     RateLimiter,
@@ -28,7 +30,7 @@ def test_parse_descriptor_reads_encode_rule_output() -> None:
     assert value == "users-api#0|100|60|fixed_window|0"
     req = parse_descriptor([(RULE_KEY, value), ("remote_address", "10.0.0.1")])
     assert req == LimitRequest(
-        "users-api#0", 100, 60, "fixed_window", False, "remote_address=10.0.0.1"
+        "users-api#0", 100, 60, "fixed_window", False, "remote_address=10.0.0.1", chosen=True
     )
 
 
@@ -392,3 +394,64 @@ def test_several_dimensions_count_together() -> None:
     doc["rate_limits"] = [{"by": ["user", "user"], "requests": 5, "per": "minute"}]
     with pytest.raises(Exception, match="twice"):
         parse_document(doc)
+
+
+# --- client-chosen values -------------------------------------------------------------------
+
+
+def test_an_ipv6_client_counts_as_its_64() -> None:
+    value = encode_rule("r#0", 5, 60, "fixed_window", False)
+    a = parse_descriptor([(RULE_KEY, value), ("remote_address", "2001:db8:1:2::1")])
+    b = parse_descriptor([(RULE_KEY, value), ("remote_address", "2001:db8:1:2:ffff::9")])
+    c = parse_descriptor([(RULE_KEY, value), ("remote_address", "2001:db8:1:3::1")])
+    v4 = parse_descriptor([(RULE_KEY, value), ("remote_address", "10.0.0.1")])
+    assert a is not None and b is not None and c is not None and v4 is not None
+    assert a.client == b.client == "remote_address=2001:db8:1:2::/64"
+    assert c.client != a.client
+    assert v4.client == "remote_address=10.0.0.1"
+
+
+def test_which_values_a_client_chooses() -> None:
+    value = encode_rule("r#0", 5, 60, "fixed_window", False, {"gold": 9})
+    chosen = [("remote_address", "10.0.0.1"), ("x-tenant", "t")]
+    established = [("user", "ann"), ("api_key", "k"), ("wg_tier", "gold")]
+    for entries, expected in ((chosen, True), (established, False), ([], False)):
+        req = parse_descriptor([(RULE_KEY, value), *entries])
+        assert req is not None and req.chosen is expected
+
+
+def _header_request(value: str, rule: str = "r#0") -> LimitRequest:
+    return LimitRequest(rule, 2, 60, "fixed_window", False, f"x-k={value}", chosen=True)
+
+
+def test_past_the_budget_new_values_share_the_overflow_counter(
+    store: FixedWindowCounters, clock: Clock
+) -> None:
+    overflowed: list[str] = []
+    budget = ClientBudget(limit=3, on_overflow=overflowed.append)
+    limiter = RateLimiter(counters=store, key_for=key_for, clock=clock, budget=budget)
+    for v in ("a", "b", "c"):
+        assert decide(limiter, _header_request(v)).allowed
+    # A flood of new values: all on one counter, which is over at once.
+    flood = [decide(limiter, _header_request(f"new{i}")).allowed for i in range(5)]
+    assert flood == [True, True, False, False, False]
+    assert overflowed == ["r#0"] * 5
+    assert {c.key.split("/")[1] for call in store.calls for c in call} == {
+        "x-k=a",
+        "x-k=b",
+        "x-k=c",
+        OVERFLOW,
+    }
+    assert decide(limiter, _header_request("a")).allowed  # known values keep their counter
+    assert decide(limiter, _header_request("b", rule="r#1")).allowed  # per rule
+    clock.now += 60  # a new window: a new budget
+    assert {c.key.split("/")[1] for c in store.calls[-1]} == {"x-k=b"}
+    assert decide(limiter, _header_request("new9")).allowed
+    assert store.calls[-1][0].key.split("/")[1] == "x-k=new9"
+
+
+def test_values_the_client_did_not_choose_are_never_bounded() -> None:
+    budget = ClientBudget(limit=1)
+    for user in ("ann", "bob", "cy"):
+        req = LimitRequest("r#0", 2, 60, "fixed_window", False, f"user={user}")
+        assert budget.client(req, 0) == f"user={user}"

@@ -4,11 +4,19 @@ Each route rule travels in its descriptor, so the service needs no copy of the c
 and can never disagree with what Envoy was told: the first entry is
 ``wg_rule = "<route>#<index>|<requests>|<period seconds>|<algorithm>|<shadow 0/1>"``, the
 entries after it name the client (``remote_address``, ``user``, ``api_key``, ``header``).
+
+Clients choose some of those values (any header; an IPv6 address within their network), and
+each distinct value is a counter in Redis. So an IPv6 address counts as its /64 (one
+customer's network, as a single IPv4 address is), and ``ClientBudget`` bounds how many
+distinct chosen values one process counts apart per rule and window: past that, new values
+share one overflow counter, which a flood of invented values then exhausts at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import ipaddress
 import time
 from collections.abc import Callable, Sequence
 
@@ -16,6 +24,9 @@ from wardgate.domain.ports import CounterStore, LimitCheck, LimitOutcome
 
 RULE_KEY = "wg_rule"
 TIER_KEY = "wg_tier"
+# Entries a client cannot choose freely: identities the gateway established.
+_ESTABLISHED = frozenset({"user", "api_key", TIER_KEY})
+OVERFLOW = "wg_overflow"  # the client of every value past the budget
 ALGORITHMS = {"fixed_window": 1, "sliding_window": 2, "token_bucket": 3}
 MAX_VALUE_LEN = 256
 
@@ -42,6 +53,7 @@ class LimitRequest:
     algorithm: str
     shadow: bool
     client: str  # the dimension values joined, e.g. "remote_address=10.0.0.1"
+    chosen: bool = False  # whether the client chose a value (a header, an address)
 
 
 def parse_descriptor(entries: Sequence[tuple[str, str]]) -> LimitRequest | None:
@@ -63,8 +75,51 @@ def parse_descriptor(entries: Sequence[tuple[str, str]]) -> LimitRequest | None:
             req = int(tiers[tier])
         except ValueError:
             return None
-    client = "&".join(f"{k}={v[:MAX_VALUE_LEN]}" for k, v in entries[1:] if k != TIER_KEY) or "*"
-    return LimitRequest(rule, req, per, algorithm, shadow == "1", client)
+    values = [(k, _grouped(k, v)) for k, v in entries[1:] if k != TIER_KEY]
+    client = "&".join(f"{k}={v[:MAX_VALUE_LEN]}" for k, v in values) or "*"
+    chosen = any(k not in _ESTABLISHED for k, _ in values)
+    return LimitRequest(rule, req, per, algorithm, shadow == "1", client, chosen)
+
+
+def _grouped(key: str, value: str) -> str:
+    """An IPv6 client address as its /64: a client holds a whole /64, not one address."""
+    if key == "remote_address" and ":" in value:
+        try:
+            net = ipaddress.ip_network(f"{value}/64", strict=False)
+        except ValueError:
+            return value
+        return str(net)
+    return value
+
+
+class ClientBudget:
+    """How many distinct client-chosen values one process counts apart, per rule and window.
+
+    Values already counted in a window keep their counters; once ``limit`` of them are, a new
+    value gets the rule's overflow counter instead. Remembered as 8-byte digests, about 80
+    bytes each; a window's set is dropped when the next window starts."""
+
+    def __init__(self, *, limit: int, on_overflow: Callable[[str], None] | None = None) -> None:
+        self._limit = limit
+        self._seen: dict[tuple[str, int], set[bytes]] = {}
+        self._on_overflow = on_overflow  # called with the rule, for each request sent there
+
+    def client(self, req: LimitRequest, window: int) -> str:
+        if not req.chosen or self._limit <= 0:
+            return req.client
+        seen = self._seen.get((req.rule, window))
+        if seen is None:
+            self._seen = {k: v for k, v in self._seen.items() if k[1] >= window - 1}
+            seen = self._seen[(req.rule, window)] = set()
+        digest = hashlib.blake2b(req.client.encode(), digest_size=8).digest()
+        if digest in seen:
+            return req.client
+        if len(seen) >= self._limit:
+            if self._on_overflow is not None:
+                self._on_overflow(req.rule)
+            return OVERFLOW
+        seen.add(digest)
+        return req.client
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,26 +155,29 @@ class RateLimiter:
         key_for: Callable[[str, str, int], str],
         clock: Callable[[], float] = time.time,
         max_known_over: int = 100_000,
+        budget: ClientBudget | None = None,
     ) -> None:
         self._counters = counters
         self._key_for = key_for
         self._clock = clock
+        self.budget = budget or ClientBudget(limit=0)
         self._over: dict[str, int] = {}  # counter key -> ms when it resets
         self._max_over = max_known_over
 
     def _check(self, req: LimitRequest, now_ms: int) -> LimitCheck:
         period_ms = req.period * 1000
-        if req.algorithm == "token_bucket":
-            key = self._key_for(req.rule, req.client, -1)
-            return LimitCheck(3, req.requests, period_ms, 0, key, key, req.shadow)
         window = now_ms // period_ms
+        client = self.budget.client(req, window)
+        if req.algorithm == "token_bucket":
+            key = self._key_for(req.rule, client, -1)
+            return LimitCheck(3, req.requests, period_ms, 0, key, key, req.shadow)
         return LimitCheck(
             ALGORITHMS[req.algorithm],
             req.requests,
             period_ms,
             window * period_ms,
-            self._key_for(req.rule, req.client, window),
-            self._key_for(req.rule, req.client, window - 1),
+            self._key_for(req.rule, client, window),
+            self._key_for(req.rule, client, window - 1),
             req.shadow,
         )
 
