@@ -13,8 +13,9 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 from urllib.parse import urlsplit
 
+from wardgate.domain.cookies import read_cookie, strip_cookie
 from wardgate.domain.ports import ApiKeyStore
-from wardgate.domain.sessions import Identity, SessionService, parse_cookies, strip_cookie
+from wardgate.domain.sessions import Identity, SessionService
 from wardgate.domain.tokens import JwtVerifier, TokenError, hash_api_key, well_formed_api_key
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -148,12 +149,12 @@ class Authorizer:
         return Identity(record.name, record.roles, "api_key", record.expires_at, tier=record.tier)
 
     async def decide(self, policy: RoutePolicy, facts: RequestFacts) -> AccessDecision:
-        cookie_header = facts.headers.get("cookie")
-        cookies = parse_cookies(cookie_header)
-        session_id = cookies.get(self._cookie)
+        cookie_header = facts.headers.get("cookie")  # several headers arrive joined with ","
+        session_id = read_cookie(cookie_header, self._cookie)
         rewritten = None
-        if session_id is not None and cookie_header is not None:
-            rewritten = strip_cookie(cookie_header, self._cookie)
+        if cookie_header is not None:
+            stripped = strip_cookie(cookie_header, self._cookie)
+            rewritten = stripped if stripped != cookie_header else None
         if policy.require == "none":
             return Allow(None, rewritten)
         accepts = ACCEPTS[policy.require]

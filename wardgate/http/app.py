@@ -16,7 +16,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from wardgate.domain import jsontext
-from wardgate.domain.sessions import Identity, SessionService, parse_cookies
+from wardgate.domain.cookies import joined_cookie_headers, read_cookie
+from wardgate.domain.sessions import Identity, SessionService
 from wardgate.errors import StoreError, TooManyAttempts
 from wardgate.extproc.responses import error_body
 from wardgate.metrics import Metrics, exposition
@@ -65,7 +66,9 @@ class Endpoints:
         return self._cookie_secure or request.headers.get("x-forwarded-proto", "") == "https"
 
     def _session_id(self, request: web.Request) -> str | None:
-        return parse_cookies(request.headers.get("cookie")).get(self._cookie_name)
+        # Every Cookie header, read as ext_authz reads them (Envoy joins them with "," there).
+        header = joined_cookie_headers(request.headers.getall("cookie", []))
+        return read_cookie(header, self._cookie_name)
 
     def _bad_login(
         self, status: int, code: str, message: str, request: web.Request
