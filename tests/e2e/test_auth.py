@@ -285,6 +285,61 @@ def test_cross_site_unsafe_request_with_session_cookie_is_403(auth_routes: Stack
         assert root.get("/au/admin", headers={"origin": "https://evil.example"}).status_code == 200
 
 
+def test_only_http_and_https_origins_can_be_the_gateway(auth_routes: Stack) -> None:
+    with login(auth_routes, "root", "root-password") as root:
+        host = f"127.0.0.1:{auth_routes.listen_port}"
+        for foreign in (f"ftp://{host}", f"https://{host}", "null", f"http://{host}.evil.example"):
+            resp = root.post("/au/admin", headers={"origin": foreign})
+            assert resp.status_code == 403, foreign
+            assert resp.json()["error"] == "csrf"
+        assert root.post("/au/admin", headers={"referer": f"ftp://{host}/x"}).status_code == 403
+        assert root.post("/au/admin", headers={"origin": f"http://{host}"}).status_code == 200
+
+
+def test_logout_from_a_foreign_origin_is_403_and_the_session_still_works(
+    auth_routes: Stack,
+) -> None:
+    host = f"127.0.0.1:{auth_routes.listen_port}"
+    with login(auth_routes, "alice", "alice-password") as alice:
+        for foreign in ("https://evil.example", f"ftp://{host}", "null", f"https://{host}"):
+            resp = alice.post("/auth/logout", headers={"origin": foreign})
+            assert resp.status_code == 403, foreign
+            assert resp.json()["error"] == "csrf" and "set-cookie" not in resp.headers
+        resp = alice.post("/auth/logout", headers={"referer": "https://evil.example/page"})
+        assert resp.status_code == 403
+        assert alice.get("/au/me").status_code == 200
+        assert alice.get("/auth/session").json()["user"] == "alice"
+        cookie = alice.cookies["wg_session"]
+        assert alice.post("/auth/logout", headers={"origin": f"http://{host}"}).status_code == 204
+        assert alice.get("/au/me", headers={"cookie": f"wg_session={cookie}"}).status_code == 401
+
+
+def test_behind_a_tls_proxy_an_http_origin_is_not_the_gateway(private_stack: Stack) -> None:
+    """With trusted_proxy_hops, Envoy keeps the proxy's x-forwarded-proto: the client used
+    https, so a page on http://<host> is foreign (ext_authz and logout alike)."""
+    s = private_stack
+    devstack.stop(s.procs.pop("wardgate"))
+    s.start_wardgate(extra_env={"WARDGATE_TRUSTED_PROXY_HOPS": "1"})
+    assert s.cli("users", "add", "tp", "--password-stdin", stdin="tp-password\n").returncode == 0
+    s.apply(route("tp-me", "/tp-me", "echo", auth={"require": "session"}))
+    https = {"x-forwarded-proto": "https", "x-forwarded-for": "203.0.113.7"}
+    host = f"127.0.0.1:{s.listen_port}"
+    with s.client(headers=https) as http:
+        credentials = {"username": "tp", "password": "tp-password"}
+        eventually(
+            lambda: http.post("/auth/login", json=credentials).status_code == 200, timeout=10
+        )
+        # The cookie is Secure now: httpx would not send it over plain http by itself.
+        http.headers["cookie"] = f"wg_session={http.cookies['wg_session']}"
+        eventually(lambda: echo(http.get("/tp-me"))["headers"]["x-forwarded-proto"] == "https")
+        assert http.post("/tp-me", headers={"origin": f"http://{host}"}).status_code == 403
+        assert http.post("/tp-me", headers={"origin": f"https://{host}"}).status_code == 200
+        assert http.post("/auth/logout", headers={"origin": f"http://{host}"}).status_code == 403
+        assert http.get("/tp-me").status_code == 200
+        assert http.post("/auth/logout", headers={"origin": f"https://{host}"}).status_code == 204
+        assert http.get("/tp-me").status_code == 401
+
+
 def test_repeated_failed_logins_for_one_name_are_throttled(private_stack: Stack) -> None:
     s = private_stack
     devstack.stop(s.procs.pop("wardgate"))

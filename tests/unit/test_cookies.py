@@ -15,7 +15,6 @@ from tests.lua_envoy import lua_runtime, sent_script
 from wardgate.domain.cookies import (
     MAX_COOKIE_HEADER,
     cookie_name,
-    joined_cookie_headers,
     read_cookie,
     strip_cookie,
 )
@@ -273,12 +272,6 @@ def test_what_is_read_is_always_stripped(header: str) -> None:
 def test_read_cookie_never_raises(header: str | None) -> None:
     value = read_cookie(header, NAME)
     assert value is None or isinstance(value, str)
-
-
-def test_joined_cookie_headers_are_what_ext_authz_sees() -> None:
-    assert joined_cookie_headers(["a=1", f"{NAME}={SID}"]) == f"a=1,{NAME}={SID}"
-    assert joined_cookie_headers([]) is None
-    assert read_cookie(joined_cookie_headers(["a=1", f"{NAME}={SID}"]), NAME) == SID
 
 
 def _names(values: Any) -> list[str | None]:

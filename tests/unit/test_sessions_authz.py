@@ -214,9 +214,14 @@ def policy(
 
 
 def facts(
-    method: str = "GET", headers: Mapping[str, str] | None = None, host: str = HOST
+    method: str = "GET",
+    headers: Mapping[str, str] | None = None,
+    host: str = HOST,
+    scheme: str = "https",
 ) -> RequestFacts:
-    return RequestFacts(method=method, host=host, path="/x", headers=dict(headers or {}))
+    return RequestFacts(
+        method=method, host=host, path="/x", headers=dict(headers or {}), scheme=scheme
+    )
 
 
 def decide(world: World, pol: RoutePolicy, fx: RequestFacts) -> Allow | Deny:
@@ -359,19 +364,44 @@ def test_state_change_with_a_foreign_origin_is_refused(world: World, method: str
 
 
 @pytest.mark.parametrize(
-    ("host", "origin"),
+    ("host", "scheme", "origin"),
     [
-        (HOST, f"https://{HOST}"),
-        (HOST, f"http://{HOST}"),
-        (HOST, f"HTTPS://{HOST.upper()}"),
-        (f"{HOST}:10000", f"http://{HOST}:10000"),
-        ("127.0.0.1:10000", "http://127.0.0.1:10000"),
+        (HOST, "https", f"https://{HOST}"),
+        (HOST, "http", f"http://{HOST}"),
+        (HOST, "https", f"HTTPS://{HOST.upper()}"),
+        (f"{HOST}:10000", "http", f"http://{HOST}:10000"),
+        ("127.0.0.1:10000", "http", "http://127.0.0.1:10000"),
     ],
 )
-def test_same_host_origin_is_allowed(world: World, host: str, origin: str) -> None:
+def test_same_host_origin_is_allowed(world: World, host: str, scheme: str, origin: str) -> None:
     sid = world.login()
-    got = decide(world, policy(), facts("POST", with_session(sid, origin=origin), host=host))
-    assert isinstance(got, Allow)
+    fx = facts("POST", with_session(sid, origin=origin), host=host, scheme=scheme)
+    assert isinstance(decide(world, policy(), fx), Allow)
+
+
+@pytest.mark.parametrize(
+    ("scheme", "forwarded", "origin", "allowed"),
+    [
+        ("https", None, f"http://{HOST}", False),  # a page a network attacker can write
+        ("http", None, f"https://{HOST}", False),
+        ("http", "https", f"https://{HOST}", True),  # x-forwarded-proto says more
+        ("http", "https", f"http://{HOST}", False),
+        ("https", "http", f"https://{HOST}", False),
+        ("https", None, f"ftp://{HOST}", False),
+        ("https", None, f"ws://{HOST}", False),
+    ],
+)
+def test_the_same_host_must_come_with_the_scheme_the_client_used(
+    world: World, scheme: str, forwarded: str | None, origin: str, allowed: bool
+) -> None:
+    sid = world.login()
+    headers = with_session(sid, origin=origin)
+    if forwarded:
+        headers["x-forwarded-proto"] = forwarded
+    got = decide(world, policy(), facts("POST", headers, scheme=scheme))
+    assert isinstance(got, Allow if allowed else Deny)
+    if not allowed:
+        assert isinstance(got, Deny) and (got.status, got.code) == (403, "csrf")
 
 
 def test_other_port_of_the_same_host_is_foreign(world: World) -> None:

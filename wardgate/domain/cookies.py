@@ -20,7 +20,6 @@ the cookie entries with ``"; "`` into one header. So both ``";"`` and ``","`` se
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 
 MAX_COOKIE_HEADER = 8192
 # Everything but RFC 9110 token characters, what a cookie name is made of (Lua twin: OTHER).
@@ -76,10 +75,3 @@ def strip_cookie(header: str, name: str) -> str:
         if text:
             parts.append(text)
     return "; ".join(parts) if removed else header
-
-
-def joined_cookie_headers(values: Iterable[str]) -> str | None:
-    """Several Cookie header values as ext_authz sees them (joined with ``","``), so that
-    wardgate's HTTP side reads a request's cookies as its ext_authz does; ``None`` if none."""
-    out = ",".join(values)
-    return out or None
