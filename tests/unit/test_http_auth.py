@@ -144,3 +144,21 @@ def test_two_different_session_cookies_are_no_session() -> None:
     assert call(sessions, "GET", "/auth/session", two).status == 401
     assert call(sessions, "POST", "/auth/logout", two).status == 204
     assert SID in sessions.live  # neither was chosen
+
+
+@pytest.mark.parametrize(
+    ("forwarded", "secure"),
+    [(None, False), ("http", False), ("https", True), ("HTTPS", True), ("https, http", True)],
+)
+def test_login_cookie_is_secure_when_the_client_used_https(
+    forwarded: str | None, secure: bool
+) -> None:
+    """The same reading of x-forwarded-proto as the Origin check's."""
+    headers = [("x-forwarded-proto", forwarded)] if forwarded else []
+    reply = call(
+        FakeSessions(), "POST", "/auth/login", headers, json={"username": "a", "password": "right"}
+    )
+    assert reply.status == 200
+    cookie = reply.headers["set-cookie"]
+    assert cookie.startswith(f"wg_session={NEW_SID}")
+    assert ("Secure" in cookie) is secure

@@ -76,7 +76,7 @@ class Endpoints:
         self._ready = ready
 
     def _secure(self, request: web.Request) -> bool:
-        return self._cookie_secure or request.headers.get("x-forwarded-proto", "") == "https"
+        return self._cookie_secure or _scheme(request) == "https"
 
     def _session_id(self, request: web.Request) -> str | None:
         return read_cookie(_header(request, "cookie"), self._cookie_name)
