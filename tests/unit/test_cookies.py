@@ -170,8 +170,8 @@ _ws = st.sampled_from(["", " ", "\t", "  ", '"', "\x0b", "\u00a0", "\x00"])
 _other_name = st.sampled_from(
     ["a", "theme", "wg_sessio", "wg_sessionx", "xwg_session", "Wg_session", "wg-session", ""]
 )
-# Values of other cookies: anything Envoy passes but the session id's letter S, commas and
-# '=' included.
+# Values of other cookies: lower-case letters, digits, whitespace, commas, '=' and quotes;
+# never 'S', the letter of the session ids, so that any 'S' left over is a leak.
 _other_value = st.text(
     alphabet=string.ascii_lowercase + string.digits + " =,-._~/\t\"'", max_size=10
 )
