@@ -26,6 +26,7 @@ class Metrics:
     refused_clients: Gauge
     store_errors: Counter
     logins: Counter
+    logouts: Counter
     xds_connected: Gauge
     xds_pushes: Counter
     xds_acks: Counter
@@ -95,6 +96,12 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         ),
         logins=Counter(
             "wardgate_logins_total", "Login attempts by result.", ["result"], registry=r
+        ),
+        logouts=Counter(
+            "wardgate_logouts_total",
+            "Logouts by result: ok, csrf (a foreign Origin or Referer, refused).",
+            ["result"],
+            registry=r,
         ),
         xds_connected=Gauge(
             "wardgate_xds_connected_nodes",

@@ -148,6 +148,70 @@ def test_other_cookies_still_reach_the_upstream(auth_routes: Stack) -> None:
         assert "theme=dark" in seen["cookie"] and "wg_session" not in seen["cookie"]
 
 
+def _cookies_upstream_got(response: httpx.Response) -> list[str]:
+    """Every Cookie header line the echo upstream received."""
+    return [value for name, value in echo(response)["header_list"] if name == "cookie"]
+
+
+def _two_cookie_headers(sid: str) -> list[list[tuple[str, str]]]:
+    return [
+        [("cookie", "theme=dark"), ("cookie", f"wg_session={sid}")],
+        [("cookie", f"wg_session={sid}"), ("cookie", "theme=dark")],
+        [("cookie", f"theme=dark;wg_session={sid}"), ("cookie", "lang=en")],
+        [("cookie", "theme=dark,x"), ("cookie", f"lang=en;  wg_session ={sid}")],
+        [("cookie", "theme=dark"), ("cookie", f"wg_session={sid}"), ("cookie", "lang=en")],
+    ]
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
+def test_several_cookie_headers_never_bring_the_session_cookie_upstream(
+    auth_routes: Stack, http2: bool
+) -> None:
+    """Over HTTP/1.1 Envoy passes two Cookie headers on as two lines (ext_authz and Lua's
+    get() see them joined with ","); over HTTP/2 it joins the cookie entries with "; "."""
+    with login(auth_routes, "alice", "alice-password") as alice:
+        sid = alice.cookies["wg_session"]
+    with auth_routes.client(http1=not http2, http2=http2) as http:
+        for headers in _two_cookie_headers(sid):
+            for path in ("/au/public", "/au/me"):
+                resp = http.get(path, headers=headers)
+                assert resp.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
+                got = _cookies_upstream_got(resp)
+                assert got and all(sid not in v and "wg_session" not in v for v in got), got
+                assert "theme=dark" in "".join(got), (headers, got)
+                if path == "/au/me":  # the session is read from whichever header holds it
+                    assert echo(resp)["headers"]["x-user-id"] == "alice"
+            # wardgate's own endpoint reads the same session as ext_authz does.
+            assert http.get("/auth/session", headers=headers).json()["user"] == "alice"
+
+
+def test_two_different_session_cookies_are_no_session_anywhere(auth_routes: Stack) -> None:
+    with (
+        login(auth_routes, "alice", "alice-password") as a,
+        login(auth_routes, "root", "root-password") as r,
+    ):
+        mine, other = a.cookies["wg_session"], r.cookies["wg_session"]
+    with auth_routes.client() as http:
+        for headers in (
+            [("cookie", f"wg_session={other}"), ("cookie", f"wg_session={mine}")],
+            [("cookie", f"wg_session={other}; wg_session={mine}")],
+        ):
+            assert http.get("/au/me", headers=headers).status_code == 401
+            assert http.get("/auth/session", headers=headers).status_code == 401
+            got = _cookies_upstream_got(http.get("/au/public", headers=headers))
+            assert got == []
+
+
+def test_logout_finds_the_session_in_a_second_cookie_header(auth_routes: Stack) -> None:
+    with login(auth_routes, "alice", "alice-password") as alice:
+        sid = alice.cookies["wg_session"]
+    with auth_routes.client() as http:
+        headers = [("cookie", "theme=dark"), ("cookie", f"wg_session={sid}")]
+        assert http.get("/au/me", headers=headers).status_code == 200
+        assert http.post("/auth/logout", headers=headers).status_code == 204
+        assert http.get("/au/me", headers=headers).status_code == 401
+
+
 def test_a_revoked_session_ends_on_every_worker_within_a_second(private_stack: Stack) -> None:
     s = private_stack
     devstack.stop(s.procs.pop("wardgate"))
@@ -219,6 +283,61 @@ def test_cross_site_unsafe_request_with_session_cookie_is_403(auth_routes: Stack
             root.post("/au/admin", headers={"origin": "https://app.example.com"}).status_code == 200
         )
         assert root.get("/au/admin", headers={"origin": "https://evil.example"}).status_code == 200
+
+
+def test_only_http_and_https_origins_can_be_the_gateway(auth_routes: Stack) -> None:
+    with login(auth_routes, "root", "root-password") as root:
+        host = f"127.0.0.1:{auth_routes.listen_port}"
+        for foreign in (f"ftp://{host}", f"https://{host}", "null", f"http://{host}.evil.example"):
+            resp = root.post("/au/admin", headers={"origin": foreign})
+            assert resp.status_code == 403, foreign
+            assert resp.json()["error"] == "csrf"
+        assert root.post("/au/admin", headers={"referer": f"ftp://{host}/x"}).status_code == 403
+        assert root.post("/au/admin", headers={"origin": f"http://{host}"}).status_code == 200
+
+
+def test_logout_from_a_foreign_origin_is_403_and_the_session_still_works(
+    auth_routes: Stack,
+) -> None:
+    host = f"127.0.0.1:{auth_routes.listen_port}"
+    with login(auth_routes, "alice", "alice-password") as alice:
+        for foreign in ("https://evil.example", f"ftp://{host}", "null", f"https://{host}"):
+            resp = alice.post("/auth/logout", headers={"origin": foreign})
+            assert resp.status_code == 403, foreign
+            assert resp.json()["error"] == "csrf" and "set-cookie" not in resp.headers
+        resp = alice.post("/auth/logout", headers={"referer": "https://evil.example/page"})
+        assert resp.status_code == 403
+        assert alice.get("/au/me").status_code == 200
+        assert alice.get("/auth/session").json()["user"] == "alice"
+        cookie = alice.cookies["wg_session"]
+        assert alice.post("/auth/logout", headers={"origin": f"http://{host}"}).status_code == 204
+        assert alice.get("/au/me", headers={"cookie": f"wg_session={cookie}"}).status_code == 401
+
+
+def test_behind_a_tls_proxy_an_http_origin_is_not_the_gateway(private_stack: Stack) -> None:
+    """With trusted_proxy_hops, Envoy keeps the proxy's x-forwarded-proto: the client used
+    https, so a page on http://<host> is foreign (ext_authz and logout alike)."""
+    s = private_stack
+    devstack.stop(s.procs.pop("wardgate"))
+    s.start_wardgate(extra_env={"WARDGATE_TRUSTED_PROXY_HOPS": "1"})
+    assert s.cli("users", "add", "tp", "--password-stdin", stdin="tp-password\n").returncode == 0
+    s.apply(route("tp-me", "/tp-me", "echo", auth={"require": "session"}))
+    https = {"x-forwarded-proto": "https", "x-forwarded-for": "203.0.113.7"}
+    host = f"127.0.0.1:{s.listen_port}"
+    with s.client(headers=https) as http:
+        credentials = {"username": "tp", "password": "tp-password"}
+        eventually(
+            lambda: http.post("/auth/login", json=credentials).status_code == 200, timeout=10
+        )
+        # The cookie is Secure now: httpx would not send it over plain http by itself.
+        http.headers["cookie"] = f"wg_session={http.cookies['wg_session']}"
+        eventually(lambda: echo(http.get("/tp-me"))["headers"]["x-forwarded-proto"] == "https")
+        assert http.post("/tp-me", headers={"origin": f"http://{host}"}).status_code == 403
+        assert http.post("/tp-me", headers={"origin": f"https://{host}"}).status_code == 200
+        assert http.post("/auth/logout", headers={"origin": f"http://{host}"}).status_code == 403
+        assert http.get("/tp-me").status_code == 200
+        assert http.post("/auth/logout", headers={"origin": f"https://{host}"}).status_code == 204
+        assert http.get("/tp-me").status_code == 401
 
 
 def test_repeated_failed_logins_for_one_name_are_throttled(private_stack: Stack) -> None:

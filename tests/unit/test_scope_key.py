@@ -3,25 +3,16 @@ that the Lua script Envoy runs keys it as wardgate does (without Envoy)."""
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import itertools
 import string
-from typing import Any
 
-import lupa
 import pytest
-from envoy.extensions.filters.http.lua.v3 import lua_pb2
-from envoy.extensions.filters.network.http_connection_manager.v3 import (
-    http_connection_manager_pb2,
-)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.lua_envoy import lua_runtime, sent_script
 from wardgate.xds import scope_key as sk
-from wardgate.xds.listener import build_listener
 from wardgate.xds.scope_envoy import F_SCOPE
-from wardgate.xds.translate import TranslateOptions
 
 
 @pytest.mark.parametrize(
@@ -93,34 +84,12 @@ end
 """
 
 
-def _lua_runtime() -> Any:
-    """LuaJIT (Envoy's Lua) when lupa ships it, else lupa's default Lua."""
-    for flavour in ("luajit21", "luajit20"):
-        try:
-            module = importlib.import_module(f"lupa.{flavour}")
-        except ImportError:
-            continue
-        return module.LuaRuntime(unpack_returned_tuples=True)
-    return lupa.LuaRuntime(unpack_returned_tuples=True)
-
-
-def _sent_script() -> str:
-    """The scope filter's Lua source, as the listener sends it to Envoy."""
-    listener = build_listener("127.0.0.1", 10000, TranslateOptions())
-    hcm = http_connection_manager_pb2.HttpConnectionManager()
-    assert listener.filter_chains[0].filters[0].typed_config.Unpack(hcm)
-    (scope,) = [f for f in hcm.http_filters if f.name == F_SCOPE]
-    lua = lua_pb2.Lua()
-    assert scope.typed_config.Unpack(lua)
-    return lua.default_source_code.inline_string
-
-
 class EnvoyLua:
     """The sent script in an embedded Lua, with the fake handle around it."""
 
     def __init__(self) -> None:
-        self.runtime = _lua_runtime()
-        self.runtime.execute(_sent_script())
+        self.runtime = lua_runtime()
+        self.runtime.execute(sent_script(F_SCOPE))
         self.runtime.globals().HEADER = sk.SCOPE_HEADER
         self._run = self.runtime.eval(_HARNESS)
 

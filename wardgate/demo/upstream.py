@@ -2,6 +2,10 @@
 
 ``python -m wardgate.demo.upstream --port 8081 --name users``. ``/healthz`` answers 200;
 ``/status/NNN`` answers that status; ``/delay/SECONDS`` waits first.
+
+``headers`` maps each lower-case name to its value, the values of a header sent more than once
+joined with ", " (nothing is hidden: two ``Cookie`` headers show as one value holding both);
+``header_list`` is every header line as received, in order, ``[name, value]``.
 """
 
 from __future__ import annotations
@@ -9,8 +13,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+from collections.abc import Iterable
 
 from aiohttp import web
+
+
+def _combined(items: Iterable[tuple[str, str]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in items:
+        name = key.lower()
+        out[name] = f"{out[name]}, {value}" if name in out else value
+    return out
 
 
 def create_app(name: str) -> web.Application:
@@ -28,7 +41,8 @@ def create_app(name: str) -> web.Application:
                 "service": name,
                 "method": request.method,
                 "path": request.path_qs,
-                "headers": {k.lower(): v for k, v in request.headers.items()},
+                "headers": _combined(request.headers.items()),
+                "header_list": [[k.lower(), v] for k, v in request.headers.items()],
                 "body_bytes": len(body),
             },
             status=status,

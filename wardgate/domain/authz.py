@@ -11,10 +11,11 @@ import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
-from urllib.parse import urlsplit
 
+from wardgate.domain.cookies import read_cookie, strip_cookie
+from wardgate.domain.origins import CSRF_CODE, CSRF_MESSAGE, request_scheme, source_allowed
 from wardgate.domain.ports import ApiKeyStore
-from wardgate.domain.sessions import Identity, SessionService, parse_cookies, strip_cookie
+from wardgate.domain.sessions import Identity, SessionService
 from wardgate.domain.tokens import JwtVerifier, TokenError, hash_api_key, well_formed_api_key
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -53,6 +54,7 @@ class RequestFacts:
     host: str
     path: str
     headers: Mapping[str, str]  # lower-case names
+    scheme: str = ""  # the request's :scheme; x-forwarded-proto, when set, says more
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,16 +72,6 @@ class Deny:
 
 
 AccessDecision = Allow | Deny  # what the authorizer answers for one request on one route
-
-
-def _origin_of(value: str) -> tuple[str, str]:
-    """(``scheme://host[:port]``, ``host[:port]``) of an Origin or Referer value."""
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        return "", ""
-    netloc = parts.netloc.lower()
-    return f"{parts.scheme.lower()}://{netloc}", netloc
 
 
 class VerifierSource(Protocol):
@@ -148,12 +140,12 @@ class Authorizer:
         return Identity(record.name, record.roles, "api_key", record.expires_at, tier=record.tier)
 
     async def decide(self, policy: RoutePolicy, facts: RequestFacts) -> AccessDecision:
-        cookie_header = facts.headers.get("cookie")
-        cookies = parse_cookies(cookie_header)
-        session_id = cookies.get(self._cookie)
+        cookie_header = facts.headers.get("cookie")  # several headers arrive joined with ","
+        session_id = read_cookie(cookie_header, self._cookie)
         rewritten = None
-        if session_id is not None and cookie_header is not None:
-            rewritten = strip_cookie(cookie_header, self._cookie)
+        if cookie_header is not None:
+            stripped = strip_cookie(cookie_header, self._cookie)
+            rewritten = stripped if stripped != cookie_header else None
         if policy.require == "none":
             return Allow(None, rewritten)
         accepts = ACCEPTS[policy.require]
@@ -163,13 +155,16 @@ class Authorizer:
         identity = found
         if policy.roles and not (policy.roles & set(identity.roles)):
             return Deny(403, "forbidden", "your roles do not allow this route")
-        if identity.method == "session" and facts.method in UNSAFE_METHODS:
-            source = facts.headers.get("origin") or facts.headers.get("referer")
-            if source and source != "null":
-                origin, netloc = _origin_of(source)
-                allowed = (netloc and netloc == facts.host.lower()) or origin in policy.cors_origins
-            else:
-                allowed = source is None  # no Origin and no Referer: not a browser form post
-            if not allowed:
-                return Deny(403, "csrf", "cross-site request refused: Origin is not allowed")
+        if (
+            identity.method == "session"
+            and facts.method in UNSAFE_METHODS
+            and not source_allowed(
+                origin=facts.headers.get("origin"),
+                referer=facts.headers.get("referer"),
+                authority=facts.host,
+                scheme=request_scheme(facts.headers.get("x-forwarded-proto"), facts.scheme),
+                allowed=policy.cors_origins,
+            )
+        ):
+            return Deny(403, CSRF_CODE, CSRF_MESSAGE)
         return Allow(identity, rewritten)

@@ -19,32 +19,12 @@ from wardgate.domain.ports import LoginGuard, SessionRecord, SessionStore, UserS
 from wardgate.errors import TooManyAttempts
 
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")
-MAX_COOKIE_HEADER = 8192
 MAX_USERNAME = 128
 MAX_PASSWORD = 1024
 
 
 def hash_session_id(session_id: str) -> str:
     return hashlib.sha256(session_id.encode()).hexdigest()
-
-
-def parse_cookies(header: str | None) -> dict[str, str]:
-    """Parse a ``Cookie`` header leniently; the first occurrence of a name wins."""
-    out: dict[str, str] = {}
-    if not header or len(header) > MAX_COOKIE_HEADER:
-        return out
-    for part in header.split(";"):
-        name, sep, value = part.partition("=")
-        name = name.strip()
-        if sep and name and name not in out:
-            out[name] = value.strip().strip('"')
-    return out
-
-
-def strip_cookie(header: str, name: str) -> str:
-    """The ``Cookie`` header without cookie ``name`` (what the upstream should see)."""
-    kept = [p.strip() for p in header.split(";") if p.partition("=")[0].strip() != name]
-    return "; ".join(p for p in kept if p)
 
 
 # What upstreams learn of the caller, set by the gateway alone: every client value is removed.

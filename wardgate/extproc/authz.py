@@ -108,7 +108,9 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
         headers = http.headers
         request_id = headers.get("x-request-id", http.id)
         policy = self._policy(dict(request.attributes.context_extensions))
-        facts = RequestFacts(method=http.method, host=http.host, path=http.path, headers=headers)
+        facts = RequestFacts(
+            method=http.method, host=http.host, path=http.path, headers=headers, scheme=http.scheme
+        )
         try:
             decision = await self._authorizer.decide(policy, facts)
         except StoreError as exc:

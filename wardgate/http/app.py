@@ -16,7 +16,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from wardgate.domain import jsontext
-from wardgate.domain.sessions import Identity, SessionService, parse_cookies
+from wardgate.domain.cookies import read_cookie
+from wardgate.domain.origins import CSRF_CODE, CSRF_MESSAGE, request_scheme, source_allowed
+from wardgate.domain.sessions import Identity, SessionService
 from wardgate.errors import StoreError, TooManyAttempts
 from wardgate.extproc.responses import error_body
 from wardgate.metrics import Metrics, exposition
@@ -34,6 +36,18 @@ def _error(status: int, code: str, message: str, request: web.Request) -> web.Re
         content_type="application/json",
         headers={"cache-control": "no-store"},
     )
+
+
+def _header(request: web.Request, name: str) -> str | None:
+    """Every value of header ``name`` joined with ",", as Envoy hands them to ext_authz, so
+    that this side reads a request as ext_authz does; ``None`` when there is none."""
+    values = request.headers.getall(name, [])
+    return ",".join(values) if values else None
+
+
+def _scheme(request: web.Request) -> str:
+    """The scheme the client used, read as ext_authz reads it (x-forwarded-proto, set by Envoy)."""
+    return request_scheme(_header(request, "x-forwarded-proto"), request.scheme)
 
 
 def _identity_response(ident: Identity) -> web.Response:
@@ -62,10 +76,20 @@ class Endpoints:
         self._ready = ready
 
     def _secure(self, request: web.Request) -> bool:
-        return self._cookie_secure or request.headers.get("x-forwarded-proto", "") == "https"
+        return self._cookie_secure or _scheme(request) == "https"
 
     def _session_id(self, request: web.Request) -> str | None:
-        return parse_cookies(request.headers.get("cookie")).get(self._cookie_name)
+        return read_cookie(_header(request, "cookie"), self._cookie_name)
+
+    def _from_own_origin(self, request: web.Request) -> bool:
+        """The CSRF rule of ext_authz (domain/origins.py), for wardgate's own endpoints: the
+        gateway's own origin only (the built-in routes have no CORS policy)."""
+        return source_allowed(
+            origin=_header(request, "origin"),
+            referer=_header(request, "referer"),
+            authority=request.host,
+            scheme=_scheme(request),
+        )
 
     def _bad_login(
         self, status: int, code: str, message: str, request: web.Request
@@ -129,11 +153,18 @@ class Endpoints:
         return response
 
     async def logout(self, request: web.Request) -> web.Response:
+        # The CSRF rule, whether or not the request carries the session cookie: the answer
+        # clears the cookie, so a foreign page could end a browser's session without sending
+        # it (a SameSite=Lax cookie is not sent on a cross-site POST).
+        if not self._from_own_origin(request):
+            self._metrics.logouts.labels(CSRF_CODE).inc()
+            return _error(403, CSRF_CODE, CSRF_MESSAGE, request)
         try:
             await self._sessions.logout(self._session_id(request))
         except StoreError:
             self._metrics.store_errors.labels("logout").inc()
             return _error(503, "unavailable", "sign-out is unavailable; retry shortly", request)
+        self._metrics.logouts.labels("ok").inc()
         response = web.Response(status=204)
         response.del_cookie(
             self._cookie_name,

@@ -172,25 +172,55 @@ def _strip_session_cookie(opts: TranslateOptions) -> dict[str, Any]:
 
 
 def strip_cookie_lua(name: str) -> str:
-    """Lua for Envoy: remove cookie ``name`` from the request's Cookie header."""
-    return f"""
-local target = {json.dumps(name)}
+    """Lua for Envoy: remove every piece named ``name`` from each of the request's Cookie
+    headers, as ``domain/cookies.py`` ``strip_cookie`` does (the same algorithm: pieces split
+    on ";" and ",", names trimmed of non-name characters). Each header is rewritten on its
+    own, so an upstream gets the other cookies in as many headers as the client sent; a
+    header left empty goes. ``getAtIndex`` counts from 0."""
+    return (
+        f"local target = {json.dumps(name)}\n"
+        + r"""
+local OTHER = "[^A-Za-z0-9!#$%%&'*+%-.^_`|~]"
+local TRIM_NAME = "^" .. OTHER .. "*(.-)" .. OTHER .. "*$"
+
+local function name_of(piece)
+  local eq = string.find(piece, "=", 1, true)
+  if eq == nil then return nil end
+  return string.match(string.sub(piece, 1, eq - 1), TRIM_NAME)
+end
+
+local function strip(value)
+  if string.find(value, target, 1, true) == nil then return value end
+  local parts, removed = {}, false
+  for part in string.gmatch(value .. ";", "([^;]*);") do
+    local kept = {}
+    for piece in string.gmatch(part .. ",", "([^,]*),") do
+      if name_of(piece) == target then removed = true else kept[#kept + 1] = piece end
+    end
+    local text = string.match(table.concat(kept, ","), "^[ \t]*(.-)[ \t]*$")
+    if text ~= "" then parts[#parts + 1] = text end
+  end
+  if not removed then return value end
+  return table.concat(parts, "; ")
+end
+
 function envoy_on_request(handle)
   local headers = handle:headers()
-  local cookie = headers:get("cookie")
-  if cookie == nil or string.find(cookie, target, 1, true) == nil then return end
-  local kept = {{}}
-  for part in string.gmatch(cookie, "[^;]+") do
-    local key = string.match(part, "^%s*([^=]-)%s*=")
-    if key ~= target then table.insert(kept, (string.gsub(part, "^%s+", ""))) end
+  local count = headers:getNumValues("cookie")
+  if count == 0 then return end
+  local values, changed = {}, false
+  for i = 0, count - 1 do
+    local value = headers:getAtIndex("cookie", i)
+    local stripped = strip(value)
+    if stripped ~= value then changed = true end
+    if stripped ~= "" then values[#values + 1] = stripped end
   end
-  if #kept == 0 then
-    headers:remove("cookie")
-  else
-    headers:replace("cookie", table.concat(kept, "; "))
-  end
+  if not changed then return end
+  headers:remove("cookie")
+  for _, value in ipairs(values) do headers:add("cookie", value) end
 end
 """
+    )
 
 
 # --- local replies ---------------------------------------------------------------------------
