@@ -52,6 +52,9 @@ class Stack:
             "WARDGATE_RATELIMIT_REDIS_TIMEOUT": "1s",
             "WARDGATE_LOG_LEVEL": "INFO",
             "WARDGATE_REGISTRY_TOKEN": REGISTRY_TOKEN,
+            # Every test client is 127.0.0.1: an automatic ban would end every later test.
+            # tests/e2e/test_bans.py turns bans on where it tests them.
+            "WARDGATE_BAN_AFTER": "0",
         }
 
     def redis(self) -> redis.Redis:

@@ -33,6 +33,8 @@ class Metrics:
     xds_nacks: Counter
     subscriptions: Gauge
     redis_may_evict: Gauge
+    bans: Counter
+    banned_clients: Gauge
     ratelimit_overflow: Counter
     snapshot_builds: Counter
     snapshot_seconds: Histogram
@@ -128,6 +130,17 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
             "wardgate_redis_may_evict",
             "1 when the Redis of wardgate's data has a memory limit and a policy that evicts "
             "keys (maxmemory-policy other than noeviction).",
+            registry=r,
+            multiprocess_mode="livemax",
+        ),
+        bans=Counter(
+            "wardgate_bans_total",
+            "Client networks banned for being refused too often (the ban_* settings).",
+            registry=r,
+        ),
+        banned_clients=Gauge(
+            "wardgate_banned_clients",
+            "Client networks on the ban list this process last published to Envoy.",
             registry=r,
             multiprocess_mode="livemax",
         ),

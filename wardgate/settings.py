@@ -60,6 +60,11 @@ class Settings:
     ratelimit_redis_url: str = ""
     # Accept a Redis of redis_url that may evict keys (otherwise: not ready, and an error).
     redis_allow_eviction: bool = False
+    # Automatic bans (domain/bans.py): a client address refused by rate limits this many
+    # times within ban_window is refused by every Envoy for ban_duration (0: no bans).
+    ban_after: int = 300
+    ban_window: float = 60.0
+    ban_duration: float = 600.0
     # Proxies in front of Envoy whose X-Forwarded-For entries are trusted (0: the client is
     # the peer of the connection). Decides the address that `by: ip` counts and RBAC sees.
     trusted_proxy_hops: int = 0
@@ -83,11 +88,14 @@ _DURATIONS = {
     "ext_authz_timeout",
     "ratelimit_timeout",
     "ratelimit_redis_timeout",
+    "ban_window",
+    "ban_duration",
 }
 _RANGES: dict[str, tuple[float, float]] = {
     "ratelimit_guard_burst": (0.0, 100.0),
     "ratelimit_guard_clients": (1, 1_000_000),
     "ratelimit_max_clients": (0, 100_000_000),
+    "ban_after": (0, 1_000_000_000),
 }
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 _CHOICES = {

@@ -405,6 +405,8 @@ def test_an_ipv6_client_counts_as_its_64() -> None:
     b = parse_descriptor([(RULE_KEY, value), ("remote_address", "2001:db8:1:2:ffff::9")])
     c = parse_descriptor([(RULE_KEY, value), ("remote_address", "2001:db8:1:3::1")])
     v4 = parse_descriptor([(RULE_KEY, value), ("remote_address", "10.0.0.1")])
+    mapped = parse_descriptor([(RULE_KEY, value), ("remote_address", "::ffff:10.0.0.1")])
+    assert mapped is not None and mapped.client == "remote_address=10.0.0.1"
     assert a is not None and b is not None and c is not None and v4 is not None
     assert a.client == b.client == "remote_address=2001:db8:1:2::/64"
     assert c.client != a.client

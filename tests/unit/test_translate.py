@@ -241,8 +241,9 @@ def test_public_route_disables_ext_authz() -> None:
 
 def test_identity_headers_are_removed_before_any_other_filter() -> None:
     hcm = hcm_of(OPTS)
-    # Only the scope filter comes first: it reads the path, never an identity header.
-    first = hcm.http_filters[1]
+    # Only the scope filter (it reads the path) and the ban list (the client address) come
+    # first: neither reads an identity header.
+    first = hcm.http_filters[2]
     assert first.name == "envoy.filters.http.header_mutation"
     removed = {m.remove for m in header_mutation(first).mutations.request_mutations}
     assert removed == {"x-user-id", "x-user-roles", "x-auth-method"}
@@ -637,6 +638,7 @@ def test_listener_http_filters_in_order() -> None:
     hcm = hcm_of(OPTS)
     assert [f.name for f in hcm.http_filters] == [
         "wardgate.scope",
+        "wardgate.bans",
         "envoy.filters.http.header_mutation",
         "envoy.filters.http.cors",
         "envoy.filters.http.rbac",

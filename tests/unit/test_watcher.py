@@ -13,7 +13,8 @@ import pytest
 from wardgate.domain.registry import Instance
 from wardgate.domain.tokens import IssuerHolder
 from wardgate.metrics import Metrics, create_metrics
-from wardgate.server import ControlPlane, readiness
+from wardgate.wiring import ControlPlane, readiness
+from wardgate.xds.bans import BanPublisher
 from wardgate.xds.build import LastGood, SnapshotBuilder
 from wardgate.xds.gc_policy import GcPolicy
 from wardgate.xds.issuers import IssuerLoader
@@ -384,7 +385,10 @@ def test_gc_is_collected_at_the_latest_under_steady_changes(by: str) -> None:
 def test_not_ready_while_configuration_changes_cannot_come_through() -> None:
     async def body() -> None:
         parts = Parts(MemoryDocumentSource(_documents()))
-        control = ControlPlane(parts.cache, NodeRegistry(), parts.watcher, parts.status)
+        bans = BanPublisher(
+            store=NoBans(), publish=parts.cache.set_extension, metrics=parts.metrics
+        )
+        control = ControlPlane(parts.cache, NodeRegistry(), parts.watcher, parts.status, bans)
         pings: list[str] = []
 
         async def ping() -> None:
@@ -406,3 +410,17 @@ def test_not_ready_while_configuration_changes_cannot_come_through() -> None:
         task.cancel()
 
     _run(body)
+
+
+class NoBans:
+    async def strike(self, network: str, policy: object, *, now: float) -> bool:
+        return False
+
+    async def ban(self, network: str, *, until: float) -> None:
+        pass
+
+    async def unban(self, network: str) -> bool:
+        return False
+
+    async def live(self, *, now: float) -> dict[str, float]:
+        return {}

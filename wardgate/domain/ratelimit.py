@@ -85,10 +85,12 @@ def _grouped(key: str, value: str) -> str:
     """An IPv6 client address as its /64: a client holds a whole /64, not one address."""
     if key == "remote_address" and ":" in value:
         try:
-            net = ipaddress.ip_network(f"{value}/64", strict=False)
+            address = ipaddress.IPv6Address(value)
         except ValueError:
             return value
-        return str(net)
+        if address.ipv4_mapped is not None:  # an IPv4 client of a dual-stack listener
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network(f"{address}/64", strict=False))
     return value
 
 

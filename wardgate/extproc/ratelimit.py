@@ -11,6 +11,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from google.protobuf import duration_pb2
 
+from wardgate.domain.bans import AbuseMonitor
 from wardgate.domain.ports import RefusalLog
 from wardgate.domain.ratelimit import LimitRequest, RateLimiter, parse_descriptor
 from wardgate.errors import StoreError
@@ -43,26 +44,36 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[m
         metrics: Metrics,
         fail_open: bool,
         refusals: RefusalLog | None = None,
+        abuse: AbuseMonitor | None = None,
     ) -> None:
         self._limiter = limiter
         self._metrics = metrics
         self._fail_open = fail_open
         self._refusals = refusals
+        self._abuse = abuse
         self._pending: set[asyncio.Task[None]] = set()
         self.refused_rules: dict[str, float] = {}  # rule -> last refusal (for the reporter)
 
     def _log_refusal(self, rule: str, client: str) -> None:
-        """Off the decision's path: a failure here costs a metric, never a decision."""
-        if self._refusals is None or len(self._pending) > 1000:
+        """Off the decision's path: the refused client is counted (distinct clients per
+        rule) and struck (bans); a failure here costs a metric, never a decision."""
+        if len(self._pending) > 1000:
             return
         now = time.time()
         self.refused_rules[rule] = now
+        refusals, abuse = self._refusals, self._abuse
 
         async def record() -> None:
-            try:
-                await self._refusals.record(rule, client, now=now)  # type: ignore[union-attr]
-            except StoreError:
-                self._metrics.store_errors.labels("refusal_log").inc()
+            if refusals is not None:
+                try:
+                    await refusals.record(rule, client, now=now)
+                except StoreError:
+                    self._metrics.store_errors.labels("refusal_log").inc()
+            if abuse is not None:
+                try:
+                    await abuse.refused(client)
+                except StoreError:
+                    self._metrics.store_errors.labels("bans").inc()
 
         task = asyncio.create_task(record())
         self._pending.add(task)

@@ -120,6 +120,16 @@ class Keys:
         """Pub/sub channel announcing revoked API keys (the SHA-256), for local caches."""
         return f"{self.prefix}apikeys:revoked"
 
+    # -- bans --
+    @property
+    def bans(self) -> str:
+        """Sorted set: banned network -> when the ban ends (epoch ms)."""
+        return f"{self.prefix}bans"
+
+    def strikes(self, network: str) -> str:
+        """Refusals of one network within the ban window (same slot as ``bans``)."""
+        return f"{self.prefix}strikes:{network}"
+
     # -- rate limiting --
     def counter(self, rule: str, value: str, window: int) -> str:
         # The hash tag holds rule and client, so counters spread over a cluster's slots. A
@@ -206,6 +216,18 @@ if ok then
   end
 end
 return out
+"""
+
+
+# One refusal of a network: count it, and ban the network once the count reaches the threshold.
+# KEYS[1] = the network's strikes, KEYS[2] = the bans sorted set.
+# ARGV: threshold, window in ms, ban end in ms, the network. Returns 1 when a ban started.
+STRIKE_LUA = r"""
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if n < tonumber(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1])
+return redis.call('ZADD', KEYS[2], 'GT', 'CH', ARGV[3], ARGV[4])
 """
 
 

@@ -23,6 +23,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noq
 from wardgate.domain.durations import format_duration
 from wardgate.domain.sessions import IDENTITY_HEADERS
 from wardgate.xds import canonical
+from wardgate.xds.bans import bans_filter
 from wardgate.xds.local_guard import guard_filter
 from wardgate.xds.scope_envoy import scope_filter, scoped_routes
 from wardgate.xds.translate import (
@@ -101,6 +102,7 @@ def _http_filters(opts: TranslateOptions) -> list[dict[str, Any]]:
         # Before anything reads the route: the scope key from the path (scope_key.py). It
         # overwrites whatever the client sent in that header.
         scope_filter(),
+        bans_filter(),  # banned clients: refused before anything else runs
         _strip_identity_headers(),
         _filter(F_CORS, T_CORS),
         _filter(F_RBAC, T_RBAC),
@@ -232,7 +234,7 @@ LOCAL_REPLIES: list[tuple[int, str | None, str, str | None]] = [
     (403, None, "", "UAEX"),
     (503, "unavailable", "authorization is unavailable; retry shortly", "UAEX"),
     (400, "bad_request", "the request is malformed", None),
-    (403, "forbidden", "your address is not allowed on this route", None),
+    (403, "forbidden", "your address is not allowed here", None),
     (404, "not_found", "no route matches this request", None),
     (413, "payload_too_large", "the request body is larger than this route allows", None),
     (429, "rate_limited", "too many requests; retry later", None),

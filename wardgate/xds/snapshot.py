@@ -21,13 +21,21 @@ from google.protobuf.message import Message
 from wardgate.xds.typeurls import (
     TYPE_CLUSTER,
     TYPE_ENDPOINT,
+    TYPE_EXTENSION_CONFIG,
     TYPE_LISTENER,
     TYPE_ROUTE,
     TYPE_SCOPED_ROUTE,
 )
 
 # Make before break: clusters (and their endpoints) before the listeners and routes using them.
-PUSH_ORDER = (TYPE_CLUSTER, TYPE_ENDPOINT, TYPE_LISTENER, TYPE_SCOPED_ROUTE, TYPE_ROUTE)
+PUSH_ORDER = (
+    TYPE_CLUSTER,
+    TYPE_ENDPOINT,
+    TYPE_LISTENER,
+    TYPE_EXTENSION_CONFIG,  # filter configs the listener's filters discover (ECDS)
+    TYPE_SCOPED_ROUTE,
+    TYPE_ROUTE,
+)
 # Types whose state-of-the-world responses carry every resource (a missing one is removed).
 WILDCARD_TYPES = frozenset({TYPE_CLUSTER, TYPE_LISTENER, TYPE_SCOPED_ROUTE})
 
@@ -111,12 +119,16 @@ ListenerFactory = Callable[[NodeGroup], Message]
 
 
 class SnapshotCache:
-    """Holds the latest base snapshot; streams wait on ``changed()`` for a newer one."""
+    """Holds the latest base snapshot (from the documents), the filter configurations that
+    other sources publish beside it (``set_extension``: ECDS, e.g. the ban list), and a
+    listener per node group; streams wait on ``wait_changed`` for a newer generation."""
 
     def __init__(self, *, listener_factory: ListenerFactory) -> None:
         self._listener_factory = listener_factory
         self._base: Snapshot | None = None
         self._listeners: dict[NodeGroup, Resources] = {}
+        self._extensions: dict[str, bytes] = {}  # name -> serialized TypedExtensionConfig
+        self._extension_resources: Resources = resources_from_bytes(TYPE_EXTENSION_CONFIG, [])
         self._generation = 0
         self._changed = asyncio.Event()
 
@@ -137,10 +149,26 @@ class SnapshotCache:
             self._base = snapshot  # same content, maybe a newer revision number
             return False
         self._base = snapshot
+        self._bump()
+        return True
+
+    def set_extension(self, name: str, config: bytes) -> bool:
+        """Publish the filter configuration ``name`` (a serialized, deterministic
+        ``TypedExtensionConfig``); returns whether it changed."""
+        if self._extensions.get(name) == config:
+            return False
+        self._extensions[name] = config
+        self._extension_resources = resources_from_bytes(
+            TYPE_EXTENSION_CONFIG, list(self._extensions.items()), self._extension_resources
+        )
+        if self._base is not None:
+            self._bump()
+        return True
+
+    def _bump(self) -> None:
         self._generation += 1
         self._changed.set()
         self._changed = asyncio.Event()
-        return True
 
     def snapshot_for(self, group: NodeGroup) -> Snapshot | None:
         if self._base is None:
@@ -149,9 +177,12 @@ class SnapshotCache:
         if listener is None:
             listener = Resources.of([self._listener_factory(group)], lambda m: m.name)
             self._listeners[group] = listener
-        return dataclasses.replace(
-            self._base, resources={**self._base.resources, TYPE_LISTENER: listener}
-        )
+        resources = {
+            **self._base.resources,
+            TYPE_LISTENER: listener,
+            TYPE_EXTENSION_CONFIG: self._extension_resources,
+        }
+        return dataclasses.replace(self._base, resources=resources)
 
     async def wait_changed(self, generation: int, timeout: float | None = None) -> None:
         """Return when the generation is past ``generation`` (or after ``timeout``)."""

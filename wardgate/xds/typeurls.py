@@ -20,6 +20,7 @@ TYPE_ENDPOINT = of("envoy.config.endpoint.v3.ClusterLoadAssignment")
 TYPE_LISTENER = of("envoy.config.listener.v3.Listener")
 TYPE_ROUTE = of("envoy.config.route.v3.RouteConfiguration")
 TYPE_SCOPED_ROUTE = of("envoy.config.route.v3.ScopedRouteConfiguration")
+TYPE_EXTENSION_CONFIG = of("envoy.config.core.v3.TypedExtensionConfig")  # ECDS
 
 # Typed configs: filters, their per-route configs, cluster options.
 N_HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
