@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import jwt
@@ -61,6 +62,42 @@ def test_any_change_to_a_signed_token_is_refused(position: int, flip: int) -> No
 @given(printable)
 def test_api_key_shape_check_never_raises(text: str) -> None:
     assert well_formed_api_key(text) in (True, False)
+
+
+def test_an_api_key_with_a_trailing_newline_is_not_well_formed() -> None:
+    assert well_formed_api_key("wg_" + "a" * 43)
+    assert not well_formed_api_key("wg_" + "a" * 43 + "\n")
+
+
+def _signed(**claims: object) -> str:
+    base = {"iss": "https://t", "aud": "api", "sub": "u", "exp": int(time.time()) + 60}
+    return jwt.encode({**base, **claims}, SECRET, algorithm="HS256")
+
+
+def test_a_role_with_a_trailing_newline_never_reaches_x_user_roles() -> None:
+    """Python's ``$`` matches before a final newline: 'admin\\n' passed the role check and
+    went into the comma-joined x-user-roles header."""
+    identity = VERIFIER.verify(_signed(roles=["reader", "admin\n", "ops\r\n"]))
+    assert identity.roles == ("reader",)
+
+
+# Role-shaped text with a hostile end, and anything at all.
+roles_text = st.one_of(
+    st.tuples(
+        st.from_regex(r"[A-Za-z0-9._:-]{1,64}", fullmatch=True),
+        st.sampled_from(["", "\n", "\r\n", ",admin", " x", "\x00", "\u2028"]),
+    ).map("".join),
+    st.text(st.characters(codec="utf-8"), max_size=70),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(roles_text, max_size=8))
+def test_the_roles_of_any_token_are_safe_in_a_header(roles: list[str]) -> None:
+    identity = VERIFIER.verify(_signed(roles=roles))
+    joined = ",".join(identity.roles)
+    assert re.fullmatch(r"[A-Za-z0-9._:,-]*", joined), joined
+    assert all(r in roles for r in identity.roles)
 
 
 @given(st.dictionaries(st.sampled_from(["route", "auth", "roles", "cors_origins", "x"]), printable))
