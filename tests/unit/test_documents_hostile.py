@@ -33,7 +33,7 @@ ISSUER: dict[str, Any] = {
 Place = Callable[[str], dict[str, Any]]
 
 
-def _with(base: dict[str, Any], change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+def _with(base: dict[str, Any], change: Callable[[dict[str, Any]], object]) -> dict[str, Any]:
     doc = copy.deepcopy(base)
     change(doc)
     return doc
