@@ -12,6 +12,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    WithJsonSchema,
 )
 
 from wardgate.domain.durations import parse_duration
@@ -128,6 +129,18 @@ MethodToken = Annotated[
 ]
 HeaderValue = Annotated[
     str, AfterValidator(_header_value), Field(json_schema_extra={"pattern": HEADER_VALUE_PATTERN})
+]
+# Headers to match: the schema says it with propertyNames (patternProperties, what pydantic
+# writes for constrained keys, would let any other name through).
+HeaderMap = Annotated[
+    dict[HeaderName, HeaderValue],
+    WithJsonSchema(
+        {
+            "type": "object",
+            "propertyNames": {"pattern": TOKEN_PATTERN},
+            "additionalProperties": {"type": "string", "pattern": HEADER_VALUE_PATTERN},
+        }
+    ),
 ]
 # Text that reaches no header but does reach messages and logs (an issuer, a file path).
 Text = Annotated[

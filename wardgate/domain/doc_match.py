@@ -15,8 +15,7 @@ from pydantic import (
 from wardgate.domain.doc_base import (
     HTTP_METHODS,
     RESERVED_HEADERS,
-    HeaderName,
-    HeaderValue,
+    HeaderMap,
     _Doc,
     check_envoy_regex,
     host_regex,
@@ -98,7 +97,7 @@ class Match(_Doc):
             "when the route has cors, for preflights). Unset: any method."
         ),
     )
-    headers: dict[HeaderName, HeaderValue] | None = Field(
+    headers: HeaderMap | None = Field(
         default=None,
         description=(
             "Request headers that must be present with exactly this value (Envoy header "
