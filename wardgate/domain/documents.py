@@ -8,6 +8,7 @@ models live in ``doc_route`` (with ``doc_match`` and ``doc_route_parts``), ``doc
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -97,10 +98,22 @@ def _reason(exc: ValidationError) -> str:
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
+# How ``repr`` writes a control character or a lone surrogate: always as an escape. A match
+# may be a false alarm (a backslash followed by 'n' in the text, another non-printable
+# character); the walk then decides.
+_SUSPECT = re.compile(r"\\(?:x[0-9a-f]{2}|[nrt]|u(?:202[89]|d[89a-f]))")
+
+
 def _unprintable_string(raw: dict[str, Any]) -> str | None:
     """The first string of ``raw``, key or value, holding a control character or a lone
     surrogate, with where it is; None when there is none. No field needs either, and either
-    could split a header, a log line or the CLI's one-line errors, or stop Envoy's protobuf."""
+    could split a header, a log line or the CLI's one-line errors, or stop Envoy's protobuf.
+    One pass at C speed clears most documents; a suspect one is walked string by string."""
+    try:
+        if not _SUSPECT.search(repr(raw)):
+            return None
+    except RecursionError:
+        pass  # nested too deeply for repr: the walk has no such limit
     todo: list[tuple[str, Any]] = [("", raw)]
     while todo:
         where, value = todo.pop()
