@@ -54,6 +54,27 @@ def test_bad_arguments_exit_non_zero_with_one_line(args: tuple[str, ...]) -> Non
     assert result.stderr.startswith("error: ")
 
 
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (("users", "add", "ada", "--role", "admin\n"), "role 'admin\\n'"),
+        (("users", "add", "ada\n"), "user name 'ada\\n'"),
+        (("keys", "create", "--name", "ci\n"), "key name 'ci\\n'"),
+        (("keys", "create", "--name", "ci", "--tier", "gold\r\n"), "'gold\\r\\n'"),
+    ],
+)
+def test_names_and_roles_with_a_trailing_newline_are_refused(
+    args: tuple[str, ...], reason: str
+) -> None:
+    """Python's ``$`` matches before a final newline: these passed and were stored."""
+    extra = "--password-stdin" if args[0] == "users" else "--expires=1d"
+    nowhere = {"REDIS_URL": f"redis://127.0.0.1:{devstack.free_port()}/0"}
+    result = run(*args, extra, env=nowhere, stdin="")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ") and reason in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_bad_setting_stops_with_a_clear_message() -> None:
     result = run("get", "routes", env={"WARDGATE_REDIS_TIMEOUT": "fast"})
     assert result.returncode == 1

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from tests.support import REGISTRY_TOKEN, Stack, eventually, route
 
@@ -20,6 +21,13 @@ def _status(stack: Stack) -> dict[str, object]:
     assert result.returncode == 0, result.stderr
     data: dict[str, object] = json.loads(result.stdout)
     return data
+
+
+def _refusal(stack: Stack, key: str, reason: str) -> str:
+    """The reason ``wardgate status`` gives for refusing ``key``, once it holds ``reason``."""
+    found = str(_status(stack)["refused"].get(key, ""))  # type: ignore[attr-defined]
+    assert reason in found, found
+    return found
 
 
 def test_a_value_that_is_not_utf8_is_refused_alone(stack: Stack) -> None:
@@ -116,3 +124,60 @@ def test_json_bodies_nested_too_deeply_are_400(stack: Stack) -> None:
     assert beat.status_code == 400
     with stack.client() as http:  # and through Envoy
         assert http.post("/auth/login", content=deep, headers=json_type).status_code == 400
+
+
+def test_cr_lf_in_a_cors_header_is_refused_and_never_reaches_a_response(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Issue 10, item 4: the attack run's route, CR/LF in ``cors.allow_headers``, had Envoy
+    write an injected Set-Cookie into preflight answers. Refused by ``apply``; refused when
+    written raw, while Envoy keeps the last good policy. A lone surrogate written raw (JSON's
+    escape) used to fail every build after it: refused alone, and changes still flow."""
+    origin = "https://app.example.com"
+    good = route(
+        "cors-split",
+        "/cors-split",
+        "echo",
+        cors={"allow_origins": [origin], "allow_headers": ["x-good"]},
+    )
+    stack.apply(good)
+    preflight = {"origin": origin, "access-control-request-method": "GET"}
+
+    def answer() -> httpx.Response:
+        with stack.client() as http:
+            resp = http.options("/cors-split", headers=preflight)
+        assert resp.status_code == 200 and "access-control-allow-headers" in resp.headers
+        return resp
+
+    assert eventually(answer, timeout=5).headers["access-control-allow-headers"] == "x-good"
+    bad = {**good, "cors": {"allow_origins": [origin], "allow_headers": ["x\r\nSet-Cookie: a=1"]}}
+    path = tmp_path / "split.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    result = stack.cli("apply", "-f", str(path))
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "route/cors-split: cors.allow_headers.0: 'x\\r\\nSet-Cookie: a=1'" in lines[0]
+
+    key = f"{stack.prefix}routes"
+    r = stack.redis()
+    surrogate = {**bad, "cors": {"allow_origins": [origin], "allow_headers": ["\ud800"]}}
+    try:
+        for value, reason in (
+            (bad, "cors.allow_headers.0: 'x\\r\\nSet-Cookie: a=1' holds the control character"),
+            (surrogate, "cors.allow_headers.0: '\\ud800' is not Unicode text"),
+        ):
+            r.hset(key, "cors-split", json.dumps(value))  # the surrogate as JSON's escape
+            refused = eventually(lambda want=reason: _refusal(stack, "Route/cors-split", want))
+            assert refused.endswith("(still serving the last good version)")
+            assert "\n" not in refused and "\r" not in refused
+            resp = answer()  # the last good policy, and nothing injected
+            assert resp.headers["access-control-allow-headers"] == "x-good"
+            assert "set-cookie" not in resp.headers
+        # Configuration changes still flow past the refused document.
+        stack.apply(route("cors-split-after", "/cors-split-after", "echo"))
+        with stack.client() as http:
+            eventually(lambda: http.get("/cors-split-after").status_code == 200, timeout=5)
+    finally:
+        r.hdel(key, "cors-split", "cors-split-after")
+    eventually(lambda: "Route/cors-split" not in _status(stack)["refused"], timeout=5)  # type: ignore[operator]

@@ -131,6 +131,31 @@ def test_from_raw_refuses_an_overflowing_period_alone() -> None:
     assert "Route/bad" in cat.refused
 
 
+def test_a_raw_write_with_cr_lf_is_refused_alone_with_a_one_line_reason() -> None:
+    """A raw HSET of the attack run's route; the field name itself may hold a newline too, and
+    neither may add a line to ``wardgate status`` or the log."""
+    hostile = _route("hostile", "good", cors={"allow_origins": ["*"], "allow_headers": ["x"]})
+    hostile["cors"]["allow_headers"] = ["x\r\nSet-Cookie: a=1"]
+    raw = _raw(_svc("good"), _route("ok", "good"), hostile)
+    raw["Route"]["a\nb"] = json.dumps(_route("a\nb", "good"))
+    cat = Catalog.from_raw(raw)
+    assert set(cat.routes) == {"ok"}
+    assert set(cat.refused) == {"Route/hostile", "Route/a\\nb"}
+    assert "cors.allow_headers.0" in cat.refused["Route/hostile"]
+    for key, reason in cat.refused.items():
+        assert "\n" not in key + reason and "\r" not in key + reason
+    # The patched catalog drops the refusal once the field is gone, as a full parse does.
+    now = {k: dict(v) for k, v in raw.items()}
+    del now["Route"]["a\nb"]
+    patched = Catalog.updated(cat, raw, now)
+    assert patched is not None
+    assert (
+        patched.refused
+        == Catalog.from_raw(now).refused
+        == {"Route/hostile": cat.refused["Route/hostile"]}
+    )
+
+
 # --- plan_apply ---------------------------------------------------------------------------
 
 

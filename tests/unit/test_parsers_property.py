@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import jwt
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from wardgate.domain.authz import Authorizer, Deny, RequestFacts, RoutePolicy
-from wardgate.domain.sessions import SessionService
+from wardgate.domain.authz import (
+    AccessDecision,
+    Allow,
+    Authorizer,
+    Deny,
+    RequestFacts,
+    RoutePolicy,
+)
+from wardgate.domain.ports import SessionRecord
+from wardgate.domain.sessions import MAX_COOKIE_HEADER, SessionService, parse_cookies, strip_cookie
 from wardgate.domain.tokens import JwtVerifier, TokenError, TrustedIssuer, well_formed_api_key
 
 SECRET = b"k" * 40
@@ -63,6 +72,42 @@ def test_api_key_shape_check_never_raises(text: str) -> None:
     assert well_formed_api_key(text) in (True, False)
 
 
+def test_an_api_key_with_a_trailing_newline_is_not_well_formed() -> None:
+    assert well_formed_api_key("wg_" + "a" * 43)
+    assert not well_formed_api_key("wg_" + "a" * 43 + "\n")
+
+
+def _signed(**claims: object) -> str:
+    base = {"iss": "https://t", "aud": "api", "sub": "u", "exp": int(time.time()) + 60}
+    return jwt.encode({**base, **claims}, SECRET, algorithm="HS256")
+
+
+def test_a_role_with_a_trailing_newline_never_reaches_x_user_roles() -> None:
+    """Python's ``$`` matches before a final newline: 'admin\\n' passed the role check and
+    went into the comma-joined x-user-roles header."""
+    identity = VERIFIER.verify(_signed(roles=["reader", "admin\n", "ops\r\n"]))
+    assert identity.roles == ("reader",)
+
+
+# Role-shaped text with a hostile end, and anything at all.
+roles_text = st.one_of(
+    st.tuples(
+        st.from_regex(r"[A-Za-z0-9._:-]{1,64}", fullmatch=True),
+        st.sampled_from(["", "\n", "\r\n", ",admin", " x", "\x00", "\u2028"]),
+    ).map("".join),
+    st.text(st.characters(codec="utf-8"), max_size=70),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(roles_text, max_size=8))
+def test_the_roles_of_any_token_are_safe_in_a_header(roles: list[str]) -> None:
+    identity = VERIFIER.verify(_signed(roles=roles))
+    joined = ",".join(identity.roles)
+    assert re.fullmatch(r"[A-Za-z0-9._:,-]*", joined), joined
+    assert all(r in roles for r in identity.roles)
+
+
 @given(st.dictionaries(st.sampled_from(["route", "auth", "roles", "cors_origins", "x"]), printable))
 def test_route_policy_from_any_context_is_well_defined(ext: dict[str, str]) -> None:
     policy = RoutePolicy.from_context(ext)
@@ -91,3 +136,85 @@ def test_any_headers_on_a_protected_route_are_refused_cleanly(
     policy = RoutePolicy.from_context({"route": "r", "auth": require})
     decision = asyncio.run(authz.decide(policy, RequestFacts("POST", "h", "/", headers)))
     assert isinstance(decision, Deny) and decision.status == 401
+
+
+# --- the request path: Cookie, Origin and Referer as a client may send them ----------------
+
+# Any code point (lone surrogates too), or a header around the size where parsing stops.
+any_text = st.one_of(
+    st.text(st.characters(exclude_categories=()), max_size=300),
+    st.tuples(
+        st.integers(MAX_COOKIE_HEADER - 10, MAX_COOKIE_HEADER + 10), st.sampled_from(";= \r\n")
+    ).map(lambda n_sep: ("a=1" + n_sep[1]) * (n_sep[0] // 4)),
+)
+cookie_names = st.one_of(
+    st.just("wg_session"), st.text(st.characters(exclude_categories=()), max_size=12)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(any_text, cookie_names)
+def test_cookie_parsing_and_stripping_never_raise_and_strip_the_named_cookie(
+    header: str, name: str
+) -> None:
+    cookies = parse_cookies(header)
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in cookies.items())
+    stripped = strip_cookie(header, name)
+    assert isinstance(stripped, str)
+    assert name not in parse_cookies(stripped)
+
+
+class _AnySession:
+    """Every well-formed session id names a live session: the CSRF check is reached."""
+
+    async def get_session(self, id_hash: str) -> SessionRecord:
+        return SessionRecord(id_hash, "ada", ("admin",), 0.0, time.time() + 60)
+
+
+SESSION_COOKIE = {"cookie": "wg_session=" + "s" * 43}
+
+
+def _decide(headers: dict[str, str], host: str, cors_origins: str = "") -> AccessDecision:
+    sessions = SessionService(users=None, sessions=_AnySession(), ttl_seconds=60)  # type: ignore[arg-type]
+    authz = Authorizer(sessions=sessions, cookie_name="wg_session", api_keys=None)
+    policy = RoutePolicy.from_context(
+        {"route": "r", "auth": "session", "cors_origins": cors_origins}
+    )
+    facts = RequestFacts("POST", host, "/", {**SESSION_COOKIE, **headers})
+    return asyncio.run(authz.decide(policy, facts))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from(["origin", "referer"]), any_text),
+    st.one_of(st.just("app.example.com"), any_text),
+    st.one_of(st.just("https://app.example.com"), any_text),
+)
+def test_any_origin_or_referer_on_a_session_post_is_allowed_or_refused_as_csrf(
+    headers: dict[str, str], host: str, cors_origins: str
+) -> None:
+    decision = _decide(headers, host, cors_origins)
+    if isinstance(decision, Deny):
+        assert (decision.status, decision.code) == (403, "csrf")
+    else:
+        assert decision.identity is not None and decision.identity.user == "ada"
+        assert decision.cookie == ""  # the session cookie never reaches the upstream
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.sampled_from(["origin", "referer"]),
+    st.sampled_from(["https", "http", "HTTPS"]),
+    st.from_regex(r"[a-z0-9-]{1,20}(\.[a-z0-9-]{1,20}){0,3}(:[0-9]{1,5})?", fullmatch=True),
+    st.sampled_from(["", "/", "/path?q=1", "/#frag"]),
+)
+def test_an_origin_of_another_host_is_refused_and_of_the_same_host_allowed(
+    header: str, scheme: str, netloc: str, tail: str
+) -> None:
+    source = f"{scheme}://{netloc}{tail if header == 'referer' else ''}"
+    assume(netloc != "app.example.com")
+    assert isinstance(_decide({header: source}, netloc.upper()), Allow)
+    foreign = _decide({header: source}, "app.example.com")
+    assert isinstance(foreign, Deny) and foreign.code == "csrf"
+    cors = _decide({header: source}, "app.example.com", f"{scheme.lower()}://{netloc}")
+    assert isinstance(cors, Allow)

@@ -38,9 +38,9 @@ async def users_add(
     ctx: click.Context, name: str, roles: tuple[str, ...], password_stdin: bool
 ) -> None:
     """Create or replace user NAME."""
-    if not USERNAME_RE.match(name):
+    if not USERNAME_RE.fullmatch(name):
         raise CliError(f"user name {name!r}: 1-{MAX_USERNAME} of letters, digits, . _ @ -")
-    bad = [r for r in roles if not ROLE_RE.match(r)]
+    bad = [r for r in roles if not ROLE_RE.fullmatch(r)]
     if bad:
         raise CliError(f"role {bad[0]!r}: 1-64 of letters, digits, . _ : -")
     if password_stdin:
@@ -119,7 +119,7 @@ async def sessions_revoke(ctx: click.Context, session_id: str | None, user: str 
             click.echo(f"{await store.delete_user_sessions(user)} sessions of {user} revoked")
             return
         assert session_id is not None
-        if not re.match(r"^[0-9a-f]{8,64}$", session_id):
+        if not re.fullmatch(r"[0-9a-f]{8,64}", session_id):
             raise CliError("a session ID is 8 to 64 hex digits, as 'sessions list' shows")
         matches = [s for s in await store.list_sessions() if s.id_hash.startswith(session_id)]
         if not matches:
@@ -149,9 +149,9 @@ async def keys_create(
     ctx: click.Context, name: str, roles: tuple[str, ...], tier: str, expires: str | None
 ) -> None:
     """Create a key and print it, once: only its hash is stored."""
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise CliError(f"key name {name!r}: 1-128 of letters, digits, . _ @ -")
-    bad = [r for r in (*roles, *([tier] if tier else [])) if not ROLE_RE.match(r)]
+    bad = [r for r in (*roles, *([tier] if tier else [])) if not ROLE_RE.fullmatch(r)]
     if bad:
         raise CliError(f"{bad[0]!r}: roles and tiers are 1-64 of letters, digits, . _ : -")
     lifetime = 0.0

@@ -16,6 +16,8 @@ from wardgate.domain.documents import (
     Service,
     check_references,
     parse_document,
+    printable,
+    shown,
     to_json_dict,
 )
 from wardgate.errors import DocumentError, ReferenceError_
@@ -101,6 +103,7 @@ class Catalog:
         )
         if any(k.startswith("Service/") for k in part.refused):
             return None  # a changed route keeps a deleted service alive: others may use it
+        changed_keys = {printable(n) for n in changed}
         routes = dict(previous.routes)  # a copy and a few deletions: cheaper than a filter
         served = dict(previous.served)
         for n in changed:
@@ -111,7 +114,7 @@ class Catalog:
         refused = {
             k: v
             for k, v in previous.refused.items()
-            if not k.startswith("Route/") or k[len("Route/") :] not in changed
+            if not k.startswith("Route/") or k[len("Route/") :] not in changed_keys
         }
         refused.update(part.refused)
         return cls(
@@ -149,13 +152,14 @@ class _Parse:
                 self.served[(kind, name)] = text
                 continue
             except DocumentError as exc:
-                self.refused[f"{kind}/{name}"] = exc.reason
+                key = f"{kind}/{printable(name)}"  # a raw HSET's field name may hold CR/LF
+                self.refused[key] = exc.reason
             previous = self.last_good.get(kind, {}).get(name)
             if previous is not None and previous != text:
                 with contextlib.suppress(DocumentError):
                     self.parsed[kind][name] = self.memo.parse(kind, name, previous)
                     self.served[(kind, name)] = previous
-                    self.refused[f"{kind}/{name}"] += " (still serving the last good version)"
+                    self.refused[key] += " (still serving the last good version)"
 
     def keep_deleted_services(self) -> None:
         """A service deleted (raw HDEL) while routes use it is refused like the CLI would:
@@ -254,7 +258,9 @@ def parse_stored(kind: str, name: str, text: str) -> Document:
     doc = parse_document(data, expect_kind=kind)
     if doc.name != name:
         raise DocumentError(
-            f"stored under field '{name}' but named '{doc.name}'", kind=kind, name=name
+            f"stored under field {shown(name)} but named '{doc.name}'",
+            kind=kind,
+            name=printable(name),
         )
     return doc
 

@@ -12,6 +12,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    WithJsonSchema,
 )
 
 from wardgate.domain.durations import parse_duration
@@ -45,7 +46,106 @@ RETRY_CONDITIONS = {
     "retriable-status-codes",
     "http3-post-connect-failure",
 }
-HEADER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9!#$%&'*+.^_`|~-]*$")
+
+# --- text that reaches Envoy: headers, and strings a person reads ---------------------------
+# The JSON Schema carries each pattern; the validators say in words what is wrong. Python's
+# ``$`` also matches before a final newline, so they use ``fullmatch``, never ``match``.
+
+# An HTTP token (RFC 9110 section 5.6.2): a header name, a method. No space, ':', ',', quote.
+TOKEN_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+HEADER_NAME_RE = re.compile(TOKEN_PATTERN)
+TOKEN_RULE = "letters, digits and !#$%&'*+-.^_`|~ (an HTTP token)"
+# A header value wardgate sends or matches: visible ASCII, spaces only inside (HTTP strips
+# them at the ends). Control characters could split a header; non-ASCII (obsolete obs-text)
+# is read differently by each client (docs/DECISIONS.md, record 25).
+HEADER_VALUE_PATTERN = r"^([!-~]([ -~]*[!-~])?)?$"
+_HEADER_VALUE = re.compile(HEADER_VALUE_PATTERN)
+# Control characters: C0 (NUL to US, CR and LF among them), DEL, C1, and the Unicode line and
+# paragraph separators, which break a line as well.
+CONTROL_CHARS = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
+_CONTROL = re.compile(f"[{CONTROL_CHARS}]")
+NO_CONTROL_PATTERN = f"^[^{CONTROL_CHARS}]*$"
+# What cannot be put in one line of a message as it is: control characters, lone surrogates.
+_UNPRINTABLE = re.compile(rf"[{CONTROL_CHARS}\ud800-\udfff]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_SHOWN_MAX = 64
+
+
+def printable(text: str) -> str:
+    """``text`` on one line: control characters and lone surrogates as Python escapes."""
+    return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def unprintable(text: str) -> str | None:
+    """Why ``text`` cannot be in a document, or None: it holds a control character, or a lone
+    surrogate (which JSON's ``\\ud800`` escape can write, and protobuf cannot encode)."""
+    if m := _UNPRINTABLE.search(text):
+        if _SURROGATE.fullmatch(m.group()):
+            return f"{shown(text)} is not Unicode text (a lone surrogate)"
+        return f"{shown(text)} holds the control character {m.group()!r}"
+    return None
+
+
+def shown(value: str) -> str:
+    """A value quoted for a one-line message: escaped, and cut after 64 characters."""
+    cut = value if len(value) <= _SHOWN_MAX else value[:_SHOWN_MAX]
+    return repr(cut) + ("..." if cut is not value else "")
+
+
+def _header_name(value: str) -> str:
+    if not HEADER_NAME_RE.fullmatch(value):
+        raise ValueError(f"{shown(value)} is not a header name: use {TOKEN_RULE}")
+    return value
+
+
+def _method_token(value: str) -> str:
+    if not HEADER_NAME_RE.fullmatch(value):
+        raise ValueError(f"{shown(value)} is not an HTTP method: use {TOKEN_RULE}")
+    return value
+
+
+def _header_value(value: str) -> str:
+    if not _HEADER_VALUE.fullmatch(value):
+        if bad := next((c for c in value if not " " <= c <= "~"), None):
+            what = "a control character" if _CONTROL.fullmatch(bad) else "a non-ASCII character"
+            raise ValueError(
+                f"{shown(value)} holds {what} ({bad!r}); a header value is visible ASCII"
+            )
+        raise ValueError(f"{shown(value)} starts or ends with a space, which HTTP strips")
+    return value
+
+
+def _no_control(value: str) -> str:
+    if m := _CONTROL.search(value):
+        raise ValueError(f"{shown(value)} holds the control character {m.group()!r}")
+    return value
+
+
+HeaderName = Annotated[
+    str, AfterValidator(_header_name), Field(json_schema_extra={"pattern": TOKEN_PATTERN})
+]
+MethodToken = Annotated[
+    str, AfterValidator(_method_token), Field(json_schema_extra={"pattern": TOKEN_PATTERN})
+]
+HeaderValue = Annotated[
+    str, AfterValidator(_header_value), Field(json_schema_extra={"pattern": HEADER_VALUE_PATTERN})
+]
+# Headers to match: the schema says it with propertyNames (patternProperties, what pydantic
+# writes for constrained keys, would let any other name through).
+HeaderMap = Annotated[
+    dict[HeaderName, HeaderValue],
+    WithJsonSchema(
+        {
+            "type": "object",
+            "propertyNames": {"pattern": TOKEN_PATTERN},
+            "additionalProperties": {"type": "string", "pattern": HEADER_VALUE_PATTERN},
+        }
+    ),
+]
+# Text that reaches no header but does reach messages and logs (an issuer, a file path).
+Text = Annotated[
+    str, AfterValidator(_no_control), Field(json_schema_extra={"pattern": NO_CONTROL_PATTERN})
+]
 # Set or stripped by the gateway (x-wardgate-scope: Envoy's scope key, xds/scope_key.py).
 RESERVED_HEADERS = {*IDENTITY_HEADERS, "x-request-id", "x-wardgate-scope"}
 

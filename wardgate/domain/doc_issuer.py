@@ -12,6 +12,7 @@ from pydantic import (
 
 from wardgate.domain.doc_base import (
     Name,
+    Text,
     _Doc,
 )
 from wardgate.domain.durations import parse_duration
@@ -32,26 +33,30 @@ class Issuer(_Doc):
             "are reserved). Not used in tokens."
         )
     )
-    issuer: str = Field(
+    issuer: Text = Field(
         min_length=1,
         max_length=512,
         description=(
-            "The token's iss claim must equal this. One iss is trusted through one Issuer "
-            "only: a later one (in name order) with the same value is refused."
+            "The token's iss claim must equal this; no control characters. One iss is "
+            "trusted through one Issuer only: a later one (in name order) with the same value "
+            "is refused."
         ),
     )
-    audiences: list[Annotated[str, Field(min_length=1, max_length=512)]] = Field(
+    audiences: list[Annotated[Text, Field(min_length=1, max_length=512)]] = Field(
         min_length=1,
-        description="At least one audience; the token's aud claim must name one of these.",
+        description=(
+            "At least one audience, without control characters; the token's aud claim must "
+            "name one of these."
+        ),
     )
-    jwks_file: str | None = Field(
+    jwks_file: Text | None = Field(
         default=None,
         min_length=1,
         max_length=4096,
         description=(
-            "Path of a JWKS file on each host running wardgate serve, re-read every "
-            "resync_interval; its RS256 and ES256 (P-256) signing keys are used. Exactly one "
-            "of jwks_file, jwks or hs256_secret_env."
+            "Path of a JWKS file on each host running wardgate serve (no control "
+            "characters), re-read every resync_interval; its RS256 and ES256 (P-256) signing "
+            "keys are used. Exactly one of jwks_file, jwks or hs256_secret_env."
         ),
     )
     jwks: dict[str, Any] | None = Field(

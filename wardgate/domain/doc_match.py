@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
 from pydantic import (
     Field,
@@ -12,18 +13,21 @@ from pydantic import (
 )
 
 from wardgate.domain.doc_base import (
-    HEADER_NAME_RE,
     HTTP_METHODS,
     RESERVED_HEADERS,
+    HeaderMap,
     _Doc,
     check_envoy_regex,
     host_regex,
+    shown,
 )
 
 # What Envoy matches as it comes (RFC 3986 path characters, '[' and ']'); it percent-encodes
 # the rest of ASCII ('|', '^', '{', ...) before routing and refuses raw non-ASCII bytes.
 _PCHAR = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/\[\]]|%[0-9A-Fa-f]{2})*")
 _PLAIN = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%\[\]]")
+HOST_PATTERN = r"^(\*\.)?[A-Za-z0-9.-]+$"
+_HOST = re.compile(HOST_PATTERN)
 _DECODED = re.compile(r"%(?:[46][1-9A-Fa-f]|[57][0-9Aa]|3[0-9]|2[DdEeFf]|5[CcFf]|7[Ee])")
 
 
@@ -93,16 +97,17 @@ class Match(_Doc):
             "when the route has cors, for preflights). Unset: any method."
         ),
     )
-    headers: dict[str, str] | None = Field(
+    headers: HeaderMap | None = Field(
         default=None,
         description=(
             "Request headers that must be present with exactly this value (Envoy header "
-            "matcher, string_match.exact). Names are lower-cased HTTP tokens; x-user-id, "
+            "matcher, string_match.exact). Names are HTTP tokens, lower-cased; values are "
+            "visible ASCII, spaces only inside, possibly empty. x-user-id, "
             "x-user-roles, x-auth-method, x-request-id, x-wardgate-scope, cookie, authorization "
             "and x-api-key cannot be named."
         ),
     )
-    hosts: list[str] | None = Field(
+    hosts: list[Annotated[str, Field(json_schema_extra={"pattern": HOST_PATTERN})]] | None = Field(
         default=None,
         description=(
             "Host names the Host/:authority header must be one of, with any port (an "
@@ -145,8 +150,6 @@ class Match(_Doc):
         out = {}
         for name, want in value.items():
             lname = name.lower()
-            if not HEADER_NAME_RE.match(lname):
-                raise ValueError(f"'{name}' is not a valid header name")
             if lname in RESERVED_HEADERS or lname in ("cookie", "authorization", "x-api-key"):
                 raise ValueError(
                     f"'{lname}' cannot be matched: the gateway sets or strips it, and a client "
@@ -161,8 +164,8 @@ class Match(_Doc):
         if value is None:
             return None
         for host in value:
-            if not re.match(r"^(\*\.)?[A-Za-z0-9.-]+$", host):
-                raise ValueError(f"'{host}' is not a host name (a leading '*.' is allowed)")
+            if not _HOST.fullmatch(host):
+                raise ValueError(f"{shown(host)} is not a host name (a leading '*.' is allowed)")
         hosts = [h.lower() for h in value]
         check_envoy_regex(host_regex(hosts), "match.hosts (as a regex)")
         return hosts

@@ -15,9 +15,13 @@ from pydantic import (
 from wardgate.domain.doc_base import (
     RETRY_CONDITIONS,
     ROLE_PATTERN,
+    HeaderName,
+    MethodToken,
     Name,
     _Doc,
     _duration,
+    _no_control,
+    shown,
 )
 from wardgate.domain.durations import parse_period
 
@@ -102,7 +106,7 @@ class Auth(_Doc):
         return self
 
 
-RATE_DIMENSIONS_RE = re.compile(r"^(ip|user|api_key|route|header:[a-z0-9][a-z0-9_-]*)$")
+RATE_DIMENSIONS_RE = re.compile(r"ip|user|api_key|route|header:[a-z0-9][a-z0-9_-]*")
 
 
 class RateLimit(_Doc):
@@ -180,10 +184,10 @@ class RateLimit(_Doc):
             raise ValueError("rate_limits.by: one to four dimensions")
         out = []
         for v in values:
-            v = v.strip().lower()
-            if not RATE_DIMENSIONS_RE.match(v):
+            v = _no_control(v).strip().lower()
+            if not RATE_DIMENSIONS_RE.fullmatch(v):
                 raise ValueError(
-                    f"rate_limits.by '{v}': use ip, user, api_key, route or header:NAME"
+                    f"rate_limits.by {shown(v)}: use ip, user, api_key, route or header:NAME"
                 )
             out.append(v)
         if len(set(out)) != len(out):
@@ -212,32 +216,43 @@ class RateLimit(_Doc):
         return int(parse_period(self.per))
 
 
+ORIGIN_PATTERN = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$"
+_ORIGIN = re.compile(ORIGIN_PATTERN)
+
+
 class Cors(_Doc):
     """CORS policy of a route: a per-route Envoy ``CorsPolicy``, applied by Envoy's CORS filter
     (which answers preflights before RBAC, ext_authz and rate limiting)."""
 
-    allow_origins: list[str] = Field(
+    allow_origins: list[
+        Annotated[str, Field(json_schema_extra={"pattern": f"{ORIGIN_PATTERN}|^[*]$"})]
+    ] = Field(
         description=(
             "Allowed origins: '*' alone, or origins such as https://app.example.com "
             "(http(s)://host[:port]), compared exactly (Envoy allow_origin_string_match; '*' "
             "becomes the regex '.*'). Origins other than '*' also pass the CSRF check."
         )
     )
-    allow_methods: list[str] | None = Field(
+    allow_methods: list[MethodToken] | None = Field(
         default=None,
         description=(
-            "Methods allowed cross-origin (Envoy allow_methods, comma-joined). Unset: the "
+            "Methods allowed cross-origin (Envoy allow_methods, comma-joined into the "
+            "access-control-allow-methods header): HTTP tokens, such as GET or '*'. Unset: the "
             "route's match.methods."
         ),
     )
-    allow_headers: list[str] | None = Field(
-        default=None,
-        description="Request headers allowed cross-origin (Envoy allow_headers, comma-joined).",
-    )
-    expose_headers: list[str] | None = Field(
+    allow_headers: list[HeaderName] | None = Field(
         default=None,
         description=(
-            "Response headers exposed to the browser (Envoy expose_headers, comma-joined)."
+            "Request headers allowed cross-origin (Envoy allow_headers, comma-joined into the "
+            "access-control-allow-headers header): header names (HTTP tokens) or '*'."
+        ),
+    )
+    expose_headers: list[HeaderName] | None = Field(
+        default=None,
+        description=(
+            "Response headers exposed to the browser (Envoy expose_headers, comma-joined into "
+            "the access-control-expose-headers header): header names (HTTP tokens) or '*'."
         ),
     )
     allow_credentials: bool = Field(
@@ -259,8 +274,10 @@ class Cors(_Doc):
     @classmethod
     def _origins(cls, value: list[str]) -> list[str]:
         for origin in value:
-            if origin != "*" and not re.match(r"^https?://[A-Za-z0-9.-]+(:\d+)?$", origin):
-                raise ValueError(f"'{origin}' is not an origin such as https://app.example.com")
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"{shown(origin)} is not an origin such as https://app.example.com"
+                )
         return value
 
     _max_age = field_validator("max_age")(classmethod(lambda cls, v: v and _duration(v)))

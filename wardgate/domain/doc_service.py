@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
 from pydantic import (
+    AfterValidator,
     Field,
     field_validator,
     model_validator,
@@ -14,7 +16,28 @@ from wardgate.domain.doc_base import (
     Name,
     _Doc,
     _duration,
+    shown,
 )
+
+# The request target of a health check as sent on the wire: a path, maybe a query; URL
+# characters only (anything else percent-encoded). Envoy refuses a control character here by
+# refusing the whole cluster update, every other cluster's change with it.
+HEALTH_PATH_PATTERN = r"^/[A-Za-z0-9\-._~!$&'()*+,;=:@/%?\[\]]*$"
+_HEALTH_PATH = re.compile(HEALTH_PATH_PATTERN)
+
+
+def _health_path(value: str) -> str:
+    if not _HEALTH_PATH.fullmatch(value):
+        raise ValueError(
+            f"{shown(value)} is not a request path: it starts with '/' and holds URL "
+            "characters only (letters, digits, -._~!$&'()*+,;=:@/%?[]); percent-encode others"
+        )
+    return value
+
+
+HealthPath = Annotated[
+    str, AfterValidator(_health_path), Field(json_schema_extra={"pattern": HEALTH_PATH_PATTERN})
+]
 
 
 class Endpoint(_Doc):
@@ -45,11 +68,13 @@ class HealthCheck(_Doc):
     """Active health checking of a service's hosts (the Envoy cluster's
     ``health_checks[0]``)."""
 
-    path: str = Field(
+    path: HealthPath = Field(
         default="/healthz",
         description=(
-            "Path requested (Envoy http_health_check.path). Unused with protocol grpc, which "
-            "checks the standard gRPC health service (grpc_health_check). Default: /healthz."
+            "Path requested, starting with '/', maybe with a query; URL characters only, "
+            "anything else percent-encoded (Envoy http_health_check.path). Unused with "
+            "protocol grpc, which checks the standard gRPC health service "
+            "(grpc_health_check). Default: /healthz."
         ),
     )
     interval: str = Field(

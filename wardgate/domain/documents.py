@@ -8,6 +8,8 @@ models live in ``doc_route`` (with ``doc_match`` and ``doc_route_parts``), ``doc
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import ValidationError
@@ -22,6 +24,9 @@ from wardgate.domain.doc_base import (
     Name,
     check_envoy_regex,
     host_regex,
+    printable,
+    shown,
+    unprintable,
 )
 from wardgate.domain.doc_issuer import Issuer
 from wardgate.domain.doc_match import Match
@@ -63,6 +68,8 @@ __all__ = [
     "check_references",
     "host_regex",
     "parse_document",
+    "printable",
+    "shown",
     "to_json_dict",
 ]
 
@@ -75,15 +82,54 @@ KINDS: dict[str, type[Route] | type[Service] | type[Issuer]] = {
 
 
 def _reason(exc: ValidationError) -> str:
+    """Pydantic's errors as one line: at most three, each naming its field. Whatever the
+    document held is escaped, so a value with CR/LF cannot add a line to a log or a CLI."""
     parts = []
     for err in exc.errors()[:3]:
-        loc = ".".join(str(p) for p in err["loc"] if p != "__root__")
+        path = [str(p) for p in err["loc"] if p != "__root__"]
+        if path[-1:] == ["[key]"]:
+            path = path[:-1]  # a mapping's key is wrong: its place is the key itself
+        loc = ".".join(path)
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
-        parts.append(f"{loc}: {msg}" if loc else msg)
+        parts.append(printable(f"{loc}: {msg}" if loc else msg))
     more = len(exc.errors()) - 3
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+# How ``repr`` writes a control character or a lone surrogate: always as an escape. A match
+# may be a false alarm (a backslash followed by 'n' in the text, another non-printable
+# character); the walk then decides.
+_SUSPECT = re.compile(r"\\(?:x[0-9a-f]{2}|[nrt]|u(?:202[89]|d[89a-f]))")
+
+
+def _unprintable_string(raw: dict[str, Any]) -> str | None:
+    """The first string of ``raw``, key or value, holding a control character or a lone
+    surrogate, with where it is; None when there is none. No field needs either, and either
+    could split a header, a log line or the CLI's one-line errors, or stop Envoy's protobuf.
+    One pass at C speed clears most documents; a suspect one is walked string by string."""
+    try:
+        if not _SUSPECT.search(repr(raw)):
+            return None
+    except RecursionError:
+        pass  # nested too deeply for repr: the walk has no such limit
+    todo: list[tuple[str, Any]] = [("", raw)]
+    while todo:
+        where, value = todo.pop()
+        if isinstance(value, str) and (why := unprintable(value)):
+            return f"{where or 'the document'}: {why}"
+        items: Iterable[tuple[Any, Any]] = ()
+        if isinstance(value, dict):
+            items = value.items()
+        elif isinstance(value, list):
+            items = enumerate(value)
+        for key, item in reversed(list(items)):
+            key = str(key)
+            if why := unprintable(key):
+                return f"{where or 'the document'}: the key {why}"
+            todo.append((f"{where}.{key}" if where else key, item))
+    return None
 
 
 def parse_document(raw: Any, *, expect_kind: str | None = None) -> Document:
@@ -91,14 +137,24 @@ def parse_document(raw: Any, *, expect_kind: str | None = None) -> Document:
     if not isinstance(raw, dict):
         raise DocumentError(f"a document is a mapping, not {type(raw).__name__}")
     kind = raw.get("kind")
-    name: str = raw["name"] if isinstance(raw.get("name"), str) else ""
+    name: str = printable(raw["name"]) if isinstance(raw.get("name"), str) else ""
     if kind is None and expect_kind is not None:
         kind = expect_kind
         raw = {**raw, "kind": kind}
-    if kind not in KINDS:
-        raise DocumentError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}", name=name)
+    if not isinstance(kind, str) or kind not in KINDS:
+        scalar = kind is None or isinstance(kind, int | float)
+        shown_kind = (
+            shown(kind)
+            if isinstance(kind, str)
+            else repr(kind)
+            if scalar
+            else f"a {type(kind).__name__}"
+        )
+        raise DocumentError(f"kind must be one of {', '.join(KINDS)}, not {shown_kind}", name=name)
     if expect_kind is not None and kind != expect_kind:
         raise DocumentError(f"expected kind {expect_kind}, found {kind}", kind=kind, name=name)
+    if why := _unprintable_string(raw):
+        raise DocumentError(why, kind=kind, name=name)
     try:
         return KINDS[kind].model_validate(raw)
     except ValidationError as exc:

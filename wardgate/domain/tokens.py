@@ -146,7 +146,7 @@ def _identity(verified: Mapping[str, Any], issuer: TrustedIssuer) -> Identity:
         raise TokenError(f"claim '{issuer.roles_claim}' must be a list of strings")
     # Roles a route could never name are dropped: joined by commas into x-user-roles,
     # "user,admin" would read as two roles upstream.
-    usable = [r for r in roles if _ROLE.match(r)]
+    usable = [r for r in roles if _ROLE.fullmatch(r)]  # fullmatch: "admin\n" is no role
     return Identity(user, tuple(usable[:64]), "jwt", float(verified.get("exp", 0)))
 
 
@@ -163,7 +163,7 @@ def hash_api_key(key: str) -> str:
 
 
 def well_formed_api_key(key: str) -> bool:
-    return bool(API_KEY_RE.match(key))
+    return bool(API_KEY_RE.fullmatch(key))
 
 
 def trusted_issuer(
