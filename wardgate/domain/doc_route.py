@@ -18,7 +18,14 @@ from wardgate.domain.doc_base import (
     _duration,
 )
 from wardgate.domain.doc_match import Match, check_path_chars
-from wardgate.domain.doc_route_parts import Auth, Cors, RateLimit, Retries, WeightedBackend
+from wardgate.domain.doc_route_parts import (
+    Auth,
+    Cors,
+    RateLimit,
+    Retries,
+    Transcode,
+    WeightedBackend,
+)
 
 
 class Route(_Doc):
@@ -120,6 +127,13 @@ class Route(_Doc):
             "413. Unset: the body streams, no limit."
         ),
     )
+    transcode: Transcode | None = Field(
+        default=None,
+        description=(
+            "Answer REST/JSON with gRPC services of a Descriptor document (Envoy's gRPC-JSON "
+            "transcoder): the backends must be protocol grpc; no rewrite_prefix. Unset: none."
+        ),
+    )
     websocket: bool = Field(
         default=False,
         description=(
@@ -143,6 +157,8 @@ class Route(_Doc):
             names = [b.service for b in self.backends]
             if len(set(names)) != len(names):
                 raise ValueError("backends lists a service twice")
+        if self.transcode is not None and self.rewrite_prefix is not None:
+            raise ValueError("transcode and rewrite_prefix do not go together (the gRPC path)")
         if self.rewrite_prefix is not None:
             if self.match.prefix is None:
                 raise ValueError("rewrite_prefix needs match.prefix")

@@ -24,6 +24,7 @@ from wardgate.domain.doc_base import (
     shown,
 )
 from wardgate.domain.durations import parse_period
+from wardgate.domain.grpc_api import SERVICE_NAME_RE
 
 
 class WeightedBackend(_Doc):
@@ -281,3 +282,26 @@ class Cors(_Doc):
         return value
 
     _max_age = field_validator("max_age")(classmethod(lambda cls, v: v and _duration(v)))
+
+
+class Transcode(_Doc):
+    """REST/JSON in, gRPC to the backend: Envoy's gRPC-JSON transcoder with the services of a
+    Descriptor document (docs/TRANSCODING.md)."""
+
+    descriptor: Name = Field(description="The Descriptor document holding the services.")
+    services: list[Annotated[str, Field(pattern=SERVICE_NAME_RE)]] = Field(
+        min_length=1,
+        max_length=16,
+        description=(
+            "Full names of the gRPC services exposed (package.Service), 1 to 16, each defined "
+            "in the descriptor. Their methods answer per their google.api.http options; a "
+            "method without one answers POST /package.Service/Method with a JSON body."
+        ),
+    )
+
+    @field_validator("services")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("transcode.services names a service twice")
+        return value

@@ -28,10 +28,18 @@ from wardgate.domain.doc_base import (
     shown,
     unprintable,
 )
+from wardgate.domain.doc_descriptor import Descriptor
 from wardgate.domain.doc_issuer import Issuer
 from wardgate.domain.doc_match import Match
 from wardgate.domain.doc_route import Route
-from wardgate.domain.doc_route_parts import Auth, Cors, RateLimit, Retries, WeightedBackend
+from wardgate.domain.doc_route_parts import (
+    Auth,
+    Cors,
+    RateLimit,
+    Retries,
+    Transcode,
+    WeightedBackend,
+)
 from wardgate.domain.doc_service import (
     CircuitBreaker,
     Endpoint,
@@ -52,6 +60,7 @@ __all__ = [
     "Auth",
     "CircuitBreaker",
     "Cors",
+    "Descriptor",
     "Document",
     "Endpoint",
     "HealthCheck",
@@ -63,6 +72,7 @@ __all__ = [
     "Retries",
     "Route",
     "Service",
+    "Transcode",
     "WeightedBackend",
     "check_envoy_regex",
     "check_references",
@@ -73,11 +83,12 @@ __all__ = [
     "to_json_dict",
 ]
 
-Document = Route | Service | Issuer
-KINDS: dict[str, type[Route] | type[Service] | type[Issuer]] = {
+Document = Route | Service | Issuer | Descriptor
+KINDS: dict[str, type[Route] | type[Service] | type[Issuer] | type[Descriptor]] = {
     "Route": Route,
     "Service": Service,
     "Issuer": Issuer,
+    "Descriptor": Descriptor,
 }
 
 

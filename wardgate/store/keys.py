@@ -28,8 +28,17 @@ class Keys:
     def issuers(self) -> str:
         return f"{self.prefix}issuers"
 
+    @property
+    def descriptors(self) -> str:
+        return f"{self.prefix}descriptors"
+
     def documents(self, kind: str) -> str:
-        return {"Route": self.routes, "Service": self.services, "Issuer": self.issuers}[kind]
+        return {
+            "Route": self.routes,
+            "Service": self.services,
+            "Issuer": self.issuers,
+            "Descriptor": self.descriptors,
+        }[kind]
 
     def last_good(self, kind: str) -> str:
         """Hash like the documents hash: the version of each document last served, so that

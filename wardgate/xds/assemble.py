@@ -17,6 +17,7 @@ from envoy.config.route.v3 import route_components_pb2, scoped_route_pb2
 
 from wardgate.domain.catalog import Catalog
 from wardgate.domain.documents import Route, Service
+from wardgate.domain.route_order import SortKey, route_sort_key
 from wardgate.xds import canonical
 from wardgate.xds.clusters import (
     build_auth_cluster,
@@ -24,13 +25,7 @@ from wardgate.xds.clusters import (
     build_load_assignment,
     uses_eds,
 )
-from wardgate.xds.routes import (
-    SortKey,
-    builtin_routes,
-    route_entry,
-    route_sort_key,
-    virtual_host_head,
-)
+from wardgate.xds.routes import builtin_routes, route_entry, virtual_host_head
 from wardgate.xds.scope_envoy import marker_route, scope_resources
 from wardgate.xds.scope_key import Pin, pin_buckets
 from wardgate.xds.scope_layout import Entry, Layout, Placed

@@ -43,19 +43,6 @@ from wardgate.xds.typeurls import (
 
 DEFAULT_OPTIONS = TranslateOptions()
 
-# A route's place in the global order, smallest first: what ``route_sort_key`` gives.
-SortKey = tuple[int, int, int, int, str]
-
-
-def route_sort_key(route: Route) -> SortKey:
-    """Higher ``priority`` first; then exact path, regex, prefix; longer paths first; routes
-    with more conditions (methods, headers, hosts) first; then by name."""
-    m = route.match
-    kind = 0 if m.path is not None else (1 if m.regex is not None else 2)
-    length = len(m.path or m.prefix or m.regex or "")
-    conditions = bool(m.methods) + len(m.headers or {}) + bool(m.hosts)
-    return (-route.priority, kind, -length, -conditions, route.name)
-
 
 def _regex_alternatives(values: list[str]) -> str:
     return "|".join(re.escape(v) for v in values)

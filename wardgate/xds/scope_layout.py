@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
-from wardgate.xds.routes import SortKey
+from wardgate.domain.route_order import SortKey
 from wardgate.xds.scope_envoy import route_config_name
 from wardgate.xds.scope_key import BUCKETS, MAX_DEPTH, Pin, bucket
 

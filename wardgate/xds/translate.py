@@ -4,7 +4,7 @@ Resources are built as plain dicts in Envoy's JSON form (readable, diffable, the
 Envoy's documentation) and parsed into protobuf messages once. The pieces:
 
 - ``clusters.py``: a service's cluster and endpoints, and wardgate's own HTTP cluster;
-- ``routes.py``: a route document's entry, the global order (``route_sort_key``,
+- ``routes.py``: a route document's entry (in the global order of ``domain/route_order.py``,
   ``docs/ROUTING.md``), the virtual host and wardgate's built-in routes;
 - ``listener.py``: the listener and its HTTP filters;
 - ``scope_key.py``, ``scope_layout.py``, ``scope_envoy.py``: the routes split into scopes

@@ -1,0 +1,176 @@
+"""gRPC APIs as compiled descriptors: what services a ``FileDescriptorSet`` holds, the REST
+bindings of their methods, and several sets merged into one.
+
+A set comes from ``protoc --include_imports --descriptor_set_out`` (or wardgate compiling a
+``.proto`` itself, ``cli/descriptors.py``). Its bindings are the methods' ``google.api.http``
+options (``additional_bindings`` included); a method without one is reachable as ``POST
+/<package>.<Service>/<Method>`` with a JSON body (Envoy's transcoder ``auto_mapping``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable, Mapping
+
+# Importing it registers the google.api.http extension of MethodOptions.
+from google.api import annotations_pb2, http_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.message import DecodeError
+
+MAX_DESCRIPTOR_BYTES = 4 << 20  # a compiled API rarely passes 1 MiB
+SERVICE_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$"
+_VERBS = ("get", "put", "post", "delete", "patch")
+_VARIABLE = re.compile(r"\{([^}=]+)(?:=([^}]*))?\}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Binding:
+    """One REST mapping of a method: an HTTP verb and a path template."""
+
+    verb: str  # GET, POST, ... (upper case); a custom verb as written
+    template: str  # e.g. /v1/greeter/{name}
+    body: str = ""  # "*", a field name, or "" (no body)
+
+    def sample_path(self) -> str:
+        """A concrete path the template matches: variables become ``x`` (``**`` ``x/x``)."""
+
+        def fill(match: re.Match[str]) -> str:
+            pattern = match.group(2)
+            if not pattern:
+                return "x"
+            return "/".join("x" if seg in ("*", "**") else seg for seg in pattern.split("/"))
+
+        return _VARIABLE.sub(fill, self.template)
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    name: str
+    bindings: tuple[Binding, ...]  # annotated ones; empty: auto-mapped only
+    server_streaming: bool = False
+    client_streaming: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class GrpcApi:
+    """The services of one descriptor set, by full name (``pkg.Service``)."""
+
+    files: tuple[descriptor_pb2.FileDescriptorProto, ...]
+    services: Mapping[str, tuple[Method, ...]]
+
+    def bindings(self, service: str) -> list[tuple[str, Binding]]:
+        """Every REST binding of ``service``'s methods, the auto-mapped one included."""
+        out = []
+        for method in self.services[service]:
+            out += [(method.name, b) for b in method.bindings]
+            out.append((method.name, Binding("POST", f"/{service}/{method.name}", "*")))
+        return out
+
+
+def _http_bindings(rule: http_pb2.HttpRule) -> list[Binding]:
+    out: list[Binding] = []
+    pattern = rule.WhichOneof("pattern")
+    if pattern in _VERBS:
+        out.append(Binding(pattern.upper(), getattr(rule, pattern), rule.body))
+    elif pattern == "custom":
+        out.append(Binding(rule.custom.kind, rule.custom.path, rule.body))
+    for extra in rule.additional_bindings:
+        out += _http_bindings(extra)
+    return out
+
+
+def _checked_pool(files: Iterable[descriptor_pb2.FileDescriptorProto]) -> None:
+    """Every file resolves against the set itself (``--include_imports``): types exist, no
+    name is defined twice. Raises ``ValueError`` saying which file is wrong."""
+    pool = descriptor_pool.DescriptorPool()
+    pending = list(files)
+    while pending:  # dependencies first, whatever order the set is in
+        added = []
+        for f in pending:
+            if all(_has_file(pool, d) for d in f.dependency):
+                try:
+                    pool.Add(f)
+                    pool.FindFileByName(f.name)  # builds it: unresolved types fail here
+                except (TypeError, KeyError, ValueError) as exc:
+                    raise ValueError(f"file {f.name}: {exc}") from None
+                added.append(f)
+        if not added:
+            missing = sorted({d for f in pending for d in f.dependency if not _has_file(pool, d)})
+            raise ValueError(
+                "the set lacks imported files (compile with --include_imports): "
+                + ", ".join(missing[:5])
+            )
+        pending = [f for f in pending if f not in added]
+
+
+def _has_file(pool: descriptor_pool.DescriptorPool, name: str) -> bool:
+    try:
+        pool.FindFileByName(name)
+        return True
+    except KeyError:
+        return False
+
+
+def parse_descriptor_set(data: bytes) -> GrpcApi:
+    """The API a serialized ``FileDescriptorSet`` describes; ``ValueError`` saying why it
+    cannot be used (not a descriptor set, unresolved imports, no service, too large)."""
+    if len(data) > MAX_DESCRIPTOR_BYTES:
+        raise ValueError(f"larger than {MAX_DESCRIPTOR_BYTES >> 20} MiB")
+    try:
+        fds = descriptor_pb2.FileDescriptorSet.FromString(data)
+    except DecodeError:
+        raise ValueError("not a FileDescriptorSet (protoc --descriptor_set_out)") from None
+    if not fds.file:
+        raise ValueError("the descriptor set holds no file")
+    names = [f.name for f in fds.file]
+    if len(set(names)) != len(names):
+        raise ValueError("the descriptor set holds a file twice")
+    _checked_pool(fds.file)
+    services: dict[str, tuple[Method, ...]] = {}
+    for f in fds.file:
+        for svc in f.service:
+            full = f"{f.package}.{svc.name}" if f.package else svc.name
+            services[full] = tuple(
+                Method(
+                    m.name,
+                    tuple(_http_bindings(m.options.Extensions[annotations_pb2.http]))
+                    if m.options.HasExtension(annotations_pb2.http)
+                    else (),
+                    m.server_streaming,
+                    m.client_streaming,
+                )
+                for m in svc.method
+            )
+    if not services:
+        raise ValueError("the descriptor set defines no service")
+    return GrpcApi(tuple(fds.file), services)
+
+
+def merge(apis: Iterable[GrpcApi]) -> bytes:
+    """One serialized ``FileDescriptorSet`` holding every file of ``apis`` once, each after
+    the files it imports (Envoy builds them in order), otherwise by name. ``ValueError`` when
+    two sets hold different files of the same name."""
+    files: dict[str, descriptor_pb2.FileDescriptorProto] = {}
+    for api in apis:
+        for f in api.files:
+            known = files.setdefault(f.name, f)
+            if known is not f and known.SerializeToString(
+                deterministic=True
+            ) != f.SerializeToString(deterministic=True):
+                raise ValueError(f"file {f.name} differs between descriptors")
+    merged = descriptor_pb2.FileDescriptorSet()
+    done: set[str] = set()
+
+    def add(name: str) -> None:
+        if name in done or name not in files:
+            return
+        done.add(name)
+        for dep in sorted(files[name].dependency):
+            add(dep)
+        merged.file.append(files[name])
+
+    for name in sorted(files):
+        add(name)
+    data: bytes = merged.SerializeToString(deterministic=True)
+    return data
