@@ -1,4 +1,5 @@
-"""Write the JSON Schema of the Route, Service and Issuer documents next to this file.
+"""Write the JSON Schema of the Route, Service, Issuer and Descriptor documents next to this
+file.
 
 Run from anywhere with wardgate importable:  python docs/schema/generate.py
 
@@ -14,15 +15,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from wardgate.domain.documents import Issuer, Route, Service
+from wardgate.domain.documents import Descriptor, Issuer, Route, Service
 
 HERE = Path(__file__).resolve().parent
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
-Model = type[Route] | type[Service] | type[Issuer]
+Model = type[Route] | type[Service] | type[Issuer] | type[Descriptor]
 MODELS: tuple[tuple[Model, str], ...] = (
     (Route, "route.schema.json"),
     (Service, "service.schema.json"),
     (Issuer, "issuer.schema.json"),
+    (Descriptor, "descriptor.schema.json"),
 )
 
 

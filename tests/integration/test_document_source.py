@@ -45,7 +45,12 @@ def test_load_reads_documents_and_revision(redis_url: str, prefix: str) -> None:
         await r.set(keys.revision, 12)
         stored = await RedisDocumentSource(redis=r, keys=keys).load()
         assert stored.revision == 12
-        assert stored.documents == {"Issuer": {}, "Service": {"s": SVC}, "Route": {}}
+        assert stored.documents == {
+            "Issuer": {},
+            "Descriptor": {},
+            "Service": {"s": SVC},
+            "Route": {},
+        }
 
     with_redis(redis_url, body)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from wardgate.domain import jsontext
 from wardgate.domain.documents import (
+    Descriptor,
     Document,
     Issuer,
     Route,
@@ -20,9 +21,12 @@ from wardgate.domain.documents import (
     shown,
     to_json_dict,
 )
+from wardgate.domain.route_order import matches
+from wardgate.domain.transcoding import binding_problem, reference_problem
 from wardgate.errors import DocumentError, ReferenceError_
 
-KIND_ORDER = ("Issuer", "Service", "Route")  # services before the routes that use them
+# What routes use comes before them: issuers, descriptors and services, then routes.
+KIND_ORDER = ("Issuer", "Descriptor", "Service", "Route")
 # The documents as stored: kind -> name -> the JSON text.
 RawDocuments = dict[str, dict[str, str]]
 
@@ -33,6 +37,7 @@ class Catalog:
     services: dict[str, Service]
     refused: dict[str, str]  # "Kind/name" -> reason
     issuers: dict[str, Issuer] = dataclasses.field(default_factory=dict)
+    descriptors: dict[str, Descriptor] = dataclasses.field(default_factory=dict)
 
     # For each served document, the JSON it was served from (the last good version).
     served: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
@@ -48,26 +53,32 @@ class Catalog:
         *,
         memo: ParseMemo | None = None,
         services: Mapping[str, Service] | None = None,
+        descriptors: Mapping[str, Descriptor] | None = None,
     ) -> Catalog:
         """Parse what Redis holds; a document that fails is refused on its own, with a reason.
 
         With ``last_good`` (what was served before), a refused document that has a last good
         version keeps being served in that version: a bad raw write never takes a working
-        route off the gateway. ``services``: already parsed (raw services and issuers are
-        then not read).
+        route off the gateway. ``services`` (and ``descriptors``): already parsed (raw
+        services, descriptors and issuers are then not read).
         """
         work = _Parse(raw, last_good or {}, memo or _NO_MEMO)
         if services is not None:
             work.parsed["Service"] = dict(services)
+            work.parsed["Descriptor"] = dict(descriptors or {})
         for kind in KIND_ORDER if services is None else ("Route",):
             work.parse_kind(kind)
         work.keep_deleted_services()
+        routes = work.checked_routes()
+        if services is None:
+            work.refuse_unreachable_bindings(routes)
         return cls(
-            routes=work.checked_routes(),
+            routes=routes,
             services=work.parsed["Service"],
             refused=work.refused,
             served=work.served,
             issuers=work.parsed["Issuer"],
+            descriptors=work.parsed["Descriptor"],
         )
 
     @classmethod
@@ -86,10 +97,14 @@ class Catalog:
         against the services, the others kept as they were. None when that would not give
         the same answer (services or issuers changed, a service is being kept for the routes
         using it, too many changes): call ``from_raw``."""
-        if any(raw.get(k, {}) != previous_raw.get(k, {}) for k in ("Service", "Issuer")):
+        if any(
+            raw.get(k, {}) != previous_raw.get(k, {}) for k in ("Service", "Issuer", "Descriptor")
+        ):
             return None
         if any(k.startswith("Service/") for k in previous.refused):
             return None
+        if any(_BINDING in v for v in previous.refused.values()):
+            return None  # a route that took a binding may be gone: check every route again
         old, new = previous_raw.get("Route", {}), raw.get("Route", {})
         changed = {n for n, text in new.items() if old.get(n) != text}
         changed.update(n for n in old if n not in new)
@@ -100,9 +115,12 @@ class Catalog:
             last_good,
             memo=memo,
             services=previous.services,
+            descriptors=previous.descriptors,
         )
         if any(k.startswith("Service/") for k in part.refused):
             return None  # a changed route keeps a deleted service alive: others may use it
+        if _touches_transcoding(previous.routes, part.routes, changed, previous.descriptors):
+            return None  # bindings may reach other routes now: check them all
         changed_keys = {printable(n) for n in changed}
         routes = dict(previous.routes)  # a copy and a few deletions: cheaper than a filter
         served = dict(previous.served)
@@ -123,6 +141,7 @@ class Catalog:
             refused=refused,
             served=served,
             issuers=previous.issuers,
+            descriptors=previous.descriptors,
             changed=frozenset(("Route", n) for n in changed),
         )
 
@@ -180,29 +199,74 @@ class _Parse:
                         "(still serving the last good version)"
                     )
 
-    def checked_routes(self) -> dict[str, Route]:
-        """The routes whose services all exist; one that names a missing service is refused
-        and, if its last good version names only existing ones, served in that version."""
+    def _problem(self, route: Route) -> str | None:
         known: dict[str, Service] = self.parsed["Service"]
+        missing = [s for s in route.services() if s not in known]
+        if missing:
+            return f"backend service {', '.join(missing)} does not exist"
+        return reference_problem(route, self.parsed["Descriptor"], known)
+
+    def checked_routes(self) -> dict[str, Route]:
+        """The routes whose services (and descriptor) exist; one that names a missing one is
+        refused and, if its last good version names only existing ones, served in that
+        version."""
         routes: dict[str, Route] = {}
         for name, route in self.parsed["Route"].items():
-            missing = [s for s in route.services() if s not in known]
-            if not missing:
+            reason = self._problem(route)
+            if reason is None:
                 routes[name] = route
                 continue
-            reason = f"backend service {', '.join(missing)} does not exist"
             self.served.pop(("Route", name), None)
             prev = self.last_good.get("Route", {}).get(name)
             if prev is not None and prev != self.raw.get("Route", {}).get(name):
                 with contextlib.suppress(DocumentError):
                     old_route = self.memo.parse("Route", name, prev)
                     assert isinstance(old_route, Route)
-                    if all(s in known for s in old_route.services()):
+                    if self._problem(old_route) is None:
                         routes[name] = old_route
                         self.served[("Route", name)] = prev
                         reason += " (still serving the last good version)"
-            self.refused[f"Route/{name}"] = reason
+            self.refused[f"Route/{printable(name)}"] = reason
         return routes
+
+    def refuse_unreachable_bindings(self, routes: dict[str, Route]) -> None:
+        """Transcoding routes whose REST bindings would not reach them are refused
+        (``domain/transcoding.py``); ``routes`` is changed in place."""
+        descriptors = self.parsed["Descriptor"]
+        for name, route in sorted(routes.items()):
+            if route.transcode is None:
+                continue
+            reason = binding_problem(route, descriptors, routes)
+            if reason is not None:
+                del routes[name]
+                self.served.pop(("Route", name), None)
+                self.refused[f"Route/{printable(name)}"] = reason
+
+
+_BINDING = ") is "  # in every reason binding_problem gives: "GET /x (pkg.S/M) is ..."
+
+
+def _touches_transcoding(
+    before: Mapping[str, Route],
+    changed_now: Mapping[str, Route],
+    changed: Iterable[str],
+    descriptors: Mapping[str, Descriptor],
+) -> bool:
+    """Whether changed routes can change which route a REST binding reaches: a transcoding
+    route changed, or a changed route (as it was or is now) takes a binding's request."""
+    changed_before = [before[n] for n in changed if n in before]
+    touched = [*changed_now.values(), *changed_before]
+    if any(r.transcode is not None for r in touched):
+        return True
+    samples = [
+        (binding.verb, binding.sample_path())
+        for route in before.values()
+        if route.transcode is not None and route.transcode.descriptor in descriptors
+        for service in route.transcode.services
+        for method in descriptors[route.transcode.descriptor].api.services.get(service, ())
+        for binding in method.bindings
+    ]
+    return any(matches(r, verb, path) for r in touched for verb, path in samples)
 
 
 class ParseMemo:
@@ -319,6 +383,9 @@ def _same(old: str, new: str) -> bool:
 
 
 def _check_result(current: Mapping[str, Mapping[str, str]], changes: list[Change]) -> None:
+    """Refuse ``changes`` when the documents after them would refuse a route because of them:
+    a changed route naming what does not exist, or a route that worked before and would not
+    after (its service or descriptor deleted, one of its REST bindings taken)."""
     after = {kind: dict(current.get(kind, {})) for kind in KIND_ORDER}
     for c in changes:
         if c.value is None:
@@ -326,21 +393,34 @@ def _check_result(current: Mapping[str, Mapping[str, str]], changes: list[Change
         else:
             after[c.kind][c.name] = c.value
     catalog = Catalog.from_raw(after)
-    routes = {n: r for n, r in catalog.routes.items()}
-    # A route that is only invalid because of this change is the change's fault.
     touched = {(c.kind, c.name) for c in changes}
-    for key, reason in catalog.refused.items():
+    before: Catalog | None = None
+    for key, reason in sorted(catalog.refused.items()):
         kind, name = key.split("/", 1)
-        if reason.startswith("backend service") and kind == "Route":
-            if (kind, name) in touched:
-                raise ReferenceError_(reason, kind=kind, name=name)
-            was_ok = name in Catalog.from_raw(current).routes
-            if was_ok:
-                gone = reason.removeprefix("backend service ").removesuffix(" does not exist")
-                raise ReferenceError_(
-                    f"route {name} still uses it", kind="Service", name=gone.split(",")[0]
-                )
-    check_references(routes, catalog.services)
+        if kind != "Route" or not _is_reference_problem(reason):
+            continue
+        if (kind, name) in touched:
+            raise ReferenceError_(reason, kind=kind, name=name)
+        before = before or Catalog.from_raw(current)
+        if name not in before.routes:
+            continue  # refused already: not this change's doing
+        for prefix, used_kind in (("backend service ", "Service"), ("descriptor ", "Descriptor")):
+            if reason.startswith(prefix):
+                used = reason.removeprefix(prefix).split(" ", 1)[0].split(",")[0]
+                if (used_kind, used) in touched:
+                    raise ReferenceError_(f"route {name} still uses it", kind=used_kind, name=used)
+        culprit = sorted(touched, key=lambda t: (KIND_ORDER.index(t[0]), t[1]))[0]
+        raise ReferenceError_(
+            f"route {name} would be refused: {reason}", kind=culprit[0], name=culprit[1]
+        )
+    check_references(catalog.routes, catalog.services)
+
+
+def _is_reference_problem(reason: str) -> bool:
+    return (
+        reason.startswith(("backend service ", "descriptor ", "transcode needs gRPC backends"))
+        or _BINDING in reason
+    )
 
 
 def plan_restore(
