@@ -3,15 +3,16 @@
 
 ``base`` holds the group and what every command shares; each area has its own module:
 ``documents`` (apply, validate, get, delete, history, rollback, status), ``identity`` (users,
-sessions, keys), ``registry`` (register), ``bans`` and ``stack`` (up, serve, bootstrap). This module
-only adds their commands to the group. Every command exits non-zero with a one-line reason on
-bad input or when Redis cannot be reached.
+sessions, keys), ``registry`` (register), ``bans``, ``descriptors`` and ``stack`` (up, serve,
+bootstrap). This module only adds their commands to the group. Every command exits non-zero
+with a one-line reason on bad input or when Redis cannot be reached.
 """
 
 from __future__ import annotations
 
 from wardgate.cli.bans import bans
 from wardgate.cli.base import cli, main
+from wardgate.cli.descriptors import descriptors
 from wardgate.cli.documents import apply, delete, get, history, rollback, status, validate
 from wardgate.cli.identity import keys, sessions, users
 from wardgate.cli.registry import register
@@ -35,5 +36,6 @@ for _command in (
     sessions,
     up,
     bans,
+    descriptors,
 ):
     cli.add_command(_command)

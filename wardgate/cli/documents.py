@@ -27,6 +27,8 @@ KIND_NAMES = {
     "services": "Service",
     "issuer": "Issuer",
     "issuers": "Issuer",
+    "descriptor": "Descriptor",
+    "descriptors": "Descriptor",
 }
 
 
@@ -135,7 +137,7 @@ def validate(paths: tuple[str, ...]) -> None:
 def _kind(word: str) -> str:
     kind = KIND_NAMES.get(word.lower())
     if kind is None:
-        raise CliError(f"unknown kind {word!r}: use routes, services or issuers")
+        raise CliError(f"unknown kind {word!r}: use routes, services, issuers or descriptors")
     return kind
 
 
@@ -151,11 +153,17 @@ def _shown(kind: str, name: str, text: str) -> dict[str, Any]:
         return {"kind": kind, "name": name, "refused": exc.reason, "stored": readable}
 
 
+_HEADERS = {
+    "Route": ["NAME", "MATCH", "BACKEND", "AUTH"],
+    "Service": ["NAME", "PROTOCOL", "ENDPOINTS"],
+    "Issuer": ["NAME", "ISSUER", "AUDIENCES", "KEYS"],
+    "Descriptor": ["NAME", "SIZE"],
+}
+
+
 def _summary(kind: str, doc: dict[str, Any]) -> list[str]:
     if "refused" in doc:
-        return [doc["name"], f"(refused: {doc['refused']})"] + [""] * (
-            2 if kind != "Service" else 1
-        )
+        return [doc["name"], f"(refused: {doc['refused']})"] + [""] * (len(_HEADERS[kind]) - 2)
     if kind == "Route":
         m = doc.get("match", {})
         where = m.get("prefix") or m.get("path") or f"~{m.get('regex')}"
@@ -169,6 +177,9 @@ def _summary(kind: str, doc: dict[str, Any]) -> list[str]:
             backend,
             doc.get("auth", {}).get("require", "none"),
         ]
+    if kind == "Descriptor":
+        size = len(doc.get("descriptor_set", "")) * 3 // 4
+        return [doc["name"], f"{size} bytes"]
     if kind == "Issuer":
         source = next(
             (f"{k}" for k in ("jwks_file", "jwks", "hs256_secret_env") if doc.get(k)), "-"
@@ -200,11 +211,7 @@ async def get(ctx: click.Context, kind: str, name: str | None, output: str) -> N
     elif output == "yaml":
         click.echo(yaml.safe_dump_all(docs, sort_keys=False).rstrip())
     else:
-        header = {
-            "Route": ["NAME", "MATCH", "BACKEND", "AUTH"],
-            "Service": ["NAME", "PROTOCOL", "ENDPOINTS"],
-            "Issuer": ["NAME", "ISSUER", "AUDIENCES", "KEYS"],
-        }[k]
+        header = _HEADERS[k]
         rows = [header] + [_summary(k, d) for d in docs]
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         for r in rows:
