@@ -1,4 +1,7 @@
-"""A demo gRPC upstream: ``wardgate.demo.v1.Greeter`` plus gRPC health.
+"""A demo gRPC upstream: ``wardgate.demo.v1.Greeter`` plus gRPC health. Its methods cover
+what REST/JSON transcoding does (protos/wardgate/demo/v1/greeter.proto): a path template and
+a query parameter, a whole-message and a one-field body, a one-field response body, server
+streaming, errors on demand, and a method without a REST binding.
 
 ``python -m wardgate.demo.grpc_upstream --port 8082`` serves it;
 ``python -m wardgate.demo.grpc_upstream --call 127.0.0.1:10000 --name you`` calls it
@@ -10,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+from collections.abc import AsyncIterator
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -18,13 +22,53 @@ from wardgate._proto.wardgate.demo.v1 import greeter_pb2, greeter_pb2_grpc
 
 
 class Greeter(greeter_pb2_grpc.GreeterServicer):  # type: ignore[misc]
+    def __init__(self) -> None:
+        self._notes: dict[str, greeter_pb2.Note] = {}
+
     async def SayHello(
         self, request: greeter_pb2.HelloRequest, context: grpc.aio.ServicerContext
     ) -> greeter_pb2.HelloReply:
         metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+        greeting = request.greeting or "hello"
         return greeter_pb2.HelloReply(
-            message=f"hello, {request.name or 'world'}", metadata=metadata
+            message=f"{greeting}, {request.name or 'world'}", metadata=metadata
         )
+
+    async def SayHellos(
+        self, request: greeter_pb2.HellosRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[greeter_pb2.HelloReply]:
+        for i in range(max(0, min(request.count or 3, 100))):
+            yield greeter_pb2.HelloReply(message=f"hello #{i + 1}, {request.name or 'world'}")
+
+    async def PutNote(
+        self, request: greeter_pb2.PutNoteRequest, context: grpc.aio.ServicerContext
+    ) -> greeter_pb2.NoteReply:
+        if not request.id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a note needs an id")
+        self._notes[request.id] = request.note
+        return greeter_pb2.NoteReply(id=request.id, note=request.note)
+
+    async def GetNote(
+        self, request: greeter_pb2.GetNoteRequest, context: grpc.aio.ServicerContext
+    ) -> greeter_pb2.NoteReply:
+        note = self._notes.get(request.id)
+        if note is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no note {request.id!r}")
+        return greeter_pb2.NoteReply(id=request.id, note=note)
+
+    async def Fail(
+        self, request: greeter_pb2.FailRequest, context: grpc.aio.ServicerContext
+    ) -> greeter_pb2.HelloReply:
+        code = getattr(grpc.StatusCode, request.code.upper(), grpc.StatusCode.UNKNOWN)
+        if code == grpc.StatusCode.OK:
+            return greeter_pb2.HelloReply(message="no failure")
+        await context.abort(code, f"failing with {code.name} as asked")
+        raise AssertionError("unreachable")  # abort raises
+
+    async def Ping(
+        self, request: greeter_pb2.PingRequest, context: grpc.aio.ServicerContext
+    ) -> greeter_pb2.PingReply:
+        return greeter_pb2.PingReply(payload=request.payload)
 
 
 async def serve(host: str, port: int) -> None:

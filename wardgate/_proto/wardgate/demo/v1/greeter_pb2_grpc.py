@@ -39,6 +39,31 @@ class GreeterStub:
                 request_serializer=wardgate_dot_demo_dot_v1_dot_greeter__pb2.HelloRequest.SerializeToString,
                 response_deserializer=wardgate_dot_demo_dot_v1_dot_greeter__pb2.HelloReply.FromString,
                 _registered_method=True)
+        self.SayHellos = channel.unary_stream(
+                '/wardgate.demo.v1.Greeter/SayHellos',
+                request_serializer=wardgate_dot_demo_dot_v1_dot_greeter__pb2.HellosRequest.SerializeToString,
+                response_deserializer=wardgate_dot_demo_dot_v1_dot_greeter__pb2.HelloReply.FromString,
+                _registered_method=True)
+        self.PutNote = channel.unary_unary(
+                '/wardgate.demo.v1.Greeter/PutNote',
+                request_serializer=wardgate_dot_demo_dot_v1_dot_greeter__pb2.PutNoteRequest.SerializeToString,
+                response_deserializer=wardgate_dot_demo_dot_v1_dot_greeter__pb2.NoteReply.FromString,
+                _registered_method=True)
+        self.GetNote = channel.unary_unary(
+                '/wardgate.demo.v1.Greeter/GetNote',
+                request_serializer=wardgate_dot_demo_dot_v1_dot_greeter__pb2.GetNoteRequest.SerializeToString,
+                response_deserializer=wardgate_dot_demo_dot_v1_dot_greeter__pb2.NoteReply.FromString,
+                _registered_method=True)
+        self.Fail = channel.unary_unary(
+                '/wardgate.demo.v1.Greeter/Fail',
+                request_serializer=wardgate_dot_demo_dot_v1_dot_greeter__pb2.FailRequest.SerializeToString,
+                response_deserializer=wardgate_dot_demo_dot_v1_dot_greeter__pb2.HelloReply.FromString,
+                _registered_method=True)
+        self.Ping = channel.unary_unary(
+                '/wardgate.demo.v1.Greeter/Ping',
+                request_serializer=wardgate_dot_demo_dot_v1_dot_greeter__pb2.PingRequest.SerializeToString,
+                response_deserializer=wardgate_dot_demo_dot_v1_dot_greeter__pb2.PingReply.FromString,
+                _registered_method=True)
 
 
 class GreeterServicer:
@@ -51,6 +76,41 @@ class GreeterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SayHellos(self, request, context):
+        """One greeting per count (server streaming).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutNote(self, request, context):
+        """Stores a note under its id; the request body is the note.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetNote(self, request, context):
+        """A stored note; the response body is the note alone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Fail(self, request, context):
+        """Fails with the gRPC status code it is given (e.g. NOT_FOUND), for trying errors.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Ping(self, request, context):
+        """No google.api.http option: POST /wardgate.demo.v1.Greeter/Ping with a JSON body.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GreeterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -58,6 +118,31 @@ def add_GreeterServicer_to_server(servicer, server):
                     servicer.SayHello,
                     request_deserializer=wardgate_dot_demo_dot_v1_dot_greeter__pb2.HelloRequest.FromString,
                     response_serializer=wardgate_dot_demo_dot_v1_dot_greeter__pb2.HelloReply.SerializeToString,
+            ),
+            'SayHellos': grpc.unary_stream_rpc_method_handler(
+                    servicer.SayHellos,
+                    request_deserializer=wardgate_dot_demo_dot_v1_dot_greeter__pb2.HellosRequest.FromString,
+                    response_serializer=wardgate_dot_demo_dot_v1_dot_greeter__pb2.HelloReply.SerializeToString,
+            ),
+            'PutNote': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutNote,
+                    request_deserializer=wardgate_dot_demo_dot_v1_dot_greeter__pb2.PutNoteRequest.FromString,
+                    response_serializer=wardgate_dot_demo_dot_v1_dot_greeter__pb2.NoteReply.SerializeToString,
+            ),
+            'GetNote': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNote,
+                    request_deserializer=wardgate_dot_demo_dot_v1_dot_greeter__pb2.GetNoteRequest.FromString,
+                    response_serializer=wardgate_dot_demo_dot_v1_dot_greeter__pb2.NoteReply.SerializeToString,
+            ),
+            'Fail': grpc.unary_unary_rpc_method_handler(
+                    servicer.Fail,
+                    request_deserializer=wardgate_dot_demo_dot_v1_dot_greeter__pb2.FailRequest.FromString,
+                    response_serializer=wardgate_dot_demo_dot_v1_dot_greeter__pb2.HelloReply.SerializeToString,
+            ),
+            'Ping': grpc.unary_unary_rpc_method_handler(
+                    servicer.Ping,
+                    request_deserializer=wardgate_dot_demo_dot_v1_dot_greeter__pb2.PingRequest.FromString,
+                    response_serializer=wardgate_dot_demo_dot_v1_dot_greeter__pb2.PingReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,6 +172,141 @@ class Greeter:
             '/wardgate.demo.v1.Greeter/SayHello',
             wardgate_dot_demo_dot_v1_dot_greeter__pb2.HelloRequest.SerializeToString,
             wardgate_dot_demo_dot_v1_dot_greeter__pb2.HelloReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SayHellos(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/wardgate.demo.v1.Greeter/SayHellos',
+            wardgate_dot_demo_dot_v1_dot_greeter__pb2.HellosRequest.SerializeToString,
+            wardgate_dot_demo_dot_v1_dot_greeter__pb2.HelloReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutNote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wardgate.demo.v1.Greeter/PutNote',
+            wardgate_dot_demo_dot_v1_dot_greeter__pb2.PutNoteRequest.SerializeToString,
+            wardgate_dot_demo_dot_v1_dot_greeter__pb2.NoteReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wardgate.demo.v1.Greeter/GetNote',
+            wardgate_dot_demo_dot_v1_dot_greeter__pb2.GetNoteRequest.SerializeToString,
+            wardgate_dot_demo_dot_v1_dot_greeter__pb2.NoteReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Fail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wardgate.demo.v1.Greeter/Fail',
+            wardgate_dot_demo_dot_v1_dot_greeter__pb2.FailRequest.SerializeToString,
+            wardgate_dot_demo_dot_v1_dot_greeter__pb2.HelloReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ping(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wardgate.demo.v1.Greeter/Ping',
+            wardgate_dot_demo_dot_v1_dot_greeter__pb2.PingRequest.SerializeToString,
+            wardgate_dot_demo_dot_v1_dot_greeter__pb2.PingReply.FromString,
             options,
             channel_credentials,
             insecure,
