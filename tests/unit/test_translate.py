@@ -646,6 +646,8 @@ def test_listener_http_filters_in_order() -> None:
         "envoy.filters.http.ratelimit",
         "wardgate.ratelimit_other_failure_mode",
         "envoy.filters.http.local_ratelimit",
+        "wardgate.transcoded_headers",
+        "wardgate.transcoder",
         "wardgate.session_cookie",
         "envoy.filters.http.buffer",
         "envoy.filters.http.router",

@@ -16,7 +16,7 @@ from typing import Any
 from envoy.config.route.v3 import route_components_pb2, scoped_route_pb2
 
 from wardgate.domain.catalog import Catalog
-from wardgate.domain.documents import Route, Service
+from wardgate.domain.documents import Descriptor, Route, Service
 from wardgate.domain.route_order import SortKey, route_sort_key
 from wardgate.xds import canonical
 from wardgate.xds.clusters import (
@@ -29,6 +29,7 @@ from wardgate.xds.routes import builtin_routes, route_entry, virtual_host_head
 from wardgate.xds.scope_envoy import marker_route, scope_resources
 from wardgate.xds.scope_key import Pin, pin_buckets
 from wardgate.xds.scope_layout import Entry, Layout, Placed
+from wardgate.xds.transcoder import TRANSCODER, transcoder_resource
 from wardgate.xds.translate import HTTP_CLUSTER, ROUTE_CONFIG_NAME, TranslateOptions
 from wardgate.xds.wire import route_configuration, route_field
 
@@ -61,6 +62,8 @@ class Base:
     scope_bytes: list[tuple[str, bytes]]
     route_clusters: frozenset[str]  # the clusters the routes send traffic to
     depths: dict[str, int]  # first segments keyed deeper than one segment
+    # Filter configurations the listener discovers (ECDS): the transcoder's.
+    extension_bytes: list[tuple[str, bytes]] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -70,6 +73,27 @@ class _TranslatedRoute:
     document: Route
     hashing: bool  # a backend balances by consistent hashing (route_entry's ``hashing``)
     placed: Placed
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Transcoding:
+    """The transcoder's resource, and the descriptors and services it was built from."""
+
+    services: frozenset[str]
+    descriptors: tuple[tuple[str, Descriptor], ...]
+    data: bytes
+
+    def built_from(
+        self, services: frozenset[str], descriptors: tuple[tuple[str, Descriptor], ...]
+    ) -> bool:
+        return (
+            self.services == services
+            and len(self.descriptors) == len(descriptors)
+            and all(
+                n == m and a is b
+                for (n, a), (m, b) in zip(self.descriptors, descriptors, strict=True)
+            )
+        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -123,6 +147,7 @@ class Translator:
         self._hashing: frozenset[str] = frozenset()
         self._uses: Counter[str] = Counter()  # service -> how many routes use it
         self._services: _ServiceResources | None = None
+        self._transcoding: _Transcoding | None = None
         self._markers: dict[tuple[str, int], bytes] = {}
         self._scope_bytes = [
             (
@@ -283,7 +308,24 @@ class Translator:
             scope_bytes=self._scope_bytes,
             route_clusters=frozenset(n for n, c in self._uses.items() if c > 0),
             depths=dict(layout.depths),
+            extension_bytes=[(TRANSCODER, self._transcoder(catalog))],
         )
+
+    def _transcoder(self, catalog: Catalog) -> bytes:
+        """The transcoder's ECDS resource: the descriptors the routes use, merged; the same
+        bytes object again while those descriptors and services stay the same objects."""
+        used: dict[str, set[str]] = {}
+        for route in catalog.routes.values():
+            if route.transcode is not None:
+                used.setdefault(route.transcode.descriptor, set()).update(route.transcode.services)
+        descriptors = tuple((n, catalog.descriptors[n]) for n in sorted(used))
+        services = frozenset(s for names in used.values() for s in names)
+        prev = self._transcoding
+        if prev is not None and prev.built_from(services, descriptors):
+            return prev.data
+        data = transcoder_resource([d.api for _, d in descriptors], services)
+        self._transcoding = _Transcoding(services, descriptors, data)
+        return data
 
 
 def build_base(

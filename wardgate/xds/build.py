@@ -22,7 +22,13 @@ from wardgate.domain.registry import Instance
 from wardgate.xds.assemble import Base, Translator
 from wardgate.xds.snapshot import Resources, Snapshot, resources_from_bytes
 from wardgate.xds.translate import TranslateOptions
-from wardgate.xds.typeurls import TYPE_CLUSTER, TYPE_ENDPOINT, TYPE_ROUTE, TYPE_SCOPED_ROUTE
+from wardgate.xds.typeurls import (
+    TYPE_CLUSTER,
+    TYPE_ENDPOINT,
+    TYPE_EXTENSION_CONFIG,
+    TYPE_ROUTE,
+    TYPE_SCOPED_ROUTE,
+)
 
 Endpoints = dict[str, list[tuple[str, int, int]]]  # service -> (address, port, weight)
 
@@ -186,6 +192,7 @@ class SnapshotBuilder:
                 (TYPE_ENDPOINT, base.endpoint_bytes),
                 (TYPE_SCOPED_ROUTE, base.scope_bytes),
                 (TYPE_ROUTE, base.route_bytes),
+                (TYPE_EXTENSION_CONFIG, base.extension_bytes),
             )
         }
         return Snapshot(

@@ -26,6 +26,7 @@ from wardgate.xds import canonical
 from wardgate.xds.bans import bans_filter
 from wardgate.xds.local_guard import guard_filter
 from wardgate.xds.scope_envoy import scope_filter, scoped_routes
+from wardgate.xds.transcoder import transcoder_filters
 from wardgate.xds.translate import (
     EXT_AUTHZ,
     F_BUFFER,
@@ -110,6 +111,8 @@ def _http_filters(opts: TranslateOptions) -> list[dict[str, Any]]:
         _rate_limit(opts, stage=0),
         _rate_limit(opts, stage=1),
         guard_filter(),  # after the exact check: it sees what that allowed or failed open on
+        # REST/JSON to gRPC on the routes with transcode, after every check of the request.
+        *transcoder_filters(),
         _strip_session_cookie(opts),
         _filter(F_BUFFER, T_BUFFER, max_request_bytes=opts.max_request_bytes),
         _filter("envoy.filters.http.router", T_ROUTER),

@@ -23,6 +23,7 @@ from wardgate.domain.durations import parse_duration
 from wardgate.domain.ratelimit import RULE_KEY, TIER_KEY, encode_rule
 from wardgate.xds.local_guard import F_LOCAL_RATELIMIT, guard_descriptor, route_guard
 from wardgate.xds.scope_key import SCOPE_HEADER
+from wardgate.xds.transcoder import route_filters as transcoding_filters
 from wardgate.xds.translate import (
     EXT_AUTHZ,
     F_BUFFER,
@@ -250,6 +251,8 @@ def _per_filter_config(route: Route, opts: TranslateOptions) -> dict[str, Any]:
         per_filter[F_RBAC] = rbac
     if limits := _guard(_rules(route), opts):
         per_filter[F_LOCAL_RATELIMIT] = limits
+    if route.transcode is not None:
+        per_filter.update(transcoding_filters())
     if route.max_body_bytes is not None:
         per_filter[F_BUFFER] = {
             "@type": T_BUFFER_ROUTE,

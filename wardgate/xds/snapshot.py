@@ -119,16 +119,17 @@ ListenerFactory = Callable[[NodeGroup], Message]
 
 
 class SnapshotCache:
-    """Holds the latest base snapshot (from the documents), the filter configurations that
-    other sources publish beside it (``set_extension``: ECDS, e.g. the ban list), and a
-    listener per node group; streams wait on ``wait_changed`` for a newer generation."""
+    """Holds the latest base snapshot (from the documents, its filter configurations
+    included), the filter configurations that other sources publish beside it
+    (``set_extension``: ECDS, e.g. the ban list), and a listener per node group; streams wait
+    on ``wait_changed`` for a newer generation."""
 
     def __init__(self, *, listener_factory: ListenerFactory) -> None:
         self._listener_factory = listener_factory
         self._base: Snapshot | None = None
         self._listeners: dict[NodeGroup, Resources] = {}
         self._extensions: dict[str, bytes] = {}  # name -> serialized TypedExtensionConfig
-        self._extension_resources: Resources = resources_from_bytes(TYPE_EXTENSION_CONFIG, [])
+        self._ecds: Resources = resources_from_bytes(TYPE_EXTENSION_CONFIG, [])
         self._generation = 0
         self._changed = asyncio.Event()
 
@@ -149,6 +150,7 @@ class SnapshotCache:
             self._base = snapshot  # same content, maybe a newer revision number
             return False
         self._base = snapshot
+        self._merge_extensions()
         self._bump()
         return True
 
@@ -158,12 +160,17 @@ class SnapshotCache:
         if self._extensions.get(name) == config:
             return False
         self._extensions[name] = config
-        self._extension_resources = resources_from_bytes(
-            TYPE_EXTENSION_CONFIG, list(self._extensions.items()), self._extension_resources
-        )
+        self._merge_extensions()
         if self._base is not None:
             self._bump()
         return True
+
+    def _merge_extensions(self) -> None:
+        """The base's filter configurations and the published ones, as one resource set."""
+        own = self._base.get(TYPE_EXTENSION_CONFIG).raw if self._base is not None else {}
+        self._ecds = resources_from_bytes(
+            TYPE_EXTENSION_CONFIG, [*own.items(), *self._extensions.items()], self._ecds
+        )
 
     def _bump(self) -> None:
         self._generation += 1
@@ -180,7 +187,7 @@ class SnapshotCache:
         resources = {
             **self._base.resources,
             TYPE_LISTENER: listener,
-            TYPE_EXTENSION_CONFIG: self._extension_resources,
+            TYPE_EXTENSION_CONFIG: self._ecds,
         }
         return dataclasses.replace(self._base, resources=resources)
 
