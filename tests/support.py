@@ -45,6 +45,7 @@ class Stack:
             "WARDGATE_GRPC_PORT": str(self.grpc_port),
             "WARDGATE_HTTP_PORT": str(self.http_port),
             "WARDGATE_LISTEN_PORT": str(self.listen_port),
+            "WARDGATE_ENVOY_ADMIN_PORT": str(self.admin_port),
             "WARDGATE_RESYNC_INTERVAL": "2s",
             # Generous deadlines: these tests check decisions, not how a loaded 2-core CI
             # machine meets the production ones (tests/e2e/test_failure_modes.py does that).

@@ -17,6 +17,9 @@ MAX_FILE_BYTES = 1 << 20  # 1 MiB: a key set is a few KiB
 def read_bounded_file(path: str, *, limit: int = MAX_FILE_BYTES) -> str:
     """The UTF-8 text of the regular file ``path``; ``ValueError``/``OSError`` saying why
     not (not a regular file, larger than ``limit`` bytes, not UTF-8, unreadable)."""
+    # Looked at before it is opened: opening some devices already does something.
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ValueError("not a regular file")
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         info = os.fstat(fd)

@@ -34,6 +34,7 @@ class Metrics:
     subscriptions: Gauge
     redis_may_evict: Gauge
     bans: Counter
+    task_restarts: Counter
     banned_clients: Gauge
     ratelimit_overflow: Counter
     snapshot_builds: Counter
@@ -136,6 +137,12 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         bans=Counter(
             "wardgate_bans_total",
             "Client networks banned for being refused too often (the ban_* settings).",
+            registry=r,
+        ),
+        task_restarts=Counter(
+            "wardgate_task_restarts_total",
+            "Background tasks that failed and were started again, by task.",
+            ["task"],
             registry=r,
         ),
         banned_clients=Gauge(

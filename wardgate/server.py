@@ -14,6 +14,8 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from aiohttp import web
 from grpc_health.v1 import health_pb2
@@ -59,8 +61,8 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
     await server.start()
     await site.start()
     tasks = [
-        asyncio.create_task(work)
-        for work in background_tasks(
+        asyncio.create_task(supervised(name, start, metrics), name=name)
+        for name, start in background_tasks(
             redis=redis,
             keys=keys,
             metrics=metrics,
@@ -69,7 +71,7 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
             control=control,
             eviction=eviction,
             worker=worker,
-        )
+        ).items()
     ]
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     log.info(
@@ -91,6 +93,23 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
         with contextlib.suppress(StoreError):
             await control.status.drop_nodes(worker)
         await redis.aclose()
+
+
+async def supervised(
+    name: str, start: Callable[[], Coroutine[Any, Any, None]], metrics: Metrics
+) -> None:
+    """Run a background task forever: one that fails (a bug; each task handles the store's
+    failures itself) is logged, counted and started again a second later, never lost."""
+    while True:
+        try:
+            await start()
+            log.error("background task %s ended; starting it again", name)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background task %s failed; starting it again", name)
+            metrics.task_restarts.labels(name).inc()
+        await asyncio.sleep(1.0)
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

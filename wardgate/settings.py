@@ -33,6 +33,8 @@ class Settings:
     http_advertise_port: int = 0  # 0: same as http_port
     # The listener Envoy opens when its bootstrap does not say (node metadata listen_port).
     listen_port: int = 10000
+    # Envoy's admin port: no registry instance may name it (it can stop Envoy).
+    envoy_admin_port: int = 9901
     workers: int = 1
     redis_timeout: float = 0.25
     resync_interval: float = 5.0

@@ -275,16 +275,22 @@ def readiness(
 
 
 def own_endpoints(settings: Settings) -> Reserved:
-    """The gateway's own endpoints, which no registered instance may name: its Redis (every
-    node of a cluster URL's seed), its gRPC and HTTP ports on loopback and where it binds."""
+    """The gateway's own endpoints, which no registered instance may name: its Redis servers
+    (data and counters), wardgate's gRPC and HTTP ports and Envoy's listener and admin ports
+    on loopback and on the addresses wardgate binds and advertises; wardgate's ports on every
+    address when it binds all of them."""
     endpoints: list[tuple[str, int]] = []
-    redis = urllib.parse.urlsplit(settings.redis_url.replace("+cluster", "", 1))
-    if redis.hostname:
-        endpoints.append((redis.hostname, redis.port or 6379))
+    for url in (settings.redis_url, settings.ratelimit_redis_url):
+        redis = urllib.parse.urlsplit(url.replace("+cluster", "", 1))
+        if redis.hostname:
+            endpoints.append((redis.hostname, redis.port or 6379))
+    own = (settings.grpc_port, settings.http_port, settings.advertised_http_port)
+    envoy = (settings.listen_port, settings.envoy_admin_port)
     for host in {"127.0.0.1", settings.bind_host, settings.http_advertise_host}:
-        for port in (settings.grpc_port, settings.http_port, settings.advertised_http_port):
+        for port in (*own, *envoy):
             endpoints.append((host, port))
-    return Reserved.of(endpoints)
+    everywhere = own if settings.bind_host in ("0.0.0.0", "::") else ()
+    return Reserved.of(endpoints, everywhere)
 
 
 def wire_http(
@@ -325,16 +331,19 @@ def background_tasks(
     control: ControlPlane,
     eviction: EvictionWatch,
     worker: str,
-) -> list[Coroutine[Any, Any, None]]:
+) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
+    """What runs beside the servers, by name: each a way to start it (again)."""
     revoked: dict[str, Any] = {
         keys.sessions_channel: auth.session_store.cache,
         keys.api_keys_channel: auth.api_keys.cache,
     }
-    return [
-        eviction.run(),
-        control.watcher.run(),
-        control.bans.run(),
-        report_nodes(control.nodes, control.status, worker),
-        report_refused_clients(limits.service, limits.refusals, metrics),
-        listen_for_revocations(redis=redis.control, keys=keys, caches=revoked, metrics=metrics),
-    ]
+    return {
+        "eviction": eviction.run,
+        "watcher": control.watcher.run,
+        "bans": control.bans.run,
+        "node-status": lambda: report_nodes(control.nodes, control.status, worker),
+        "refusals": lambda: report_refused_clients(limits.service, limits.refusals, metrics),
+        "revocations": lambda: listen_for_revocations(
+            redis=redis.control, keys=keys, caches=revoked, metrics=metrics
+        ),
+    }

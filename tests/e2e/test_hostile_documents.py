@@ -181,3 +181,29 @@ def test_cr_lf_in_a_cors_header_is_refused_and_never_reaches_a_response(
     finally:
         r.hdel(key, "cors-split", "cors-split-after")
     eventually(lambda: "Route/cors-split" not in _status(stack)["refused"], timeout=5)  # type: ignore[operator]
+
+
+def test_a_period_envoy_cannot_hold_is_refused_and_changes_keep_flowing(stack: Stack) -> None:
+    """Issue 10 review: ``per: 999999999d`` was accepted, then failed every build."""
+    huge = route(
+        "huge-per",
+        "/huge-per",
+        "echo",
+        rate_limits=[{"by": "ip", "requests": 10, "per": "999999999d"}],
+    )
+    path = stack.workdir / "huge.yaml"
+    path.write_text(json.dumps(huge))
+    refused = stack.cli("apply", "-f", str(path))
+    assert refused.returncode == 1 and "at most 366d" in refused.stderr
+    r = stack.redis()
+    r.hset(f"{stack.prefix}routes", "huge-per", json.dumps(huge))
+    try:
+        stack.apply(route("after-huge", "/after-huge", "echo"))
+        with stack.client() as http:
+            eventually(lambda: http.get("/after-huge").status_code == 200, timeout=3)
+        reason = eventually(lambda: _status(stack)["refused"].get("Route/huge-per"), timeout=5)  # type: ignore[attr-defined]
+        assert "366d" in reason
+        assert httpx.get(f"http://127.0.0.1:{stack.http_port}/readyz", timeout=3).status_code == 200
+    finally:
+        r.hdel(f"{stack.prefix}routes", "huge-per")
+        stack.cli("delete", "route", "after-huge")

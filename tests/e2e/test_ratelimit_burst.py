@@ -182,6 +182,7 @@ def test_with_wardgate_gone_the_guard_still_caps_each_client(private_stack: Stac
         devstack.stop(s.procs.pop("wardgate"))
         closed = http.get("/gone-closed")
         assert closed.status_code == 503 and closed.json()["error"] == "unavailable"
+        assert "rate limiting is unavailable" in closed.json()["message"]
         codes = [http.get("/gone-open").status_code for _ in range(10)]
         assert codes == [200] * 6 + [429] * 4  # capacity: twice 3 (a fixed window)
         refused = http.get("/gone-open")

@@ -66,6 +66,10 @@ def test_heartbeat_refuses_bad_input(stack: Stack) -> None:
         ({**ok, "address": "127.0.0.1", "port": redis_port}, 400),  # wardgate's Redis
         ({**ok, "address": "127.0.0.2", "port": stack.grpc_port}, 400),  # its gRPC port
         ({**ok, "address": "::1", "port": stack.http_port}, 400),  # its HTTP port
+        ({**ok, "port": stack.admin_port}, 400),  # Envoy's admin: it can stop Envoy
+        ({**ok, "port": stack.listen_port}, 400),  # Envoy's own listener: a loop
+        ({**ok, "address": "fd00:ec2::254"}, 400),  # AWS's IPv6 metadata service
+        ({**ok, "address": "100.100.100.200"}, 400),
     ]
     for body, status in cases:
         resp = httpx.post(hb, json=body, headers=AUTH, timeout=3)
@@ -82,6 +86,8 @@ def test_heartbeats_need_the_registry_token(stack: Stack) -> None:
     assert httpx.post(hb, json=body, timeout=3).status_code == 401
     wrong = {"authorization": "Bearer not-the-token"}
     assert httpx.post(hb, json=body, headers=wrong, timeout=3).status_code == 401
+    raw = {"authorization": b"Bearer \xff\xfe"}  # not UTF-8: 401, never a 500
+    assert httpx.post(hb, json=body, headers=raw, timeout=3).status_code == 401
 
 
 def test_without_a_registry_token_heartbeats_are_off(private_stack: Stack) -> None:

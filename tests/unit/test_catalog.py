@@ -374,3 +374,16 @@ def test_updated_catalog_equals_from_raw_after_every_raw_write(seed: int) -> Non
             last_good.setdefault(kind, {})[n] = text
         prev, prev_raw = expected, now_raw
     assert patched > 8  # the incremental path was taken, not only the fallback
+
+
+def test_rules_sharing_a_counter_must_count_alike() -> None:
+    """Issue 10 review: 'give such rules the same numbers and by' was not checked."""
+    shared = {"by": "ip", "requests": 5, "per": "minute", "key": "budget"}
+    a = _route("a", "s", "/a", rate_limits=[shared])
+    b = _route("b", "s", "/b", rate_limits=[{**shared, "requests": 50}])
+    c = _route("c", "s", "/c", rate_limits=[shared])
+    cat = Catalog.from_raw(_raw(_svc("s"), a, b, c))
+    assert set(cat.routes) == {"a", "c"}
+    assert "counts differently on route a" in cat.refused["Route/b"]
+    with pytest.raises(ReferenceError_, match="counts differently"):
+        plan_apply(_raw(_svc("s"), a), _docs(b))

@@ -236,11 +236,10 @@ def assert_clean(message: Any) -> None:
         last = where[-1] if where else None
         if last in HEADER_LISTS:
             assert all(TOKEN.fullmatch(v) for v in value.split(", ")), (where, value)
-        if last in ("header_name", "descriptor_key") or where[-3:-2] + where[-1:] == (
-            "headers",
-            "name",
-        ):
+        if last == "header_name" or where[-3:-2] + where[-1:] == ("headers", "name"):
             assert TOKEN.fullmatch(value.removeprefix(":")), (where, value)
+        if last == "descriptor_key":  # a header's is "header:NAME"
+            assert TOKEN.fullmatch(value.removeprefix("header:")), (where, value)
         visible = {"exact", "path", "prefix", "prefix_rewrite", "max_age", "descriptor_value"}
         if last in visible or "context_extensions" in where:
             assert HEADER_VALUE.fullmatch(value), (where, value)

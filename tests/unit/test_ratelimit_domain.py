@@ -30,7 +30,14 @@ def test_parse_descriptor_reads_encode_rule_output() -> None:
     assert value == "users-api#0|100|60|fixed_window|0"
     req = parse_descriptor([(RULE_KEY, value), ("remote_address", "10.0.0.1")])
     assert req == LimitRequest(
-        "users-api#0", 100, 60, "fixed_window", False, "remote_address=10.0.0.1", chosen=True
+        "users-api#0",
+        100,
+        60,
+        "fixed_window",
+        False,
+        "remote_address=10.0.0.1",
+        chosen=True,
+        network="10.0.0.1/32",
     )
 
 
@@ -408,7 +415,8 @@ def test_an_ipv6_client_counts_as_its_64() -> None:
     mapped = parse_descriptor([(RULE_KEY, value), ("remote_address", "::ffff:10.0.0.1")])
     assert mapped is not None and mapped.client == "remote_address=10.0.0.1"
     assert a is not None and b is not None and c is not None and v4 is not None
-    assert a.client == b.client == "remote_address=2001:db8:1:2::/64"
+    assert a.client == b.client == "remote_address=2001%3Adb8%3A1%3A2%3A%3A%2F64"
+    assert a.network == b.network == "2001:db8:1:2::/64"
     assert c.client != a.client
     assert v4.client == "remote_address=10.0.0.1"
 
@@ -457,3 +465,16 @@ def test_values_the_client_did_not_choose_are_never_bounded() -> None:
     for user in ("ann", "bob", "cy"):
         req = LimitRequest("r#0", 2, 60, "fixed_window", False, f"user={user}")
         assert budget.client(req, 0) == f"user={user}"
+
+
+def test_no_value_can_pass_for_another_entry() -> None:
+    """Issue 10 review: the client string joined values unescaped, so a header holding
+    ``&remote_address=...`` read as another entry (and as the address to ban)."""
+    value = encode_rule("r#0", 5, 60, "fixed_window", False)
+    forged = parse_descriptor([(RULE_KEY, value), ("header:x-k", "a&remote_address=1.2.3.4")])
+    honest = parse_descriptor(
+        [(RULE_KEY, value), ("header:x-k", "a"), ("remote_address", "1.2.3.4")]
+    )
+    assert forged is not None and honest is not None
+    assert forged.client != honest.client
+    assert forged.network is None and honest.network == "1.2.3.4/32"

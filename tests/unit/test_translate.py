@@ -16,6 +16,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import json_format
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests import xds_views as views
 from wardgate.domain.authz import RoutePolicy
@@ -25,6 +27,7 @@ from wardgate.domain.ratelimit import RULE_KEY, encode_rule, parse_descriptor
 from wardgate.xds.assemble import Translator, build_base
 from wardgate.xds.clusters import build_cluster
 from wardgate.xds.listener import build_listener
+from wardgate.xds.local_guard import TICK_MS, token_bucket
 from wardgate.xds.routes import virtual_host_head
 from wardgate.xds.scope_key import SCOPE_HEADER
 from wardgate.xds.translate import HTTP_CLUSTER, ROUTE_CONFIG_NAME, TranslateOptions
@@ -328,7 +331,7 @@ def test_rate_limits_become_actions() -> None:
     assert [p.key for p in api_key.actions[1].metadata.metadata_key.path] == ["api_key"]
     assert header.actions[1].WhichOneof("action_specifier") == "request_headers"
     assert header.actions[1].request_headers.header_name == "x-tenant"
-    assert header.actions[1].request_headers.descriptor_key == "x-tenant"
+    assert header.actions[1].request_headers.descriptor_key == "header:x-tenant"
     assert len(by_route.actions) == 1
 
 
@@ -806,12 +809,13 @@ def test_every_rule_that_fails_open_has_a_guard_bucket_per_client() -> None:
     assert (
         ip.token_bucket.fill_interval.seconds == 360 and ip.token_bucket.tokens_per_fill.value == 1
     )
-    assert [e.key for e in user.entries] == [RULE_KEY, "user", "x-t"]
+    assert [e.key for e in user.entries] == [RULE_KEY, "user", "header:x-t"]
     assert user.token_bucket.max_tokens == 8  # 7 and one of slack
     assert [e.key for e in key.entries] == [RULE_KEY, "api_key", "wg_tier"]
     assert key.token_bucket.max_tokens == 100  # the largest tier's limit
     headers = {h.header.key: h.header.value for h in guard.response_headers_to_add}
-    assert headers["retry-after"] == "9"  # the tightest bucket's next token (60 s / 7)
+    # The slowest refill among the route's buckets: after that, every bucket has a token.
+    assert (headers["retry-after"], headers["x-ratelimit-limit"]) == ("1728", "50")
 
 
 @pytest.mark.parametrize(
@@ -865,3 +869,53 @@ def test_rules_failing_like_the_setting_stay_in_stage_zero() -> None:
         config = rate_limit_pb2.RateLimit()
         filters[name].typed_config.Unpack(config)
         assert (config.stage, config.failure_mode_deny) == (stage, deny)
+
+
+@given(st.integers(1, 10**9), st.integers(1, 366 * 86400))
+def test_the_guard_never_refills_slower_than_the_rule(requests: int, period: int) -> None:
+    """Issue 10 review: rounding made 25/s refill at 20/s, refusing a client within it."""
+    bucket = token_bucket(requests, period)
+    interval_ms = float(bucket["fill_interval"].rstrip("s")) * 1000
+    assert interval_ms >= TICK_MS and round(interval_ms) % TICK_MS == 0
+    assert bucket["tokens_per_fill"] / interval_ms >= requests / (period * 1000) * (1 - 1e-9)
+
+
+def test_guard_entries_are_the_keys_of_the_rules_actions() -> None:
+    """Issue 10 review: a by: route rule's guard named an entry no action makes, so it never
+    matched. Each guard descriptor must have exactly the keys its rule's actions produce."""
+    r = route(
+        "g",
+        {"prefix": "/g"},
+        auth={"require": "session"},
+        rate_limits=[
+            {"by": "route", "requests": 3, "per": "hour"},
+            {"by": ["route", "ip"], "requests": 3, "per": "hour"},
+            {"by": ["header:x-a", "user", "api_key"], "requests": 3, "per": "hour"},
+            {"by": "ip", "requests": 3, "per": "hour", "tiers": {"gold": 9}},
+        ],
+    )
+    (entry,) = user_entries([r])
+    for limit, descriptor in zip(
+        entry.route.rate_limits, _guard_of(entry).descriptors, strict=True
+    ):
+        keys = []
+        for action in limit.actions:
+            kind = action.WhichOneof("action_specifier")
+            if kind == "generic_key":
+                keys.append(action.generic_key.descriptor_key)
+            elif kind == "remote_address":
+                keys.append("remote_address")
+            elif kind == "request_headers":
+                keys.append(action.request_headers.descriptor_key)
+            else:
+                keys.append(action.metadata.descriptor_key)
+        assert [e.key for e in descriptor.entries] == keys
+
+
+def test_the_guard_reads_the_stage_of_the_rules_that_fail_open() -> None:
+    closed = TranslateOptions(ratelimit_fail_closed=True)
+    rules = [{"by": "ip", "requests": 3, "per": "hour", "failure_mode": "open"}]
+    (entry,) = entries([route("g", {"prefix": "/g"}, rate_limits=rules)], closed)[3:]
+    assert _guard_of(entry).stage == 1
+    (entry,) = user_entries([route("g", {"prefix": "/g"}, rate_limits=rules)])
+    assert _guard_of(entry).stage == 0

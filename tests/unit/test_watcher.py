@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
+from wardgate.domain.documents import parse_document
 from wardgate.domain.registry import Instance
 from wardgate.domain.tokens import IssuerHolder
 from wardgate.metrics import Metrics, create_metrics
@@ -424,3 +426,81 @@ class NoBans:
 
     async def live(self, *, now: float) -> dict[str, float]:
         return {}
+
+    async def version(self) -> int:
+        return 0
+
+
+def test_a_document_that_cannot_be_translated_is_refused_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 10 review: one route that validated but failed translation stopped every later
+    change, and its never-served version became the 'last good' one."""
+    import wardgate.xds.assemble as assemble
+
+    real = assemble.route_entry
+
+    def fragile(route: Any, **kw: Any) -> dict[str, Any]:
+        if route.match.prefix == "/explodes":
+            raise OverflowError("a value Envoy cannot hold")
+        return real(route, **kw)
+
+    monkeypatch.setattr(assemble, "route_entry", fragile)
+
+    async def body() -> None:
+        parts = Parts(MemoryDocumentSource(_documents()))
+        await parts.watcher.sync()
+        good = parts.source.last_good["Route"]["r1"]
+        parts.source.put("Route", "r1", _route("r1", "users", "/explodes"), announce=False)
+        parts.source.put("Route", "later", _route("later", "users", "/later"), announce=False)
+        assert await parts.watcher.sync() is True
+        catalog = parts.watcher._builder.catalog
+        assert catalog is not None and "later" in catalog.routes  # other changes go through
+        assert catalog.routes["r1"].match.prefix == "/r1"  # the last good version is served
+        assert "cannot be translated" in parts.status.refused["Route/r1"]
+        assert parts.source.last_good["Route"]["r1"] == good  # never the broken version
+        parts.source.put("Route", "r1", "{not json", announce=False)
+        parts.source.put("Route", "fresh", _route("fresh", "users", "/explodes"), announce=False)
+        await parts.watcher.sync()
+        catalog = parts.watcher._builder.catalog
+        assert catalog is not None and catalog.routes["r1"].match.prefix == "/r1"
+        assert "fresh" not in catalog.routes  # nothing good to fall back on: left out
+        assert "cannot be translated" in parts.status.refused["Route/fresh"]
+        assert parts.watcher.last_error == ""
+
+    _run(body)
+
+
+def test_a_stuck_key_file_never_starves_other_reads() -> None:
+    """Issue 10 review: each re-read of a key file on a stuck mount took another thread of
+    the shared pool until logins (password hashing) and healthy issuers starved."""
+    release = threading.Event()
+    jwks = json.dumps(_jwks())
+
+    def read(path: str) -> str:
+        if path == "/stuck.json":
+            release.wait(10)
+        return jwks
+
+    async def body() -> None:
+        holder = IssuerHolder()
+        loader = IssuerLoader(holder=holder, environ={}, read_file=read, read_timeout=0.1)
+        issuers = {
+            "stuck": parse_document(
+                json.loads(_issuer("stuck", "https://a", jwks_file="/stuck.json"))
+            ),
+            "fine": parse_document(
+                json.loads(_issuer("fine", "https://b", jwks_file="/fine.json"))
+            ),
+        }
+        for _ in range(10):
+            refused = await loader.load(issuers, force=True)  # type: ignore[arg-type]
+            assert set(refused) == {"Issuer/stuck"}
+            assert len(holder.verifier) == 1  # the healthy issuer keeps working
+        # The default pool (password hashing runs there) is untouched.
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: 42), 1) == 42
+
+    try:
+        _run(body)
+    finally:
+        release.set()

@@ -17,7 +17,10 @@ from wardgate.store.bans import RedisBanStore
 def _network(address: str) -> str:
     network = network_of(address)
     if network is None:
-        raise CliError(f"{address!r} is not an IP address or network (such as 203.0.113.7)")
+        raise CliError(
+            f"{address!r} is not an IP address or a network of at most a /8 (IPv6: /32), "
+            "such as 203.0.113.7"
+        )
     return network
 
 

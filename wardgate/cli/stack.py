@@ -171,6 +171,7 @@ def _start_wardgate(procs: _Processes, ports: UpPorts, redis_url: str, registry_
         "WARDGATE_GRPC_PORT": str(ports.grpc),
         "WARDGATE_HTTP_PORT": str(ports.http),
         "WARDGATE_LISTEN_PORT": str(ports.listen),
+        "WARDGATE_ENVOY_ADMIN_PORT": str(ports.admin),
         "WARDGATE_REGISTRY_TOKEN": registry_token,
     }
     log = procs.work / "wardgate.log"

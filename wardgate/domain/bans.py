@@ -42,13 +42,23 @@ class BanStore(Protocol):
         """The networks banned now, with when each ban ends (epoch seconds)."""
         ...
 
+    async def version(self) -> int:
+        """Changes whenever a ban is added or lifted (a ban ending does not change it)."""
+        ...
+
+
+MIN_PREFIX = {4: 8, 6: 32}  # an operator's ban covers at most a /8 or a /32
+
 
 def network_of(address: str) -> str | None:
     """The network a ban covers for a client address or network: the address itself for
-    IPv4 (``/32``), its /64 for IPv6; None for anything that is neither."""
+    IPv4 (``/32``), its /64 for IPv6; None for anything that is neither, or wider than
+    ``MIN_PREFIX`` allows."""
     try:
         net = ipaddress.ip_network(address, strict=False)
     except ValueError:
+        return None
+    if net.prefixlen < MIN_PREFIX[net.version]:
         return None
     if isinstance(net, ipaddress.IPv6Network) and net.prefixlen == 128:
         mapped = net.network_address.ipv4_mapped  # an IPv4 client of a dual-stack listener
@@ -57,16 +67,6 @@ def network_of(address: str) -> str | None:
     if net.version == 6 and net.prefixlen > 64:
         net = net.supernet(new_prefix=64)
     return str(net)
-
-
-def client_network(client: str) -> str | None:
-    """The banned unit of a rate-limit client string (``remote_address=...&...``): its
-    address's network, or None when the rule does not count per address."""
-    for part in client.split("&"):
-        key, _, value = part.partition("=")
-        if key == "remote_address":
-            return network_of(value)
-    return None
 
 
 class AbuseMonitor:
@@ -89,10 +89,10 @@ class AbuseMonitor:
     def enabled(self) -> bool:
         return self._policy.enabled
 
-    async def refused(self, client: str) -> None:
-        """A rate-limit refusal of ``client``; raises ``StoreError`` when it cannot count."""
-        network = client_network(client) if self._policy.enabled else None
-        if network is None:
+    async def refused(self, network: str) -> None:
+        """A request of ``network`` (a client's address as Envoy gave it: an IPv4 address,
+        an IPv6 /64) refused by a rate limit; raises ``StoreError`` when it cannot count."""
+        if not self._policy.enabled:
             return
         if await self._store.strike(network, self._policy, now=self._clock()):
             log.warning(

@@ -72,6 +72,7 @@ class Catalog:
         routes = work.checked_routes()
         if services is None:
             work.refuse_unreachable_bindings(routes)
+            work.refuse_differing_shared_keys(routes)
         return cls(
             routes=routes,
             services=work.parsed["Service"],
@@ -121,6 +122,13 @@ class Catalog:
             return None  # a changed route keeps a deleted service alive: others may use it
         if _touches_transcoding(previous.routes, part.routes, changed, previous.descriptors):
             return None  # bindings may reach other routes now: check them all
+        if any(
+            rule.key
+            for route in (*part.routes.values(), *(previous.routes.get(n) for n in changed))
+            if route is not None
+            for rule in route.rate_limits
+        ):
+            return None  # a shared counter's rules must agree across routes: check them all
         changed_keys = {printable(n) for n in changed}
         routes = dict(previous.routes)  # a copy and a few deletions: cheaper than a filter
         served = dict(previous.served)
@@ -241,6 +249,32 @@ class _Parse:
                 del routes[name]
                 self.served.pop(("Route", name), None)
                 self.refused[f"Route/{printable(name)}"] = reason
+
+    def refuse_differing_shared_keys(self, routes: dict[str, Route]) -> None:
+        """Rules that share a counter (``key``) must count alike: the same requests, period,
+        algorithm, dimensions and tiers. A route whose rule differs from the first route (by
+        name) using that key is refused; ``routes`` is changed in place."""
+        first: dict[str, tuple[str, tuple[object, ...]]] = {}
+        for name, route in sorted(routes.items()):
+            for rule in route.rate_limits:
+                if not rule.key:
+                    continue
+                shape = (
+                    rule.requests,
+                    rule.period_seconds,
+                    rule.algorithm,
+                    tuple(rule.dimensions),
+                    tuple(sorted((rule.tiers or {}).items())),
+                )
+                owner, known = first.setdefault(rule.key, (name, shape))
+                if known != shape:
+                    del routes[name]
+                    self.served.pop(("Route", name), None)
+                    self.refused[f"Route/{printable(name)}"] = (
+                        f"rate limit key {rule.key} counts differently on route {owner} "
+                        "(requests, per, algorithm, by and tiers must be the same)"
+                    )
+                    break
 
 
 _BINDING = ") is "  # in every reason binding_problem gives: "GET /x (pkg.S/M) is ..."
@@ -418,7 +452,9 @@ def _check_result(current: Mapping[str, Mapping[str, str]], changes: list[Change
 
 def _is_reference_problem(reason: str) -> bool:
     return (
-        reason.startswith(("backend service ", "descriptor ", "transcode needs gRPC backends"))
+        reason.startswith(
+            ("backend service ", "descriptor ", "transcode needs gRPC backends", "rate limit key ")
+        )
         or _BINDING in reason
     )
 

@@ -172,7 +172,8 @@ class RateLimit(_Doc):
         default=None,
         description=(
             "A counter shared by every rule, on any route, naming the same key (rule id "
-            "key:<key> instead of <route>#<index>); give such rules the same numbers and by. "
+            "key:<key> instead of <route>#<index>); such rules must have the same requests, "
+            "per, algorithm, by and tiers (a route whose rule differs is refused). "
             "Unset: the rule counts for its route alone."
         ),
     )

@@ -20,13 +20,19 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
+MAX_PERIOD = 366 * 86400  # a year: longer windows are a quota, not a rate
+
+
 def parse_period(text: str) -> float:
-    """A rate-limit period: ``second|minute|hour|day`` or a duration such as ``30s``."""
+    """A rate-limit period: ``second|minute|hour|day`` or a duration such as ``30s``, a whole
+    number of seconds from 1s to 366d."""
     if isinstance(text, str) and text.strip().lower() in NAMED_PERIODS:
         return NAMED_PERIODS[text.strip().lower()]
     seconds = parse_duration(text)
     if seconds < 1 or seconds != int(seconds):
         raise ValueError(f"a period must be a whole number of seconds, at least 1s: '{text}'")
+    if seconds > MAX_PERIOD:
+        raise ValueError(f"a period is at most 366d: '{text}'")
     return seconds
 
 

@@ -3,7 +3,9 @@
 Each route rule travels in its descriptor, so the service needs no copy of the configuration
 and can never disagree with what Envoy was told: the first entry is
 ``wg_rule = "<route>#<index>|<requests>|<period seconds>|<algorithm>|<shadow 0/1>"``, the
-entries after it name the client (``remote_address``, ``user``, ``api_key``, ``header``).
+entries after it name the client (``remote_address``, ``user``, ``api_key``,
+``header:NAME``). The client's values are percent-encoded into one string, so no value can
+pass for another entry (a header holding ``&remote_address=...``).
 
 Clients choose some of those values (any header; an IPv6 address within their network), and
 each distinct value is a counter in Redis. So an IPv6 address counts as its /64 (one
@@ -18,6 +20,7 @@ import dataclasses
 import hashlib
 import ipaddress
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 
 from wardgate.domain.ports import CounterStore, LimitCheck, LimitOutcome
@@ -52,8 +55,11 @@ class LimitRequest:
     period: int
     algorithm: str
     shadow: bool
-    client: str  # the dimension values joined, e.g. "remote_address=10.0.0.1"
+    client: str  # the dimension values, percent-encoded and joined: "remote_address=10.0.0.1"
     chosen: bool = False  # whether the client chose a value (a header, an address)
+    # The client's address as Envoy gave it (an IPv6 one as its /64), when the rule counts
+    # per address: what a ban would cover. Never read from the joined ``client``.
+    network: str | None = None
 
 
 def parse_descriptor(entries: Sequence[tuple[str, str]]) -> LimitRequest | None:
@@ -76,20 +82,44 @@ def parse_descriptor(entries: Sequence[tuple[str, str]]) -> LimitRequest | None:
         except ValueError:
             return None
     values = [(k, _grouped(k, v)) for k, v in entries[1:] if k != TIER_KEY]
-    client = "&".join(f"{k}={v[:MAX_VALUE_LEN]}" for k, v in values) or "*"
+    client = "&".join(f"{_q(k)}={_q(v[:MAX_VALUE_LEN])}" for k, v in values) or "*"
     chosen = any(k not in _ESTABLISHED for k, _ in values)
-    return LimitRequest(rule, req, per, algorithm, shadow == "1", client, chosen)
+    network = next((_network(v) for k, v in entries[1:] if k == "remote_address"), None)
+    return LimitRequest(rule, req, per, algorithm, shadow == "1", client, chosen, network)
+
+
+def _q(text: str) -> str:
+    return urllib.parse.quote(text, safe="")
+
+
+def _address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A client address; an IPv4 client of a dual-stack listener as its IPv4 address."""
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _network(value: str) -> str | None:
+    """The network one client holds: an IPv4 address, an IPv6 address's /64."""
+    address = _address(value)
+    if address is None:
+        return None
+    prefix = 32 if address.version == 4 else 64
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
 
 
 def _grouped(key: str, value: str) -> str:
     """An IPv6 client address as its /64: a client holds a whole /64, not one address."""
-    if key == "remote_address" and ":" in value:
-        try:
-            address = ipaddress.IPv6Address(value)
-        except ValueError:
+    if key == "remote_address":
+        address = _address(value)
+        if address is None:
             return value
-        if address.ipv4_mapped is not None:  # an IPv4 client of a dual-stack listener
-            return str(address.ipv4_mapped)
+        if address.version == 4:
+            return str(address)
         return str(ipaddress.IPv6Network(f"{address}/64", strict=False))
     return value
 
@@ -103,16 +133,16 @@ class ClientBudget:
 
     def __init__(self, *, limit: int, on_overflow: Callable[[str], None] | None = None) -> None:
         self._limit = limit
-        self._seen: dict[tuple[str, int], set[bytes]] = {}
+        self._seen: dict[str, _Window] = {}  # per rule: its current window's values
         self._on_overflow = on_overflow  # called with the rule, for each request sent there
 
     def client(self, req: LimitRequest, window: int) -> str:
         if not req.chosen or self._limit <= 0:
             return req.client
-        seen = self._seen.get((req.rule, window))
-        if seen is None:
-            self._seen = {k: v for k, v in self._seen.items() if k[1] >= window - 1}
-            seen = self._seen[(req.rule, window)] = set()
+        current = self._seen.get(req.rule)
+        if current is None or current.window != window:
+            current = self._seen[req.rule] = _Window(window, set())
+        seen = current.values
         digest = hashlib.blake2b(req.client.encode(), digest_size=8).digest()
         if digest in seen:
             return req.client
@@ -124,12 +154,19 @@ class ClientBudget:
         return req.client
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Window:
+    window: int
+    values: set[bytes]
+
+
 @dataclasses.dataclass(frozen=True)
 class Verdict:
     request: LimitRequest
     allowed: bool
     remaining: int
     reset_seconds: int
+    overflow: bool = False  # counted on the rule's shared overflow counter, not its own
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,10 +203,12 @@ class RateLimiter:
         self._over: dict[str, int] = {}  # counter key -> ms when it resets
         self._max_over = max_known_over
 
-    def _check(self, req: LimitRequest, now_ms: int) -> LimitCheck:
+    def _client(self, req: LimitRequest, now_ms: int) -> str:
+        return self.budget.client(req, now_ms // (req.period * 1000))
+
+    def _check(self, req: LimitRequest, client: str, now_ms: int) -> LimitCheck:
         period_ms = req.period * 1000
         window = now_ms // period_ms
-        client = self.budget.client(req, window)
         if req.algorithm == "token_bucket":
             key = self._key_for(req.rule, client, -1)
             return LimitCheck(3, req.requests, period_ms, 0, key, key, req.shadow)
@@ -194,17 +233,20 @@ class RateLimiter:
         if not requests:
             return LimitDecision(True, [])
         now_ms = int(self._clock() * 1000)
-        checks = [self._check(r, now_ms) for r in requests]
+        clients = [self._client(r, now_ms) for r in requests]
+        checks = [self._check(r, c, now_ms) for r, c in zip(requests, clients, strict=True)]
+        overflow = [c == OVERFLOW for c in clients]
         # A key known to be over its limit until a later time is refused without Redis.
         for req, check in zip(requests, checks, strict=True):
             until = self._over.get(check.key)
             if until is not None and not req.shadow:
                 if until > now_ms:
+                    wait = max(1, -(-(until - now_ms) // 1000))
                     return LimitDecision(
                         False,
                         [
-                            Verdict(r, r is not req, 0, max(1, -(-(until - now_ms) // 1000)))
-                            for r in requests
+                            Verdict(r, r is not req, 0, wait, o)
+                            for r, o in zip(requests, overflow, strict=True)
                         ],
                         from_cache=True,
                     )
@@ -212,9 +254,9 @@ class RateLimiter:
         outcomes: list[LimitOutcome] = await self._counters.check_and_commit(checks, now_ms=now_ms)
         verdicts = []
         allowed = True
-        for req, check, out in zip(requests, checks, outcomes, strict=True):
+        for req, check, out, over in zip(requests, checks, outcomes, overflow, strict=True):
             reset_s = max(1, -(-out.reset_ms // 1000)) if out.reset_ms > 0 else 0
-            verdicts.append(Verdict(req, out.allowed, out.remaining, reset_s))
+            verdicts.append(Verdict(req, out.allowed, out.remaining, reset_s, over))
             if not out.allowed and not req.shadow:
                 allowed = False
                 # A sliding window's estimate falls as time passes within the window: its

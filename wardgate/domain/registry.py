@@ -36,14 +36,25 @@ class Instance:
             return None
 
 
+# Cloud metadata and host agent services outside link-local space: AWS's IPv6 instance
+# metadata, Alibaba's metadata, Azure's wire server.
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a) for a in ("fd00:ec2::254", "100.100.100.200", "168.63.129.16")
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class Reserved:
-    """The gateway's own endpoints: (address or ``LOOPBACK``, port)."""
+    """The gateway's own endpoints: (address or ``LOOPBACK``, port), and ports it owns on
+    every address (where it listens on all of them)."""
 
     endpoints: frozenset[tuple[str, int]] = frozenset()
+    ports_everywhere: frozenset[int] = frozenset()
 
     @classmethod
-    def of(cls, endpoints: Iterable[tuple[str, int]]) -> Reserved:
+    def of(
+        cls, endpoints: Iterable[tuple[str, int]], ports_everywhere: Iterable[int] = ()
+    ) -> Reserved:
         out: set[tuple[str, int]] = set()
         for host, port in endpoints:
             if host == "localhost":
@@ -54,11 +65,11 @@ class Reserved:
             except ValueError:
                 continue  # a host name: resolved by nobody here, and not an instance address
             out.add((LOOPBACK if ip.is_loopback else str(ip), port))
-        return cls(frozenset(out))
+        return cls(frozenset(out), frozenset(ports_everywhere))
 
     def holds(self, ip: IPAddress, port: int) -> bool:
         key = LOOPBACK if ip.is_loopback else str(ip)
-        return (key, port) in self.endpoints
+        return (key, port) in self.endpoints or port in self.ports_everywhere
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +103,8 @@ def check_address(address: str, port: int, reserved: Reserved) -> str:
         if ip.is_multicast
         else "reserved"
         if ip.is_reserved or str(ip) == "255.255.255.255"
+        else "a cloud metadata service"
+        if ip in METADATA_ADDRESSES
         else None
     )
     if kind is not None:

@@ -103,7 +103,7 @@ class SessionService:
 
     async def resolve(self, session_id: str | None) -> Identity | None:
         """The identity behind a cookie value; ``None`` if malformed, unknown or expired."""
-        if not session_id or not SESSION_ID_RE.match(session_id):
+        if not session_id or not SESSION_ID_RE.fullmatch(session_id):
             return None
         record = await self._sessions.get_session(hash_session_id(session_id))
         now = self._clock()
@@ -118,6 +118,6 @@ class SessionService:
         return Identity(record.user, record.roles, "session", record.expires_at)
 
     async def logout(self, session_id: str | None) -> bool:
-        if not session_id or not SESSION_ID_RE.match(session_id):
+        if not session_id or not SESSION_ID_RE.fullmatch(session_id):
             return False
         return await self._sessions.delete_session(hash_session_id(session_id))

@@ -13,7 +13,7 @@ from google.protobuf import duration_pb2
 
 from wardgate.domain.bans import AbuseMonitor
 from wardgate.domain.ports import RefusalLog
-from wardgate.domain.ratelimit import LimitRequest, RateLimiter, parse_descriptor
+from wardgate.domain.ratelimit import LimitRequest, RateLimiter, Verdict, parse_descriptor
 from wardgate.errors import StoreError
 from wardgate.metrics import Metrics
 
@@ -54,24 +54,28 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[m
         self._pending: set[asyncio.Task[None]] = set()
         self.refused_rules: dict[str, float] = {}  # rule -> last refusal (for the reporter)
 
-    def _log_refusal(self, rule: str, client: str) -> None:
-        """Off the decision's path: the refused client is counted (distinct clients per
-        rule) and struck (bans); a failure here costs a metric, never a decision."""
-        if len(self._pending) > 1000:
+    def _log_refusals(self, refused: list[Verdict]) -> None:
+        """Off the decision's path: each refused client is counted (distinct clients per
+        rule), and the request is one strike against its client's address (bans) when its
+        own counter refused it; a failure here costs a metric, never a decision."""
+        if not refused or len(self._pending) > 1000:
             return
         now = time.time()
-        self.refused_rules[rule] = now
+        for v in refused:
+            self.refused_rules[v.request.rule] = now
         refusals, abuse = self._refusals, self._abuse
+        network = next((v.request.network for v in refused if not v.overflow), None)
 
         async def record() -> None:
             if refusals is not None:
                 try:
-                    await refusals.record(rule, client, now=now)
+                    for v in refused:
+                        await refusals.record(v.request.rule, v.request.client, now=now)
                 except StoreError:
                     self._metrics.store_errors.labels("refusal_log").inc()
-            if abuse is not None:
+            if abuse is not None and network is not None:
                 try:
-                    await abuse.refused(client)
+                    await abuse.refused(network)
                 except StoreError:
                     self._metrics.store_errors.labels("bans").inc()
 
@@ -103,6 +107,7 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[m
         finally:
             self._metrics.ratelimit_seconds.observe(time.perf_counter() - started)
         verdicts = iter(decision.verdicts)
+        refused: list[Verdict] = []
         response = rls_pb2.RateLimitResponse(overall_code=OK if decision.allowed else OVER)
         for p in parsed:
             if p is None:
@@ -114,7 +119,7 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[m
             else:
                 label = "shadow_over" if p.shadow else "over"
                 if not p.shadow:
-                    self._log_refusal(p.rule, p.client)
+                    refused.append(v)
             self._metrics.ratelimit_decisions.labels(p.rule, label).inc()
             response.statuses.add(
                 code=OK if v.allowed or p.shadow else OVER,
@@ -125,6 +130,7 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[m
                 limit_remaining=v.remaining,
                 duration_until_reset=duration_pb2.Duration(seconds=v.reset_seconds),
             )
+        self._log_refusals(refused)
         if not decision.allowed:
             response.response_headers_to_add.append(
                 base_pb2.HeaderValue(key="retry-after", value=str(max(1, decision.retry_after)))

@@ -40,7 +40,9 @@ def add_registry_routes(
         if not token:
             return _error(403, "forbidden", "registry heartbeats are off: set registry_token")
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), token.encode()):
+        # The header as bytes (aiohttp decodes it as Latin-1 / surrogate escapes): any value
+        # compares, none raises.
+        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token.encode()):
             return _error(401, "unauthenticated", "a valid registry token is required")
         try:
             beat = parse_heartbeat(

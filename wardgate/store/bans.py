@@ -19,9 +19,10 @@ class RedisBanStore:
         with redis_errors():
             started = await self._r.eval(
                 STRIKE_LUA,
-                2,
+                3,
                 self._k.strikes(network),
                 self._k.bans,
+                self._k.bans_version,
                 policy.refusals,
                 int(policy.window * 1000),
                 until_ms,
@@ -31,11 +32,23 @@ class RedisBanStore:
 
     async def ban(self, network: str, *, until: float) -> None:
         with redis_errors():
-            await self._r.zadd(self._k.bans, {network: int(until * 1000)})
+            async with self._r.pipeline(transaction=True) as pipe:
+                pipe.zadd(self._k.bans, {network: int(until * 1000)})
+                pipe.incr(self._k.bans_version)
+                await pipe.execute()
 
     async def unban(self, network: str) -> bool:
         with redis_errors():
-            return bool(await self._r.zrem(self._k.bans, network))
+            async with self._r.pipeline(transaction=True) as pipe:
+                pipe.zrem(self._k.bans, network)
+                pipe.incr(self._k.bans_version)
+                removed, _ = await pipe.execute()
+        return bool(removed)
+
+    async def version(self) -> int:
+        """A number that changes whenever a ban is added or lifted (not when one ends)."""
+        with redis_errors():
+            return int(await self._r.get(self._k.bans_version) or 0)
 
     async def live(self, *, now: float) -> dict[str, float]:
         """Networks banned now; bans that ended are removed on the way."""

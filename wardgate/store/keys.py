@@ -135,6 +135,11 @@ class Keys:
         """Sorted set: banned network -> when the ban ends (epoch ms)."""
         return f"{self.prefix}bans"
 
+    @property
+    def bans_version(self) -> str:
+        """A counter raised by every change to ``bans``: readers re-read the set on change."""
+        return f"{self.prefix}bans:version"
+
     def strikes(self, network: str) -> str:
         """Refusals of one network within the ban window (same slot as ``bans``)."""
         return f"{self.prefix}strikes:{network}"
@@ -229,14 +234,16 @@ return out
 
 
 # One refusal of a network: count it, and ban the network once the count reaches the threshold.
-# KEYS[1] = the network's strikes, KEYS[2] = the bans sorted set.
+# KEYS[1] = the network's strikes, KEYS[2] = the bans sorted set, KEYS[3] = the bans version.
 # ARGV: threshold, window in ms, ban end in ms, the network. Returns 1 when a ban started.
 STRIKE_LUA = r"""
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 if n < tonumber(ARGV[1]) then return 0 end
 redis.call('DEL', KEYS[1])
-return redis.call('ZADD', KEYS[2], 'GT', 'CH', ARGV[3], ARGV[4])
+local changed = redis.call('ZADD', KEYS[2], 'GT', 'CH', ARGV[3], ARGV[4])
+if changed == 1 then redis.call('INCR', KEYS[3]) end
+return changed
 """
 
 

@@ -52,6 +52,17 @@ def placed_route(entry: dict[str, Any], key: SortKey) -> Placed:
     return Placed(Entry(key, route_field(entry)), pin, pin_buckets(pin))
 
 
+class TranslationError(Exception):
+    """A document that validated but could not be turned into Envoy's configuration (a
+    wardgate bug, or a limit Envoy has and validation missed): the build refuses it alone."""
+
+    def __init__(self, kind: str, name: str, reason: str) -> None:
+        super().__init__(f"{kind}/{name}: {reason}")
+        self.kind = kind
+        self.name = name
+        self.reason = reason
+
+
 @dataclasses.dataclass(frozen=True)
 class Base:
     """Every resource but the listener, serialized: (name, bytes) per resource."""
@@ -173,8 +184,11 @@ class Translator:
         found = self._routes.get(id(route))
         if found is not None and found.document is route and found.hashing == hashing:
             return found.placed
-        entry = route_entry(route, hashing=hashing, opts=self.opts)
-        placed = placed_route(entry, route_sort_key(route))
+        try:
+            entry = route_entry(route, hashing=hashing, opts=self.opts)
+            placed = placed_route(entry, route_sort_key(route))
+        except Exception as exc:  # whatever it is, it is this document's: refuse it alone
+            raise TranslationError("Route", route.name, f"{type(exc).__name__}: {exc}") from exc
         self.translated += 1
         self._trim()
         self._routes[id(route)] = _TranslatedRoute(route, hashing, placed)
@@ -192,7 +206,10 @@ class Translator:
         found = self._clusters.get(id(svc))
         if found is not None and found.document is svc:
             return found.data
-        data: bytes = build_cluster(svc).SerializeToString(deterministic=True)
+        try:
+            data: bytes = build_cluster(svc).SerializeToString(deterministic=True)
+        except Exception as exc:  # whatever it is, it is this document's: refuse it alone
+            raise TranslationError("Service", svc.name, f"{type(exc).__name__}: {exc}") from exc
         self.translated += 1
         self._trim()
         self._clusters[id(svc)] = _TranslatedService(svc, data)

@@ -38,7 +38,9 @@ log = logging.getLogger("wardgate.bans")
 
 BANS_FILTER = "wardgate.bans"
 T_RBAC_ACTION = of("envoy.config.rbac.v3.Action")
-_ALLOW_ALL = {"@type": T_RBAC, "rules": {"action": "DENY"}}  # deny by no policy: nobody
+# No ban: DENY rules without a policy refuse nobody.
+_NOBODY_BANNED = {"@type": T_RBAC, "rules": {"action": "DENY"}}
+MAX_BANS = 10_000  # networks on the list at once: the bans that end last are kept
 
 
 def _action(name: str, action: str) -> dict[str, Any]:
@@ -54,14 +56,32 @@ def _action(name: str, action: str) -> dict[str, Any]:
     }
 
 
+def _ranges(
+    networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> list[dict[str, Any]]:
+    """CIDR ranges for the matcher; an IPv4 network also in its IPv4-mapped IPv6 form, the
+    address a dual-stack listener (or X-Forwarded-For) may give the same client."""
+    out: dict[tuple[str, int], None] = {}
+    for net in networks:
+        out[(str(net.network_address), net.prefixlen)] = None
+        if net.version == 4:
+            mapped = ipaddress.IPv6Address(f"::ffff:{net.network_address}")
+            out[(str(mapped), 96 + net.prefixlen)] = None
+    return [{"address_prefix": a, "prefix_len": n} for a, n in sorted(out)]
+
+
 def bans_config(networks: Iterable[str]) -> dict[str, Any]:
-    """The RBAC filter configuration that refuses ``networks`` (CIDR strings)."""
-    ranges = []
+    """The RBAC filter configuration that refuses ``networks`` (CIDR strings; any that is
+    not one is left out)."""
+    parsed = []
     for text in sorted(set(networks)):
-        net = ipaddress.ip_network(text, strict=False)
-        ranges.append({"address_prefix": str(net.network_address), "prefix_len": net.prefixlen})
+        try:
+            parsed.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            log.warning("ban list: %r is not a network; left out", text)
+    ranges = _ranges(parsed)
     if not ranges:
-        return dict(_ALLOW_ALL)
+        return dict(_NOBODY_BANNED)
     return {
         "@type": T_RBAC,
         "matcher": {
@@ -103,7 +123,7 @@ def bans_filter() -> dict[str, Any]:
         "name": BANS_FILTER,
         "config_discovery": {
             "config_source": {"ads": {}, "resource_api_version": "V3"},
-            "default_config": dict(_ALLOW_ALL),
+            "default_config": dict(_NOBODY_BANNED),
             "apply_default_config_without_warming": True,
             "type_urls": [T_RBAC],
         },
@@ -111,7 +131,8 @@ def bans_filter() -> dict[str, Any]:
 
 
 class BanPublisher:
-    """Keeps the published ban list equal to the live bans in the store."""
+    """Keeps the published ban list equal to the live bans in the store: it re-reads them
+    when the store's version changes (a ban added or lifted) or the next ban ends."""
 
     def __init__(
         self,
@@ -120,25 +141,43 @@ class BanPublisher:
         publish: Callable[[str, bytes], bool],
         metrics: Metrics,
         every: float = 0.5,
+        max_bans: int = MAX_BANS,
     ) -> None:
         self._store = store
         self._publish = publish
         self._metrics = metrics
         self._every = every
+        self._max = max_bans
         self._published: frozenset[str] | None = None
+        self._version: int | None = None
+        self._next_end = 0.0
 
     async def refresh(self) -> None:
+        now = time.time()
         try:
-            live = frozenset(await self._store.live(now=time.time()))
+            version = await self._store.version()
+            if version == self._version and now < self._next_end:
+                return
+            live = await self._store.live(now=now)
         except StoreError:
             self._metrics.store_errors.labels("bans").inc()
             return  # Envoy keeps the last list; bans end when the store is back
-        if live == self._published:
+        self._version = version
+        kept = sorted(live, key=live.__getitem__, reverse=True)[: self._max]
+        if len(live) > self._max:
+            log.warning(
+                "ban list: %d networks, %d kept (those banned longest)", len(live), self._max
+            )
+        self._next_end = min((live[n] for n in kept), default=float("inf"))
+        networks = frozenset(kept)
+        if networks == self._published:
             return
-        self._publish(BANS_FILTER, bans_resource(live))
-        self._published = live
-        self._metrics.banned_clients.set(len(live))
-        log.info("ban list: %d networks", len(live))
+        # A long list takes a while to build: not on the event loop.
+        resource = await asyncio.to_thread(bans_resource, networks)
+        self._publish(BANS_FILTER, resource)
+        self._published = networks
+        self._metrics.banned_clients.set(len(networks))
+        log.info("ban list: %d networks", len(networks))
 
     async def run(self) -> None:
         self._publish(BANS_FILTER, bans_resource(()))  # the filter has a config from the start

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from wardgate.domain.catalog import Catalog, ParseMemo, RawDocuments
+from wardgate.domain.documents import Route, Service
 from wardgate.domain.registry import Instance
-from wardgate.xds.assemble import Base, Translator
+from wardgate.errors import DocumentError
+from wardgate.xds.assemble import Base, TranslationError, Translator
 from wardgate.xds.snapshot import Resources, Snapshot, resources_from_bytes
 from wardgate.xds.translate import TranslateOptions
 from wardgate.xds.typeurls import (
@@ -31,6 +34,7 @@ from wardgate.xds.typeurls import (
 )
 
 Endpoints = dict[str, list[tuple[str, int, int]]]  # service -> (address, port, weight)
+MAX_UNTRANSLATABLE = 100  # documents one build refuses before giving up
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,10 +92,57 @@ class Parsed:
 
     documents: RawDocuments
     catalog: Catalog
+    last_good: RawDocuments = dataclasses.field(default_factory=dict)
 
     @property
     def registry_services(self) -> list[str]:
         return registry_services(self.catalog)
+
+    def without(self, error: TranslationError, memo: ParseMemo, *, last_good_too: bool) -> Parsed:
+        """This catalog with the document that could not be translated refused: served in its
+        last good version if it has one (and ``last_good_too``), else left out, with the
+        routes that need it when it is a service."""
+        kind, name = error.kind, error.name
+        routes, services = dict(self.catalog.routes), dict(self.catalog.services)
+        refused, served = dict(self.catalog.refused), dict(self.catalog.served)
+        reason = f"cannot be translated for Envoy: {error.reason}"
+        table: dict[str, Any] = routes if kind == "Route" else services
+        previous = self.last_good.get(kind, {}).get(name)
+        if last_good_too and previous is not None and previous != served.get((kind, name)):
+            try:
+                table[name] = memo.parse(kind, name, previous)
+                served[(kind, name)] = previous
+                refused[f"{kind}/{name}"] = reason + " (still serving the last good version)"
+                return self._with(routes, services, refused, served)
+            except DocumentError:
+                pass
+        table.pop(name, None)
+        served.pop((kind, name), None)
+        refused[f"{kind}/{name}"] = reason
+        if kind == "Service":
+            for route_name, route in list(routes.items()):
+                if name in route.services():
+                    del routes[route_name]
+                    served.pop(("Route", route_name), None)
+                    refused[f"Route/{route_name}"] = f"backend service {name} {reason}"
+        return self._with(routes, services, refused, served)
+
+    def _with(
+        self,
+        routes: dict[str, Route],
+        services: dict[str, Service],
+        refused: dict[str, str],
+        served: dict[tuple[str, str], str],
+    ) -> Parsed:
+        catalog = dataclasses.replace(
+            self.catalog,
+            routes=routes,
+            services=services,
+            refused=refused,
+            served=served,
+            changed=None,
+        )
+        return dataclasses.replace(self, catalog=catalog)
 
 
 def _endpoints_of(live: Mapping[str, list[Instance]]) -> Endpoints:
@@ -141,14 +192,26 @@ class SnapshotBuilder:
             )
         if catalog is None:
             catalog = Catalog.from_raw(documents, last_good, memo=self._memo)
-        return Parsed(documents, catalog)
+        return Parsed(documents, catalog, last_good)
 
     def build(
         self, parsed: Parsed, instances: Mapping[str, list[Instance]], *, revision: int
     ) -> Snapshot:
         """The snapshot serving ``parsed``, with ``instances`` as the endpoints of its
-        registry services. Only a build that succeeds becomes the base of the next."""
-        base = self._translator.base(parsed.catalog, _endpoints_of(instances))
+        registry services. A document that cannot be translated is refused alone (its last
+        good version served if that translates). Only a build that succeeds becomes the base
+        of the next; ``catalog`` is then what it serves."""
+        failed: set[tuple[str, str]] = set()
+        while True:
+            try:
+                base = self._translator.base(parsed.catalog, _endpoints_of(instances))
+                break
+            except TranslationError as exc:
+                if len(failed) > MAX_UNTRANSLATABLE:
+                    raise
+                key = (exc.kind, exc.name)
+                parsed = parsed.without(exc, self._memo, last_good_too=key not in failed)
+                failed.add(key)
         self._base, self._catalog, self._documents = base, parsed.catalog, parsed.documents
         self._instances = dict(instances)
         self._revision = revision

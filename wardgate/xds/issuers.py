@@ -5,14 +5,16 @@ that repeats another's ``iss``, is refused like a bad document: its refusal goes
 ``wardgate status`` with the others. Key files change without their documents (key
 rotation), so issuers with a ``jwks_file`` are loaded again at every idle re-read.
 
-Key files are read in a thread with a deadline (``read_file``, normally
-``files.read_bounded_file``): a path naming a FIFO, a device or a slow mount refuses that
-issuer, never stalls the service.
+Key files are read in threads of their own (two; ``read_file``, normally
+``files.read_bounded_file``) with a deadline: a path naming a FIFO, a device or a slow mount
+refuses that issuer, never stalls the service. A read that does not finish keeps its thread,
+and the path is not read again until it does, so a stuck mount cannot take every thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from collections.abc import Callable, Iterable, Mapping
 
 from wardgate.domain.documents import Issuer
@@ -32,6 +34,8 @@ class IssuerLoader:
         self._environ = environ
         self._read_file = read_file
         self._read_timeout = read_timeout
+        self._threads = concurrent.futures.ThreadPoolExecutor(2, "wardgate-key-files")
+        self._reading: dict[str, concurrent.futures.Future[str]] = {}
         self._docs: dict[str, Issuer] = {}
         self.refused: dict[str, str] = {}  # "Issuer/name" -> reason, from the last load
 
@@ -73,20 +77,20 @@ class IssuerLoader:
         return refused
 
     async def _read_files(self, paths: Iterable[str]) -> dict[str, str | Exception]:
-        """Every key file's text, or why it could not be read, each in a thread."""
+        """Every key file's text, or why it could not be read."""
         unique = sorted(set(paths))
-        results = await asyncio.gather(
-            *(
-                asyncio.wait_for(asyncio.to_thread(self._read_file, p), self._read_timeout)
-                for p in unique
-            ),
-            return_exceptions=True,
-        )
-        out: dict[str, str | Exception] = {}
-        for path, result in zip(unique, results, strict=True):
-            if isinstance(result, TimeoutError):
-                result = OSError(f"not read within {self._read_timeout:g} s")
-            elif isinstance(result, BaseException) and not isinstance(result, Exception):
-                raise result
-            out[path] = result
-        return out
+        reads = [self._read(p) for p in unique]
+        return dict(zip(unique, await asyncio.gather(*reads), strict=True))
+
+    async def _read(self, path: str) -> str | Exception:
+        earlier = self._reading.get(path)
+        if earlier is not None and not earlier.done():
+            return OSError("still not read (the read started earlier has not finished)")
+        future = self._threads.submit(self._read_file, path)
+        self._reading[path] = future
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self._read_timeout)
+        except TimeoutError:
+            return OSError(f"not read within {self._read_timeout:g} s")
+        except (OSError, ValueError) as exc:
+            return exc

@@ -236,6 +236,7 @@ LOCAL_REPLIES: list[tuple[int, str | None, str, str | None]] = [
     (401, None, "", "UAEX"),
     (403, None, "", "UAEX"),
     (503, "unavailable", "authorization is unavailable; retry shortly", "UAEX"),
+    (503, "unavailable", "rate limiting is unavailable; retry shortly", "RLSE"),
     (400, "bad_request", "the request is malformed", None),
     (403, "forbidden", "your address is not allowed here", None),
     (404, "not_found", "no route matches this request", None),

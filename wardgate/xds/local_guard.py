@@ -31,6 +31,7 @@ from wardgate.xds.typeurls import T_LOCAL_RATELIMIT
 F_LOCAL_RATELIMIT = "envoy.filters.http.local_ratelimit"
 STAT_PREFIX = "wardgate_guard"
 TICK_MS = 50  # Envoy refills buckets at multiples of the default bucket's interval (>= 50 ms)
+MAX_TOKENS = 2**32 - 1  # Envoy's token counts are uint32
 _ALL = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
 
 
@@ -50,24 +51,23 @@ def descriptor_keys(rule: RateLimit) -> list[str]:
     for dim in rule.dimensions:
         if dim == "ip":
             keys.append("remote_address")
-        elif dim.startswith("header:"):
-            keys.append(dim.split(":", 1)[1])
-        else:
-            keys.append(dim)  # user, api_key: from ext_authz's metadata
+        elif dim != "route":  # a route-wide rule adds no entry: its rule entry is its key
+            keys.append(dim)  # header:NAME; user, api_key from ext_authz's metadata
     if rule.tiers:
         keys.append(TIER_KEY)
     return keys
 
 
 def token_bucket(requests: int, period_s: int) -> dict[str, Any]:
-    """``requests`` per ``period_s`` as Envoy's token bucket (its capacity: ``requests``):
-    the smallest refill interval (a multiple of 50 ms) that adds whole tokens at that rate."""
+    """At least ``requests`` per ``period_s`` as Envoy's token bucket (capacity
+    ``requests``): an interval that is a multiple of 50 ms, rounded down, and whole tokens
+    per interval, rounded up, so the guard never refills slower than the rule allows."""
     per_token_ms = period_s * 1000 / requests
-    interval = max(TICK_MS, round(per_token_ms / TICK_MS) * TICK_MS)
-    per_fill = max(1, round(interval / per_token_ms))
+    interval = max(TICK_MS, math.floor(per_token_ms / TICK_MS) * TICK_MS)
+    per_fill = max(1, math.ceil(interval / per_token_ms))
     return {
-        "max_tokens": requests,
-        "tokens_per_fill": per_fill,
+        "max_tokens": min(requests, MAX_TOKENS),
+        "tokens_per_fill": min(per_fill, MAX_TOKENS),
         "fill_interval": f"{interval / 1000:.3f}s",
     }
 
@@ -75,10 +75,20 @@ def token_bucket(requests: int, period_s: int) -> dict[str, Any]:
 def capacity(requests: int, algorithm: str, burst: float) -> int:
     """What the exact check can allow one client at once, times ``burst``."""
     allowed = 2 * requests if algorithm == "fixed_window" else requests + 1
-    return max(1, math.ceil(allowed * burst))
+    return min(MAX_TOKENS, max(1, math.ceil(allowed * burst)))
 
 
-def guard_descriptor(rule_value: str, rule: RateLimit, burst: float) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class GuardBucket:
+    """The guard for one rule: its descriptor and bucket in Envoy's JSON form, and the
+    rule's own numbers (for the answer's headers)."""
+
+    descriptor: dict[str, Any]
+    requests: int
+    period: int
+
+
+def guard_bucket(rule_value: str, rule: RateLimit, burst: float) -> GuardBucket:
     """The guard's bucket for one rule: its descriptor (the rule exactly, then each client
     key as a wildcard: one bucket per distinct value) and the bucket. A rule with tiers gets
     the largest of its limits."""
@@ -87,36 +97,38 @@ def guard_descriptor(rule_value: str, rule: RateLimit, burst: float) -> dict[str
     bucket["max_tokens"] = capacity(requests, rule.algorithm, burst)
     entries = [{"key": RULE_KEY, "value": rule_value}]
     entries += [{"key": key, "value": ""} for key in descriptor_keys(rule)]
-    return {"entries": entries, "token_bucket": bucket}
+    return GuardBucket({"entries": entries, "token_bucket": bucket}, requests, rule.period_seconds)
 
 
-def route_guard(descriptors: list[dict[str, Any]], opts: GuardOptions) -> dict[str, Any]:
-    """The per-route configuration of the guard filter for these descriptors.
+def route_guard(
+    buckets: list[GuardBucket], opts: GuardOptions, *, stage: int = 0
+) -> dict[str, Any]:
+    """The per-route configuration of the guard filter for these buckets.
 
     The exact check's answer carries the ``x-ratelimit-*`` headers; the guard, which refuses
-    only when the exact check could not answer, adds fixed ones to its 429: the tightest of
-    the route's buckets, and when its next token comes."""
-    tightest = min(descriptors, key=_seconds_per_token)
-    bucket = tightest["token_bucket"]
-    wait = max(1, math.ceil(_seconds_per_token(tightest)))
+    only when the exact check could not answer, adds fixed ones to its 429: the rule with the
+    slowest refill, and when one of its tokens comes back."""
+    tightest = max(buckets, key=lambda b: b.period / b.requests)
+    wait = max(1, math.ceil(tightest.period / tightest.requests))
     headers = {
         "retry-after": str(wait),
-        "x-ratelimit-limit": str(bucket["max_tokens"]),
+        "x-ratelimit-limit": str(tightest.requests),
         "x-ratelimit-remaining": "0",
         "x-ratelimit-reset": str(wait),
     }
     return {
         "@type": T_LOCAL_RATELIMIT,
         "stat_prefix": STAT_PREFIX,
+        "stage": stage,  # the descriptors of the route's actions of this stage
         # Required per route; never limits: only the descriptors' buckets do.
         "token_bucket": {
-            "max_tokens": 1_000_000_000,
-            "tokens_per_fill": 1_000_000_000,
+            "max_tokens": MAX_TOKENS,
+            "tokens_per_fill": MAX_TOKENS,
             "fill_interval": f"{TICK_MS / 1000:.3f}s",
         },
         "filter_enabled": {**_ALL, "runtime_key": "wardgate.guard.enabled"},
         "filter_enforced": {**_ALL, "runtime_key": "wardgate.guard.enforced"},
-        "descriptors": descriptors,
+        "descriptors": [b.descriptor for b in buckets],
         "always_consume_default_token_bucket": False,
         "max_dynamic_descriptors": opts.clients,
         "response_headers_to_add": [
@@ -124,11 +136,6 @@ def route_guard(descriptors: list[dict[str, Any]], opts: GuardOptions) -> dict[s
             for k, v in headers.items()
         ],
     }
-
-
-def _seconds_per_token(descriptor: dict[str, Any]) -> float:
-    bucket = descriptor["token_bucket"]
-    return float(bucket["fill_interval"].rstrip("s")) / int(bucket["tokens_per_fill"])
 
 
 def guard_filter() -> dict[str, Any]:

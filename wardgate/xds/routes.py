@@ -21,7 +21,7 @@ from envoy.extensions.filters.http.rbac.v3 import rbac_pb2  # noqa: F401
 from wardgate.domain.documents import RateLimit, Route, host_regex
 from wardgate.domain.durations import parse_duration
 from wardgate.domain.ratelimit import RULE_KEY, TIER_KEY, encode_rule
-from wardgate.xds.local_guard import F_LOCAL_RATELIMIT, guard_descriptor, route_guard
+from wardgate.xds.local_guard import F_LOCAL_RATELIMIT, guard_bucket, route_guard
 from wardgate.xds.scope_key import SCOPE_HEADER
 from wardgate.xds.transcoder import route_filters as transcoding_filters
 from wardgate.xds.translate import (
@@ -122,8 +122,10 @@ def _rate_limit_actions(
                 # No identity (a public route, or another credential): no descriptor, no limit.
                 actions.append(_metadata_action(dim, dim))
             elif dim.startswith("header:"):
+                # Keyed "header:NAME": a header named "user" or "remote_address" cannot pass
+                # for the entries the gateway itself sets.
                 name = dim.split(":", 1)[1]
-                actions.append({"request_headers": {"header_name": name, "descriptor_key": name}})
+                actions.append({"request_headers": {"header_name": name, "descriptor_key": dim}})
         if rule.tiers:
             actions.append(_metadata_action(TIER_KEY, "tier", default="default"))
         stage = 1 if (rule.failure_mode or default) != default else 0
@@ -138,12 +140,14 @@ def _guard(rules: list[tuple[str, RateLimit]], opts: TranslateOptions) -> dict[s
     if not guard.enabled:
         return None
     default = "closed" if opts.ratelimit_fail_closed else "open"
-    descriptors = [
-        guard_descriptor(value, rule, guard.burst)
+    buckets = [
+        guard_bucket(value, rule, guard.burst)
         for value, rule in rules
         if not rule.shadow and (rule.failure_mode or default) == "open"
     ]
-    return route_guard(descriptors, guard) if descriptors else None
+    # The rules that fail open are in stage 1 when the setting says closed (_rate_limit_actions).
+    stage = 1 if opts.ratelimit_fail_closed else 0
+    return route_guard(buckets, guard, stage=stage) if buckets else None
 
 
 def _rbac(route: Route) -> dict[str, Any] | None:

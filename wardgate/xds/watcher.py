@@ -20,10 +20,11 @@ import asyncio
 import logging
 import time
 
+from wardgate.domain.catalog import Catalog
 from wardgate.errors import StoreError
 from wardgate.metrics import Metrics
 from wardgate.xds.assemble import SETTLE_AFTER
-from wardgate.xds.build import LastGood, Parsed, SnapshotBuilder
+from wardgate.xds.build import LastGood, SnapshotBuilder
 from wardgate.xds.gc_policy import GcPolicy
 from wardgate.xds.issuers import IssuerLoader
 from wardgate.xds.ports import DocumentSource, Notifications, Signal, SnapshotPublisher
@@ -78,31 +79,34 @@ class DocumentWatcher:
         parsed = self._builder.parse(
             stored.documents, self._last_good.documents, incremental=not fresh
         )
-        await self._save_last_good(parsed)
-        refused = dict(parsed.catalog.refused)
-        if self._issuers is not None:
-            refused.update(await self._issuers.load(parsed.catalog.issuers))
         live = await self._source.live_instances(parsed.registry_services, now=time.time())
-        changed = self._publish(self._builder.build(parsed, live, revision=stored.revision))
+        snapshot = self._builder.build(parsed, live, revision=stored.revision)
+        catalog = self._builder.catalog  # what the build serves: maybe less than parsed
+        assert catalog is not None
+        await self._save_last_good(catalog)  # only what really is served
+        refused = dict(catalog.refused)
+        if self._issuers is not None:
+            refused.update(await self._issuers.load(catalog.issuers))
+        changed = self._publish(snapshot)
         if self._builder.moving:  # finish the move once every Envoy had time to take it
             asyncio.get_running_loop().call_later(SETTLE_AFTER + 0.1, self.wake)
         self._gc.after_build()
         self._metrics.snapshot_seconds.observe(time.perf_counter() - started)
-        self._count_documents(parsed)
+        self._count_documents(catalog)
         await self._refused.report(refused)
         if changed:
             log.info(
                 "snapshot: revision %d, %d routes, %d services, %d refused",
                 stored.revision,
-                len(parsed.catalog.routes),
-                len(parsed.catalog.services),
+                len(catalog.routes),
+                len(catalog.services),
                 len(refused),
             )
         return changed
 
-    async def _save_last_good(self, parsed: Parsed) -> None:
+    async def _save_last_good(self, catalog: Catalog) -> None:
         assert self._last_good is not None
-        diff = self._last_good.diff(parsed.catalog)
+        diff = self._last_good.diff(catalog)
         if diff:
             await self._source.save_last_good(diff.changed, diff.gone)
         self._last_good.apply(diff)
@@ -142,11 +146,11 @@ class DocumentWatcher:
         self._metrics.snapshot_builds.labels("changed" if changed else "unchanged").inc()
         return changed
 
-    def _count_documents(self, parsed: Parsed) -> None:
-        catalog = parsed.catalog
+    def _count_documents(self, catalog: Catalog) -> None:
         self._metrics.documents.labels("Route").set(len(catalog.routes))
         self._metrics.documents.labels("Service").set(len(catalog.services))
         self._metrics.documents.labels("Issuer").set(len(catalog.issuers))
+        self._metrics.documents.labels("Descriptor").set(len(catalog.descriptors))
 
     async def run(self) -> None:
         """Forever: subscribe, sync, then follow the announcements; after a failure of the
