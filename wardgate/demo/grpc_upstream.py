@@ -16,6 +16,7 @@ import signal
 from collections.abc import AsyncIterator
 
 import grpc
+from google.api import httpbody_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from wardgate._proto.wardgate.demo.v1 import greeter_pb2, greeter_pb2_grpc
@@ -23,7 +24,7 @@ from wardgate._proto.wardgate.demo.v1 import greeter_pb2, greeter_pb2_grpc
 
 class Greeter(greeter_pb2_grpc.GreeterServicer):  # type: ignore[misc]
     def __init__(self) -> None:
-        self._notes: dict[str, greeter_pb2.Note] = {}
+        self._notes: dict[str, greeter_pb2.NoteReply] = {}
 
     async def SayHello(
         self, request: greeter_pb2.HelloRequest, context: grpc.aio.ServicerContext
@@ -45,16 +46,27 @@ class Greeter(greeter_pb2_grpc.GreeterServicer):  # type: ignore[misc]
     ) -> greeter_pb2.NoteReply:
         if not request.id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a note needs an id")
-        self._notes[request.id] = request.note
-        return greeter_pb2.NoteReply(id=request.id, note=request.note)
+        author = dict(context.invocation_metadata()).get("x-user-id", "")
+        reply = greeter_pb2.NoteReply(id=request.id, note=request.note, author=str(author))
+        self._notes[request.id] = reply
+        return reply
 
     async def GetNote(
         self, request: greeter_pb2.GetNoteRequest, context: grpc.aio.ServicerContext
     ) -> greeter_pb2.NoteReply:
-        note = self._notes.get(request.id)
-        if note is None:
+        reply = self._notes.get(request.id)
+        if reply is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no note {request.id!r}")
-        return greeter_pb2.NoteReply(id=request.id, note=note)
+            raise AssertionError("unreachable")  # abort raises
+        return reply
+
+    async def GetNoteText(
+        self, request: greeter_pb2.GetNoteRequest, context: grpc.aio.ServicerContext
+    ) -> httpbody_pb2.HttpBody:
+        reply = await self.GetNote(request, context)
+        return httpbody_pb2.HttpBody(
+            content_type="text/plain; charset=utf-8", data=reply.note.text.encode()
+        )
 
     async def Fail(
         self, request: greeter_pb2.FailRequest, context: grpc.aio.ServicerContext

@@ -22,7 +22,12 @@ from wardgate.domain.documents import (
     to_json_dict,
 )
 from wardgate.domain.route_order import matches
-from wardgate.domain.transcoding import binding_problem, reference_problem
+from wardgate.domain.transcoding import (
+    TRANSCODER_PROBLEM,
+    TranscoderSet,
+    binding_problem,
+    reference_problem,
+)
 from wardgate.errors import DocumentError, ReferenceError_
 
 # What routes use comes before them: issuers, descriptors and services, then routes.
@@ -238,13 +243,24 @@ class _Parse:
         return routes
 
     def refuse_unreachable_bindings(self, routes: dict[str, Route]) -> None:
-        """Transcoding routes whose REST bindings would not reach them are refused
-        (``domain/transcoding.py``); ``routes`` is changed in place."""
+        """Transcoding routes whose REST bindings would not reach them, or whose services
+        cannot join the other routes' in Envoy's one transcoder (routes already served as
+        they are first, then by name), are refused (``domain/transcoding.py``); ``routes`` is
+        changed in place."""
         descriptors = self.parsed["Descriptor"]
-        for name, route in sorted(routes.items()):
+        together = TranscoderSet()
+        # Routes served as they are now go first: a new route cannot take an old one down.
+        served = self.last_good.get("Route", {})
+        current = self.raw.get("Route", {})
+
+        def newcomer_last(item: tuple[str, Route]) -> tuple[bool, str]:
+            name = item[0]
+            return (served.get(name) is None or served.get(name) != current.get(name), name)
+
+        for name, route in sorted(routes.items(), key=newcomer_last):
             if route.transcode is None:
                 continue
-            reason = binding_problem(route, descriptors, routes)
+            reason = binding_problem(route, descriptors, routes) or together.add(route, descriptors)
             if reason is not None:
                 del routes[name]
                 self.served.pop(("Route", name), None)
@@ -453,7 +469,13 @@ def _check_result(current: Mapping[str, Mapping[str, str]], changes: list[Change
 def _is_reference_problem(reason: str) -> bool:
     return (
         reason.startswith(
-            ("backend service ", "descriptor ", "transcode needs gRPC backends", "rate limit key ")
+            (
+                "backend service ",
+                "descriptor ",
+                "transcode needs gRPC backends",
+                "rate limit key ",
+                TRANSCODER_PROBLEM,
+            )
         )
         or _BINDING in reason
     )

@@ -12,15 +12,21 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 # Importing it registers the google.api.http extension of MethodOptions.
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.descriptor import Descriptor as MessageType
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError
+
+from wardgate.domain.http_template import parse_template
 
 MAX_DESCRIPTOR_BYTES = 4 << 20  # a compiled API rarely passes 1 MiB
 SERVICE_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$"
 _VERBS = ("get", "put", "post", "delete", "patch")
+HTTP_BODY = "google.api.HttpBody"
 _VARIABLE = re.compile(r"\{([^}=]+)(?:=([^}]*))?\}")
 
 
@@ -31,6 +37,11 @@ class Binding:
     verb: str  # GET, POST, ... (upper case); a custom verb as written
     template: str  # e.g. /v1/greeter/{name}
     body: str = ""  # "*", a field name, or "" (no body)
+
+    def key(self) -> tuple[str, str]:
+        """The verb and what the template matches: two bindings with one key are one route
+        for Envoy's transcoder, which then refuses its whole configuration."""
+        return self.verb, parse_template(self.template).pattern()
 
     def sample_path(self) -> str:
         """A concrete path the template matches: variables become ``x`` (``**`` ``x/x``)."""
@@ -60,12 +71,26 @@ class GrpcApi:
     services: Mapping[str, tuple[Method, ...]]
 
     def bindings(self, service: str) -> list[tuple[str, Binding]]:
-        """Every REST binding of ``service``'s methods, the auto-mapped one included."""
+        """What Envoy registers for ``service``: each method's REST bindings, or for a method
+        without one, ``POST /<service>/<method>`` (auto_mapping)."""
         out = []
         for method in self.services[service]:
-            out += [(method.name, b) for b in method.bindings]
-            out.append((method.name, Binding("POST", f"/{service}/{method.name}", "*")))
+            auto = (Binding("POST", f"/{service}/{method.name}", "*"),)
+            out += [(method.name, b) for b in method.bindings or auto]
         return out
+
+
+def duplicate_binding(apis: Mapping[str, GrpcApi]) -> str | None:
+    """Two methods of these services (service name to the API defining it) that share a
+    verb and pattern, said in words; None when there are none."""
+    seen: dict[tuple[str, str], str] = {}
+    for service, api in sorted(apis.items()):
+        for method, binding in api.bindings(service):
+            where = f"{service}/{method}"
+            other = seen.setdefault(binding.key(), where)
+            if other != where:
+                return f"{binding.verb} {binding.template} is bound by both {other} and {where}"
+    return None
 
 
 def _http_bindings(rule: http_pb2.HttpRule) -> list[Binding]:
@@ -80,7 +105,9 @@ def _http_bindings(rule: http_pb2.HttpRule) -> list[Binding]:
     return out
 
 
-def _checked_pool(files: Iterable[descriptor_pb2.FileDescriptorProto]) -> None:
+def _checked_pool(
+    files: Iterable[descriptor_pb2.FileDescriptorProto],
+) -> descriptor_pool.DescriptorPool:
     """Every file resolves against the set itself (``--include_imports``): types exist, no
     name is defined twice. Raises ``ValueError`` saying which file is wrong."""
     pool = descriptor_pool.DescriptorPool()
@@ -102,6 +129,7 @@ def _checked_pool(files: Iterable[descriptor_pb2.FileDescriptorProto]) -> None:
                 + ", ".join(missing[:5])
             )
         pending = [f for f in pending if f not in added]
+    return pool
 
 
 def _has_file(pool: descriptor_pool.DescriptorPool, name: str) -> bool:
@@ -126,7 +154,7 @@ def parse_descriptor_set(data: bytes) -> GrpcApi:
     names = [f.name for f in fds.file]
     if len(set(names)) != len(names):
         raise ValueError("the descriptor set holds a file twice")
-    _checked_pool(fds.file)
+    pool = _checked_pool(fds.file)
     services: dict[str, tuple[Method, ...]] = {}
     for f in fds.file:
         for svc in f.service:
@@ -144,7 +172,78 @@ def parse_descriptor_set(data: bytes) -> GrpcApi:
             )
     if not services:
         raise ValueError("the descriptor set defines no service")
-    return GrpcApi(tuple(fds.file), services)
+    api = GrpcApi(tuple(fds.file), services)
+    for service in services:
+        for method in pool.FindServiceByName(service).methods:
+            for binding in _http_bindings(method.GetOptions().Extensions[annotations_pb2.http]):
+                try:
+                    _check_binding(binding, method.input_type)
+                except ValueError as exc:
+                    raise ValueError(
+                        f"{service}/{method.name} {binding.verb} {binding.template}: {exc}"
+                    ) from None
+            try:
+                _check_response_body(method)
+            except ValueError as exc:
+                raise ValueError(f"{service}/{method.name}: {exc}") from None
+        problem = duplicate_binding({service: api})
+        if problem:
+            raise ValueError(problem)
+    return api
+
+
+def combined_problem(apis: Mapping[str, GrpcApi], *, files_checked: bool = False) -> str | None:
+    """Why Envoy's one transcoder would refuse these services (service name to the API
+    defining it) together, or None: a file two descriptors hold in different versions, a
+    type two files define, two methods with one REST pattern. ``files_checked``: the APIs'
+    files are known to build together; only the bindings are checked."""
+    if not files_checked:
+        try:
+            merged = descriptor_pb2.FileDescriptorSet.FromString(merge(apis.values()))
+            _checked_pool(merged.file)
+        except ValueError as exc:
+            return str(exc)
+    return duplicate_binding(apis)
+
+
+def _check_binding(binding: Binding, request: MessageType) -> None:
+    """What Envoy's transcoder refuses (or fails every request for) in one binding."""
+    if not binding.verb or not binding.verb.isascii() or not binding.verb.isalpha():
+        raise ValueError("the HTTP method must be letters")
+    template = parse_template(binding.template)
+    for variable in template.variables:
+        _field(request, variable, "path variable")
+    if binding.body not in ("", "*"):
+        _field(request, binding.body, "body")
+
+
+def _check_response_body(method: Any) -> None:
+    rule = method.GetOptions().Extensions[annotations_pb2.http]
+    name = rule.response_body
+    if name in ("", "*"):
+        return
+    field = _field(method.output_type, name, "response_body")
+    if field.message_type is None or field.message_type.full_name != HTTP_BODY:
+        raise ValueError(
+            "response_body must name a google.api.HttpBody field: Envoy's transcoder does "
+            "not support it for other fields"
+        )
+
+
+def _field(message: MessageType | None, path: str, what: str) -> FieldDescriptor:
+    """The field ``path`` (``a.b.c``) names in ``message``; ``ValueError`` if none."""
+    field = None
+    for name in path.split("."):
+        if message is None or name not in message.fields_by_name:
+            raise ValueError(f"{what} {path}: no such field in {_type_name(message)}")
+        field = message.fields_by_name[name]
+        message = field.message_type
+    assert field is not None
+    return field
+
+
+def _type_name(message: MessageType | None) -> str:
+    return message.full_name if message is not None else "a scalar"
 
 
 def merge(apis: Iterable[GrpcApi]) -> bytes:

@@ -2,12 +2,14 @@
 
 - its Descriptor exists and defines the services it names;
 - its backends speak gRPC (``protocol: grpc``);
-- the REST bindings of those services (their ``google.api.http`` options) reach it: for each
+- a REST binding of those services (a ``google.api.http`` option) that this route's match
+  takes is not taken first by a route that does not transcode that service: for each such
   binding, the route Envoy would pick for a request with that method and path (``{name}``
-  filled in) is this one. A binding outside the route's match, or taken by a route earlier in
-  the global order, would never be transcoded: the route is refused with the binding named.
-  Methods without a binding are reachable as ``POST /package.Service/Method`` where the
-  route's match covers that path; nothing is refused for them.
+  filled in) transcodes the service. Otherwise REST requests for it would reach that other
+  route untranscoded: this route is refused with the binding named. Bindings outside this
+  route's match are another route's business (or nobody's: then they answer 404); methods
+  without a binding are reachable as ``POST /package.Service/Method`` where a transcoding
+  route's match covers that path.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Mapping
 from wardgate.domain.doc_descriptor import Descriptor
 from wardgate.domain.doc_route import Route
 from wardgate.domain.doc_service import Service
+from wardgate.domain.grpc_api import GrpcApi, combined_problem
 from wardgate.domain.route_order import first_route, matches
 
 
@@ -46,7 +49,8 @@ def reference_problem(
 def binding_problem(
     route: Route, descriptors: Mapping[str, Descriptor], routes: Mapping[str, Route]
 ) -> str | None:
-    """Why a REST binding of ``route``'s services would not reach it, or None."""
+    """Why a REST binding ``route`` takes would reach a route that does not transcode it,
+    or None."""
     t = route.transcode
     if t is None or t.descriptor not in descriptors:
         return None
@@ -56,14 +60,53 @@ def binding_problem(
             for binding in method.bindings:
                 path = binding.sample_path()
                 if not matches(route, binding.verb, path):
-                    return (
-                        f"{binding.verb} {binding.template} ({service}/{method.name}) is "
-                        "outside this route's match"
-                    )
+                    continue
                 first = first_route(routes.values(), binding.verb, path)
-                if first is not None and first.name != route.name:
-                    return (
-                        f"{binding.verb} {binding.template} ({service}/{method.name}) is "
-                        f"taken by route {first.name}, earlier in the route order"
-                    )
+                if first is None or _transcodes(first, service):
+                    continue
+                return (
+                    f"{binding.verb} {binding.template} ({service}/{method.name}) is taken by "
+                    f"route {first.name}, earlier in the route order, which does not transcode it"
+                )
     return None
+
+
+def _transcodes(route: Route, service: str) -> bool:
+    return route.transcode is not None and service in route.transcode.services
+
+
+TRANSCODER_PROBLEM = "transcoder: "  # how every reason TranscoderSet gives starts
+
+
+class TranscoderSet:
+    """The services transcoding routes have been given so far, as Envoy's one transcoder
+    holds them (``xds/transcoder.py``): whatever a route adds must build with the rest."""
+
+    def __init__(self) -> None:
+        self._apis: dict[str, GrpcApi] = {}
+        self._owners: dict[str, tuple[str, str]] = {}  # service: (descriptor, route)
+
+    def add(self, route: Route, descriptors: Mapping[str, Descriptor]) -> str | None:
+        """Why ``route``'s services cannot join the others, or None (they are added)."""
+        t = route.transcode
+        if t is None or t.descriptor not in descriptors:
+            return None
+        api = descriptors[t.descriptor].api
+        for service in t.services:
+            owner = self._owners.get(service)
+            if owner is not None and owner[0] != t.descriptor:
+                return (
+                    f"{TRANSCODER_PROBLEM}service {service} is transcoded from descriptor "
+                    f"{owner[0]} on route {owner[1]}; one service comes from one descriptor"
+                )
+        new = [s for s in t.services if s not in self._apis]
+        if not new:
+            return None
+        known = any(a is api for a in self._apis.values())
+        candidate = {**self._apis, **dict.fromkeys(new, api)}
+        problem = combined_problem(candidate, files_checked=known)
+        if problem is not None:
+            return f"{TRANSCODER_PROBLEM}with the other routes' services, {problem}"
+        self._apis = candidate
+        self._owners.update(dict.fromkeys(new, (t.descriptor, route.name)))
+        return None

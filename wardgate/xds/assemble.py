@@ -29,9 +29,9 @@ from wardgate.xds.routes import builtin_routes, route_entry, virtual_host_head
 from wardgate.xds.scope_envoy import marker_route, scope_resources
 from wardgate.xds.scope_key import Pin, pin_buckets
 from wardgate.xds.scope_layout import Entry, Layout, Placed
-from wardgate.xds.transcoder import TRANSCODER, transcoder_resource
+from wardgate.xds.transcoder import TRANSCODER, transcoder_off, transcoder_resource
 from wardgate.xds.translate import HTTP_CLUSTER, ROUTE_CONFIG_NAME, TranslateOptions
-from wardgate.xds.wire import route_configuration, route_field
+from wardgate.xds.wire import route_configuration, route_field, with_route_extra
 
 HASHING_LB = ("ring_hash", "maglev")
 _BUILTIN_KEY: SortKey = (-(2**62), 0, 0, 0, "")  # wardgate's own routes come first
@@ -170,8 +170,19 @@ class Translator:
             for r in scope_resources()
         ]
         self._auth_cluster = build_auth_cluster(opts).SerializeToString(deterministic=True)
-        head = canonical.parse(virtual_host_head(), route_components_pb2.VirtualHost())
-        self._vhost_head = head.SerializeToString(deterministic=True)
+        self._vhost_head, self._vhost_head_transcoding = (
+            canonical.parse(
+                virtual_host_head(transcoding=t), route_components_pb2.VirtualHost()
+            ).SerializeToString(deterministic=True)
+            for t in (False, True)
+        )
+        # The routes that transcode, as placed in the scopes; the others' bytes with the
+        # transcoder turned off, for scopes that hold one of them (transcoder.py).
+        self._transcoding_fields: frozenset[bytes] = frozenset()
+        self._off_fields: dict[bytes, bytes] = {}
+        self._off_extra = canonical.parse(
+            {"typed_per_filter_config": transcoder_off()}, route_components_pb2.Route()
+        ).SerializeToString(deterministic=True)
         self.translated = 0  # documents translated, not served from memory (for tests)
 
     def _trim(self) -> None:
@@ -235,7 +246,22 @@ class Translator:
         return [*self._builtin.values(), *placed]
 
     def _config(self, name: str, fields: list[bytes]) -> bytes:
-        return route_configuration(name, self._vhost_head, fields)
+        transcoding = self._transcoding_fields
+        if not transcoding or not any(f in transcoding for f in fields):
+            return route_configuration(name, self._vhost_head, fields)
+        return route_configuration(
+            name,
+            self._vhost_head_transcoding,
+            [f if f in transcoding else self._off(f) for f in fields],
+        )
+
+    def _off(self, field: bytes) -> bytes:
+        data = self._off_fields.get(field)
+        if data is None:
+            if len(self._off_fields) > 10_000:
+                self._off_fields.clear()
+            data = self._off_fields[field] = with_route_extra(field, self._off_extra)
+        return data
 
     def route_configuration(self, routes: list[Route], services: Mapping[str, Service]) -> bytes:
         """The whole table as one configuration, in the global order: what the scopes split
@@ -250,6 +276,13 @@ class Translator:
         hash)."""
         routes = catalog.routes
         hashing = frozenset(n for n, s in catalog.services.items() if s.lb in HASHING_LB)
+        # A scope whose head changes (it gains or loses a transcoding route) is rebuilt
+        # because its routes change; the others keep their bytes.
+        self._transcoding_fields = frozenset(
+            self._route_entry(r, bool(hashing) and bool(hashing & set(r.services()))).entry.data
+            for r in routes.values()
+            if r.transcode is not None
+        )
         if self._layout is None or hashing != self._hashing:
             self._layout = Layout(self._marker, self._config)
             self._layout.apply([], self._builtin)

@@ -54,6 +54,8 @@ def _visit(message: Message) -> None:
 
 
 def _repack(packed: any_pb2.Any) -> None:
+    if not packed.type_url:  # an empty Any (FilterConfig{config: {}}) has nothing inside
+        return
     name = packed.type_url.rsplit("/", 1)[-1]
     cls = _classes.get(name)
     if cls is None:

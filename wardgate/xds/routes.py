@@ -24,6 +24,7 @@ from wardgate.domain.ratelimit import RULE_KEY, TIER_KEY, encode_rule
 from wardgate.xds.local_guard import F_LOCAL_RATELIMIT, guard_bucket, route_guard
 from wardgate.xds.scope_key import SCOPE_HEADER
 from wardgate.xds.transcoder import route_filters as transcoding_filters
+from wardgate.xds.transcoder import transcoder_off
 from wardgate.xds.translate import (
     EXT_AUTHZ,
     F_BUFFER,
@@ -277,9 +278,11 @@ def route_entry(
     return entry
 
 
-def virtual_host_head() -> dict[str, Any]:
-    """The one virtual host, without its routes: what every route inherits."""
-    return {
+def virtual_host_head(*, transcoding: bool = False) -> dict[str, Any]:
+    """The one virtual host, without its routes: what every route inherits. Without
+    ``transcoding`` (a scope none of whose routes transcodes) it turns the transcoder off;
+    with it, each route that does not transcode does that itself (``transcoder_off``)."""
+    head: dict[str, Any] = {
         "name": "wardgate",
         "domains": ["*"],
         # Applied by the router, after ext_authz has read it: the API key is for the gateway;
@@ -290,6 +293,9 @@ def virtual_host_head() -> dict[str, Any]:
             F_BUFFER: {"@type": T_BUFFER_ROUTE, "disabled": True},
         },
     }
+    if not transcoding:
+        head["typed_per_filter_config"].update(transcoder_off())
+    return head
 
 
 def builtin_routes(opts: TranslateOptions) -> list[dict[str, Any]]:

@@ -4,8 +4,10 @@
 Every descriptor a route uses is merged into one ``FileDescriptorSet`` and sent once, as the
 ``TypedExtensionConfig`` ``wardgate.transcoder``, whatever the number of routes using it: a
 changed descriptor is one ECDS push, picked up by new streams without a listener drain. The
-filter is off at the listener and turned on per route (``FilterConfig{config: {}}``), so a
-request on another route is never transcoded even when its path matches a binding.
+filter is on at the listener and off, by a configuration without services, on every route
+that does not transcode (``xds/assemble.py``: in the virtual host of a scope without
+transcoding routes, else on each such route), so a request on another route is never
+transcoded even when its path matches a binding.
 
 ``match_incoming_request_route`` keeps the REST route (its cluster, timeout, retries, rate
 limits) after the path becomes ``/package.Service/Method``. A second filter, on the same
@@ -28,13 +30,16 @@ from google.rpc import error_details_pb2, status_pb2
 
 from wardgate.domain.grpc_api import GrpcApi, merge
 from wardgate.xds import canonical
-from wardgate.xds.typeurls import T_HEADER_MUTATION, of
+from wardgate.xds.typeurls import T_HEADER_MUTATION, T_HEADER_MUTATION_ROUTE, of
 
 TRANSCODER = "wardgate.transcoder"
 GRPC_HEADERS = "wardgate.transcoded_headers"
 T_TRANSCODER = of("envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder")
-T_FILTER_CONFIG = of("envoy.config.route.v3.FilterConfig")
 MAX_BODY = 4 << 20  # request and response bodies the transcoder buffers, in bytes
+# What a gRPC server answers that means nothing to a REST client.
+_GRPC_ONLY_HEADERS = ("grpc-status", "grpc-message", "grpc-accept-encoding", "grpc-encoding")
+# A configuration without services: the transcoder lets every request through untouched.
+_PLACEHOLDER = {"@type": T_TRANSCODER, "proto_descriptor_bin": "", "services": []}
 
 
 def _files_of(module: Any) -> list[descriptor_pb2.FileDescriptorProto]:
@@ -65,7 +70,7 @@ def transcoder_config(apis: Iterable[GrpcApi], services: Iterable[str]) -> dict[
     placeholder, which transcodes nothing)."""
     apis, services = list(apis), sorted(set(services))
     if not services:
-        return {"@type": T_TRANSCODER, "proto_descriptor_bin": "", "services": []}
+        return dict(_PLACEHOLDER)
     try:
         merged = merge([*apis, _STATUS_API])
     except ValueError:  # a descriptor carries its own, different google/rpc files: keep it
@@ -100,26 +105,18 @@ def transcoder_resource(apis: Iterable[GrpcApi], services: Iterable[str]) -> byt
 
 
 def transcoder_filters() -> list[dict[str, Any]]:
-    """The listener's two filters, both off unless a route turns them on: the headers filter
-    first (a response passes the filters in reverse order), then the transcoder."""
-    placeholder = {"@type": T_TRANSCODER, "proto_descriptor_bin": "", "services": []}
+    """The listener's two filters: the headers filter first (a response passes the filters in
+    reverse order), then the transcoder. Both are on at the listener and do nothing unless a
+    route says so: per-route ``FilterConfig`` switches are decided when Envoy creates the
+    request's filter chain, before the scope filter has set the scope key, that is from the
+    client's own headers (docs/DECISIONS.md)."""
     return [
-        {
-            "name": GRPC_HEADERS,
-            "disabled": True,
-            "typed_config": {
-                "@type": T_HEADER_MUTATION,
-                "mutations": {
-                    "response_mutations": [{"remove": "grpc-status"}, {"remove": "grpc-message"}]
-                },
-            },
-        },
+        {"name": GRPC_HEADERS, "typed_config": {"@type": T_HEADER_MUTATION, "mutations": {}}},
         {
             "name": TRANSCODER,
-            "disabled": True,
             "config_discovery": {
                 "config_source": {"ads": {}, "resource_api_version": "V3"},
-                "default_config": placeholder,
+                "default_config": _PLACEHOLDER,
                 "apply_default_config_without_warming": True,
                 "type_urls": [T_TRANSCODER],
             },
@@ -127,9 +124,19 @@ def transcoder_filters() -> list[dict[str, Any]]:
     ]
 
 
+def transcoder_off() -> dict[str, Any]:
+    """The transcoder's per-route (or virtual host) configuration that turns it off: one that
+    transcodes no service."""
+    return {TRANSCODER: dict(_PLACEHOLDER)}
+
+
 def route_filters() -> dict[str, Any]:
-    """A transcoding route's per-filter configuration: both filters on, as configured at the
-    listener (an empty ``config`` turns a disabled filter on; ``disabled: false`` alone is
-    refused for a discovered filter)."""
-    on = {"@type": T_FILTER_CONFIG, "config": {}}
-    return {GRPC_HEADERS: dict(on), TRANSCODER: dict(on)}
+    """A transcoding route's own configuration: the REST answer loses the gRPC status
+    headers. (The transcoder itself it inherits from the listener: the configuration ECDS
+    sends.)"""
+    return {
+        GRPC_HEADERS: {
+            "@type": T_HEADER_MUTATION_ROUTE,
+            "mutations": {"response_mutations": [{"remove": h} for h in _GRPC_ONLY_HEADERS]},
+        }
+    }

@@ -40,6 +40,9 @@ T_LUA_ROUTE = of("envoy.extensions.filters.http.lua.v3.LuaPerRoute")
 T_BUFFER = of("envoy.extensions.filters.http.buffer.v3.Buffer")
 T_BUFFER_ROUTE = of("envoy.extensions.filters.http.buffer.v3.BufferPerRoute")
 T_HEADER_MUTATION = of("envoy.extensions.filters.http.header_mutation.v3.HeaderMutation")
+T_HEADER_MUTATION_ROUTE = of(
+    "envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute"
+)
 
 
 def short_name(type_url: str) -> str:

@@ -47,3 +47,18 @@ def route_configuration(name: str, vhost_head: bytes, routes: list[bytes]) -> by
     (a serialized ``VirtualHost`` without routes), then ``routes`` (from ``route_field``)."""
     vhost = _field(_CONFIG_VHOSTS, vhost_head + b"".join(routes))
     return _field(_CONFIG_NAME, name.encode()) + vhost
+
+
+def with_route_extra(field: bytes, extra: bytes) -> bytes:
+    """A ``route_field`` with ``extra`` (serialized ``Route`` fields) added to its route: the
+    fields of two serializations of one message merge."""
+    pos = len(_varint(_VHOST_ROUTES << 3 | 2))
+    length, shift = 0, 0
+    while True:
+        byte = field[pos]
+        pos += 1
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    return _field(_VHOST_ROUTES, field[pos : pos + length] + extra)

@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ewardgate/demo/v1/greeter.proto\x12\x10wardgate.demo.v1\x1a\x1cgoogle/api/annotations.proto\".\n\x0cHelloRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08greeting\x18\x02 \x01(\t\"\x8c\x01\n\nHelloReply\x12\x0f\n\x07message\x18\x01 \x01(\t\x12<\n\x08metadata\x18\x02 \x03(\x0b\x32*.wardgate.demo.v1.HelloReply.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\",\n\rHellosRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\"\"\n\x04Note\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0c\n\x04tags\x18\x02 \x03(\t\"B\n\x0ePutNoteRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x04note\x18\x02 \x01(\x0b\x32\x16.wardgate.demo.v1.Note\"\x1c\n\x0eGetNoteRequest\x12\n\n\x02id\x18\x01 \x01(\t\"=\n\tNoteReply\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x04note\x18\x02 \x01(\x0b\x32\x16.wardgate.demo.v1.Note\"\x1b\n\x0b\x46\x61ilRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\"\x1e\n\x0bPingRequest\x12\x0f\n\x07payload\x18\x01 \x01(\t\"\x1c\n\tPingReply\x12\x0f\n\x07payload\x18\x01 \x01(\t2\xe2\x04\n\x07Greeter\x12v\n\x08SayHello\x12\x1e.wardgate.demo.v1.HelloRequest\x1a\x1c.wardgate.demo.v1.HelloReply\",\x82\xd3\xe4\x93\x02&\x12\x12/v1/greeter/{name}Z\x10\"\x0b/v1/greeter:\x01*\x12m\n\tSayHellos\x12\x1f.wardgate.demo.v1.HellosRequest\x1a\x1c.wardgate.demo.v1.HelloReply\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/greeter/{name}/many0\x01\x12\x66\n\x07PutNote\x12 .wardgate.demo.v1.PutNoteRequest\x1a\x1b.wardgate.demo.v1.NoteReply\"\x1c\x82\xd3\xe4\x93\x02\x16\x1a\x0e/v1/notes/{id}:\x04note\x12\x66\n\x07GetNote\x12 .wardgate.demo.v1.GetNoteRequest\x1a\x1b.wardgate.demo.v1.NoteReply\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x0e/v1/notes/{id}b\x04note\x12\\\n\x04\x46\x61il\x12\x1d.wardgate.demo.v1.FailRequest\x1a\x1c.wardgate.demo.v1.HelloReply\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/fail/{code}\x12\x42\n\x04Ping\x12\x1d.wardgate.demo.v1.PingRequest\x1a\x1b.wardgate.demo.v1.PingReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ewardgate/demo/v1/greeter.proto\x12\x10wardgate.demo.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\".\n\x0cHelloRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08greeting\x18\x02 \x01(\t\"\x8c\x01\n\nHelloReply\x12\x0f\n\x07message\x18\x01 \x01(\t\x12<\n\x08metadata\x18\x02 \x03(\x0b\x32*.wardgate.demo.v1.HelloReply.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\",\n\rHellosRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\"\"\n\x04Note\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0c\n\x04tags\x18\x02 \x03(\t\"B\n\x0ePutNoteRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x04note\x18\x02 \x01(\x0b\x32\x16.wardgate.demo.v1.Note\"\x1c\n\x0eGetNoteRequest\x12\n\n\x02id\x18\x01 \x01(\t\"M\n\tNoteReply\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x04note\x18\x02 \x01(\x0b\x32\x16.wardgate.demo.v1.Note\x12\x0e\n\x06\x61uthor\x18\x03 \x01(\t\"\x1b\n\x0b\x46\x61ilRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\"\x1e\n\x0bPingRequest\x12\x0f\n\x07payload\x18\x01 \x01(\t\"\x1c\n\tPingReply\x12\x0f\n\x07payload\x18\x01 \x01(\t2\xc0\x05\n\x07Greeter\x12v\n\x08SayHello\x12\x1e.wardgate.demo.v1.HelloRequest\x1a\x1c.wardgate.demo.v1.HelloReply\",\x82\xd3\xe4\x93\x02&\x12\x12/v1/greeter/{name}Z\x10\"\x0b/v1/greeter:\x01*\x12m\n\tSayHellos\x12\x1f.wardgate.demo.v1.HellosRequest\x1a\x1c.wardgate.demo.v1.HelloReply\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/greeter/{name}/many0\x01\x12\x66\n\x07PutNote\x12 .wardgate.demo.v1.PutNoteRequest\x1a\x1b.wardgate.demo.v1.NoteReply\"\x1c\x82\xd3\xe4\x93\x02\x16\x1a\x0e/v1/notes/{id}:\x04note\x12`\n\x07GetNote\x12 .wardgate.demo.v1.GetNoteRequest\x1a\x1b.wardgate.demo.v1.NoteReply\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/notes/{id}\x12\x62\n\x0bGetNoteText\x12 .wardgate.demo.v1.GetNoteRequest\x1a\x14.google.api.HttpBody\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/notes/{id}/text\x12\\\n\x04\x46\x61il\x12\x1d.wardgate.demo.v1.FailRequest\x1a\x1c.wardgate.demo.v1.HelloReply\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/fail/{code}\x12\x42\n\x04Ping\x12\x1d.wardgate.demo.v1.PingRequest\x1a\x1b.wardgate.demo.v1.PingReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,31 +42,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GREETER'].methods_by_name['PutNote']._loaded_options = None
   _globals['_GREETER'].methods_by_name['PutNote']._serialized_options = b'\202\323\344\223\002\026\032\016/v1/notes/{id}:\004note'
   _globals['_GREETER'].methods_by_name['GetNote']._loaded_options = None
-  _globals['_GREETER'].methods_by_name['GetNote']._serialized_options = b'\202\323\344\223\002\026\022\016/v1/notes/{id}b\004note'
+  _globals['_GREETER'].methods_by_name['GetNote']._serialized_options = b'\202\323\344\223\002\020\022\016/v1/notes/{id}'
+  _globals['_GREETER'].methods_by_name['GetNoteText']._loaded_options = None
+  _globals['_GREETER'].methods_by_name['GetNoteText']._serialized_options = b'\202\323\344\223\002\025\022\023/v1/notes/{id}/text'
   _globals['_GREETER'].methods_by_name['Fail']._loaded_options = None
   _globals['_GREETER'].methods_by_name['Fail']._serialized_options = b'\202\323\344\223\002\021\022\017/v1/fail/{code}'
-  _globals['_HELLOREQUEST']._serialized_start=82
-  _globals['_HELLOREQUEST']._serialized_end=128
-  _globals['_HELLOREPLY']._serialized_start=131
-  _globals['_HELLOREPLY']._serialized_end=271
-  _globals['_HELLOREPLY_METADATAENTRY']._serialized_start=224
-  _globals['_HELLOREPLY_METADATAENTRY']._serialized_end=271
-  _globals['_HELLOSREQUEST']._serialized_start=273
-  _globals['_HELLOSREQUEST']._serialized_end=317
-  _globals['_NOTE']._serialized_start=319
-  _globals['_NOTE']._serialized_end=353
-  _globals['_PUTNOTEREQUEST']._serialized_start=355
-  _globals['_PUTNOTEREQUEST']._serialized_end=421
-  _globals['_GETNOTEREQUEST']._serialized_start=423
-  _globals['_GETNOTEREQUEST']._serialized_end=451
-  _globals['_NOTEREPLY']._serialized_start=453
-  _globals['_NOTEREPLY']._serialized_end=514
-  _globals['_FAILREQUEST']._serialized_start=516
-  _globals['_FAILREQUEST']._serialized_end=543
-  _globals['_PINGREQUEST']._serialized_start=545
-  _globals['_PINGREQUEST']._serialized_end=575
-  _globals['_PINGREPLY']._serialized_start=577
-  _globals['_PINGREPLY']._serialized_end=605
-  _globals['_GREETER']._serialized_start=608
-  _globals['_GREETER']._serialized_end=1218
+  _globals['_HELLOREQUEST']._serialized_start=109
+  _globals['_HELLOREQUEST']._serialized_end=155
+  _globals['_HELLOREPLY']._serialized_start=158
+  _globals['_HELLOREPLY']._serialized_end=298
+  _globals['_HELLOREPLY_METADATAENTRY']._serialized_start=251
+  _globals['_HELLOREPLY_METADATAENTRY']._serialized_end=298
+  _globals['_HELLOSREQUEST']._serialized_start=300
+  _globals['_HELLOSREQUEST']._serialized_end=344
+  _globals['_NOTE']._serialized_start=346
+  _globals['_NOTE']._serialized_end=380
+  _globals['_PUTNOTEREQUEST']._serialized_start=382
+  _globals['_PUTNOTEREQUEST']._serialized_end=448
+  _globals['_GETNOTEREQUEST']._serialized_start=450
+  _globals['_GETNOTEREQUEST']._serialized_end=478
+  _globals['_NOTEREPLY']._serialized_start=480
+  _globals['_NOTEREPLY']._serialized_end=557
+  _globals['_FAILREQUEST']._serialized_start=559
+  _globals['_FAILREQUEST']._serialized_end=586
+  _globals['_PINGREQUEST']._serialized_start=588
+  _globals['_PINGREQUEST']._serialized_end=618
+  _globals['_PINGREPLY']._serialized_start=620
+  _globals['_PINGREPLY']._serialized_end=648
+  _globals['_GREETER']._serialized_start=651
+  _globals['_GREETER']._serialized_end=1355
 # @@protoc_insertion_point(module_scope)

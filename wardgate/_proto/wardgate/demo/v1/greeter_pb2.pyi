@@ -1,4 +1,5 @@
 from google.api import annotations_pb2 as _annotations_pb2
+from google.api import httpbody_pb2 as _httpbody_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -61,12 +62,14 @@ class GetNoteRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class NoteReply(_message.Message):
-    __slots__ = ("id", "note")
+    __slots__ = ("id", "note", "author")
     ID_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
+    AUTHOR_FIELD_NUMBER: _ClassVar[int]
     id: str
     note: Note
-    def __init__(self, id: _Optional[str] = ..., note: _Optional[_Union[Note, _Mapping]] = ...) -> None: ...
+    author: str
+    def __init__(self, id: _Optional[str] = ..., note: _Optional[_Union[Note, _Mapping]] = ..., author: _Optional[str] = ...) -> None: ...
 
 class FailRequest(_message.Message):
     __slots__ = ("code",)

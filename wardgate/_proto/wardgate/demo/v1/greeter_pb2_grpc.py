@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from wardgate._proto.wardgate.demo.v1 import greeter_pb2 as wardgate_dot_demo_dot_v1_dot_greeter__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -54,6 +55,11 @@ class GreeterStub:
                 request_serializer=wardgate_dot_demo_dot_v1_dot_greeter__pb2.GetNoteRequest.SerializeToString,
                 response_deserializer=wardgate_dot_demo_dot_v1_dot_greeter__pb2.NoteReply.FromString,
                 _registered_method=True)
+        self.GetNoteText = channel.unary_unary(
+                '/wardgate.demo.v1.Greeter/GetNoteText',
+                request_serializer=wardgate_dot_demo_dot_v1_dot_greeter__pb2.GetNoteRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
         self.Fail = channel.unary_unary(
                 '/wardgate.demo.v1.Greeter/Fail',
                 request_serializer=wardgate_dot_demo_dot_v1_dot_greeter__pb2.FailRequest.SerializeToString,
@@ -91,7 +97,14 @@ class GreeterServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetNote(self, request, context):
-        """A stored note; the response body is the note alone.
+        """A stored note.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetNoteText(self, request, context):
+        """A stored note's text as text/plain: an HttpBody answer is sent as is, not as JSON.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -133,6 +146,11 @@ def add_GreeterServicer_to_server(servicer, server):
                     servicer.GetNote,
                     request_deserializer=wardgate_dot_demo_dot_v1_dot_greeter__pb2.GetNoteRequest.FromString,
                     response_serializer=wardgate_dot_demo_dot_v1_dot_greeter__pb2.NoteReply.SerializeToString,
+            ),
+            'GetNoteText': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNoteText,
+                    request_deserializer=wardgate_dot_demo_dot_v1_dot_greeter__pb2.GetNoteRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
             'Fail': grpc.unary_unary_rpc_method_handler(
                     servicer.Fail,
@@ -253,6 +271,33 @@ class Greeter:
             '/wardgate.demo.v1.Greeter/GetNote',
             wardgate_dot_demo_dot_v1_dot_greeter__pb2.GetNoteRequest.SerializeToString,
             wardgate_dot_demo_dot_v1_dot_greeter__pb2.NoteReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNoteText(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wardgate.demo.v1.Greeter/GetNoteText',
+            wardgate_dot_demo_dot_v1_dot_greeter__pb2.GetNoteRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
             insecure,

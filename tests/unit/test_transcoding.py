@@ -1,0 +1,267 @@
+"""Descriptors and transcoding routes, before Envoy sees them: what Envoy's transcoder would
+refuse (taking every transcoding route down with it) is refused here, per descriptor or per
+route, with the reason said."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+from pathlib import Path
+
+import pytest
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.grpc_json_transcoder.v3 import transcoder_pb2
+
+from tests import xds_views as views
+from wardgate.cli.descriptors import compile_proto
+from wardgate.domain.catalog import Catalog
+from wardgate.domain.grpc_api import combined_problem, parse_descriptor_set
+from wardgate.domain.http_template import parse_template
+from wardgate.xds.assemble import build_base
+from wardgate.xds.transcoder import TRANSCODER
+from wardgate.xds.translate import TranslateOptions
+
+DEMO_PB = Path(__file__).resolve().parents[2] / "wardgate" / "_proto" / "demo.pb"
+OPTS = TranslateOptions(http_host="127.0.0.1")
+
+HEADER = 'syntax = "proto3";\npackage {pkg};\nimport "google/api/annotations.proto";\n'
+HEADER += 'import "google/api/httpbody.proto";\n'
+HEADER += "message Req {{ string id = 1; Inner inner = 2; }}\n"
+HEADER += "message Inner {{ string text = 1; }}\n"
+HEADER += "message Resp {{ string id = 1; Inner inner = 2; google.api.HttpBody raw = 3; }}\n"
+
+
+@functools.cache
+def _compiled(pkg: str, service: str, tmp: str, name: str = "api.proto") -> bytes:
+    path = Path(tmp) / name
+    path.write_text(HEADER.format(pkg=pkg) + service)
+    return compile_proto(path)
+
+
+def _api_bytes(
+    tmp_path: Path, service: str, *, pkg: str = "t.v1", name: str = "api.proto"
+) -> bytes:
+    return _compiled(pkg, service, str(tmp_path), name)
+
+
+def _rpc(method: str, rule: str, returns: str = "Resp") -> str:
+    option = f"option (google.api.http) = {{ {rule} }};"
+    return f"rpc {method}(Req) returns ({returns}) {{ {option} }}\n"
+
+
+@pytest.mark.parametrize(
+    ("template", "pattern"),
+    [
+        ("/v1/items/{id}", "/v1/items/*"),
+        ("/v1/{name=shelves/*/books/*}:archive", "/v1/shelves/*/books/*:archive"),
+        ("/v1/files/{path=**}", "/v1/files/**"),
+        ("/v1/{inner.text}", "/v1/*"),
+        ("/", "/"),
+    ],
+)
+def test_templates_parse_to_the_pattern_envoy_registers(template: str, pattern: str) -> None:
+    assert parse_template(template).pattern() == pattern
+
+
+@pytest.mark.parametrize(
+    ("template", "reason"),
+    [
+        ("v1/items", "does not start with /"),
+        ("/v1//items", "empty"),
+        ("/v1/{id", "unbalanced"),
+        ("/v1/id}", "unbalanced"),
+        ("/v1/{1id}", "not a field path"),
+        ("/v1/{a={b}}", "do not nest"),
+        ("/v1/**/x", "last segment"),
+        ("/v1/a b", "not allowed"),
+        ("/v1/a\r\nx", "not allowed"),
+        ("/" + "a" * 2000, "longer than"),
+    ],
+)
+def test_bad_templates_are_refused_with_the_reason(template: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        parse_template(template)
+
+
+def test_the_demo_descriptor_parses_with_its_bindings() -> None:
+    api = parse_descriptor_set(DEMO_PB.read_bytes())
+    bindings = {(m, b.verb, b.template) for m, b in api.bindings("wardgate.demo.v1.Greeter")}
+    assert ("SayHello", "GET", "/v1/greeter/{name}") in bindings
+    assert ("SayHello", "POST", "/v1/greeter") in bindings
+    # No option: what Envoy's auto_mapping registers.
+    assert ("Ping", "POST", "/wardgate.demo.v1.Greeter/Ping") in bindings
+
+
+@pytest.mark.parametrize(
+    ("service", "reason"),
+    [
+        # Envoy: "response_body is not supported yet for non-HttpBody fields".
+        (_rpc("Get", 'get: "/v1/x/{id}" response_body: "inner"'), "google.api.HttpBody"),
+        (_rpc("Get", 'get: "/v1/x/{id}" response_body: "nothing"'), "no such field"),
+        (_rpc("Put", 'put: "/v1/x/{id}" body: "nothing"'), "body nothing: no such field"),
+        (_rpc("Get", 'get: "/v1/x/{missing}"'), "path variable missing"),
+        (_rpc("Get", 'get: "/v1/x/{inner.nope}"'), "path variable inner.nope"),
+        (_rpc("Get", 'get: "/v1/x//y"'), "empty"),
+        (_rpc("Get", 'custom: { kind: "GET POST" path: "/v1/x" }'), "HTTP method"),
+        # One pattern twice in one service (variable names do not count).
+        (_rpc("A", 'get: "/v1/x/{id}"') + _rpc("B", 'get: "/v1/x/{inner.text}"'), "bound by both"),
+    ],
+)
+def test_what_envoy_would_refuse_is_refused_per_descriptor(
+    tmp_path: Path, service: str, reason: str
+) -> None:
+    data = _api_bytes(tmp_path, f"service S {{\n{service}}}\n")
+    with pytest.raises(ValueError, match=reason):
+        parse_descriptor_set(data)
+
+
+def test_response_body_on_an_http_body_field_is_accepted(tmp_path: Path) -> None:
+    service = "service S {\n" + _rpc("Get", 'get: "/v1/x/{id}" response_body: "raw"') + "}\n"
+    api = parse_descriptor_set(_api_bytes(tmp_path, service))
+    assert list(api.services) == ["t.v1.S"]
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"\xff\xfe not protobuf", b"\x0a\x03abc"], ids=["empty", "garbage", "truncated"]
+)
+def test_bytes_that_are_not_a_descriptor_set_are_refused(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        parse_descriptor_set(data)
+
+
+def test_services_that_cannot_share_envoys_transcoder_are_found(tmp_path: Path) -> None:
+    for d in ("a", "b", "c"):
+        (tmp_path / d).mkdir()
+    get = _rpc("Get", 'get: "/v1/x/{id}"')
+    a = parse_descriptor_set(_api_bytes(tmp_path / "a", f"service A {{\n{get}}}\n"))
+    # Another version of the same file (api.proto), another service in it.
+    b = parse_descriptor_set(_api_bytes(tmp_path / "b", f"service B {{\n{get}}}\n"))
+    # Another file and package, the same REST binding.
+    c = parse_descriptor_set(
+        _api_bytes(tmp_path / "c", f"service C {{\n{get}}}\n", pkg="u.v1", name="other.proto")
+    )
+    assert combined_problem({"t.v1.A": a}) is None
+    assert "api.proto differs between descriptors" in str(
+        combined_problem({"t.v1.A": a, "t.v1.B": b})
+    )
+    assert "bound by both t.v1.A/Get and u.v1.C/Get" in str(
+        combined_problem({"t.v1.A": a, "u.v1.C": c})
+    )
+
+
+def _descriptor_doc(name: str, data: bytes) -> str:
+    return json.dumps(
+        {"kind": "Descriptor", "name": name, "descriptor_set": base64.b64encode(data).decode()}
+    )
+
+
+def _grpc_service(name: str) -> str:
+    return json.dumps(
+        {
+            "kind": "Service",
+            "name": name,
+            "protocol": "grpc",
+            "endpoints": [{"address": "10.0.0.1", "port": 50051}],
+        }
+    )
+
+
+def _transcoding_route(name: str, prefix: str, descriptor: str, service: str) -> str:
+    return json.dumps(
+        {
+            "kind": "Route",
+            "name": name,
+            "match": {"prefix": prefix},
+            "backend": "g",
+            "transcode": {"descriptor": descriptor, "services": [service]},
+        }
+    )
+
+
+def _clashing_raw(tmp_path: Path) -> dict[str, dict[str, str]]:
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    one = _api_bytes(tmp_path / "one", "service A {\n" + _rpc("Get", 'get: "/v1/x/{id}"') + "}\n")
+    two = _api_bytes(
+        tmp_path / "two",
+        "service B {\n" + _rpc("Get", 'get: "/v1/x/{id}"') + "}\n",
+        pkg="u.v1",
+        name="other.proto",
+    )
+    return {
+        "Descriptor": {"one": _descriptor_doc("one", one), "two": _descriptor_doc("two", two)},
+        "Service": {"g": _grpc_service("g")},
+        "Route": {
+            # Different prefixes, one binding in both services; "a-new" sorts first by name.
+            "z-old": _transcoding_route("z-old", "/v1", "one", "t.v1.A"),
+            "a-new": _transcoding_route("a-new", "/v2", "two", "u.v1.B"),
+        },
+    }
+
+
+def test_a_route_whose_binding_clashes_is_refused_and_the_served_one_kept(
+    tmp_path: Path,
+) -> None:
+    raw = _clashing_raw(tmp_path)
+    # Nothing served yet: by name.
+    first = Catalog.from_raw(raw)
+    assert "Route/z-old" in first.refused and "a-new" in first.routes
+    # z-old was served as it is: the newcomer is refused, whatever its name.
+    last_good = {"Route": {"z-old": raw["Route"]["z-old"]}}
+    catalog = Catalog.from_raw(raw, last_good)
+    assert "z-old" in catalog.routes
+    reason = catalog.refused["Route/a-new"]
+    assert reason.startswith("transcoder: ") and "bound by both" in reason
+
+
+def test_only_routes_that_transcode_see_the_transcoder(tmp_path: Path) -> None:
+    """The scope holding a transcoding route turns the transcoder off route by route; every
+    other scope turns it off once, in its virtual host."""
+    raw = {
+        "Descriptor": {"demo": _descriptor_doc("demo", DEMO_PB.read_bytes())},
+        "Service": {"g": _grpc_service("g")},
+        "Route": {
+            "rest": _transcoding_route("rest", "/v1", "demo", "wardgate.demo.v1.Greeter"),
+            "plain": json.dumps(
+                {
+                    "kind": "Route",
+                    "name": "plain",
+                    "match": {"prefix": "/v1/greeter/plain"},
+                    "backend": "g",
+                }
+            ),
+            "elsewhere": json.dumps(
+                {
+                    "kind": "Route",
+                    "name": "elsewhere",
+                    "match": {"prefix": "/other"},
+                    "backend": "g",
+                }
+            ),
+        },
+    }
+    catalog = Catalog.from_raw(raw)
+    assert not catalog.refused
+    base = build_base(catalog, OPTS)
+
+    def off(config: object) -> bool:
+        per_filter = config.typed_per_filter_config  # type: ignore[attr-defined]
+        if TRANSCODER not in per_filter:
+            return False
+        transcoder = transcoder_pb2.GrpcJsonTranscoder()
+        assert per_filter[TRANSCODER].Unpack(transcoder)
+        return not transcoder.services
+
+    v1 = {r.name: r for r in views.routes_for(base, "/v1/greeter/plain")}
+    assert not off(v1["rest"]) and off(v1["plain"])
+    configs = views.route_configs(base)
+    holding = [c for c in configs.values() if any(r.name == "rest" for r in _routes(c))]
+    assert len(holding) == 1 and not off(holding[0].virtual_hosts[0])
+    others = [c for c in configs.values() if c is not holding[0]]
+    assert others and all(off(c.virtual_hosts[0]) for c in others)
+    assert not any(off(r) for r in views.routes_for(base, "/other"))  # the vhost's is enough
+
+
+def _routes(config: route_pb2.RouteConfiguration) -> list[object]:
+    return list(config.virtual_hosts[0].routes)
