@@ -297,3 +297,24 @@ def test_envoy_limits_are_refused_before_envoy_sees_them(greeter: Stack, tmp_pat
         greeter.redis().hdel(f"{greeter.prefix}routes", "greeter-clash")
     with greeter.client() as http:
         assert http.get("/v1/greeter/fine").status_code == 200
+
+
+def test_descriptors_are_in_history_and_rollback(greeter: Stack, tmp_path: Path) -> None:
+    history = json.loads(greeter.cli("history", "-o", "json", "-n", "1").stdout)
+    before = history[0]["revision"]
+    proto = tmp_path / "solo.proto"
+    proto.write_text(
+        'syntax = "proto3";\npackage tc.solo;\nmessage M { string a = 1; }\n'
+        "service Solo { rpc Echo(M) returns (M); }\n"
+    )
+    put = greeter.cli("descriptors", "put", "solo", str(proto))
+    assert put.returncode == 0, put.stderr
+    listed = greeter.cli("descriptors", "list").stdout
+    assert "solo" in listed and "tc.solo.Solo" in listed
+    latest = json.loads(greeter.cli("history", "-o", "json", "-n", "1").stdout)[0]
+    assert {"kind": "Descriptor", "name": "solo", "action": "created"}.items() <= (
+        latest["changes"][0].items()
+    )
+    back = greeter.cli("rollback", str(before))
+    assert back.returncode == 0, back.stderr
+    assert "solo" not in greeter.cli("descriptors", "list").stdout

@@ -76,6 +76,9 @@ def test_up_serves_the_demo_and_ctrl_c_stops_everything(tmp_path) -> None:  # ty
             timeout=30,
         )
         assert 'message: "hello, tester"' in grpc_call.stdout, grpc_call.stderr
+        assert f"curl -s {base}/v1/greeter/you" in out
+        rest = httpx.get(f"{base}/v1/greeter/tester")  # transcoded to the same gRPC method
+        assert rest.status_code == 200 and rest.json()["message"] == "hello, tester"
     finally:
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=30)

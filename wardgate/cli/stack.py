@@ -285,6 +285,7 @@ wardgate is up. Try:
   curl -i -b /tmp/wg.jar {base}/api/admin           # 403: alice lacks role admin
   curl -i {base}/nowhere                            # 404 with a JSON body
   python -m wardgate.demo.grpc_upstream --call 127.0.0.1:{listen} --name you   # gRPC route
+  curl -s {base}/v1/greeter/you                     # the same service over REST/JSON
 
   REDIS_URL={redis_url} wardgate get routes
   metrics: http://127.0.0.1:{http}/metrics   envoy admin: http://127.0.0.1:{admin}/
