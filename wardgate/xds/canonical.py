@@ -5,16 +5,19 @@ cluster options) with the default serialization, in which map entries (``context
 ``Struct`` fields) come out in an order that varies from one process to the next. Snapshot
 versions are hashes of those bytes, so two workers or replicas would give the same documents
 different versions, and an Envoy moving between them would be sent a "changed" listener.
-``parse`` repacks every ``Any`` deterministically, innermost first.
+``parse`` packs every ``Any`` deterministically, innermost first; ``canonicalize`` does the
+same to a message built otherwise.
 """
 
 from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from google.protobuf import any_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf import any_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
+
+from wardgate.xds import fastpb
 
 M = TypeVar("M", bound=Message)
 _ANY = "google.protobuf.Any"
@@ -23,9 +26,9 @@ _classes: dict[str, type[Message]] = {}
 
 def parse(entry: dict[str, Any], message: M) -> M:
     """``entry`` (Envoy's JSON form) parsed into ``message``, every ``Any`` in it packed
-    deterministically."""
-    json_format.ParseDict(entry, message)
-    canonicalize(message)
+    deterministically (``fastpb``: what ``json_format.ParseDict`` and then ``canonicalize``
+    give, several times faster)."""
+    fastpb.parse(entry, message)
     return message
 
 
