@@ -58,6 +58,10 @@ def _rpc(method: str, rule: str, returns: str = "Resp") -> str:
         ("/v1/files/{path=**}", "/v1/files/**"),
         ("/v1/{inner.text}", "/v1/*"),
         ("/", "/"),
+        # Envoy takes literals after a **: /v1/a/b/blob matches with path a/b.
+        ("/v1/{path=**}/blob", "/v1/**/blob"),
+        ("/v1/**/x/y", "/v1/**/x/y"),
+        ("/v1/{path=**}:get", "/v1/**:get"),
     ],
 )
 def test_templates_parse_to_the_pattern_envoy_registers(template: str, pattern: str) -> None:
@@ -73,7 +77,12 @@ def test_templates_parse_to_the_pattern_envoy_registers(template: str, pattern: 
         ("/v1/id}", "unbalanced"),
         ("/v1/{1id}", "not a field path"),
         ("/v1/{a={b}}", "do not nest"),
-        ("/v1/**/x", "last segment"),
+        ("/v1/**/*", "only literal segments may follow"),
+        ("/v1/{a=**}/{b}", "only literal segments may follow"),
+        # Envoy's parser refuses these (its whole configuration with them):
+        ("/:verb", "no segment before the verb"),
+        ("/v1/{id=}", "nothing after '='"),
+        ("", "does not start with /"),
         ("/v1/a b", "not allowed"),
         ("/v1/a\r\nx", "not allowed"),
         ("/" + "a" * 2000, "longer than"),
@@ -104,8 +113,21 @@ def test_the_demo_descriptor_parses_with_its_bindings() -> None:
         (_rpc("Get", 'get: "/v1/x/{inner.nope}"'), "path variable inner.nope"),
         (_rpc("Get", 'get: "/v1/x//y"'), "empty"),
         (_rpc("Get", 'custom: { kind: "GET POST" path: "/v1/x" }'), "HTTP method"),
-        # One pattern twice in one service (variable names do not count).
+        # One pattern twice in one service (variable names do not count): Envoy takes it and
+        # answers 404 on that path for both.
         (_rpc("A", 'get: "/v1/x/{id}"') + _rpc("B", 'get: "/v1/x/{inner.text}"'), "bound by both"),
+        # ... and so for one method binding it twice, or a custom verb that is a custom method.
+        (_rpc("A", 'get: "/v1/x" additional_bindings { get: "/v1/x" }'), "bound twice by t.v1.S/A"),
+        (
+            _rpc("A", 'get: "/v1/x:go"') + _rpc("B", 'custom: { kind: "GETgo" path: "/v1/x" }'),
+            "bound by both",
+        ),
+        # Envoy resolves the rule's body even when the rule binds no path.
+        (_rpc("A", 'body: "nothing"'), "body nothing: no such field"),
+        (_rpc("A", 'body: "nothing" additional_bindings { get: "/v1/x" }'), "body nothing"),
+        # Templates Envoy's parser refuses, with the whole configuration.
+        (_rpc("Get", 'get: "/:verb"'), "no segment before the verb"),
+        (_rpc("Get", 'get: "/v1/{id=}"'), "nothing after '='"),
     ],
 )
 def test_what_envoy_would_refuse_is_refused_per_descriptor(

@@ -39,9 +39,12 @@ class Binding:
     body: str = ""  # "*", a field name, or "" (no body)
 
     def key(self) -> tuple[str, str]:
-        """The verb and what the template matches: two bindings with one key are one route
-        for Envoy's transcoder, which then refuses its whole configuration."""
-        return self.verb, parse_template(self.template).pattern()
+        """What Envoy's path matcher files the binding under: the HTTP method followed by the
+        custom verb (``GET`` + ``:foo`` is ``GETfoo``, as a custom method ``GETfoo`` would be)
+        and the segments the template matches. Two bindings with one key are taken without a
+        complaint, and then that path answers 404 for both (``is_multiple``)."""
+        template = parse_template(self.template)
+        return self.verb + template.verb, "/" + "/".join(template.segments)
 
     def sample_path(self) -> str:
         """A concrete path the template matches: variables become ``x`` (``**`` ``x/x``)."""
@@ -81,14 +84,19 @@ class GrpcApi:
 
 
 def duplicate_binding(apis: Mapping[str, GrpcApi]) -> str | None:
-    """Two methods of these services (service name to the API defining it) that share a
-    verb and pattern, said in words; None when there are none."""
+    """Two bindings of these services (service name to the API defining it) that Envoy's
+    path matcher files under one key (``Binding.key``), said in words; None when there are
+    none. One method binding a pattern twice counts too: Envoy then answers 404 there."""
     seen: dict[tuple[str, str], str] = {}
     for service, api in sorted(apis.items()):
         for method, binding in api.bindings(service):
-            where = f"{service}/{method}"
-            other = seen.setdefault(binding.key(), where)
-            if other != where:
+            where, key = f"{service}/{method}", binding.key()
+            other = seen.get(key)
+            if other is None:
+                seen[key] = where
+            elif other == where:
+                return f"{binding.verb} {binding.template} is bound twice by {where}"
+            else:
                 return f"{binding.verb} {binding.template} is bound by both {other} and {where}"
     return None
 
@@ -183,7 +191,7 @@ def parse_descriptor_set(data: bytes) -> GrpcApi:
                         f"{service}/{method.name} {binding.verb} {binding.template}: {exc}"
                     ) from None
             try:
-                _check_response_body(method)
+                _check_rule(method)
             except ValueError as exc:
                 raise ValueError(f"{service}/{method.name}: {exc}") from None
         problem = duplicate_binding({service: api})
@@ -217,8 +225,12 @@ def _check_binding(binding: Binding, request: MessageType) -> None:
         _field(request, binding.body, "body")
 
 
-def _check_response_body(method: Any) -> None:
+def _check_rule(method: Any) -> None:
+    """What Envoy resolves of a method's rule (``createMethodInfo``) whether or not it binds
+    anything: its ``body`` and ``response_body``, in the request and the answer."""
     rule = method.GetOptions().Extensions[annotations_pb2.http]
+    if rule.body not in ("", "*"):  # a rule without a pattern still has its body resolved
+        _field(method.input_type, rule.body, "body")
     name = rule.response_body
     if name in ("", "*"):
         return
