@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.grpc_json_transcoder.v3 import transcoder_pb2
+from google.protobuf import descriptor_pb2
 
 from tests import xds_views as views
 from wardgate.cli.descriptors import compile_proto
 from wardgate.domain.catalog import Catalog
-from wardgate.domain.grpc_api import combined_problem, parse_descriptor_set
+from wardgate.domain.grpc_api import combined_problem, merge, parse_descriptor_set
 from wardgate.domain.http_template import parse_template
 from wardgate.xds.assemble import build_base
 from wardgate.xds.transcoder import TRANSCODER
@@ -287,3 +288,34 @@ def test_only_routes_that_transcode_see_the_transcoder(tmp_path: Path) -> None:
 
 def _routes(config: route_pb2.RouteConfiguration) -> list[object]:
     return list(config.virtual_hosts[0].routes)
+
+
+def _import_chain(n: int) -> bytes:
+    """A set of ``n`` files, each importing the next, listed dependents first."""
+    fds = descriptor_pb2.FileDescriptorSet()
+    for i in range(n):
+        f = fds.file.add(name=f"f{i}.proto", package=f"p{i}", syntax="proto3")
+        f.message_type.add(name="M")
+        if i + 1 < n:
+            f.dependency.append(f"f{i + 1}.proto")
+    method = fds.file[0].service.add(name="S").method.add(name="A")
+    method.input_type = method.output_type = ".p0.M"
+    data: bytes = fds.SerializeToString()
+    return data
+
+
+def test_a_long_import_chain_is_checked_without_recursion() -> None:
+    """Files are ordered by their imports in one linear pass: a chain of thousands of files
+    (a few hundred KiB, well under the 4 MiB a descriptor may hold) neither exhausts
+    Python's recursion limit nor costs a pass per file."""
+    api = parse_descriptor_set(_import_chain(3000))
+    assert combined_problem({"p0.S": api}) is None
+    merged = descriptor_pb2.FileDescriptorSet.FromString(merge([api]))
+    assert [f.name for f in merged.file][:2] == ["f2999.proto", "f2998.proto"]
+
+
+def test_an_import_cycle_is_refused() -> None:
+    fds = descriptor_pb2.FileDescriptorSet.FromString(_import_chain(3))
+    fds.file[2].dependency.append("f0.proto")
+    with pytest.raises(ValueError, match="imports itself"):
+        parse_descriptor_set(fds.SerializeToString())
