@@ -7,12 +7,14 @@ from __future__ import annotations
 import base64
 import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.grpc_json_transcoder.v3 import transcoder_pb2
-from google.protobuf import descriptor_pb2
+from google.protobuf import descriptor_pb2, empty_pb2
+from google.protobuf.descriptor_pb2 import FieldDescriptorProto as FieldType
 
 from tests import xds_views as views
 from wardgate.cli.descriptors import compile_proto
@@ -319,3 +321,66 @@ def test_an_import_cycle_is_refused() -> None:
     fds.file[2].dependency.append("f0.proto")
     with pytest.raises(ValueError, match="imports itself"):
         parse_descriptor_set(fds.SerializeToString())
+
+
+def _one_file_set(mutate: Callable[[descriptor_pb2.FileDescriptorProto], None]) -> bytes:
+    fds = descriptor_pb2.FileDescriptorSet()
+    f = fds.file.add(name="raw.proto", package="r.v1", syntax="proto3")
+    f.dependency.append("google/protobuf/empty.proto")
+    fds.file.insert(0, descriptor_pb2.FileDescriptorProto())
+    empty_pb2.DESCRIPTOR.CopyToProto(fds.file[0])
+    req = f.message_type.add(name="Req")
+    req.field.add(name="id", number=1, type=FieldType.TYPE_STRING, json_name="id")
+    req.field.add(name="note", number=2, type=FieldType.TYPE_STRING, json_name="note")
+    enum = f.enum_type.add(name="E")
+    enum.value.add(name="E_ZERO", number=0)
+    enum.value.add(name="E_ONE", number=1)
+    method = f.service.add(name="S").method.add(name="Get", input_type=".r.v1.Req")
+    method.output_type = ".r.v1.Req"
+    mutate(f)
+    data: bytes = fds.SerializeToString()
+    return data
+
+
+def _note(f: descriptor_pb2.FileDescriptorProto) -> descriptor_pb2.FieldDescriptorProto:
+    return f.message_type[0].field[1]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda f: f.message_type[0].extension_range.add(start=100, end=200), "Extension ranges"),
+        (lambda f: f.dependency.append(f.dependency[0]), "listed twice"),
+        (lambda f: f.message_type[0].reserved_name.append("note"), "is reserved"),
+        (lambda f: f.message_type[0].reserved_range.add(start=2, end=3), "reserved number"),
+        (lambda f: setattr(f.enum_type[0].value[1], "number", 0), "allow_alias"),
+        (lambda f: setattr(_note(f).options, "jstype", 2), "jstype"),
+        (lambda f: setattr(_note(f).options, "lazy", True), "lazy"),
+        (
+            lambda f: (
+                setattr(_note(f), "label", FieldType.LABEL_REPEATED),
+                setattr(_note(f).options, "packed", True),
+            ),
+            "packed",
+        ),
+    ],
+    ids=[
+        "extension-range",
+        "import-twice",
+        "reserved-name",
+        "reserved-number",
+        "alias",
+        "jstype",
+        "lazy",
+        "packed-string",
+    ],
+)
+def test_what_only_envoys_protobuf_refuses_is_refused(
+    mutate: Callable[[descriptor_pb2.FileDescriptorProto], None], reason: str
+) -> None:
+    """Python's protobuf (upb) builds these files; Envoy's C++ DescriptorPool does not, and
+    a file it cannot build is a NACK of every transcoding route."""
+    parse_descriptor_set(_one_file_set(lambda f: None))  # the same set, unchanged, is fine
+    with pytest.raises(ValueError, match=f"Envoy's protobuf would refuse it: .*{reason}"):
+        parse_descriptor_set(_one_file_set(mutate))
+

@@ -10,16 +10,23 @@ options (``additional_bindings`` included); a method without one is reachable as
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import re
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 # Importing it registers the google.api.http extension of MethodOptions.
 from google.api import annotations_pb2, http_pb2
-from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import Descriptor as MessageType
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
 
 from wardgate.domain.http_template import parse_template
 
@@ -61,9 +68,12 @@ class Binding:
 @dataclasses.dataclass(frozen=True)
 class Method:
     name: str
-    bindings: tuple[Binding, ...]  # annotated ones; empty: auto-mapped only
+    bindings: tuple[Binding, ...]  # annotated ones; empty: auto-mapped only, if not annotated
     server_streaming: bool = False
     client_streaming: bool = False
+    # It has a google.api.http option: then it is not auto-mapped, even when the option binds
+    # nothing (a rule with only a body).
+    annotated: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,11 +85,11 @@ class GrpcApi:
 
     def bindings(self, service: str) -> list[tuple[str, Binding]]:
         """What Envoy registers for ``service``: each method's REST bindings, or for a method
-        without one, ``POST /<service>/<method>`` (auto_mapping)."""
+        without a google.api.http option, ``POST /<service>/<method>`` (auto_mapping)."""
         out = []
         for method in self.services[service]:
             auto = (Binding("POST", f"/{service}/{method.name}", "*"),)
-            out += [(method.name, b) for b in method.bindings or auto]
+            out += [(method.name, b) for b in (method.bindings if method.annotated else auto)]
         return out
 
 
@@ -163,6 +173,57 @@ def _dependencies_first(
     return out
 
 
+CPP_CHECK_TIMEOUT = 60.0  # seconds protoc may take over one set
+# How absl prefixes a log line: "E0000 00:00:1795985417.854770   13909 file.cc:207] ".
+_ABSL_PREFIX = re.compile(r"^[EWIF]\d{4} [^\]]*\] ")
+
+
+def _cpp_problem(data: bytes, fds: descriptor_pb2.FileDescriptorSet) -> str | None:
+    """What protobuf's C++ descriptor builder, the one in Envoy, refuses in the set, or None.
+
+    Python's protobuf (upb) builds files Envoy's ``DescriptorPool::BuildFile`` refuses, and
+    one file Envoy cannot build is a NACK of every transcoding route: extension ranges,
+    groups or ``required`` in proto3, a field number or name that is reserved, an import
+    listed twice, ``packed``, ``lazy`` or ``jstype`` on a field that cannot have it, enum
+    aliases without ``allow_alias``... So the set also goes through protoc (grpcio-tools,
+    the same C++ library), which builds every file of a ``--descriptor_set_in``."""
+    return _cpp_check(
+        hashlib.sha256(data).digest(),
+        data,
+        tuple(sorted({f.name for f in fds.file} - {d for f in fds.file for d in f.dependency})),
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _cpp_check(digest: bytes, data: bytes, roots: tuple[str, ...]) -> str | None:
+    del digest  # the cache's key; ``data`` is compared only when the digests are equal
+    with tempfile.TemporaryDirectory(prefix="wardgate-descriptor-") as tmp:
+        work = Path(tmp)
+        (work / "set.pb").write_bytes(data)
+        # The file names go through an argument file: a set may hold thousands.
+        args = [f"--descriptor_set_in={work / 'set.pb'}", f"--descriptor_set_out={work / 'out.pb'}"]
+        (work / "args").write_text("\n".join([*args, *roots]) + "\n")
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "grpc_tools.protoc", f"@{work / 'args'}"],
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=CPP_CHECK_TIMEOUT,
+            )
+        except subprocess.TimeoutExpired:
+            return f"protoc did not finish checking the set within {CPP_CHECK_TIMEOUT:.0f} s"
+    if done.returncode == 0:
+        return None
+    lines = [
+        _ABSL_PREFIX.sub("", line).strip()
+        for line in (done.stderr + done.stdout).splitlines()
+        if line.strip() and not line.startswith("WARNING: All log messages before absl")
+    ]
+    errors = [line for line in lines if ": warning:" not in line] or lines
+    return "Envoy's protobuf would refuse it: " + ("; ".join(errors[:3]) or "protoc failed")[:500]
+
+
 def parse_descriptor_set(data: bytes) -> GrpcApi:
     """The API a serialized ``FileDescriptorSet`` describes; ``ValueError`` saying why it
     cannot be used (not a descriptor set, unresolved imports, no service, too large)."""
@@ -178,6 +239,9 @@ def parse_descriptor_set(data: bytes) -> GrpcApi:
     if len(set(names)) != len(names):
         raise ValueError("the descriptor set holds a file twice")
     pool = _checked_pool(fds.file)
+    problem = _cpp_problem(data, fds)
+    if problem is not None:
+        raise ValueError(problem)
     services: dict[str, tuple[Method, ...]] = {}
     for f in fds.file:
         for svc in f.service:
@@ -190,6 +254,7 @@ def parse_descriptor_set(data: bytes) -> GrpcApi:
                     else (),
                     m.server_streaming,
                     m.client_streaming,
+                    m.options.HasExtension(annotations_pb2.http),
                 )
                 for m in svc.method
             )
@@ -222,8 +287,7 @@ def combined_problem(apis: Mapping[str, GrpcApi], *, files_checked: bool = False
     files are known to build together; only the bindings are checked."""
     if not files_checked:
         try:
-            merged = descriptor_pb2.FileDescriptorSet.FromString(merge(apis.values()))
-            _checked_pool(merged.file)
+            transcoder_set(apis.values())
         except ValueError as exc:
             return str(exc)
     return duplicate_binding(apis)
@@ -289,3 +353,77 @@ def merge(apis: Iterable[GrpcApi]) -> bytes:
     merged.file.extend(_dependencies_first(files))
     data: bytes = merged.SerializeToString(deterministic=True)
     return data
+
+
+def _files_of(module: Any) -> tuple[descriptor_pb2.FileDescriptorProto, ...]:
+    """A compiled module's file and the files it imports, dependencies first."""
+    out: list[descriptor_pb2.FileDescriptorProto] = []
+    seen: set[str] = set()
+    pending = [(module.DESCRIPTOR, False)]
+    while pending:  # depth first, a file after its imports
+        file, expanded = pending.pop()
+        if expanded:
+            proto = descriptor_pb2.FileDescriptorProto()
+            file.CopyToProto(proto)
+            out.append(proto)
+        elif file.name not in seen:
+            seen.add(file.name)
+            pending.append((file, True))
+            pending.extend((dep, False) for dep in reversed(file.dependencies))
+    return tuple(out)
+
+
+# google.rpc.Status and its details: what the transcoder's convert_grpc_status turns into the
+# JSON error body (its Any details are printed with these types).
+STATUS_API = GrpcApi(_files_of(status_pb2) + _files_of(error_details_pb2), {})
+# What Envoy's transcoder adds from its own compiled-in files when the set lacks the symbol
+# (``addBuiltinSymbolDescriptor``), in this order.
+_ENVOY_BUILTINS = (("google.protobuf.Any", any_pb2), ("google.rpc.Status", status_pb2))
+
+
+def transcoder_set(apis: Iterable[GrpcApi]) -> bytes:
+    """The serialized ``FileDescriptorSet`` Envoy's one transcoder is given for these APIs:
+    their files merged with google.rpc.Status and its details, or, when a descriptor brings
+    its own version of one of those files, or defines one of their types in a file of
+    another name, without them (Envoy then uses the descriptor's). ``ValueError`` when Envoy
+    could not build either: its transcoder adds ``google.protobuf.Any`` and
+    ``google.rpc.Status`` from its own files when the set lacks them, which fails when the
+    set has a file of that name defining something else."""
+    apis = list(apis)
+    problem = ""
+    for candidate in ([*apis, STATUS_API], apis):
+        try:
+            data = merge(candidate)
+            _envoy_builds(descriptor_pb2.FileDescriptorSet.FromString(data).file)
+            return data
+        except ValueError as exc:
+            problem = str(exc)  # the last: why not even without google.rpc's files
+    raise ValueError(problem)
+
+
+def _envoy_builds(files: Iterable[descriptor_pb2.FileDescriptorProto]) -> None:
+    """``ValueError`` unless Envoy's transcoder can build ``files`` and then add what it
+    adds for its JSON error bodies."""
+    files = list(files)
+    pool = _checked_pool(files)
+    names = {f.name for f in files}
+    for symbol, module in _ENVOY_BUILTINS:
+        try:
+            pool.FindFileContainingSymbol(symbol)
+            continue
+        except KeyError:
+            pass
+        builtin = module.DESCRIPTOR.name
+        if builtin in names:
+            raise ValueError(
+                f"file {builtin} does not define {symbol}, which Envoy's transcoder then adds "
+                "from its own file of that name"
+            )
+        proto = descriptor_pb2.FileDescriptorProto()
+        module.DESCRIPTOR.CopyToProto(proto)
+        try:
+            pool.Add(proto)
+            pool.FindFileByName(builtin)
+        except (TypeError, KeyError, ValueError) as exc:
+            raise ValueError(f"Envoy's own {builtin} does not build with the set: {exc}") from None
+        names.add(builtin)

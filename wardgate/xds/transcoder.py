@@ -25,10 +25,8 @@ from typing import Any
 from envoy.config.core.v3 import extension_pb2
 from envoy.config.route.v3 import route_components_pb2  # noqa: F401
 from envoy.extensions.filters.http.grpc_json_transcoder.v3 import transcoder_pb2  # noqa: F401
-from google.protobuf import descriptor_pb2
-from google.rpc import error_details_pb2, status_pb2
 
-from wardgate.domain.grpc_api import GrpcApi, merge
+from wardgate.domain.grpc_api import GrpcApi, transcoder_set
 from wardgate.xds import canonical
 from wardgate.xds.typeurls import T_HEADER_MUTATION, T_HEADER_MUTATION_ROUTE, of
 
@@ -42,39 +40,13 @@ _GRPC_ONLY_HEADERS = ("grpc-status", "grpc-message", "grpc-accept-encoding", "gr
 _PLACEHOLDER = {"@type": T_TRANSCODER, "proto_descriptor_bin": "", "services": []}
 
 
-def _files_of(module: Any) -> list[descriptor_pb2.FileDescriptorProto]:
-    """A compiled module's file and the files it imports, dependencies first."""
-    out: list[descriptor_pb2.FileDescriptorProto] = []
-    seen: set[str] = set()
-
-    def add(file: Any) -> None:
-        if file.name in seen:
-            return
-        seen.add(file.name)
-        for dep in file.dependencies:
-            add(dep)
-        proto = descriptor_pb2.FileDescriptorProto()
-        file.CopyToProto(proto)
-        out.append(proto)
-
-    add(module.DESCRIPTOR)
-    return out
-
-
-# google.rpc.Status and its details: what convert_grpc_status turns into the JSON error body.
-_STATUS_API = GrpcApi(tuple(_files_of(status_pb2) + _files_of(error_details_pb2)), {})
-
-
 def transcoder_config(apis: Iterable[GrpcApi], services: Iterable[str]) -> dict[str, Any]:
     """The transcoder's configuration for these descriptor sets and services (none: the
     placeholder, which transcodes nothing)."""
     apis, services = list(apis), sorted(set(services))
     if not services:
         return dict(_PLACEHOLDER)
-    try:
-        merged = merge([*apis, _STATUS_API])
-    except ValueError:  # a descriptor carries its own, different google/rpc files: keep it
-        merged = merge(apis)
+    merged = transcoder_set(apis)  # the routes' checks (domain/transcoding.py) ran it
     return {
         "@type": T_TRANSCODER,
         "proto_descriptor_bin": base64.b64encode(merged).decode(),
