@@ -384,3 +384,21 @@ def test_what_only_envoys_protobuf_refuses_is_refused(
     with pytest.raises(ValueError, match=f"Envoy's protobuf would refuse it: .*{reason}"):
         parse_descriptor_set(_one_file_set(mutate))
 
+
+def test_a_proto_is_named_after_the_include_path_given(tmp_path: Path) -> None:
+    """``descriptors put shop api/shop/v1/shop.proto -I api`` names the file as its imports
+    name it, shop/v1/shop.proto, not after its own directory (shop.proto): two APIs whose
+    files share a base name (service.proto) can then be transcoded together, and an API that
+    imports this one holds the same file under the same name."""
+    pkg = tmp_path / "api" / "shop" / "v1"
+    pkg.mkdir(parents=True)
+    (pkg / "types.proto").write_text(
+        'syntax = "proto3";\npackage shop.v1;\nmessage T { string a = 1; }\n'
+    )
+    (pkg / "shop.proto").write_text(
+        'syntax = "proto3";\npackage shop.v1;\nimport "shop/v1/types.proto";\n'
+        "service Shop { rpc Get(T) returns (T); }\n"
+    )
+    data = compile_proto(pkg / "shop.proto", (str(tmp_path / "api"),))
+    names = [f.name for f in descriptor_pb2.FileDescriptorSet.FromString(data).file]
+    assert names == ["shop/v1/types.proto", "shop/v1/shop.proto"]
