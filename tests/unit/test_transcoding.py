@@ -402,3 +402,27 @@ def test_a_proto_is_named_after_the_include_path_given(tmp_path: Path) -> None:
     data = compile_proto(pkg / "shop.proto", (str(tmp_path / "api"),))
     names = [f.name for f in descriptor_pb2.FileDescriptorSet.FromString(data).file]
     assert names == ["shop/v1/types.proto", "shop/v1/shop.proto"]
+
+
+def test_a_descriptor_deleted_raw_while_used_is_kept_like_a_service() -> None:
+    """HDEL of a descriptor a route transcodes with: refused like the CLI would refuse the
+    delete, its last good version served, the route kept (as for a deleted service)."""
+    served = {
+        "Descriptor": {"demo": _descriptor_doc("demo", DEMO_PB.read_bytes())},
+        "Service": {"g": _grpc_service("g")},
+        "Route": {"r": _transcoding_route("r", "/v1", "demo", "wardgate.demo.v1.Greeter")},
+    }
+    assert not Catalog.from_raw(served).refused
+    catalog = Catalog.from_raw({**served, "Descriptor": {}}, served)
+    assert "r" in catalog.routes and "demo" in catalog.descriptors
+    assert catalog.refused == {
+        "Descriptor/demo": "deleted while route r uses it (still serving the last good version)"
+    }
+    # A route changed meanwhile is checked against the whole set again (not patched).
+    changed = {**served, "Descriptor": {}}
+    changed["Route"] = {**served["Route"], "plain": json.dumps(_plain_route("plain", "/x"))}
+    assert Catalog.updated(catalog, {**served, "Descriptor": {}}, changed, served) is None
+
+
+def _plain_route(name: str, prefix: str) -> dict[str, object]:
+    return {"kind": "Route", "name": name, "match": {"prefix": prefix}, "backend": "g"}
