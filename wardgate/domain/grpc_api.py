@@ -10,7 +10,6 @@ options (``additional_bindings`` included); a method without one is reachable as
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import re
 import subprocess
@@ -178,6 +177,17 @@ CPP_CHECK_TIMEOUT = 60.0  # seconds protoc may take over one set
 _ABSL_PREFIX = re.compile(r"^[EWIF]\d{4} [^\]]*\] ")
 
 
+def check_ahead(data: bytes) -> None:
+    """Run the slow part of ``parse_descriptor_set`` (protoc over the set: a few hundred ms
+    for 1 MiB) now, so that parsing ``data`` later finds its result remembered: for callers
+    with an event loop, from a thread, before parsing on the loop."""
+    try:
+        fds = descriptor_pb2.FileDescriptorSet.FromString(data)
+    except DecodeError:
+        return
+    _cpp_problem(data, fds)
+
+
 def _cpp_problem(data: bytes, fds: descriptor_pb2.FileDescriptorSet) -> str | None:
     """What protobuf's C++ descriptor builder, the one in Envoy, refuses in the set, or None.
 
@@ -187,32 +197,38 @@ def _cpp_problem(data: bytes, fds: descriptor_pb2.FileDescriptorSet) -> str | No
     listed twice, ``packed``, ``lazy`` or ``jstype`` on a field that cannot have it, enum
     aliases without ``allow_alias``... So the set also goes through protoc (grpcio-tools,
     the same C++ library), which builds every file of a ``--descriptor_set_in``."""
-    return _cpp_check(
-        hashlib.sha256(data).digest(),
-        data,
-        tuple(sorted({f.name for f in fds.file} - {d for f in fds.file for d in f.dependency})),
-    )
+    digest = hashlib.sha256(data).digest()
+    if digest not in _CPP_RESULTS:
+        roots = {f.name for f in fds.file} - {d for f in fds.file for d in f.dependency}
+        try:
+            result = _cpp_check(data, sorted(roots))
+        except subprocess.TimeoutExpired:  # not remembered: a later parse tries again
+            return f"protoc did not finish checking the set within {CPP_CHECK_TIMEOUT:.0f} s"
+        if len(_CPP_RESULTS) >= 1024:
+            _CPP_RESULTS.clear()
+        _CPP_RESULTS[digest] = result
+    return _CPP_RESULTS[digest]
 
 
-@functools.lru_cache(maxsize=64)
-def _cpp_check(digest: bytes, data: bytes, roots: tuple[str, ...]) -> str | None:
-    del digest  # the cache's key; ``data`` is compared only when the digests are equal
+# protoc's verdict per set (by SHA-256): a parse after ``check_ahead``, or the same set parsed
+# again (the CLI checks the documents before and after a change), does not run it again.
+_CPP_RESULTS: dict[bytes, str | None] = {}
+
+
+def _cpp_check(data: bytes, roots: list[str]) -> str | None:
     with tempfile.TemporaryDirectory(prefix="wardgate-descriptor-") as tmp:
         work = Path(tmp)
         (work / "set.pb").write_bytes(data)
         # The file names go through an argument file: a set may hold thousands.
         args = [f"--descriptor_set_in={work / 'set.pb'}", f"--descriptor_set_out={work / 'out.pb'}"]
         (work / "args").write_text("\n".join([*args, *roots]) + "\n")
-        try:
-            done = subprocess.run(
-                [sys.executable, "-m", "grpc_tools.protoc", f"@{work / 'args'}"],
-                capture_output=True,
-                text=True,
-                errors="replace",
-                timeout=CPP_CHECK_TIMEOUT,
-            )
-        except subprocess.TimeoutExpired:
-            return f"protoc did not finish checking the set within {CPP_CHECK_TIMEOUT:.0f} s"
+        done = subprocess.run(
+            [sys.executable, "-m", "grpc_tools.protoc", f"@{work / 'args'}"],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=CPP_CHECK_TIMEOUT,
+        )
     if done.returncode == 0:
         return None
     lines = [
