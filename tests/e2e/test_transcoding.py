@@ -91,6 +91,16 @@ def test_server_streaming_is_a_json_array(greeter: Stack) -> None:
     ]
 
 
+def test_a_stream_failing_midway_looks_complete_over_http1(greeter: Stack) -> None:
+    """What docs/TRANSCODING.md says of it: the 200 and the first messages are sent, and the
+    transcoder closes the array all the same; the failure is only in the HTTP/2 trailers
+    (grpc-status, grpc-message), which HTTP/1.1 does not carry."""
+    with greeter.client() as http:
+        got = http.get("/v1/greeter/fail-midway/many", params={"count": 3})
+    assert got.status_code == 200
+    assert [m["message"] for m in got.json()] == ["hello #1, fail-midway"]
+
+
 @pytest.mark.parametrize(
     ("code", "status"),
     [
