@@ -33,6 +33,8 @@ from typing import Any
 from envoy.config.core.v3 import extension_pb2
 from envoy.config.route.v3 import route_components_pb2  # noqa: F401
 from envoy.extensions.filters.http.grpc_json_transcoder.v3 import transcoder_pb2  # noqa: F401
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2  # noqa: F401
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2  # noqa: F401
 
 from wardgate.domain.grpc_api import GrpcApi, transcoder_set
 from wardgate.xds import canonical
