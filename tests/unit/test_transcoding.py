@@ -7,20 +7,25 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import random
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.grpc_json_transcoder.v3 import transcoder_pb2
+from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2, empty_pb2
 from google.protobuf.descriptor_pb2 import FieldDescriptorProto as FieldType
 
 from tests import xds_views as views
 from wardgate.cli.descriptors import compile_proto
+from wardgate.domain import route_order, transcoding
 from wardgate.domain.catalog import Catalog
+from wardgate.domain.documents import parse_document
 from wardgate.domain.grpc_api import combined_problem, merge, parse_descriptor_set
 from wardgate.domain.http_template import parse_template
+from wardgate.domain.route_order import RouteIndex, first_route
 from wardgate.xds.assemble import build_base
 from wardgate.xds.transcoder import TRANSCODER
 from wardgate.xds.translate import TranslateOptions
@@ -426,3 +431,79 @@ def test_a_descriptor_deleted_raw_while_used_is_kept_like_a_service() -> None:
 
 def _plain_route(name: str, prefix: str) -> dict[str, object]:
     return {"kind": "Route", "name": name, "match": {"prefix": prefix}, "backend": "g"}
+
+
+def test_the_route_index_finds_the_first_route_as_a_scan_does() -> None:
+    rng = random.Random(11)
+    segments = ["v1", "v2", "greeter", "x", "a", "ab"]
+    docs = []
+    for i in range(300):
+        path = "/" + "/".join(rng.choice(segments) for _ in range(rng.randint(1, 3)))
+        kind = rng.choice(["prefix", "prefix/", "path", "regex", "root"])
+        match: dict[str, object] = (
+            {"prefix": path}
+            if kind == "prefix"
+            else {"prefix": path + "/"}
+            if kind == "prefix/"
+            else {"prefix": "/"}
+            if kind == "root"
+            else {"path": path}
+            if kind == "path"
+            else {"regex": path + "(/.*)?"}
+        )
+        if rng.random() < 0.3:
+            match["methods"] = [rng.choice(["GET", "POST"])]
+        if rng.random() < 0.05:
+            match["headers"] = {"x-a": "1"}
+        docs.append(
+            {"kind": "Route", "name": f"r{i}", "match": match, "backend": "g", "priority": 0}
+        )
+    routes = {d["name"]: parse_document(d) for d in docs}
+    live = dict(routes)
+    index = RouteIndex(live)
+    for n in rng.sample(sorted(live), 60):  # refused meanwhile: no longer counted
+        del live[n]
+    for _ in range(2000):
+        path = "/" + "/".join(rng.choice(segments) for _ in range(rng.randint(1, 4)))
+        method = rng.choice(["GET", "POST"])
+        expected = first_route(live.values(), method, path)
+        assert index.first(method, path) is expected, (method, path)
+
+
+def test_binding_checks_do_not_scan_every_route_per_binding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A descriptor with 2,000 bindings and 1,000 other routes: each binding's first route is
+    looked up, not found by trying every route (2 million tries: seconds, and minutes for a
+    large API in a large catalog, on the event loop)."""
+    fds = descriptor_pb2.FileDescriptorSet()
+    empty = fds.file.add()
+    annotations_pb2.DESCRIPTOR.CopyToProto(empty)
+    for dep in annotations_pb2.DESCRIPTOR.dependencies:
+        dep.CopyToProto(fds.file.add())
+    f = fds.file.add(name="big.proto", package="b", syntax="proto3")
+    f.dependency.append("google/api/annotations.proto")
+    f.message_type.add(name="M").field.add(name="id", number=1, type=FieldType.TYPE_STRING)
+    service = f.service.add(name="S")
+    for i in range(2000):
+        method = service.method.add(name=f"M{i}", input_type=".b.M", output_type=".b.M")
+        method.options.Extensions[annotations_pb2.http].get = f"/b/m{i}/{{id}}"
+    plain = {f"p{i}": json.dumps(_plain_route(f"p{i}", f"/plain/{i}")) for i in range(1000)}
+    raw = {
+        "Descriptor": {"big": _descriptor_doc("big", fds.SerializeToString())},
+        "Service": {"g": _grpc_service("g")},
+        "Route": {"t": _transcoding_route("t", "/", "big", "b.S"), **plain},
+    }
+    calls = 0
+    real = route_order.matches
+
+    def counting(*args: object) -> bool:
+        nonlocal calls
+        calls += 1
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(route_order, "matches", counting)
+    monkeypatch.setattr(transcoding, "matches", counting)
+    catalog = Catalog.from_raw(raw)
+    assert not catalog.refused and "t" in catalog.routes
+    assert calls < 20_000

@@ -21,7 +21,7 @@ from wardgate.domain.documents import (
     shown,
     to_json_dict,
 )
-from wardgate.domain.route_order import matches
+from wardgate.domain.route_order import RouteIndex, matches
 from wardgate.domain.transcoding import (
     TRANSCODER_PROBLEM,
     TranscoderSet,
@@ -259,10 +259,13 @@ class _Parse:
             name = item[0]
             return (served.get(name) is None or served.get(name) != current.get(name), name)
 
+        index = RouteIndex(routes)  # reads ``routes`` live: refused ones drop out of it
         for name, route in sorted(routes.items(), key=newcomer_last):
             if route.transcode is None:
                 continue
-            reason = binding_problem(route, descriptors, routes) or together.add(route, descriptors)
+            reason = binding_problem(route, descriptors, routes, index) or together.add(
+                route, descriptors
+            )
             if reason is not None:
                 del routes[name]
                 self.served.pop(("Route", name), None)
