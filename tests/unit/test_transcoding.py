@@ -146,6 +146,18 @@ def test_what_envoy_would_refuse_is_refused_per_descriptor(
         parse_descriptor_set(data)
 
 
+def test_a_body_may_name_a_field_by_its_json_name(tmp_path: Path) -> None:
+    """Envoy's transcoder resolves ``body: "inner"`` and ``body: "innerText"`` alike (field
+    name or JSON name): both are accepted."""
+    rpc = _rpc("Post", 'post: "/v1/x/{id}" body: "inner"').replace("inner", "inner_note")
+    service = "service S {\n" + rpc + "}\n"
+    header = HEADER.replace("Inner inner = 2;", "Inner inner_note = 2;")
+    path = tmp_path / "json.proto"
+    path.write_text(header.format(pkg="j.v1") + service.replace('inner_note"', 'innerNote"'))
+    api = parse_descriptor_set(compile_proto(path))
+    assert list(api.services) == ["j.v1.S"]
+
+
 def test_response_body_on_an_http_body_field_is_accepted(tmp_path: Path) -> None:
     service = "service S {\n" + _rpc("Get", 'get: "/v1/x/{id}" response_body: "raw"') + "}\n"
     api = parse_descriptor_set(_api_bytes(tmp_path, service))

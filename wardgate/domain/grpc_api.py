@@ -338,13 +338,19 @@ def _check_rule(method: Any) -> None:
 
 
 def _field(message: MessageType | None, path: str, what: str) -> FieldDescriptor:
-    """The field ``path`` (``a.b.c``) names in ``message``; ``ValueError`` if none."""
+    """The field ``path`` (``a.b.c``) names in ``message``; ``ValueError`` if none. Each
+    name is a field's name or, as Envoy's transcoder also takes it, its JSON name
+    (``innerMsg`` for ``inner_msg``)."""
     field = None
     for name in path.split("."):
-        if message is None or name not in message.fields_by_name:
+        found = None
+        if message is not None:
+            found = message.fields_by_name.get(name) or next(
+                (f for f in message.fields if f.json_name == name), None
+            )
+        if found is None:
             raise ValueError(f"{what} {path}: no such field in {_type_name(message)}")
-        field = message.fields_by_name[name]
-        message = field.message_type
+        field, message = found, found.message_type
     assert field is not None
     return field
 
