@@ -19,7 +19,8 @@ from google.protobuf import descriptor_pb2, empty_pb2
 from google.protobuf.descriptor_pb2 import FieldDescriptorProto as FieldType
 
 from tests import xds_views as views
-from wardgate.cli.descriptors import compile_proto
+from wardgate.cli.base import CliError
+from wardgate.cli.descriptors import compile_proto, read_descriptor_set
 from wardgate.domain import route_order, transcoding
 from wardgate.domain.catalog import Catalog
 from wardgate.domain.documents import parse_document
@@ -519,3 +520,11 @@ def test_binding_checks_do_not_scan_every_route_per_binding(
     catalog = Catalog.from_raw(raw)
     assert not catalog.refused and "t" in catalog.routes
     assert calls < 20_000
+
+
+def test_a_proto_compiling_to_more_than_4_mib_is_refused_with_its_size(tmp_path: Path) -> None:
+    values = "\n".join(f"  VALUE_{i:05d}_{'X' * 100} = {i};" for i in range(40_000))
+    path = tmp_path / "huge.proto"
+    path.write_text(f'syntax = "proto3";\npackage h;\nenum E {{\n{values}\n}}\n')
+    with pytest.raises(CliError, match=r"huge.proto: compiled larger than 4 MiB \(\d+ bytes\)"):
+        read_descriptor_set(str(path), ())

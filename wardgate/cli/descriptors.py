@@ -64,11 +64,14 @@ def read_descriptor_set(file: str, includes: tuple[str, ...]) -> bytes:
     path = Path(file)
     if not path.is_file():
         raise CliError(f"{file}: no such file")
-    if path.suffix == ".proto":
-        return compile_proto(path, includes)
-    if path.stat().st_size > MAX_DESCRIPTOR_BYTES:
-        raise CliError(f"{file}: larger than {MAX_DESCRIPTOR_BYTES >> 20} MiB")
-    return path.read_bytes()
+    data = compile_proto(path, includes) if path.suffix == ".proto" else None
+    size = len(data) if data is not None else path.stat().st_size
+    if size > MAX_DESCRIPTOR_BYTES:
+        compiled = " compiled" if data is not None else ""
+        raise CliError(
+            f"{file}:{compiled} larger than {MAX_DESCRIPTOR_BYTES >> 20} MiB ({size} bytes)"
+        )
+    return data if data is not None else path.read_bytes()
 
 
 @click.group()
