@@ -91,6 +91,16 @@ def test_server_streaming_is_a_json_array(greeter: Stack) -> None:
     ]
 
 
+def test_a_stream_failing_midway_looks_complete_over_http1(greeter: Stack) -> None:
+    """What docs/TRANSCODING.md says of it: the 200 and the first messages are sent, and the
+    transcoder closes the array all the same; the failure is only in the HTTP/2 trailers
+    (grpc-status, grpc-message), which HTTP/1.1 does not carry."""
+    with greeter.client() as http:
+        got = http.get("/v1/greeter/fail-midway/many", params={"count": 3})
+    assert got.status_code == 200
+    assert [m["message"] for m in got.json()] == ["hello #1, fail-midway"]
+
+
 @pytest.mark.parametrize(
     ("code", "status"),
     [
@@ -318,3 +328,75 @@ def test_descriptors_are_in_history_and_rollback(greeter: Stack, tmp_path: Path)
     back = greeter.cli("rollback", str(before))
     assert back.returncode == 0, back.stderr
     assert "solo" not in greeter.cli("descriptors", "list").stdout
+
+
+def test_a_transcoding_route_carries_only_its_own_services(
+    private_stack: Stack, grpc_port: int, tmp_path: Path
+) -> None:
+    """Envoy's one transcoder holds every transcoding route's services. A public route that
+    transcodes another service, under /v1, on the same gRPC server, must not carry the
+    Greeter's PUT /v1/notes/{id} (which no route for the Greeter takes) to that server: only
+    the Greeter's own route, with its session check, may."""
+    s = private_stack
+    other = tmp_path / "other.proto"
+    other.write_text(
+        'syntax = "proto3";\npackage tc.other;\nimport "google/api/annotations.proto";\n'
+        "message M { string a = 1; }\n"
+        "service Other { rpc Get(M) returns (M) {\n"
+        '  option (google.api.http) = { get: "/v1/other/{a}" }; } }\n'
+    )
+    for name, file in (("demo", str(DEMO_PB)), ("other", str(other))):
+        put = s.cli("descriptors", "put", name, file)
+        assert put.returncode == 0, put.stderr
+    applied = s.apply(
+        {
+            "kind": "Service",
+            "name": "greeter",
+            "protocol": "grpc",
+            "endpoints": [{"address": "127.0.0.1", "port": grpc_port}],
+        },
+        route(
+            "greeter-private",
+            "/v1/greeter",
+            "greeter",
+            auth={"require": "session"},
+            transcode={"descriptor": "demo", "services": [GREETER]},
+        ),
+        route(
+            "other-public",
+            "/v1",
+            "greeter",
+            transcode={"descriptor": "other", "services": ["tc.other.Other"]},
+        ),
+    )
+    assert applied.returncode == 0, applied.stderr
+    with s.client() as http:
+        eventually(lambda: http.get("/v1/greeter/ada").status_code == 401, timeout=5)
+        note = http.put("/v1/notes/n1", json={"text": "planted"})
+        assert note.status_code == 404, note.text
+        assert note.json()["error"] == "not_found"
+        assert http.get("/v1/notes/n1").status_code == 404
+        # The route's own service is transcoded and reaches the server (which does not
+        # implement it: UNIMPLEMENTED, 501).
+        own = http.get("/v1/other/x")
+        assert own.status_code == 501, own.text
+    # Nothing reached the Greeter: with the Greeter's own route public, the note is not there.
+    exposed = s.apply(
+        route(
+            "greeter-private",
+            "/v1/greeter",
+            "greeter",
+            transcode={"descriptor": "demo", "services": [GREETER]},
+        ),
+        route(
+            "greeter-notes",
+            "/v1/notes",
+            "greeter",
+            transcode={"descriptor": "demo", "services": [GREETER]},
+        ),
+    )
+    assert exposed.returncode == 0, exposed.stderr
+    with s.client() as http:
+        eventually(lambda: http.get("/v1/greeter/ada").status_code == 200, timeout=5)
+        assert http.get("/v1/notes/n1").status_code == 404  # NOT_FOUND from the server
+        assert "n1" in http.get("/v1/notes/n1").json()["message"]

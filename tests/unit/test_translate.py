@@ -651,6 +651,7 @@ def test_listener_http_filters_in_order() -> None:
         "envoy.filters.http.local_ratelimit",
         "wardgate.transcoded_headers",
         "wardgate.transcoder",
+        "wardgate.transcoded_services",
         "wardgate.session_cookie",
         "envoy.filters.http.buffer",
         "envoy.filters.http.router",

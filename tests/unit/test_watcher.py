@@ -4,6 +4,7 @@ loop over an in-memory document source, and its consumers (issuers, refused repo
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import threading
 from collections.abc import Awaitable, Callable
@@ -504,3 +505,43 @@ def test_a_stuck_key_file_never_starves_other_reads() -> None:
         _run(body)
     finally:
         release.set()
+
+
+def test_a_new_descriptor_is_checked_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """protoc's check of a descriptor (hundreds of ms for a large one) runs in a thread before
+    the parse, which then finds it done: the event loop, which also answers ext_authz, never
+    waits on protoc."""
+    from pathlib import Path
+
+    from wardgate.domain import grpc_api
+
+    demo = Path(__file__).resolve().parents[2] / "wardgate" / "_proto" / "demo.pb"
+    data = demo.read_bytes()
+    grpc_api._CPP_RESULTS.clear()
+    loop_thread = threading.get_ident()
+    threads: list[int] = []
+    real = grpc_api._cpp_check
+
+    def recording(*args: Any) -> str | None:
+        threads.append(threading.get_ident())
+        return real(*args)
+
+    monkeypatch.setattr(grpc_api, "_cpp_check", recording)
+    docs = _documents()
+    docs["Descriptor"] = {
+        "demo": json.dumps(
+            {
+                "kind": "Descriptor",
+                "name": "demo",
+                "descriptor_set": base64.b64encode(data).decode(),
+            }
+        )
+    }
+
+    async def body() -> None:
+        parts = Parts(MemoryDocumentSource(docs))
+        assert await parts.watcher.sync() is True
+        assert "demo" in (parts.watcher._builder.catalog or pytest.fail()).descriptors
+        assert threads and loop_thread not in threads
+
+    _run(body)

@@ -40,15 +40,20 @@ def compile_proto(path: Path, includes: tuple[str, ...] = ()) -> bytes:
             sys.executable,
             "-m",
             "grpc_tools.protoc",
-            f"-I{path.parent}",
+            # protoc names a file after the first include path holding it: the caller's
+            # (-I api: shop/v1/shop.proto) before the file's own directory (shop.proto).
             *(f"-I{i}" for i in includes),
+            f"-I{path.parent}",
             f"-I{GOOGLEAPIS}",
             f"-I{WELL_KNOWN}",
             "--include_imports",
             f"--descriptor_set_out={out}",
             str(path),
         ]
-        done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        try:
+            done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        except subprocess.TimeoutExpired:
+            raise CliError(f"{path}: protoc did not finish within 120 s") from None
         if done.returncode != 0:
             message = (done.stderr or done.stdout).strip().splitlines()
             raise CliError(f"{path}: does not compile: {' '.join(message[:3])}")
@@ -59,11 +64,14 @@ def read_descriptor_set(file: str, includes: tuple[str, ...]) -> bytes:
     path = Path(file)
     if not path.is_file():
         raise CliError(f"{file}: no such file")
-    if path.suffix == ".proto":
-        return compile_proto(path, includes)
-    if path.stat().st_size > MAX_DESCRIPTOR_BYTES:
-        raise CliError(f"{file}: larger than {MAX_DESCRIPTOR_BYTES >> 20} MiB")
-    return path.read_bytes()
+    data = compile_proto(path, includes) if path.suffix == ".proto" else None
+    size = len(data) if data is not None else path.stat().st_size
+    if size > MAX_DESCRIPTOR_BYTES:
+        compiled = " compiled" if data is not None else ""
+        raise CliError(
+            f"{file}:{compiled} larger than {MAX_DESCRIPTOR_BYTES >> 20} MiB ({size} bytes)"
+        )
+    return data if data is not None else path.read_bytes()
 
 
 @click.group()

@@ -40,6 +40,8 @@ class Greeter(greeter_pb2_grpc.GreeterServicer):  # type: ignore[misc]
     ) -> AsyncIterator[greeter_pb2.HelloReply]:
         for i in range(max(0, min(request.count or 3, 100))):
             yield greeter_pb2.HelloReply(message=f"hello #{i + 1}, {request.name or 'world'}")
+            if request.name == "fail-midway":  # a stream that breaks after its first message
+                await context.abort(grpc.StatusCode.INTERNAL, "failing midway as asked")
 
     async def PutNote(
         self, request: greeter_pb2.PutNoteRequest, context: grpc.aio.ServicerContext

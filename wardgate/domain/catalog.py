@@ -21,7 +21,7 @@ from wardgate.domain.documents import (
     shown,
     to_json_dict,
 )
-from wardgate.domain.route_order import matches
+from wardgate.domain.route_order import RouteIndex, matches
 from wardgate.domain.transcoding import (
     TRANSCODER_PROBLEM,
     TranscoderSet,
@@ -107,7 +107,7 @@ class Catalog:
             raw.get(k, {}) != previous_raw.get(k, {}) for k in ("Service", "Issuer", "Descriptor")
         ):
             return None
-        if any(k.startswith("Service/") for k in previous.refused):
+        if any(k.startswith(("Service/", "Descriptor/")) for k in previous.refused):
             return None
         if any(_BINDING in v for v in previous.refused.values()):
             return None  # a route that took a binding may be gone: check every route again
@@ -123,8 +123,8 @@ class Catalog:
             services=previous.services,
             descriptors=previous.descriptors,
         )
-        if any(k.startswith("Service/") for k in part.refused):
-            return None  # a changed route keeps a deleted service alive: others may use it
+        if any(k.startswith(("Service/", "Descriptor/")) for k in part.refused):
+            return None  # a changed route keeps a deleted one alive: others may use it
         if _touches_transcoding(previous.routes, part.routes, changed, previous.descriptors):
             return None  # bindings may reach other routes now: check them all
         if any(
@@ -194,20 +194,22 @@ class _Parse:
                     self.refused[key] += " (still serving the last good version)"
 
     def keep_deleted_services(self) -> None:
-        """A service deleted (raw HDEL) while routes use it is refused like the CLI would:
-        it keeps being served in its last good version, for the routes that use it."""
-        known: dict[str, Service] = self.parsed["Service"]
+        """A service or descriptor deleted (raw HDEL) while routes use it is refused like the
+        CLI would: it keeps being served in its last good version, for the routes that use
+        it."""
         for route in self.parsed["Route"].values():
-            for svc in route.services():
-                prev = self.last_good.get("Service", {}).get(svc)
-                if svc in known or prev is None:
+            used = [("Service", svc) for svc in route.services()]
+            if route.transcode is not None:
+                used.append(("Descriptor", route.transcode.descriptor))
+            for kind, name in used:
+                known = self.parsed[kind]
+                prev = self.last_good.get(kind, {}).get(name)
+                if name in known or prev is None:
                     continue
                 with contextlib.suppress(DocumentError):
-                    restored = self.memo.parse("Service", svc, prev)
-                    assert isinstance(restored, Service)
-                    known[svc] = restored
-                    self.served[("Service", svc)] = prev
-                    self.refused[f"Service/{svc}"] = (
+                    known[name] = self.memo.parse(kind, name, prev)
+                    self.served[(kind, name)] = prev
+                    self.refused[f"{kind}/{name}"] = (
                         f"deleted while route {route.name} uses it "
                         "(still serving the last good version)"
                     )
@@ -257,10 +259,13 @@ class _Parse:
             name = item[0]
             return (served.get(name) is None or served.get(name) != current.get(name), name)
 
+        index = RouteIndex(routes)  # reads ``routes`` live: refused ones drop out of it
         for name, route in sorted(routes.items(), key=newcomer_last):
             if route.transcode is None:
                 continue
-            reason = binding_problem(route, descriptors, routes) or together.add(route, descriptors)
+            reason = binding_problem(route, descriptors, routes, index) or together.add(
+                route, descriptors
+            )
             if reason is not None:
                 del routes[name]
                 self.served.pop(("Route", name), None)

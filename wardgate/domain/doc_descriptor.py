@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
+from collections.abc import Iterable
 from typing import Literal
 
 from pydantic import Field, PrivateAttr, model_validator
 
 from wardgate.domain.doc_base import Name, _Doc
-from wardgate.domain.grpc_api import MAX_DESCRIPTOR_BYTES, GrpcApi, parse_descriptor_set
+from wardgate.domain.grpc_api import (
+    MAX_DESCRIPTOR_BYTES,
+    GrpcApi,
+    check_ahead,
+    parse_descriptor_set,
+)
 
 
 class Descriptor(_Doc):
@@ -60,3 +67,15 @@ class Descriptor(_Doc):
     def size(self) -> int:
         """The set's size in bytes."""
         return len(self.descriptor_set) * 3 // 4 - self.descriptor_set[-2:].count("=")
+
+
+def check_stored_ahead(texts: Iterable[str]) -> None:
+    """``check_ahead`` for stored Descriptor documents (their JSON text): whatever does not
+    decode is left for the parse to refuse."""
+    for text in texts:
+        try:
+            encoded = json.loads(text).get("descriptor_set")
+            if isinstance(encoded, str) and len(encoded) <= (MAX_DESCRIPTOR_BYTES * 4) // 3 + 4:
+                check_ahead(base64.b64decode(encoded, validate=True))
+        except (ValueError, AttributeError, binascii.Error):
+            continue

@@ -1,15 +1,19 @@
 """Path templates of ``google.api.http`` rules, checked the way Envoy's transcoder reads them.
 
-    Template = "/" [ Segments ] [ Verb ]
+    Template = "/" | "/" Segments [ Verb ]
     Segments = Segment { "/" Segment }
     Segment  = "*" | "**" | LITERAL | Variable
     Variable = "{" FieldPath [ "=" Segments ] "}"
     FieldPath = IDENT { "." IDENT }
     Verb     = ":" LITERAL
 
-Envoy refuses its whole transcoder configuration when one template does not parse, or when
-two methods share one pattern (``GET /v1/{a}`` and ``GET /v1/{b}`` are one pattern), so both
-are found here, before anything reaches Envoy.
+Envoy refuses its whole transcoder configuration when one template does not parse
+(grpc-httpjson-transcoding's ``http_template.cc``), so that is found here, before anything
+reaches Envoy. Two bindings with one pattern (``GET /v1/{a}`` and ``GET /v1/{b}`` are one
+pattern) Envoy takes, but then answers 404 on that path for both: ``pattern`` says which.
+
+Where Envoy's parser is laxer (any character but ``/ : }`` in a literal, any but ``. } =`` in
+a variable's name) this one keeps to what a URL path and a field path can hold.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ def parse_template(text: str) -> Template:
         raise ValueError(f"longer than {MAX_TEMPLATE} characters")
     if not text.startswith("/"):
         raise ValueError("does not start with /")
+    if text == "/":
+        return Template((), "", ())
     body, verb = text[1:], ""
     # A verb follows the last segment; a ':' inside braces belongs to no verb.
     last = body.rsplit("/", 1)[-1]
@@ -50,8 +56,8 @@ def parse_template(text: str) -> Template:
         body, verb = body.rsplit(":", 1)
         if not _LITERAL.match(verb):
             raise ValueError(f"verb {verb!r} is not a literal")
-    if body == "":
-        return Template((), verb, ())
+    if body == "":  # Envoy: a verb needs a segment before it ("/:verb" does not parse)
+        raise ValueError("no segment before the verb" if verb else "empty")
     segments: list[str] = []
     variables: list[str] = []
     for part in _split(body):
@@ -63,12 +69,14 @@ def parse_template(text: str) -> Template:
                 raise ValueError(f"variable name {name!r} is not a field path")
             if "{" in inner:
                 raise ValueError("variables do not nest")
+            if "=" in part and not inner:  # Envoy: "{name=}" does not parse
+                raise ValueError(f"variable {name!r} has nothing after '='")
             variables.append(name)
             segments += _plain(inner or "*")
         else:
             segments += _plain(part)
-    if "**" in segments[:-1]:
-        raise ValueError("** is only allowed as the last segment")
+    if "**" in segments and any(s in ("*", "**") for s in segments[segments.index("**") + 1 :]):
+        raise ValueError("only literal segments may follow **")
     return Template(tuple(segments), verb, tuple(variables))
 
 

@@ -8,7 +8,7 @@ only a method and a path, which is what a REST binding of a transcoded gRPC meth
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import re2  # type: ignore[import-untyped]
 
@@ -50,3 +50,38 @@ def first_route(routes: Iterable[Route], method: str, path: str) -> Route | None
     """The route Envoy would pick for this request among ``routes``, if any."""
     candidates = [r for r in routes if matches(r, method, path)]
     return min(candidates, key=route_sort_key) if candidates else None
+
+
+class RouteIndex:
+    """``first_route`` asked many times over one set of routes (every REST binding of every
+    transcoding route), in time that grows with the path, not with the number of routes:
+    exact paths and prefixes are looked up, only regex routes are scanned. ``routes`` is
+    read live: a route the caller has since removed from it (refused) no longer counts."""
+
+    def __init__(self, routes: Mapping[str, Route]) -> None:
+        self._routes = routes
+        self._exact: dict[str, list[Route]] = {}
+        self._prefix: dict[str, list[Route]] = {}
+        self._regex: list[Route] = []
+        for route in routes.values():
+            m = route.match
+            if m.headers or m.hosts:
+                continue  # a request with only a method and a path never meets it
+            if m.path is not None:
+                self._exact.setdefault(m.path, []).append(route)
+            elif m.regex is not None:
+                self._regex.append(route)
+            else:
+                self._prefix.setdefault(m.prefix or "/", []).append(route)
+
+    def first(self, method: str, path: str) -> Route | None:
+        """``first_route(routes.values(), method, path)``."""
+        candidates: list[Route] = [*self._exact.get(path, ()), *self._regex]
+        for end in range(1, len(path) + 1):
+            candidates += self._prefix.get(path[:end], ())
+        live = [r for r in candidates if _present(self._routes, r) and matches(r, method, path)]
+        return min(live, key=route_sort_key) if live else None
+
+
+def _present(routes: Mapping[str, Route], route: Route) -> bool:
+    return routes.get(route.name) is route

@@ -20,7 +20,7 @@ from wardgate.domain.doc_descriptor import Descriptor
 from wardgate.domain.doc_route import Route
 from wardgate.domain.doc_service import Service
 from wardgate.domain.grpc_api import GrpcApi, combined_problem
-from wardgate.domain.route_order import first_route, matches
+from wardgate.domain.route_order import RouteIndex, matches
 
 
 def reference_problem(
@@ -47,13 +47,19 @@ def reference_problem(
 
 
 def binding_problem(
-    route: Route, descriptors: Mapping[str, Descriptor], routes: Mapping[str, Route]
+    route: Route,
+    descriptors: Mapping[str, Descriptor],
+    routes: Mapping[str, Route],
+    index: RouteIndex | None = None,
 ) -> str | None:
     """Why a REST binding ``route`` takes would reach a route that does not transcode it,
-    or None."""
+    or None. ``index``: ``RouteIndex(routes)``, for a caller asking about many routes (a
+    descriptor may hold tens of thousands of bindings, a catalog tens of thousands of
+    routes)."""
     t = route.transcode
     if t is None or t.descriptor not in descriptors:
         return None
+    index = index or RouteIndex(routes)
     api = descriptors[t.descriptor].api
     for service in t.services:
         for method in api.services.get(service, ()):
@@ -61,7 +67,7 @@ def binding_problem(
                 path = binding.sample_path()
                 if not matches(route, binding.verb, path):
                     continue
-                first = first_route(routes.values(), binding.verb, path)
+                first = index.first(binding.verb, path)
                 if first is None or _transcodes(first, service):
                     continue
                 return (

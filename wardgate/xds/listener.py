@@ -26,7 +26,7 @@ from wardgate.xds import canonical
 from wardgate.xds.bans import bans_filter
 from wardgate.xds.local_guard import guard_filter
 from wardgate.xds.scope_envoy import scope_filter, scoped_routes
-from wardgate.xds.transcoder import transcoder_filters
+from wardgate.xds.transcoder import ORIGINAL_PATH, transcoder_filters
 from wardgate.xds.translate import (
     EXT_AUTHZ,
     F_BUFFER,
@@ -88,7 +88,13 @@ def _connection_manager(opts: TranslateOptions) -> dict[str, Any]:
         # One route configuration per scope; the scope from a header the first filter sets.
         "scoped_routes": scoped_routes(),
         "http_filters": _http_filters(opts),
-        "local_reply_config": {"mappers": [_mapper(*m) for m in LOCAL_REPLIES]},
+        "local_reply_config": {
+            "mappers": [
+                *(_mapper(*m) for m in LOCAL_REPLIES[:2]),  # wardgate's own denials
+                _other_service_mapper(),
+                *(_mapper(*m) for m in LOCAL_REPLIES[2:]),
+            ]
+        },
         "upgrade_configs": [{"upgrade_type": "websocket", "enabled": False}],
     }
 
@@ -260,6 +266,19 @@ def _mapper(
     if code is not None:  # None: the first match wins and keeps the body as it is
         mapper["body_format_override"] = _error_body(code, message)
     return mapper
+
+
+def _other_service_mapper() -> dict[str, Any]:
+    """A REST request transcoded to a method of a service its route does not expose, refused
+    by the services guard (xds/transcoder.py): a 404, as for a path no method binds."""
+    transcoded = {"header_filter": {"header": {"name": ORIGINAL_PATH, "present_match": True}}}
+    return {
+        "filter": {"and_filter": {"filters": [_status_is(403), transcoded]}},
+        "status_code": 404,
+        "body_format_override": _error_body(
+            "not_found", "no method of this route's services matches this request"
+        ),
+    }
 
 
 def _status_is(status: int) -> dict[str, Any]:

@@ -257,7 +257,7 @@ def _per_filter_config(route: Route, opts: TranslateOptions) -> dict[str, Any]:
     if limits := _guard(_rules(route), opts):
         per_filter[F_LOCAL_RATELIMIT] = limits
     if route.transcode is not None:
-        per_filter.update(transcoding_filters())
+        per_filter.update(transcoding_filters(route.transcode.services))
     if route.max_body_bytes is not None:
         per_filter[F_BUFFER] = {
             "@type": T_BUFFER_ROUTE,

@@ -13,6 +13,14 @@ transcoded even when its path matches a binding.
 limits) after the path becomes ``/package.Service/Method``. A second filter, on the same
 routes, removes the ``grpc-status`` and ``grpc-message`` headers the transcoder leaves on a
 unary REST answer.
+
+The one configuration holds every transcoding route's services, so on any transcoding route
+the transcoder would map a binding of another route's service too: a route exposing a public
+service under ``/v1`` would carry ``PUT /v1/admin/...`` of an admin service to its own
+backend, past the admin route's checks. A third filter, after the transcoder, refuses a
+transcoded request whose gRPC path is not one of the route's own services (404, like a path
+no method binds); native gRPC requests, which the transcoder lets through untouched, are left
+as they were.
 """
 
 from __future__ import annotations
@@ -25,15 +33,24 @@ from typing import Any
 from envoy.config.core.v3 import extension_pb2
 from envoy.config.route.v3 import route_components_pb2  # noqa: F401
 from envoy.extensions.filters.http.grpc_json_transcoder.v3 import transcoder_pb2  # noqa: F401
-from google.protobuf import descriptor_pb2
-from google.rpc import error_details_pb2, status_pb2
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2  # noqa: F401
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2  # noqa: F401
 
-from wardgate.domain.grpc_api import GrpcApi, merge
+from wardgate.domain.grpc_api import GrpcApi, transcoder_set
 from wardgate.xds import canonical
-from wardgate.xds.typeurls import T_HEADER_MUTATION, T_HEADER_MUTATION_ROUTE, of
+from wardgate.xds.typeurls import (
+    T_HEADER_MUTATION,
+    T_HEADER_MUTATION_ROUTE,
+    T_RBAC,
+    T_RBAC_ROUTE,
+    of,
+)
 
 TRANSCODER = "wardgate.transcoder"
 GRPC_HEADERS = "wardgate.transcoded_headers"
+SERVICES_GUARD = "wardgate.transcoded_services"
+# Set by the transcoder on every request it transcodes (to the REST path it had).
+ORIGINAL_PATH = "x-envoy-original-path"
 T_TRANSCODER = of("envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder")
 MAX_BODY = 4 << 20  # request and response bodies the transcoder buffers, in bytes
 # What a gRPC server answers that means nothing to a REST client.
@@ -42,39 +59,13 @@ _GRPC_ONLY_HEADERS = ("grpc-status", "grpc-message", "grpc-accept-encoding", "gr
 _PLACEHOLDER = {"@type": T_TRANSCODER, "proto_descriptor_bin": "", "services": []}
 
 
-def _files_of(module: Any) -> list[descriptor_pb2.FileDescriptorProto]:
-    """A compiled module's file and the files it imports, dependencies first."""
-    out: list[descriptor_pb2.FileDescriptorProto] = []
-    seen: set[str] = set()
-
-    def add(file: Any) -> None:
-        if file.name in seen:
-            return
-        seen.add(file.name)
-        for dep in file.dependencies:
-            add(dep)
-        proto = descriptor_pb2.FileDescriptorProto()
-        file.CopyToProto(proto)
-        out.append(proto)
-
-    add(module.DESCRIPTOR)
-    return out
-
-
-# google.rpc.Status and its details: what convert_grpc_status turns into the JSON error body.
-_STATUS_API = GrpcApi(tuple(_files_of(status_pb2) + _files_of(error_details_pb2)), {})
-
-
 def transcoder_config(apis: Iterable[GrpcApi], services: Iterable[str]) -> dict[str, Any]:
     """The transcoder's configuration for these descriptor sets and services (none: the
     placeholder, which transcodes nothing)."""
     apis, services = list(apis), sorted(set(services))
     if not services:
         return dict(_PLACEHOLDER)
-    try:
-        merged = merge([*apis, _STATUS_API])
-    except ValueError:  # a descriptor carries its own, different google/rpc files: keep it
-        merged = merge(apis)
+    merged = transcoder_set(apis)  # the routes' checks (domain/transcoding.py) ran it
     return {
         "@type": T_TRANSCODER,
         "proto_descriptor_bin": base64.b64encode(merged).decode(),
@@ -105,11 +96,12 @@ def transcoder_resource(apis: Iterable[GrpcApi], services: Iterable[str]) -> byt
 
 
 def transcoder_filters() -> list[dict[str, Any]]:
-    """The listener's two filters: the headers filter first (a response passes the filters in
-    reverse order), then the transcoder. Both are on at the listener and do nothing unless a
-    route says so: per-route ``FilterConfig`` switches are decided when Envoy creates the
-    request's filter chain, before the scope filter has set the scope key, that is from the
-    client's own headers (docs/DECISIONS.md)."""
+    """The listener's three filters: the headers filter first (a response passes the filters
+    in reverse order), the transcoder, then the services guard (an RBAC filter without rules:
+    it allows everything unless a route says otherwise). All are on at the listener and do
+    nothing unless a route says so: per-route ``FilterConfig`` switches are decided when Envoy
+    creates the request's filter chain, before the scope filter has set the scope key, that
+    is from the client's own headers (docs/DECISIONS.md)."""
     return [
         {"name": GRPC_HEADERS, "typed_config": {"@type": T_HEADER_MUTATION, "mutations": {}}},
         {
@@ -121,6 +113,7 @@ def transcoder_filters() -> list[dict[str, Any]]:
                 "type_urls": [T_TRANSCODER],
             },
         },
+        {"name": SERVICES_GUARD, "typed_config": {"@type": T_RBAC}},
     ]
 
 
@@ -130,13 +123,37 @@ def transcoder_off() -> dict[str, Any]:
     return {TRANSCODER: dict(_PLACEHOLDER)}
 
 
-def route_filters() -> dict[str, Any]:
+def route_filters(services: Iterable[str]) -> dict[str, Any]:
     """A transcoding route's own configuration: the REST answer loses the gRPC status
-    headers. (The transcoder itself it inherits from the listener: the configuration ECDS
+    headers, and a request transcoded to a method of a service the route does not name is
+    refused. (The transcoder itself it inherits from the listener: the configuration ECDS
     sends.)"""
+    own = [{"url_path": {"path": {"prefix": f"/{s}/"}}} for s in sorted(services)]
+    other_service = {
+        "and_rules": {
+            "rules": [
+                {"header": {"name": ORIGINAL_PATH, "present_match": True}},
+                {"not_rule": {"or_rules": {"rules": own}}},
+            ]
+        }
+    }
     return {
         GRPC_HEADERS: {
             "@type": T_HEADER_MUTATION_ROUTE,
             "mutations": {"response_mutations": [{"remove": h} for h in _GRPC_ONLY_HEADERS]},
-        }
+        },
+        SERVICES_GUARD: {
+            "@type": T_RBAC_ROUTE,
+            "rbac": {
+                "rules": {
+                    "action": "DENY",
+                    "policies": {
+                        "other-services": {
+                            "permissions": [other_service],
+                            "principals": [{"any": True}],
+                        }
+                    },
+                }
+            },
+        },
     }

@@ -20,7 +20,8 @@ import asyncio
 import logging
 import time
 
-from wardgate.domain.catalog import Catalog
+from wardgate.domain.catalog import Catalog, RawDocuments
+from wardgate.domain.doc_descriptor import check_stored_ahead
 from wardgate.errors import StoreError
 from wardgate.metrics import Metrics
 from wardgate.xds.assemble import SETTLE_AFTER
@@ -59,6 +60,7 @@ class DocumentWatcher:
         self._resync = resync_interval
         self._last_good: LastGood | None = None  # None: read it from the store next time
         self._wake = asyncio.Event()
+        self._descriptors_checked: set[str] = set()  # stored texts checked ahead
         self.last_error = ""
 
     def wake(self) -> None:
@@ -76,6 +78,7 @@ class DocumentWatcher:
         fresh = self._last_good is None
         if self._last_good is None:
             self._last_good = LastGood(await self._source.load_last_good())
+        await self._check_descriptors_ahead(stored.documents, self._last_good.documents)
         parsed = self._builder.parse(
             stored.documents, self._last_good.documents, incremental=not fresh
         )
@@ -103,6 +106,16 @@ class DocumentWatcher:
                 len(refused),
             )
         return changed
+
+    async def _check_descriptors_ahead(self, *documents: RawDocuments) -> None:
+        """A descriptor's check runs protoc (hundreds of ms for a large one): new stored
+        versions are checked from a thread first, so that the parse, on the event loop that
+        also answers ext_authz, finds the result remembered."""
+        texts = {t for docs in documents for t in docs.get("Descriptor", {}).values()}
+        new = texts - self._descriptors_checked
+        if new:
+            await asyncio.to_thread(check_stored_ahead, new)
+        self._descriptors_checked = texts
 
     async def _save_last_good(self, catalog: Catalog) -> None:
         assert self._last_good is not None
