@@ -99,9 +99,10 @@ def test_unmatched_requests_count_under_a_label_of_their_own(stack: Stack) -> No
         for i in range(3):
             assert http.get(f"/no-such-route-{uuid.uuid4().hex}/{i}").status_code == 404
     wait_for(
-        lambda: sample(metrics_text(s), "wardgate_route_requests_total", route="(unmatched)")
-        - base
-        >= 3
+        lambda: (
+            sample(metrics_text(s), "wardgate_route_requests_total", route="(unmatched)") - base
+            >= 3
+        )
     )
 
 

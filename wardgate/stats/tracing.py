@@ -74,9 +74,14 @@ def otlp_request(spans: Sequence[ReadableSpan]) -> trace_service_pb2.ExportTrace
             rs = request.resource_spans.add(
                 resource=resource_pb2.Resource(attributes=_attributes(resource.attributes))
             )
-            rs.scope_spans.add(scope=common_pb2.InstrumentationScope(name="wardgate"))
+            # xds-protos ships an older OTLP: instrumentation_library_spans (field 2) and
+            # InstrumentationLibrary are on the wire what scope_spans and InstrumentationScope
+            # are in today's OTLP, which every receiver reads.
+            rs.instrumentation_library_spans.add(
+                instrumentation_library=common_pb2.InstrumentationLibrary(name="wardgate")
+            )
             by_resource[id(resource)] = rs
-        out = rs.scope_spans[0].spans.add(
+        out = rs.instrumentation_library_spans[0].spans.add(
             trace_id=ctx.trace_id.to_bytes(16, "big"),
             span_id=ctx.span_id.to_bytes(8, "big"),
             name=span.name,
