@@ -178,18 +178,57 @@ def test_top_shows_the_routes(stack: Stack) -> None:
     s.apply(route(name, f"/{name}", "echo"))
     with s.client() as http:
         eventually(lambda: http.get(f"/{name}/x").status_code == 200, timeout=10)
-    # `--once` scrapes twice, a second apart: send traffic in between from a thread.
+    # `--once` scrapes twice, --interval apart: traffic flows all the while.
     import threading
+
+    done = threading.Event()
 
     def traffic() -> None:
         with s.client() as http:
-            for _ in range(30):
+            while not done.is_set():
                 http.get(f"/{name}/y")
+                done.wait(0.05)
 
     t = threading.Thread(target=traffic)
     t.start()
-    result = s.cli("top", "--once", "--interval", "3")
-    t.join()
+    try:
+        result = s.cli("top", "--once", "--interval", "3")
+    finally:
+        done.set()
+        t.join()
     assert result.returncode == 0, result.stderr
     assert name in result.stdout, result.stdout
     assert "most rate-limited clients" in result.stdout
+
+
+def test_hostile_requests_make_no_labels_and_forge_no_ids(stack: Stack) -> None:
+    """Random paths, methods and a client-chosen x-request-id: /metrics gains no label from
+    them, and the refusal log carries the id Envoy made, not the one sent."""
+    s = stack
+    marker = uuid.uuid4().hex
+    with s.client() as http:
+        for i in range(20):
+            http.request("BREW" if i % 2 else "GET", f"/{marker}-{i}")
+        r = http.get(f"/{marker}-x", headers={"x-request-id": f"forged-{marker}"})
+        assert r.status_code == 404
+        assert r.json()["request_id"] != f"forged-{marker}"
+    wait_for(lambda: sample(metrics_text(s), "wardgate_route_requests_total", method="OTHER") >= 10)
+    assert marker not in metrics_text(s)
+    assert f"forged-{marker}" not in (s.workdir / "wardgate.log").read_text()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("usage", "--since", "0s"),
+        ("usage", "--since", "soon"),
+        ("usage", "--since", "500d"),
+        ("usage", "--by", "ip"),
+        ("top", "--interval", "0"),
+        ("top", "--url", "http://127.0.0.1:1/metrics", "--once"),
+    ],
+)
+def test_bad_arguments_get_one_line_and_a_failure(stack: Stack, args: tuple[str, ...]) -> None:
+    result = stack.cli(*args)
+    assert result.returncode != 0
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
