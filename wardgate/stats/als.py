@@ -31,35 +31,34 @@ def request_of(entry: accesslog_pb2.HTTPAccessLogEntry) -> Request:
     req = entry.request
     resp = entry.response
     user = api_key = ""
-    meta = common.metadata.filter_metadata
-    if AUTHZ_METADATA in meta:
-        fields = meta[AUTHZ_METADATA].fields
-        if "user" in fields:
-            user = fields["user"].string_value
-        if "api_key" in fields:
-            api_key = fields["api_key"].string_value
-    flags = tuple(f.name for f, _v in common.response_flags.ListFields())
-    if common.HasField("duration"):
-        duration = common.duration.seconds + common.duration.nanos / 1e9
-    else:
-        last = common.time_to_last_downstream_tx_byte
-        duration = last.seconds + last.nanos / 1e9
-    start = common.start_time.seconds + common.start_time.nanos / 1e9
+    if common.HasField("metadata"):  # the common case (a public route) skips the lookups
+        meta = common.metadata.filter_metadata
+        if AUTHZ_METADATA in meta:
+            fields = meta[AUTHZ_METADATA].fields
+            if "user" in fields:
+                user = fields["user"].string_value
+            if "api_key" in fields:
+                api_key = fields["api_key"].string_value
+    flags: tuple[str, ...] = ()
+    if common.HasField("response_flags"):
+        flags = tuple(f.name for f, _v in common.response_flags.ListFields())
+    d = common.duration if common.HasField("duration") else common.time_to_last_downstream_tx_byte
+    start = common.start_time
     return Request(
-        route=common.route_name,
-        method=_METHODS.get(req.request_method, "OTHER"),
-        status=resp.response_code.value,
-        bytes_in=req.request_headers_bytes + req.request_body_bytes,
-        bytes_out=resp.response_headers_bytes + resp.response_body_bytes,
-        duration=duration,
-        start=start,
-        user=user,
-        api_key=api_key,
-        address=common.downstream_remote_address.socket_address.address,
-        rate_limited="rate_limited" in flags,
-        request_id=req.request_id,
-        details=resp.response_code_details,
-        flags=flags,
+        common.route_name,
+        _METHODS.get(req.request_method, "OTHER"),
+        resp.response_code.value,
+        req.request_headers_bytes + req.request_body_bytes,
+        resp.response_headers_bytes + resp.response_body_bytes,
+        d.seconds + d.nanos / 1e9,
+        start.seconds + start.nanos / 1e9,
+        user,
+        api_key,
+        common.downstream_remote_address.socket_address.address,
+        "rate_limited" in flags,
+        req.request_id,
+        resp.response_code_details,
+        flags,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Iterable
+from typing import Any
 
 from wardgate.metrics import StatsMetrics
 from wardgate.stats.records import Request, RouteLabels, method_label, status_class
@@ -18,6 +19,7 @@ class RouteMetrics:
     def __init__(self, *, metrics: StatsMetrics, routes: RouteLabels) -> None:
         self._m = metrics
         self._routes = routes
+        self._durations: dict[str, Any] = {}  # route label -> its histogram child
 
     def observe(self, batch: Iterable[Request]) -> None:
         requests: Tally[tuple[str, str, str]] = Tally()
@@ -32,7 +34,10 @@ class RouteMetrics:
             requests[(route, method_label(req.method), status_class(req.status))] += 1
             received[route] += req.bytes_in
             sent[route] += req.bytes_out
-            m.route_duration.labels(route).observe(req.duration)
+            histogram = self._durations.get(route)
+            if histogram is None:
+                histogram = self._durations[route] = m.route_duration.labels(route)
+            histogram.observe(req.duration)
         for labels, count in requests.items():
             m.route_requests.labels(*labels).inc(count)
         for route, amount in received.items():
