@@ -56,6 +56,8 @@ class Stack:
             # Every test client is 127.0.0.1: an automatic ban would end every later test.
             # tests/e2e/test_bans.py turns bans on where it tests them.
             "WARDGATE_BAN_AFTER": "0",
+            # Usage figures reach Redis (and the rate-limited clients /metrics) within a second.
+            "WARDGATE_USAGE_FLUSH_INTERVAL": "1s",
         }
 
     def redis(self) -> redis.Redis:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -41,6 +42,9 @@ class Metrics:
     snapshot_seconds: Histogram
     documents_refused: Gauge
     documents: Gauge
+    # Collectors computed when /metrics is read (e.g. the top rate-limited clients), in
+    # multiprocess mode too.
+    collectors: list[Any] = dataclasses.field(default_factory=list)
 
 
 def multiprocess() -> bool:
@@ -52,6 +56,8 @@ def exposition(metrics: Metrics) -> bytes:
     if multiprocess():
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        for collector in metrics.collectors:
+            registry.register(collector)
         return bytes(generate_latest(registry))
     return bytes(generate_latest(metrics.registry))
 
@@ -174,5 +180,94 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         ),
         documents=Gauge(
             "wardgate_documents", "Valid documents served, by kind.", ["kind"], registry=r
+        ),
+    )
+
+
+# --- request statistics from Envoy's access log (wardgate/stats/) ------------------------------
+
+# Request durations through the gateway: a millisecond to half a minute.
+_REQUEST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class StatsMetrics:
+    """The metrics made from Envoy's access log, labelled only from bounded sets
+    (``stats/records.py``)."""
+
+    route_requests: Counter
+    route_received_bytes: Counter
+    route_sent_bytes: Counter
+    route_duration: Histogram
+    access_log_entries: Counter
+    access_log_streams: Gauge
+    label_overflow: Counter
+    usage_flushes: Counter
+    decision_logs_suppressed: Counter
+    trace_exports: Counter
+
+
+def create_stats_metrics(r: CollectorRegistry) -> StatsMetrics:
+    return StatsMetrics(
+        route_requests=Counter(
+            "wardgate_route_requests_total",
+            "Requests through Envoy by route, method and status class (from the access log).",
+            ["route", "method", "status_class"],
+            registry=r,
+        ),
+        route_received_bytes=Counter(
+            "wardgate_route_received_bytes_total",
+            "Bytes received from clients (request headers and body) by route.",
+            ["route"],
+            registry=r,
+        ),
+        route_sent_bytes=Counter(
+            "wardgate_route_sent_bytes_total",
+            "Bytes sent to clients (response headers and body) by route.",
+            ["route"],
+            registry=r,
+        ),
+        route_duration=Histogram(
+            "wardgate_route_request_duration_seconds",
+            "Time from a request's first byte to its response's last, by route.",
+            ["route"],
+            buckets=_REQUEST,
+            registry=r,
+        ),
+        access_log_entries=Counter(
+            "wardgate_access_log_entries_total",
+            "Access-log entries received from Envoy (one per request).",
+            registry=r,
+        ),
+        access_log_streams=Gauge(
+            "wardgate_access_log_streams",
+            "Envoy access-log streams open now.",
+            registry=r,
+            multiprocess_mode="livesum",
+        ),
+        label_overflow=Counter(
+            "wardgate_stats_overflow_total",
+            "Requests counted under (other) because a bound was reached: route (distinct route "
+            "labels per process), usage (distinct keys per flush).",
+            ["kind"],
+            registry=r,
+        ),
+        usage_flushes=Counter(
+            "wardgate_usage_flushes_total",
+            "Usage batches sent to Redis by result: ok, error (kept, sent again), dropped "
+            "(too many waiting: figures lost).",
+            ["result"],
+            registry=r,
+        ),
+        decision_logs_suppressed=Counter(
+            "wardgate_decision_logs_suppressed_total",
+            "Refusal log lines left out because more than the allowed number per second came.",
+            registry=r,
+        ),
+        trace_exports=Counter(
+            "wardgate_trace_exports_total",
+            "Span batches sent to the OTLP endpoint by result (ok, error).",
+            ["result"],
+            registry=r,
         ),
     )

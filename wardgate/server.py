@@ -33,6 +33,7 @@ from wardgate.wiring import (
     wire_grpc,
     wire_http,
     wire_limits,
+    wire_stats,
 )
 
 log = logging.getLogger("wardgate")
@@ -46,7 +47,8 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
     auth = wire_auth(settings, redis, keys)
     limits = wire_limits(settings, redis, keys, metrics)
     control = wire_control_plane(settings, redis, keys, metrics, auth.issuers)
-    server, health_servicer = wire_grpc(settings, metrics, auth, limits, control)
+    stats = wire_stats(settings, redis, keys, metrics)
+    server, health_servicer = wire_grpc(settings, metrics, auth, limits, control, stats)
     eviction = EvictionWatch(redis=redis.hot, metrics=metrics, allow=settings.redis_allow_eviction)
     app = wire_http(settings, metrics, auth, redis, keys, control, eviction)
     runner = web.AppRunner(app, access_log=None)
@@ -72,6 +74,9 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
             eviction=eviction,
             worker=worker,
         ).items()
+    ] + [
+        asyncio.create_task(supervised(name, start, metrics), name=name)
+        for name, start in stats.tasks(metrics).items()
     ]
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     log.info(
@@ -89,6 +94,7 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
         await health_servicer.enter_graceful_shutdown()
         await _cancel(tasks)
         await server.stop(grace=1.0)
+        await stats.close()  # after the server: every access-log entry received is counted
         await runner.cleanup()
         with contextlib.suppress(StoreError):
             await control.status.drop_nodes(worker)

@@ -73,6 +73,21 @@ class Settings:
     log_level: str = "INFO"
     # Bearer token required by POST /registry/* (empty: heartbeats over HTTP are off).
     registry_token: str = ""
+    # --- statistics, usage, tracing (wardgate/stats/, docs/STATISTICS.md) ---
+    # Every Envoy streams its access log to wardgate; the per-route metrics and usage need it.
+    access_log: bool = True
+    access_log_flush_interval: float = 1.0  # Envoy sends its buffered entries this often
+    access_log_buffer_bytes: int = 16384  # ... or when this many bytes are buffered
+    usage_flush_interval: float = 5.0  # each worker writes its usage figures this often
+    usage_retention: float = 90 * 86400.0  # hourly usage buckets are kept this long
+    usage_max_keys: int = 10_000  # distinct users/keys/routes per worker between flushes
+    stats_max_routes: int = 1000  # distinct route labels per worker; the rest are (other)
+    top_clients: int = 10  # the most rate-limited clients exported by name
+    decision_logs_per_second: float = 20.0  # refusal log lines per second per worker
+    log_format: str = "text"  # text | json (one JSON object per line)
+    # host:port of an OTLP/gRPC receiver: Envoy and wardgate export spans there (empty: off).
+    otlp_endpoint: str = ""
+    trace_sampling: float = 100.0  # percent of requests Envoy traces
 
     @property
     def advertised_http_port(self) -> int:
@@ -92,19 +107,32 @@ _DURATIONS = {
     "ratelimit_redis_timeout",
     "ban_window",
     "ban_duration",
+    "access_log_flush_interval",
+    "usage_flush_interval",
 }
+# Durations longer than a day, with their bounds in seconds.
+_LONG_DURATIONS: dict[str, tuple[float, float]] = {"usage_retention": (3600.0, 400 * 86400.0)}
 _RANGES: dict[str, tuple[float, float]] = {
     "ratelimit_guard_burst": (0.0, 100.0),
     "ratelimit_guard_clients": (1, 1_000_000),
     "ratelimit_max_clients": (0, 100_000_000),
     "ban_after": (0, 1_000_000_000),
+    "access_log_buffer_bytes": (1024, 4 << 20),
+    "usage_max_keys": (100, 1_000_000),
+    "stats_max_routes": (1, 100_000),
+    "top_clients": (0, 100),
+    "decision_logs_per_second": (0.0, 100_000.0),
+    "trace_sampling": (0.0, 100.0),
 }
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 _CHOICES = {
     "authz_failure_mode": {"closed", "open"},
     "ratelimit_failure_mode": {"open", "closed"},
     "log_level": {"DEBUG", "INFO", "WARNING", "ERROR"},
+    "log_format": {"text", "json"},
 }
+# host:port (an IPv6 address in brackets), optionally after http:// (OTLP/gRPC, no TLS).
+_OTLP_ENDPOINT = re.compile(r"(?:http://)?(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]{1,253}):(\d{1,5})/?")
 
 
 def env_name(field: str) -> str:
@@ -114,6 +142,14 @@ def env_name(field: str) -> str:
 def _coerce(field: dataclasses.Field[Any], raw: Any) -> Any:
     name = field.name
     try:
+        if name in _LONG_DURATIONS:
+            seconds = parse_duration(raw) if isinstance(raw, str) else float(raw)
+            low, high = _LONG_DURATIONS[name]
+            if not math.isfinite(seconds) or not low <= seconds <= high:
+                raise ValueError(f"must be from {low:g}s to {high:g}s")
+            return seconds
+        if name == "otlp_endpoint":
+            return _otlp_endpoint(str(raw))
         if name in _DURATIONS:
             value: Any = parse_duration(raw) if isinstance(raw, str) else float(raw)
             if name == "session_idle_ttl" and value == 0:
@@ -160,6 +196,17 @@ def _coerce(field: dataclasses.Field[Any], raw: Any) -> Any:
         return value
     except (TypeError, ValueError) as exc:
         raise SettingsError(f"setting {name} ({env_name(name)}): {raw!r}: {exc}") from None
+
+
+def _otlp_endpoint(raw: str) -> str:
+    """``host:port`` of an OTLP/gRPC receiver (``http://`` allowed and dropped); empty: off."""
+    text = raw.strip()
+    if not text:
+        return ""
+    found = _OTLP_ENDPOINT.fullmatch(text)
+    if found is None or not 0 < int(found.group(2)) <= 65535:
+        raise ValueError("use host:port (or http://host:port) of an OTLP/gRPC receiver")
+    return f"{found.group(1)}:{int(found.group(2))}"
 
 
 def load_settings(

@@ -16,10 +16,12 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.ratelimit.v3 import rls_pb2_grpc
 from grpc_health.v1 import health, health_pb2_grpc
+from opentelemetry.sdk.trace import TracerProvider
 
 from wardgate.domain.authz import Authorizer
 from wardgate.domain.bans import AbuseMonitor, BanPolicy
@@ -34,8 +36,17 @@ from wardgate.extproc.refusal_report import report_refused_clients
 from wardgate.files import read_bounded_file
 from wardgate.http.app import create_app
 from wardgate.http.registry import add_registry_routes
-from wardgate.metrics import Metrics
+from wardgate.metrics import Metrics, StatsMetrics, create_stats_metrics
 from wardgate.settings import Settings
+from wardgate.stats.als import AccessLogService
+from wardgate.stats.decision_log import DecisionLog
+from wardgate.stats.flusher import UsageFlusher
+from wardgate.stats.limited import LimitedClients
+from wardgate.stats.records import RouteLabels
+from wardgate.stats.route_metrics import RouteMetrics
+from wardgate.stats.sink import StatsSink
+from wardgate.stats.tracing import TracingInterceptor, setup_tracing
+from wardgate.stats.usage import UsageMeter
 from wardgate.store.bans import RedisBanStore
 from wardgate.store.cache import CachedApiKeyStore, CachedSessionStore, listen_for_revocations
 from wardgate.store.document_source import RedisDocumentSource
@@ -53,6 +64,8 @@ from wardgate.store.redis_store import (
 )
 from wardgate.store.registry import RedisRegistryStore
 from wardgate.store.status import RedisStatusStore
+from wardgate.store.usage import RedisUsageStore
+from wardgate.xds.access_log import AccessLogOptions
 from wardgate.xds.ads import AggregatedDiscoveryService
 from wardgate.xds.bans import BanPublisher
 from wardgate.xds.build import SnapshotBuilder
@@ -64,6 +77,7 @@ from wardgate.xds.nodes import NodeRegistry
 from wardgate.xds.ports import StatusStore
 from wardgate.xds.refused import RefusedReport
 from wardgate.xds.snapshot import SnapshotCache
+from wardgate.xds.tracing import TracingOptions
 from wardgate.xds.translate import TranslateOptions
 from wardgate.xds.watcher import DocumentWatcher
 
@@ -81,6 +95,15 @@ def translate_options(settings: Settings) -> TranslateOptions:
         guard=GuardOptions(
             burst=settings.ratelimit_guard_burst, clients=settings.ratelimit_guard_clients
         ),
+        access_log=AccessLogOptions(
+            flush_interval=settings.access_log_flush_interval,
+            buffer_bytes=settings.access_log_buffer_bytes,
+        )
+        if settings.access_log
+        else None,
+        tracing=TracingOptions(endpoint=settings.otlp_endpoint, sampling=settings.trace_sampling)
+        if settings.otlp_endpoint
+        else None,
     )
 
 
@@ -214,15 +237,17 @@ def wire_grpc(
     auth: AuthParts,
     limits: LimitParts,
     control: ControlPlane,
+    stats: StatsParts | None = None,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
-    """ADS, ext_authz, rate limit and health on one port, shared by the workers."""
+    """ADS, ext_authz, rate limit, access log and health on one port, shared by the workers."""
     server = grpc.aio.server(
+        interceptors=stats.interceptors() if stats is not None else None,
         options=[
             ("grpc.so_reuseport", 1),
             ("grpc.max_concurrent_streams", 1000),
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-        ]
+        ],
     )
     ads = AggregatedDiscoveryService(
         configs=control.cache,
@@ -238,6 +263,8 @@ def wire_grpc(
     )
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(authz, server)
     rls_pb2_grpc.add_RateLimitServiceServicer_to_server(limits.service, server)
+    if stats is not None:
+        stats.add_to(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"{settings.bind_host}:{settings.grpc_port}"
@@ -347,3 +374,75 @@ def background_tasks(
             redis=redis.control, keys=keys, caches=revoked, metrics=metrics
         ),
     }
+
+
+@dataclasses.dataclass
+class StatsParts:
+    """Request statistics from Envoy's access log, usage metering, tracing (wardgate/stats/)."""
+
+    access_log: AccessLogService | None
+    flusher: UsageFlusher
+    limited: LimitedClients
+    metrics: StatsMetrics
+    tracer: TracerProvider | None
+
+    def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        return [TracingInterceptor()] if self.tracer is not None else []
+
+    def add_to(self, server: grpc.aio.Server) -> None:
+        if self.access_log is not None:
+            als_pb2_grpc.add_AccessLogServiceServicer_to_server(self.access_log, server)
+
+    def tasks(self, metrics: Metrics) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
+        def limited_error() -> None:
+            metrics.store_errors.labels("usage").inc()
+
+        return {
+            "usage-flush": self.flusher.run,
+            "limited-clients": lambda: self.limited.run(self.flusher.interval, limited_error),
+        }
+
+    async def close(self) -> None:
+        """After the gRPC server stopped: the last usage batch out, the last spans sent."""
+        await self.flusher.close()
+        if self.tracer is not None:
+            self.tracer.shutdown()
+
+
+def wire_stats(settings: Settings, redis: RedisClients, keys: Keys, metrics: Metrics) -> StatsParts:
+    """Access log -> per-route metrics, usage batches, refusal log; Redis -> limited clients."""
+    sm = create_stats_metrics(metrics.registry)
+    store = RedisUsageStore(redis=redis.control, keys=keys, retention=settings.usage_retention)
+    meter = UsageMeter(
+        max_keys=settings.usage_max_keys,
+        on_overflow=lambda: sm.label_overflow.labels("usage").inc(),
+    )
+    flusher = UsageFlusher(
+        meter=meter,
+        store=store,
+        interval=settings.usage_flush_interval,
+        on_flush=lambda result: sm.usage_flushes.labels(result).inc(),
+    )
+    limited = LimitedClients(store=store, top=settings.top_clients)
+    metrics.registry.register(limited)
+    metrics.collectors.append(limited)
+    decisions = None
+    if settings.decision_logs_per_second > 0:
+        decisions = DecisionLog(
+            per_second=settings.decision_logs_per_second,
+            on_suppressed=sm.decision_logs_suppressed.inc,
+        )
+    sink = StatsSink(
+        routes=RouteMetrics(metrics=sm, routes=RouteLabels(settings.stats_max_routes)),
+        meter=meter,
+        decisions=decisions,
+    )
+    service = AccessLogService(observe=sink.observe, metrics=sm) if settings.access_log else None
+    tracer = None
+    if settings.otlp_endpoint:
+        tracer = setup_tracing(
+            settings.otlp_endpoint,
+            service_name="wardgate",
+            on_export=lambda result: sm.trace_exports.labels(result).inc(),
+        )
+    return StatsParts(service, flusher, limited, sm, tracer)

@@ -16,16 +16,13 @@ from prometheus_client import multiprocess
 
 from wardgate.server import serve
 from wardgate.settings import Settings
+from wardgate.stats.logs import configure_logging
 
 log = logging.getLogger("wardgate")
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-        force=True,
-    )
+    configure_logging(settings.log_level, settings.log_format)
 
 
 def _worker(settings: Settings) -> None:

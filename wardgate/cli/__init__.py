@@ -3,9 +3,10 @@
 
 ``base`` holds the group and what every command shares; each area has its own module:
 ``documents`` (apply, validate, get, delete, history, rollback, status), ``identity`` (users,
-sessions, keys), ``registry`` (register), ``bans``, ``descriptors`` and ``stack`` (up, serve,
-bootstrap). This module only adds their commands to the group. Every command exits non-zero
-with a one-line reason on bad input or when Redis cannot be reached.
+sessions, keys), ``registry`` (register), ``bans``, ``descriptors``, ``stats`` (usage, top)
+and ``stack`` (up, serve, bootstrap). This module only adds their commands to the group.
+Every command exits non-zero with a one-line reason on bad input or when Redis cannot be
+reached.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from wardgate.cli.documents import apply, delete, get, history, rollback, status
 from wardgate.cli.identity import keys, sessions, users
 from wardgate.cli.registry import register
 from wardgate.cli.stack import bootstrap, serve, up
+from wardgate.cli.stats import top, usage
 
 __all__ = ["cli", "main"]
 
@@ -37,5 +39,7 @@ for _command in (
     up,
     bans,
     descriptors,
+    usage,
+    top,
 ):
     cli.add_command(_command)

@@ -115,7 +115,11 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
             decision = await self._authorizer.decide(policy, facts)
         except StoreError as exc:
             self._metrics.store_errors.labels("authz").inc()
-            log.warning("authz: store unavailable: %s", exc)
+            log.warning(
+                "authz: store unavailable: %s",
+                exc,
+                extra={"event": "store_error", "component": "authz", "request_id": request_id},
+            )
             if self._fail_open:
                 self._metrics.authz_decisions.labels("allow", "none", "store_error").inc()
                 return allowed(Allow(None))

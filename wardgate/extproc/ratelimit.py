@@ -97,7 +97,12 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[m
             self._metrics.store_errors.labels("ratelimit").inc()
             mode = "open" if self._fail_open else "closed"
             self._metrics.ratelimit_failures.labels(mode).inc()
-            log.warning("ratelimit: store unavailable (%s), failing %s", exc, mode)
+            log.warning(
+                "ratelimit: store unavailable (%s), failing %s",
+                exc,
+                mode,
+                extra={"event": "store_error", "component": "ratelimit", "failure_mode": mode},
+            )
             if self._fail_open:
                 return rls_pb2.RateLimitResponse(overall_code=OK)
             return rls_pb2.RateLimitResponse(

@@ -150,6 +150,24 @@ class Keys:
         # prefix's own tag ({wardgate}:) would win (Redis hashes the first {...}): dropped.
         return f"{self.spread}rl:{{{rule}|{value}}}:{window}"
 
+    # -- statistics (wardgate/stats/, store/usage.py) --
+    def usage(self, by: str, hour: int) -> str:
+        """Hash: usage of one dimension (user, api_key, route) in one hour (unix time // 3600);
+        fields ``r:KEY``, ``i:KEY``, ``o:KEY`` = requests, bytes in, bytes out."""
+        return f"{self.prefix}usage:{by}:{hour}"
+
+    def usage_batch(self, batch_id: str) -> str:
+        """Marker of a flushed batch (a day): the same batch is never applied twice."""
+        return f"{self.prefix}usage:batch:{batch_id}"
+
+    def limited(self, minute: int) -> str:
+        """Sorted set: client -> requests refused by rate limits in one minute (top 1000)."""
+        return f"{self.prefix}limited:{minute}"
+
+    def limited_clients(self, minute: int) -> str:
+        """HyperLogLog: the distinct clients refused by rate limits in one minute."""
+        return f"{self.prefix}limited:hll:{minute}"
+
 
 # Check-then-commit over several limits in one round trip.
 # KEYS: per limit i, two keys: KEYS[2i-1] = current (counter or GCRA tat), KEYS[2i] = previous
@@ -253,4 +271,36 @@ TOUCH_SESSION_LUA = r"""
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HSET', KEYS[1], 'idle_expires_at', ARGV[1])
 end
+"""
+
+
+# A batch of usage figures and rate-limited clients, applied once (store/usage.py).
+# KEYS[1] = the batch's marker; KEYS[2..] = the keys written.
+# ARGV[1] = the marker's lifetime in seconds; then three lists, each a count and its items:
+#   HINCRBY items (key index, field, amount), ZINCRBY items (key index, member, amount),
+#   PFADD items (key index, member); then per KEYS[2..]: lifetime in seconds, and how many
+#   members a sorted set keeps (0: not a sorted set).
+# Returns 1 when applied, 0 when this batch had been applied before.
+USAGE_BATCH_LUA = r"""
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+local i = 2
+local n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  redis.call('HINCRBY', KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2]); i = i + 3
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  redis.call('ZINCRBY', KEYS[tonumber(ARGV[i])], ARGV[i + 2], ARGV[i + 1]); i = i + 3
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  redis.call('PFADD', KEYS[tonumber(ARGV[i])], ARGV[i + 1]); i = i + 2
+end
+for k = 2, #KEYS do
+  redis.call('EXPIRE', KEYS[k], ARGV[i])
+  local keep = tonumber(ARGV[i + 1])
+  if keep > 0 then redis.call('ZREMRANGEBYRANK', KEYS[k], 0, -(keep + 1)) end
+  i = i + 2
+end
+return 1
 """

@@ -23,9 +23,11 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noq
 from wardgate.domain.durations import format_duration
 from wardgate.domain.sessions import IDENTITY_HEADERS
 from wardgate.xds import canonical
+from wardgate.xds.access_log import access_log_config
 from wardgate.xds.bans import bans_filter
 from wardgate.xds.local_guard import guard_filter
 from wardgate.xds.scope_envoy import scope_filter, scoped_routes
+from wardgate.xds.tracing import tracing_config
 from wardgate.xds.transcoder import ORIGINAL_PATH, transcoder_filters
 from wardgate.xds.translate import (
     EXT_AUTHZ,
@@ -72,6 +74,15 @@ def build_listener(address: str, port: int, opts: TranslateOptions) -> listener_
 
 
 def _connection_manager(opts: TranslateOptions) -> dict[str, Any]:
+    hcm = _connection_manager_base(opts)
+    if opts.access_log is not None:
+        hcm["access_log"] = access_log_config(opts.access_log, _wardgate_grpc())
+    if opts.tracing is not None:
+        hcm["tracing"] = tracing_config(opts.tracing)
+    return hcm
+
+
+def _connection_manager_base(opts: TranslateOptions) -> dict[str, Any]:
     return {
         "@type": T_HCM,
         "stat_prefix": "wardgate",

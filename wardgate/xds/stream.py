@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import grpc
 
 from wardgate.metrics import Metrics
+from wardgate.stats.tracing import xds_push_span
 from wardgate.xds.nodes import NodeRegistry, NodeState
 from wardgate.xds.ordering import Sequencer
 from wardgate.xds.ports import ConfigWatcher
@@ -120,7 +121,14 @@ def record_answer(
         ts.nack_error = error[:2000]
         ts.nack_time = time.time()
         metrics.xds_nacks.labels(label).inc()
-        log.warning("envoy %s NACKed %s version %s: %s", state.node_id, label, version, error[:500])
+        log.warning(
+            "envoy %s NACKed %s version %s: %s",
+            state.node_id,
+            label,
+            version,
+            error[:500],
+            extra={"event": "xds_nack", "node": state.node_id, "type": label, "version": version},
+        )
     else:
         ts.acked_version = version
         metrics.xds_acks.labels(label).inc()
@@ -160,6 +168,7 @@ async def serve_stream(
             for type_url in PUSH_ORDER:
                 if seq.hold(type_url):
                     continue
+                started = time.time_ns()
                 answer = respond(type_url, snapshot, lambda: str(next(nonces)), seq)
                 if answer is None:
                     continue
@@ -167,6 +176,7 @@ async def serve_stream(
                 session.state.type(type_url).sent_version = version
                 nodes.touch()
                 metrics.xds_pushes.labels(short_name(type_url)).inc()
+                xds_push_span(short_name(type_url), session.state.node_id, version, started)
                 log.debug("envoy %s: sending %s %s", session.state.node_id, type_url, version)
                 yield response
     finally:

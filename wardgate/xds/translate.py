@@ -18,7 +18,9 @@ import dataclasses
 from typing import Any
 
 from wardgate.domain.durations import format_duration, parse_duration
+from wardgate.xds.access_log import AccessLogOptions
 from wardgate.xds.local_guard import GuardOptions
+from wardgate.xds.tracing import TracingOptions
 
 ROUTE_CONFIG_NAME = "wardgate_routes"
 LISTENER_NAME = "wardgate_http"
@@ -49,6 +51,10 @@ class TranslateOptions:
     max_request_bytes: int = 1 << 20
     # The local guard behind exact limits (local_guard.py).
     guard: GuardOptions = dataclasses.field(default_factory=GuardOptions)
+    # The access log streamed to wardgate (xds/access_log.py); None: off.
+    access_log: AccessLogOptions | None = None
+    # Envoy's OpenTelemetry tracer (xds/tracing.py); None: no tracing.
+    tracing: TracingOptions | None = None
 
 
 def envoy_duration(text: str) -> str:
