@@ -33,6 +33,7 @@ from wardgate.wiring import (
     wire_grpc,
     wire_http,
     wire_limits,
+    wire_processing,
 )
 
 log = logging.getLogger("wardgate")
@@ -46,7 +47,8 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
     auth = wire_auth(settings, redis, keys)
     limits = wire_limits(settings, redis, keys, metrics)
     control = wire_control_plane(settings, redis, keys, metrics, auth.issuers)
-    server, health_servicer = wire_grpc(settings, metrics, auth, limits, control)
+    processing = wire_processing(settings, redis, keys, metrics)
+    server, health_servicer = wire_grpc(settings, metrics, auth, limits, control, processing)
     eviction = EvictionWatch(redis=redis.hot, metrics=metrics, allow=settings.redis_allow_eviction)
     app = wire_http(settings, metrics, auth, redis, keys, control, eviction)
     runner = web.AppRunner(app, access_log=None)
@@ -90,6 +92,7 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
         await _cancel(tasks)
         await server.stop(grace=1.0)
         await runner.cleanup()
+        await processing.fetcher.aclose()
         with contextlib.suppress(StoreError):
             await control.status.drop_nodes(worker)
         await redis.aclose()

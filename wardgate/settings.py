@@ -70,6 +70,16 @@ class Settings:
     # Proxies in front of Envoy whose X-Forwarded-For entries are trusted (0: the client is
     # the peer of the connection). Decides the address that `by: ip` counts and RBAC sees.
     trusted_proxy_hops: int = 0
+    # External processing (transform, cache, compose; docs/TRANSFORMS.md): how long Envoy waits
+    # for each ext_proc answer before the route's failure mode applies ...
+    extproc_timeout: float = 0.2
+    # ... the largest body buffered and processed (JSON filtered, cached, composed), bytes.
+    extproc_max_body_bytes: int = 1 << 20
+    # The response cache's Redis (empty: the one of redis_url), and its commands' deadline.
+    cache_redis_url: str = ""
+    cache_redis_timeout: float = 0.05
+    # How long a cache miss waits for another request fetching the same answer.
+    cache_lock_wait: float = 2.0
     log_level: str = "INFO"
     # Bearer token required by POST /registry/* (empty: heartbeats over HTTP are off).
     registry_token: str = ""
@@ -92,12 +102,16 @@ _DURATIONS = {
     "ratelimit_redis_timeout",
     "ban_window",
     "ban_duration",
+    "extproc_timeout",
+    "cache_redis_timeout",
+    "cache_lock_wait",
 }
 _RANGES: dict[str, tuple[float, float]] = {
     "ratelimit_guard_burst": (0.0, 100.0),
     "ratelimit_guard_clients": (1, 1_000_000),
     "ratelimit_max_clients": (0, 100_000_000),
     "ban_after": (0, 1_000_000_000),
+    "extproc_max_body_bytes": (1024, 2 << 20),
 }
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 _CHOICES = {
@@ -205,7 +219,12 @@ def load_settings(
             "under Redis Cluster the key prefix needs a hash tag so that the documents share a "
             "slot: set WARDGATE_KEY_PREFIX={wardgate}:"
         )
-    for name in ("redis_url", "ratelimit_redis_url"):
+    if settings.extproc_timeout > 10 or settings.cache_lock_wait > 30:
+        raise SettingsError(
+            "setting extproc_timeout is at most 10s and cache_lock_wait at most 30s "
+            f"(got {settings.extproc_timeout:g}s, {settings.cache_lock_wait:g}s)"
+        )
+    for name in ("redis_url", "ratelimit_redis_url", "cache_redis_url"):
         url = getattr(settings, name)
         if url and not url.startswith(_REDIS_SCHEMES):
             raise SettingsError(
