@@ -352,10 +352,10 @@ class Exchange:
         if filtered is None:
             return self.refused("the answer is not JSON that can be filtered")
         await self._store(filtered)
-        sets = (("content-length", str(len(filtered))),)
+        # Envoy drops content-length itself (the body changed): the answer goes chunked.
         removes = ("content-encoding",) if self._encoding in _DECODABLE else ()
         self._count("transform", "json_filtered")
-        return Continue(HeaderChanges(sets, removes), body=filtered)
+        return Continue(HeaderChanges((), removes), body=filtered)
 
     def _filter_json(self, body: bytes) -> bytes | None:
         json_filter = self.policy.response_json

@@ -140,7 +140,9 @@ def reply_mapper() -> dict[str, Any]:
                     "filter": F_EXTPROC,
                     "path": [{"key": "own_body"}],
                     "value": {"bool_match": True},
-                }
+                },
+                # Unset, a missing key would match: every other local reply would keep its body.
+                "match_if_key_not_found": False,
             }
         }
     }
@@ -180,7 +182,8 @@ def route_filters(route: Route) -> dict[str, Any]:
             "@type": T_EXT_PROC_ROUTE,
             "overrides": {
                 "processing_mode": mode,
-                "grpc_initial_metadata": [{"key": POLICY_HEADER, "value": text}],
+                # Envoy formats metadata values (%REQ(...)% and the like): '%' is '%%'.
+                "grpc_initial_metadata": [{"key": POLICY_HEADER, "value": text.replace("%", "%%")}],
                 "failure_mode_allow": not fail_closed,
             },
         }
