@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from wardgate.cli import main
 from wardgate.domain.documents import DocumentError, Route, parse_document
 from wardgate.domain.extproc_policy import (
     MAX_POLICY_BYTES,
@@ -266,3 +267,24 @@ def test_a_policy_too_large_to_travel_is_refused() -> None:
 def test_a_policy_wardgate_did_not_write_is_refused(text: str) -> None:
     with pytest.raises(PolicyError):
         decode_policy(text)
+
+
+# --- wardgate cache purge: bad input is refused before Redis is asked ----------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        (["Bad Name"], "is not a route name"),
+        (["r", "--path", "no-slash"], "starts with '/'"),
+        (["r", "--path", "/a?b=1"], "no query"),
+        (["r", "--path", "/a\nb"], "visible ASCII"),
+    ],
+)
+def test_cache_purge_refuses_bad_input(
+    args: list[str], why: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["cache", "purge", *args])
+    assert exited.value.code == 1
+    assert why in capsys.readouterr().err
