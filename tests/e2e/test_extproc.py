@@ -345,19 +345,30 @@ def test_concurrent_misses_send_one_request_upstream(xp: tuple[Stack, int]) -> N
         with httpx.Client(base_url=stack.base, timeout=15) as http:
             return http.get("/xp/cache/flight", params={"delay": 0.5})
 
-    waited_out = metric(
-        stack, "wardgate_cache_bypass_total", reason="wait_timeout", route="xp-cache"
-    )
+    def detours() -> float:
+        """Requests that went upstream on their own: waited past cache_lock_wait, found the
+        leader gone, or the processor past Envoy's deadline (a loaded machine)."""
+        return (
+            sum(
+                metric(stack, "wardgate_cache_bypass_total", reason=r, route="xp-cache")
+                for r in ("wait_timeout", "pass")
+            )
+            + stat(stack, "http.wardgate.ext_proc.wardgate.message_timeouts")
+            + stat(stack, "http.wardgate.ext_proc.wardgate.streams_failed")
+        )
+
+    before = detours()
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
         answers = list(pool.map(get, range(12)))
-    waited_out = (
-        metric(stack, "wardgate_cache_bypass_total", reason="wait_timeout", route="xp-cache")
-        - waited_out
-    )
+    extra = detours() - before
     assert all(a.status_code == 200 for a in answers)
-    misses = [a for a in answers if a.headers["x-cache"] == "MISS"]
-    assert len(misses) == 1 + waited_out  # the others waited and got the first one's answer
-    assert counts(port)["/xp/cache/flight?delay=0.5"] == 1 + waited_out
+    trips = counts(port)["/xp/cache/flight?delay=0.5"]
+    if extra == 0:
+        assert trips == 1  # the others waited for the first one's answer
+        assert [a.headers["x-cache"] for a in answers].count("MISS") == 1
+        assert all(a.json()["n"] == 1 for a in answers)
+    else:
+        assert trips <= 1 + extra
 
 
 def test_a_shared_entry_serves_every_user_of_an_authenticated_route(

@@ -5,6 +5,7 @@ closed), as Envoy counts; an Envoy without a compose listener answers compositio
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
 import threading
@@ -92,12 +93,21 @@ def test_each_route_fails_as_documented(private_stack: Stack, tmp_path: Path) ->
     timeouts = stat(s, f"{EXTPROC}.message_timeouts")
     os.kill(wardgate.pid, signal.SIGSTOP)
     try:
-        enriched = http.get("/fo/enrich/a", headers={"x-t": "forged"})
+        # At once: each waits out Envoy's deadline (extproc_timeout, 2 s in tests).
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            enriched, cached, hidden, composed = pool.map(
+                lambda args: httpx.get(s.base + args[0], headers=args[1], timeout=20),
+                [
+                    ("/fo/enrich/a", {"x-t": "forged"}),
+                    ("/fo/cache/x", {}),
+                    ("/fo/hide/a", {}),
+                    ("/fo/dash", {}),
+                ],
+            )
         assert enriched.status_code == 200 and "x-t" not in enriched.json()["headers"]
-        assert http.get("/fo/cache/x").status_code == 200
-        hidden = http.get("/fo/hide/a")
+        assert cached.status_code == 200
         assert hidden.status_code == 504 and "hunter2" not in hidden.text
-        assert http.get("/fo/dash").status_code == 504
+        assert composed.status_code == 504
     finally:
         os.kill(wardgate.pid, signal.SIGCONT)
     assert stat(s, f"{EXTPROC}.message_timeouts") >= timeouts + 4
