@@ -73,6 +73,7 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
             control=control,
             eviction=eviction,
             worker=worker,
+            processing=processing,
         ).items()
     ]
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)

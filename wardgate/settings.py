@@ -80,6 +80,8 @@ class Settings:
     cache_redis_timeout: float = 0.05
     # How long a cache miss waits for another request fetching the same answer.
     cache_lock_wait: float = 2.0
+    # Cached answers each process also keeps in memory (bytes; 0: none), dropped on a purge.
+    cache_memory_bytes: int = 64 << 20
     log_level: str = "INFO"
     # Bearer token required by POST /registry/* (empty: heartbeats over HTTP are off).
     registry_token: str = ""
@@ -112,6 +114,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "ratelimit_max_clients": (0, 100_000_000),
     "ban_after": (0, 1_000_000_000),
     "extproc_max_body_bytes": (1024, 2 << 20),
+    "cache_memory_bytes": (0, 1 << 34),
 }
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 _CHOICES = {

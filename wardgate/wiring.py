@@ -29,7 +29,7 @@ from wardgate.domain.compose import Composer
 from wardgate.domain.extproc_policy import MAX_COMPOSE_TIMEOUT
 from wardgate.domain.ratelimit import ClientBudget, RateLimiter
 from wardgate.domain.registry import Reserved
-from wardgate.domain.response_cache import ResponseCache
+from wardgate.domain.response_cache import LocalEntries, ResponseCache
 from wardgate.domain.sessions import SessionService
 from wardgate.domain.tokens import IssuerHolder
 from wardgate.errors import StoreError
@@ -237,6 +237,7 @@ def listeners(group: NodeGroup, options: TranslateOptions) -> list[Message]:
 class ProcessingParts:
     service: ProcessingService
     fetcher: HttpPartFetcher
+    memory: LocalEntries  # cached answers kept in this process, cleared by purges
 
 
 def wire_processing(
@@ -244,9 +245,12 @@ def wire_processing(
 ) -> ProcessingParts:
     """ext_proc: transform, the response cache, composition (``extproc/processor.py``)."""
     fetcher = HttpPartFetcher()
+    memory = LocalEntries(max_bytes=settings.cache_memory_bytes)
     service = ProcessingService(
         cache=ResponseCache(
-            store=RedisCacheStore(redis=redis.cache, keys=keys), wait=settings.cache_lock_wait
+            store=RedisCacheStore(redis=redis.cache, keys=keys),
+            wait=settings.cache_lock_wait,
+            memory=memory,
         ),
         composer=Composer(fetcher=fetcher, max_bytes=settings.extproc_max_body_bytes),
         metrics=metrics,
@@ -254,7 +258,7 @@ def wire_processing(
         message_timeout=settings.extproc_timeout,
         max_message_timeout=MAX_COMPOSE_TIMEOUT + 1,
     )
-    return ProcessingParts(service, fetcher)
+    return ProcessingParts(service, fetcher, memory)
 
 
 def wire_grpc(
@@ -385,12 +389,15 @@ def background_tasks(
     control: ControlPlane,
     eviction: EvictionWatch,
     worker: str,
+    processing: ProcessingParts | None = None,
 ) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
     """What runs beside the servers, by name: each a way to start it (again)."""
     revoked: dict[str, Any] = {
         keys.sessions_channel: auth.session_store.cache,
         keys.api_keys_channel: auth.api_keys.cache,
     }
+    if processing is not None:
+        revoked[keys.cache_purged_channel] = processing.memory
     return {
         "eviction": eviction.run,
         "watcher": control.watcher.run,

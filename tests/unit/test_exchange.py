@@ -12,7 +12,7 @@ from typing import Any
 from tests.unit.test_response_cache import MemoryStore
 from wardgate.domain.compose import Composer, PartRequest, PartResponse
 from wardgate.domain.documents import Route, parse_document
-from wardgate.domain.exchange import Continue, Exchange, Respond
+from wardgate.domain.exchange import Action, Continue, Exchange, Respond, Slow
 from wardgate.domain.extproc_policy import Policy, decode_policy, encode_policy
 from wardgate.domain.response_cache import ResponseCache
 
@@ -75,6 +75,12 @@ BOB = {"x-user-id": "bob", "x-user-roles": "user", "x-auth-method": "session"}
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
+
+
+async def settled(ex: Exchange, items: list[tuple[str, str]]) -> Action:
+    """The request-headers answer, once what is slow is done."""
+    action = await ex.request_headers(items)
+    return await action.run() if isinstance(action, Slow) else action
 
 
 # --- headers ---------------------------------------------------------------------------------
@@ -249,7 +255,7 @@ def composed(answers: dict[str, PartResponse], **headers: str) -> tuple[Respond,
         composer=Composer(fetcher=parts, max_bytes=4096),
         via="127.0.0.1:1",
     )
-    answer = run(ex.request_headers(request("/r", **ALICE, **headers)))
+    answer = run(settled(ex, request("/r", **ALICE, **headers)))
     assert isinstance(answer, Respond)
     return answer, parts
 
@@ -290,5 +296,5 @@ def test_a_failing_optional_part_is_null_and_a_required_one_fails_the_answer() -
 
 def test_without_a_compose_listener_the_answer_is_503() -> None:
     ex = exchange(policy("session", compose=COMPOSE), composer=None, via="")
-    answer = run(ex.request_headers(request("/r", **ALICE)))
+    answer = run(settled(ex, request("/r", **ALICE)))
     assert isinstance(answer, Respond) and answer.status == 503

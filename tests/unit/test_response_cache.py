@@ -18,7 +18,16 @@ from wardgate.domain.http_cache import (
     request_rule,
     storable_ttl,
 )
-from wardgate.domain.response_cache import Fetch, Hit, Lead, Lookup, ResponseCache
+from wardgate.domain.response_cache import (
+    Begin,
+    Fetch,
+    Hit,
+    Lead,
+    LocalEntries,
+    Lookup,
+    ResponseCache,
+    Waiting,
+)
 from wardgate.errors import StoreError
 
 
@@ -87,6 +96,12 @@ def key(user: str = "ada", path: str = "/p") -> CacheKey:
         accept_encoding="",
         partition=("user", "session", user, "", ""),
     )
+
+
+async def begin(cache: ResponseCache, k: CacheKey) -> Begin:
+    """What a request ends up doing, having waited if it had to."""
+    begun = await cache.begin(k)
+    return await begun.until() if isinstance(begun, Waiting) else begun
 
 
 def entry(body: bytes) -> Entry:
@@ -202,10 +217,10 @@ def test_a_miss_leads_and_its_answer_is_served_after() -> None:
     async def run() -> None:
         store = MemoryStore()
         cache = ResponseCache(store=store, wait=1.0)
-        first = await cache.begin(key())
+        first = await begin(cache, key())
         assert isinstance(first, Lead)
         assert await cache.finish(first, entry(b"1"), 30.0)
-        second = await cache.begin(key())
+        second = await begin(cache, key())
         assert isinstance(second, Hit) and second.entry.body == b"1" and not second.waited
         assert not store.locks
 
@@ -222,7 +237,7 @@ def test_concurrent_misses_send_one_request_upstream_per_key_and_user() -> None:
         upstream = itertools.count()
 
         async def request(user: str) -> bytes:
-            begun = await cache.begin(key(user))
+            begun = await begin(cache, key(user))
             if isinstance(begun, Hit):
                 return begun.entry.body
             next(upstream)
@@ -244,9 +259,9 @@ def test_requests_of_other_processes_poll_until_the_leader_stores() -> None:
         store = MemoryStore()
         leader_side = ResponseCache(store=store, wait=2.0)
         other_side = ResponseCache(store=store, wait=2.0)  # another worker: no local flight
-        lead = await leader_side.begin(key())
+        lead = await begin(leader_side, key())
         assert isinstance(lead, Lead)
-        waiting = asyncio.create_task(other_side.begin(key()))
+        waiting = asyncio.create_task(begin(other_side, key()))
         await asyncio.sleep(0.05)
         assert not waiting.done()
         await leader_side.finish(lead, entry(b"made once"), 30.0)
@@ -261,14 +276,14 @@ def test_waiting_is_bounded_and_an_unstorable_answer_lets_everyone_through() -> 
         store = MemoryStore()
         a = ResponseCache(store=store, wait=0.1)
         b = ResponseCache(store=store, wait=0.1)
-        lead = await a.begin(key())
+        lead = await begin(a, key())
         assert isinstance(lead, Lead)
-        late = await b.begin(key())  # the leader never answers in time
+        late = await begin(b, key())  # the leader never answers in time
         assert isinstance(late, Fetch) and late.reason == "wait_timeout"
-        local = await a.begin(key())  # waits on the local flight, also bounded
+        local = await begin(a, key())  # waits on the local flight, also bounded
         assert isinstance(local, Fetch) and local.reason == "wait_timeout"
         await a.finish(lead, None, 0.0)  # not storable: a pass mark
-        passing = await b.begin(key())
+        passing = await begin(b, key())
         assert isinstance(passing, Fetch) and passing.reason == "pass"
 
     asyncio.run(run())
@@ -278,11 +293,11 @@ def test_a_purge_during_a_fetch_keeps_the_old_answer_out() -> None:
     async def run() -> None:
         store = MemoryStore()
         cache = ResponseCache(store=store, wait=1.0)
-        lead = await cache.begin(key())
+        lead = await begin(cache, key())
         assert isinstance(lead, Lead)
         assert await cache.purge("r") == 0
         assert not await cache.finish(lead, entry(b"stale"), 30.0)
-        assert isinstance(await cache.begin(key()), Lead)
+        assert isinstance(await begin(cache, key()), Lead)
 
     asyncio.run(run())
 
@@ -293,15 +308,15 @@ def test_a_store_that_fails_is_bypassed_for_a_while() -> None:
         now = [100.0]
         cache = ResponseCache(store=store, wait=1.0, down_for=1.0, monotonic=lambda: now[0])
         store.down = True
-        first = await cache.begin(key())
+        first = await begin(cache, key())
         assert isinstance(first, Fetch) and first.reason == "store_error"
         store.down = False
         lookups = store.lookups
-        second = await cache.begin(key())
+        second = await begin(cache, key())
         assert isinstance(second, Fetch) and second.reason == "store_down"
         assert store.lookups == lookups  # not asked while it is marked down
         now[0] += 1.5
-        assert isinstance(await cache.begin(key()), Lead)
+        assert isinstance(await begin(cache, key()), Lead)
 
     asyncio.run(run())
 
@@ -310,10 +325,53 @@ def test_an_abandoned_leader_lets_go_without_a_pass_mark() -> None:
     async def run() -> None:
         store = MemoryStore()
         cache = ResponseCache(store=store, wait=1.0)
-        lead = await cache.begin(key())
+        lead = await begin(cache, key())
         assert isinstance(lead, Lead)
         await cache.abandon(lead)
         assert not store.locks
-        assert isinstance(await cache.begin(key()), Lead)
+        assert isinstance(await begin(cache, key()), Lead)
 
     asyncio.run(run())
+
+
+def test_entries_kept_in_memory_answer_without_the_store_until_a_purge() -> None:
+    async def run() -> None:
+        store = MemoryStore()
+        memory = LocalEntries(max_bytes=1 << 20)
+        memory.enabled = True  # subscribed to the purge announcements
+        cache = ResponseCache(store=store, wait=1.0, memory=memory, clock=lambda: 1000.0)
+        lead = await cache.begin(key())
+        assert isinstance(lead, Lead)
+        await cache.finish(lead, entry(b"kept"), 30.0)
+        lookups = store.lookups
+        hit = await cache.begin(key())
+        assert isinstance(hit, Hit) and hit.entry.body == b"kept"
+        assert store.lookups == lookups  # from memory
+        memory.evict("r")  # a purge announced
+        assert isinstance(await cache.begin(key()), Hit)  # from the store again ...
+        assert store.lookups == lookups + 1
+        await cache.purge("r")
+        memory.evict("r")
+        assert isinstance(await cache.begin(key()), Lead)  # ... until it is purged there too
+
+    asyncio.run(run())
+
+
+def test_memory_is_off_unless_subscribed_bounded_and_refuses_reads_older_than_a_purge() -> None:
+    memory = LocalEntries(max_bytes=10_000)
+    e = Entry(200, (), b"x" * 700, 1000.0, expires_at=1030.0)
+    memory.put(key("/a"), e, read_at_epoch=0, now=1000.0)
+    assert memory.get(key("/a"), 1000.0) is None  # not subscribed: off
+    memory.enabled = True
+    epoch = memory.epoch
+    memory.evict("r")  # a purge came while the entry was being read from Redis
+    memory.put(key("/a"), e, read_at_epoch=epoch, now=1000.0)
+    assert memory.get(key("/a"), 1000.0) is None
+    for i in range(20):
+        memory.put(key(f"/{i}"), e, read_at_epoch=memory.epoch, now=1000.0)
+    kept = [i for i in range(20) if memory.get(key(f"/{i}"), 1000.0) is not None]
+    assert kept == list(range(10, 20))  # least recently used out past max_bytes
+    assert memory.get(key("/19"), 1030.0) is None  # expired with its entry
+    big = Entry(200, (), b"x" * 5000, 1000.0, expires_at=1030.0)
+    memory.put(key("/big"), big, read_at_epoch=memory.epoch, now=1000.0)
+    assert memory.get(key("/big"), 1000.0) is None  # one entry may not take the memory

@@ -8,7 +8,7 @@ import re
 import click
 from redis.exceptions import RedisError
 
-from wardgate.cli.base import CliError, run_async, settings_of
+from wardgate.cli.base import CliError, open_redis, run_async, settings_of
 from wardgate.domain.doc_base import NAME_RE
 from wardgate.errors import StoreError
 from wardgate.store.keys import Keys
@@ -44,14 +44,20 @@ async def purge(ctx: click.Context, route: str, path: str | None) -> None:
     url = settings.cache_redis_url or settings.redis_url
     redis = connect(url, timeout=max(5.0, settings.redis_timeout), name="wardgate-cli")
     try:
-        store = RedisCacheStore(redis=redis, keys=Keys(settings.key_prefix))
+        keys = Keys(settings.key_prefix)
         try:
-            removed = await store.purge(route, path)
+            removed = await RedisCacheStore(redis=redis, keys=keys).purge(route, path)
         except StoreError as exc:
             raise CliError(f"cannot reach the cache's Redis at {url}: {exc}") from None
     except RedisError as exc:
         raise CliError(f"cannot reach the cache's Redis at {url}: {exc}") from None
     finally:
         await redis.aclose()
+    # Every wardgate process drops what it keeps in memory (it listens on the main Redis).
+    main = await open_redis(settings)
+    try:
+        await main.publish(keys.cache_purged_channel, route)
+    finally:
+        await main.aclose()
     what = f"route {route}" + (f", path {path}" if path else "")
     click.echo(f"purged {removed} cached answer{'s' if removed != 1 else ''} of {what}")

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from wardgate.domain.compose import Composed, Composer
@@ -29,7 +30,7 @@ from wardgate.domain.http_cache import (
     stored_headers,
 )
 from wardgate.domain.jsontext import loads
-from wardgate.domain.response_cache import Fetch, Hit, Lead, ResponseCache
+from wardgate.domain.response_cache import Fetch, Hit, Lead, ResponseCache, Waiting
 from wardgate.domain.templates import Facts
 
 JSON_ERROR = (("content-type", "application/json"), ("cache-control", "no-store"))
@@ -71,6 +72,14 @@ class Respond:
 Action = Continue | Respond
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Slow:
+    """The answer takes longer than one message's deadline may allow: the servicer extends
+    it (``Exchange.slow_budget``), then calls ``run``."""
+
+    run: Callable[[], Awaitable[Action]]
+
+
 def header_map(items: list[tuple[str, str]]) -> dict[str, str]:
     """Lower-case names; a header sent more than once has its values joined with ','."""
     out: dict[str, str] = {}
@@ -80,8 +89,13 @@ def header_map(items: list[tuple[str, str]]) -> dict[str, str]:
     return out
 
 
+_HEADER_VALUE = re.compile(r"[!-~](?:[ -~]{0,8190}[!-~])?")
+
+
 def _valid_value(value: str) -> bool:
-    return len(value) <= 8192 and all(" " <= c <= "~" for c in value) and value == value.strip()
+    """Visible ASCII, spaces only inside, at most 8 KiB (a value from a client's header may
+    be anything Envoy let through)."""
+    return _HEADER_VALUE.fullmatch(value) is not None
 
 
 def is_json(content_type: str) -> bool:
@@ -137,7 +151,10 @@ class Exchange:
         return 0.0
 
     # -- request headers --------------------------------------------------------------------
-    async def request_headers(self, items: list[tuple[str, str]]) -> Action:
+    async def request_headers(self, items: list[tuple[str, str]]) -> Action | Slow:
+        """The request's headers: their changes, or an answer; or ``Slow`` when answering
+        may outlast Envoy's deadline for one message (a composition, a cache miss waiting for
+        another request's answer)."""
         headers = header_map(items)
         self._method = headers.get(":method", "")
         self.facts = Facts(
@@ -150,11 +167,21 @@ class Exchange:
             headers=headers,
         )
         if self.policy.parts:
-            return await self._compose(headers)
+            return Slow(lambda: self._compose(headers))
         changes = self._request_changes()
         if self._cache is None or self.policy.cache is None:
             return Continue(changes)
-        hit = await self._cache_begin(headers)
+        begun = await self._cache_begin(headers)
+        if isinstance(begun, Waiting):
+            waiting = begun
+
+            async def after_waiting() -> Action:
+                return self._after_cache(self._took(await waiting.until()), changes)
+
+            return Slow(after_waiting)
+        return self._after_cache(begun, changes)
+
+    def _after_cache(self, hit: Hit | None, changes: HeaderChanges) -> Action:
         if hit is not None:
             return self._hit_answer(hit)
         return Continue(changes, response_phases=self._response_phases())
@@ -173,9 +200,8 @@ class Exchange:
         is not a header value, are removed instead); its removals unless Envoy does them."""
         sets: list[tuple[str, str]] = []
         removes: list[str] = [] if only_placeholders else list(edit.remove)
-        for name, template in edit.set:
-            if only_placeholders and template.constant:
-                continue  # Envoy sets it (xds/extproc.py)
+        # The constant ones Envoy sets itself (xds/extproc.py), except on a local answer.
+        for name, template in edit.dynamic if only_placeholders else edit.set:
             value = template.render(self.facts.value)
             if value is None or not _valid_value(value):
                 self._count("transform", "no_value" if value is None else "bad_value")
@@ -193,7 +219,9 @@ class Exchange:
         return (dynamic or p.response_json is not None or self._cache_active or body, body)
 
     # -- the cache --------------------------------------------------------------------------
-    async def _cache_begin(self, headers: Mapping[str, str]) -> Hit | None:
+    async def _cache_begin(self, headers: Mapping[str, str]) -> Hit | Waiting | None:
+        """Look the request up: a hit, nothing (go upstream; ``self._begun`` says how), or
+        another request fetching the same answer (``Waiting``)."""
         cache, policy = self._cache, self.policy.cache
         assert cache is not None and policy is not None
         rule = request_rule(
@@ -221,6 +249,11 @@ class Exchange:
             partition=self._partition(),
         )
         begun = await cache.begin(key, lookup=rule.lookup)
+        if isinstance(begun, Waiting):
+            return begun
+        return self._took(begun)
+
+    def _took(self, begun: Hit | Lead | Fetch) -> Hit | None:
         if isinstance(begun, Hit):
             self._count("cache", "hit_after_wait" if begun.waited else "hit")
             return begun
@@ -395,11 +428,12 @@ class Exchange:
             return self.error(
                 503, "unavailable", "composition is not available on this gateway (no compose_port)"
             )
-        hit = None
         if self._cache is not None:
-            hit = await self._cache_begin(headers)
-        if hit is not None:
-            return self._hit_answer(hit)
+            found = await self._cache_begin(headers)
+            if isinstance(found, Waiting):
+                found = self._took(await found.until())
+            if found is not None:
+                return self._hit_answer(found)
         composed = await self._composer.compose(
             via=self._via, policy=self.policy, facts=self.facts, host=headers.get(":authority", "")
         )
@@ -410,8 +444,8 @@ class Exchange:
         answer = self._composed_answer(composed)
         if answer.status != 200 or composed.partial:
             if self._begun is not None and self._cache is not None:
-                begun, self._begun = self._begun, None
-                await self._cache.finish(begun, None, 0.0)
+                unstored, self._begun = self._begun, None
+                await self._cache.finish(unstored, None, 0.0)
         else:
             self._status = 200
             self._resp_headers = [("content-type", "application/json")]

@@ -42,10 +42,15 @@ class PolicyError(ValueError):
 class HeaderEdit:
     set: tuple[tuple[str, Template], ...]
     remove: tuple[str, ...]
+    # The sets whose values hold placeholders: what the processor does (Envoy the others).
+    dynamic: tuple[tuple[str, Template], ...] = dataclasses.field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dynamic", tuple((n, t) for n, t in self.set if not t.constant))
 
     @property
     def constant(self) -> bool:
-        return all(t.constant for _, t in self.set)
+        return not self.dynamic
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -192,13 +192,20 @@ class Entry:
     body: bytes
     stored_at: float
     age: int = 0
+    expires_at: float = 0.0  # epoch seconds; 0: not known (not stored yet)
 
     def age_at(self, now: float) -> int:
         return self.age + max(0, int(now - self.stored_at))
 
     def encode(self) -> bytes:
         head = json.dumps(
-            {"s": self.status, "h": self.headers, "t": self.stored_at, "a": self.age},
+            {
+                "s": self.status,
+                "h": self.headers,
+                "t": self.stored_at,
+                "a": self.age,
+                "x": self.expires_at,
+            },
             separators=(",", ":"),
         ).encode()
         return _MAGIC + struct.pack(">I", len(head)) + head + self.body
@@ -217,7 +224,12 @@ def decode_entry(data: bytes) -> Entry | None:
         head = json.loads(data[8 : 8 + size])
         headers = tuple((str(k), str(v)) for k, v in head["h"])
         return Entry(
-            int(head["s"]), headers, data[8 + size :], float(head["t"]), int(head.get("a", 0))
+            int(head["s"]),
+            headers,
+            data[8 + size :],
+            float(head["t"]),
+            int(head.get("a", 0)),
+            float(head.get("x", 0.0)),
         )
     except (ValueError, KeyError, TypeError, struct.error):
         return None

@@ -43,14 +43,14 @@ Piece = str | Placeholder
 @dataclasses.dataclass(frozen=True, slots=True)
 class Template:
     pieces: tuple[Piece, ...]
+    constant: bool = dataclasses.field(init=False, compare=False)  # no placeholder
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "constant", not self.placeholders)
 
     @property
     def placeholders(self) -> tuple[Placeholder, ...]:
         return tuple(p for p in self.pieces if isinstance(p, Placeholder))
-
-    @property
-    def constant(self) -> bool:
-        return not self.placeholders
 
     def render(
         self, value_of: Callable[[Placeholder], str | None], escape: Callable[[str], str] = str

@@ -26,7 +26,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import duration_pb2, struct_pb2
 
 from wardgate.domain.compose import Composer
-from wardgate.domain.exchange import Action, Continue, Exchange, Respond
+from wardgate.domain.exchange import Action, Continue, Exchange, Respond, Slow
 from wardgate.domain.extproc_policy import Policy, PolicyError, decode_policy
 from wardgate.domain.response_cache import ResponseCache
 from wardgate.metrics import Metrics
@@ -124,11 +124,10 @@ class ProcessingService(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self._composer = composer
         self._metrics = metrics
         self._max_body = max_body
-        # Past this, a slow phase tells Envoy to wait longer (well before its deadline).
-        self._grace = message_timeout / 3
         self._max_wait = max_message_timeout
         self._policies: dict[str, Policy] = {}
         self._recorder = _MetricsRecorder(metrics)
+        self._by_phase: dict[str, tuple[Any, Any]] = {}
 
     def _policy(self, text: str) -> Policy:
         policy = self._policies.get(text)
@@ -168,32 +167,26 @@ class ProcessingService(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                         recorder=self._recorder,
                     )
                 if kind == "request_headers":
-                    work = exchange.request_headers(_headers(request.request_headers.headers))
-                    budget = exchange.slow_budget
+                    action = await exchange.request_headers(
+                        _headers(request.request_headers.headers)
+                    )
+                    if isinstance(action, Slow):
+                        yield self._extend(exchange.slow_budget)
+                        action = await action.run()
                 elif kind == "response_headers":
                     msg = request.response_headers
-                    work = exchange.response_headers(_headers(msg.headers), msg.end_of_stream)
-                    budget = 0.0
+                    action = await exchange.response_headers(
+                        _headers(msg.headers), msg.end_of_stream
+                    )
                 elif kind == "response_body":
                     msg = request.response_body
-                    work = exchange.response_body(msg.body, msg.end_of_stream)
-                    budget = 0.0
+                    action = await exchange.response_body(msg.body, msg.end_of_stream)
                 else:  # a phase no route asks for: let it pass
                     yield _passthrough(kind)
                     continue
-                if budget <= 0:
-                    action = await work
-                else:
-                    task = asyncio.ensure_future(work)
-                    try:
-                        done, _ = await asyncio.wait({task}, timeout=self._grace)
-                        if not done:
-                            yield self._extend(budget)
-                        action = await task
-                    finally:
-                        task.cancel()
-                self._metrics.extproc_messages.labels(kind).inc()
-                self._metrics.extproc_seconds.labels(kind).observe(time.perf_counter() - started)
+                counted, timed = self._phase_metrics(kind)
+                counted.inc()
+                timed.observe(time.perf_counter() - started)
                 yield _answer(kind, action)
                 if isinstance(action, Respond):
                     return
@@ -206,6 +199,15 @@ class ProcessingService(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         finally:
             if exchange is not None:
                 await exchange.close()
+
+    def _phase_metrics(self, kind: str) -> tuple[Any, Any]:
+        found = self._by_phase.get(kind)
+        if found is None:
+            found = self._by_phase[kind] = (
+                self._metrics.extproc_messages.labels(kind),
+                self._metrics.extproc_seconds.labels(kind),
+            )
+        return found
 
     def _extend(self, budget: float) -> ep.ProcessingResponse:
         """A phase that may be slow has not finished within the grace: Envoy's deadline for

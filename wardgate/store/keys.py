@@ -166,6 +166,12 @@ class Keys:
         stored after it."""
         return f"{self.spread}cache:{{{route}}}:epoch"
 
+    @property
+    def cache_purged_channel(self) -> str:
+        """Pub/sub channel announcing a purge (the route's name): each process's entries in
+        memory go."""
+        return f"{self.prefix}cache:purged"
+
     def cache_entries_pattern(self, route: str, path_hash: str | None) -> str:
         """SCAN pattern of a route's entries (of one path, with ``path_hash``)."""
         tail = f"{path_hash}:*" if path_hash else "*"
