@@ -15,6 +15,10 @@ in front of the demo upstream (``wardgate/demo/upstream.py``):
       headers only), a constant response header and a removal (Envoy's own, no call).
   c   the same stack, a route with ``cache``, every request a hit: wardgate answers from Redis
       and the upstream is never asked.
+  p20, c20  as p and c, for an upstream that takes 20 ms to answer (``/delay/0.02``).
+
+Each case also runs once at light load (``--light-connections``, 2) for the latency
+one request sees when nothing queues.
 
 What a transform adds is t against p; what one no-op ext_proc call adds is sn against s0 (the
 issue's target: the first at most 1.25 times the second). What a hit costs against the trip
@@ -30,6 +34,7 @@ import dataclasses
 import datetime
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -60,6 +65,7 @@ class Case:
     bad: int
     cpu: dict[str, float]  # cores busy during the run, per process
     machine_busy: float
+    light: tuple[float, float] = (0.0, 0.0)  # p50 and p99 ms at light load
 
     def cpu_us(self, name: str) -> float:
         """CPU µs per request of one process."""
@@ -88,6 +94,15 @@ def wait_ok(url: str, *, timeout: float = 20.0) -> None:
             last = exc
         time.sleep(0.1)
     raise TimeoutError(f"{url} did not answer 200 within {timeout}s (last: {last})")
+
+
+def light_latency(url: str, args: argparse.Namespace) -> tuple[float, float]:
+    """p50 and p99 (ms) with ``--light-connections`` connections: nothing queues."""
+    light = argparse.Namespace(**{**vars(args), "connections": args.light_connections})
+    out = wrk(url, seconds=args.duration, args=light, headers={})
+    p50 = re.search(r"^\s*50(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+    return (float(p50.group(1)) * scale[p50.group(2)] if p50 else 0.0, parse_wrk(out)[1])
 
 
 def measure(case: str, label: str, url: str, *, args: argparse.Namespace, procs: Procs) -> Case:
@@ -216,7 +231,10 @@ def run_static(
         )
         url = f"http://127.0.0.1:{listen}/bench/x"
         wait_ok(url)
-        return measure(case, label, url, args=args, procs=procs)
+        result = measure(case, label, url, args=args, procs=procs)
+        result.light = light_latency(url, args)
+        print(f"      light load: p50 {result.light[0]:.2f} ms, p99 {result.light[1]:.2f} ms")
+        return result
     finally:
         procs.stop_all()
 
@@ -291,6 +309,21 @@ def run_wardgate(*, workdir: Path, args: argparse.Namespace) -> list[Case]:
                 "backend": "bench-echo",
                 "cache": {"ttl": "1h"},
             },
+            {
+                "kind": "Route",
+                "name": "bench-slow",
+                "match": {"prefix": "/bench/slow"},
+                "backend": "bench-echo",
+                "rewrite_prefix": "/delay/0.02",
+            },
+            {
+                "kind": "Route",
+                "name": "bench-slow-cache",
+                "match": {"prefix": "/bench/slowcache"},
+                "backend": "bench-echo",
+                "rewrite_prefix": "/delay/0.02",
+                "cache": {"ttl": "1h"},
+            },
         ]
         (workdir / "routes.yaml").write_text(yaml.safe_dump_all(docs))
         done = subprocess.run(
@@ -304,7 +337,7 @@ def run_wardgate(*, workdir: Path, args: argparse.Namespace) -> list[Case]:
         if done.returncode != 0:
             raise RuntimeError(f"wardgate apply: {done.stderr.strip()}")
         base = f"http://127.0.0.1:{listen}"
-        for path in ("/bench/plain/x", "/bench/xform/x", "/bench/cache/x"):
+        for path in ("/bench/plain/x", "/bench/xform/x", "/bench/cache/x", "/bench/slowcache"):
             wait_ok(base + path)
         _, headers, body = get(base + "/bench/xform/x", {"user-agent": "bench-check"})
         seen = json.loads(body)["headers"]
@@ -314,29 +347,20 @@ def run_wardgate(*, workdir: Path, args: argparse.Namespace) -> list[Case]:
         if hit != "HIT":
             raise RuntimeError(f"cache check failed: x-cache {hit}")
         print("  check: the transform sets x-client and x-frame-options; /bench/cache/x is a HIT")
-        return [
-            measure(
-                "p",
-                "wardgate, public route -> upstream (no ext_proc)",
-                base + "/bench/plain/x",
-                args=args,
-                procs=procs,
-            ),
-            measure(
-                "t",
-                "wardgate, header-only transform -> upstream",
-                base + "/bench/xform/x",
-                args=args,
-                procs=procs,
-            ),
-            measure(
-                "c",
-                "wardgate, cached route, every request a hit",
-                base + "/bench/cache/x",
-                args=args,
-                procs=procs,
-            ),
+        cases = [
+            ("p", "wardgate, public route -> upstream (no ext_proc)", "/bench/plain/x"),
+            ("t", "wardgate, header-only transform -> upstream", "/bench/xform/x"),
+            ("c", "wardgate, cached route, every request a hit", "/bench/cache/x"),
+            ("p20", "wardgate, public route -> a 20 ms upstream", "/bench/slow"),
+            ("c20", "wardgate, the same cached, every request a hit", "/bench/slowcache"),
         ]
+        out = []
+        for case, label, path in cases:
+            result = measure(case, label, base + path, args=args, procs=procs)
+            result.light = light_latency(base + path, args)
+            print(f"      light load: p50 {result.light[0]:.2f} ms, p99 {result.light[1]:.2f} ms")
+            out.append(result)
+        return out
     finally:
         procs.stop_all()
 
@@ -349,20 +373,22 @@ def report(results: list[Case], info: dict[str, str], args: argparse.Namespace) 
     print(f"wardgate {info['wardgate']}")
     print(f"envoy {info['envoy']}, Python {info['python']}, {info['wrk']}")
     print(
-        f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency (after a {args.warmup}s warm-up)"
+        f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency"
+        f" (after a {args.warmup}s warm-up)"
     )
     print()
     names = sorted({n for r in results for n in r.cpu}, key=lambda n: (n == "wrk", n))
     print(
-        "| case | what | req/s | p99 ms | "
+        "| case | what | req/s | p99 ms | light p50 / p99 ms | "
         + " | ".join(f"{n} CPU µs/req" for n in names)
         + " | bad |"
     )
-    print("| --- | --- | ---: | ---: |" + " ---: |" * len(names) + " ---: |")
+    print("| --- | --- | ---: | ---: | ---: |" + " ---: |" * len(names) + " ---: |")
     for r in results:
         cells = [f"{r.cpu_us(n):,.0f}" if n in r.cpu else "-" for n in names]
+        light = f"{r.light[0]:.2f} / {r.light[1]:.2f}" if r.light[0] else "-"
         print(
-            f"| {r.case} | {r.label} | {r.rps:,.0f} | {r.p99_ms:.2f} | "
+            f"| {r.case} | {r.label} | {r.rps:,.0f} | {r.p99_ms:.2f} | {light} | "
             + " | ".join(cells)
             + f" | {r.bad} |"
         )
@@ -374,9 +400,14 @@ def report(results: list[Case], info: dict[str, str], args: argparse.Namespace) 
     print(f"  one no-op ext_proc call (sn - s0): {noop_us:,.0f} µs")
     print(f"  the header-only transform (t - p): {xform_us:,.0f} µs")
     print(f"  transform / no-op call: {xform_us / noop_us:.2f} (target: at most 1.25)")
+    print(
+        f"  at light load, p50 added: no-op call {sn.light[0] - s0.light[0]:.2f} ms,"
+        f" transform {t.light[0] - p.light[0]:.2f} ms"
+    )
     print("per request, CPU of the processor (µs):")
     print(
-        f"  no-op servicer (sn): {sn.cpu_us('noop_extproc'):,.0f}   wardgate (t): {t.cpu_us('wardgate'):,.0f}"
+        f"  no-op servicer (sn): {sn.cpu_us('noop_extproc'):,.0f}"
+        f"   wardgate (t): {t.cpu_us('wardgate'):,.0f}"
         f"   wardgate (p, no call): {p.cpu_us('wardgate'):,.0f}"
     )
     ratio = (t.cpu_us("wardgate") - p.cpu_us("wardgate")) / max(sn.cpu_us("noop_extproc"), 1e-9)
@@ -386,11 +417,19 @@ def report(results: list[Case], info: dict[str, str], args: argparse.Namespace) 
     hit_cpu = sum(c.cpu_us(n) for n in ("envoy", "wardgate", "redis"))
     trip_cpu = sum(p.cpu_us(n) for n in ("envoy", "wardgate", "redis", "upstream"))
     print(f"  CPU µs/req, every process but wrk: hit {hit_cpu:,.0f}, trip {trip_cpu:,.0f}")
+    p20, c20 = by["p20"], by["c20"]
+    print("the same against an upstream that takes 20 ms (c20 against p20):")
+    print(f"  req/s {c20.rps / p20.rps:.2f}x, p99 {c20.p99_ms:.2f} ms against {p20.p99_ms:.2f} ms")
+    print(
+        f"  light load: p50 {c20.light[0]:.2f} ms against {p20.light[0]:.2f} ms,"
+        f" p99 {c20.light[1]:.2f} ms against {p20.light[1]:.2f} ms"
+    )
     for r in results:
         others = r.machine_busy - sum(r.cpu.values())
         if others > 0.15:
             print(
-                f"WARNING: case {r.case}: other processes kept {others:.2f} cores busy; figures may be low"
+                f"WARNING: case {r.case}: other processes kept {others:.2f} cores busy;"
+                " figures may be low"
             )
         if r.bad:
             print(f"WARNING: case {r.case}: {r.bad} non-2xx answers or socket errors")
@@ -416,6 +455,9 @@ def main() -> int:
         "--warmup", type=_seconds, default=2, help="seconds of load before each run (2)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--light-connections", type=int, default=2, help="wrk connections at light load (2)"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
@@ -432,7 +474,7 @@ def main() -> int:
 
     return run_bounded(
         body,
-        budget=int(5 * (args.duration + args.warmup + 60) + 60),
+        budget=int(12 * (args.duration + args.warmup + 30) + 60),
         keep=args.keep,
         prefix="wardgate-bench-",
     )
