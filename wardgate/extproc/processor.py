@@ -242,23 +242,34 @@ def _passthrough(kind: str | None) -> ep.ProcessingResponse:
 
 
 class _MetricsRecorder:
+    """The exchange's counts, each labelled counter looked up once (``labels`` costs more
+    than the increment)."""
+
     def __init__(self, metrics: Metrics) -> None:
         self._m = metrics
+        self._children: dict[tuple[str, str, str], Any] = {}
 
     def count(self, what: str, route: str, value: str) -> None:
+        child = self._children.get((what, route, value))
+        if child is None:
+            if len(self._children) > 100_000:
+                self._children.clear()
+            child = self._children[(what, route, value)] = self._child(what, route, value)
+        child.inc()
+
+    def _child(self, what: str, route: str, value: str) -> Any:
         m = self._m
         if what == "cache":
-            m.cache_requests.labels(route, value).inc()
-        elif what == "cache_bypass":
-            m.cache_bypass.labels(route, value).inc()
-        elif what == "cache_store":
-            m.cache_stores.labels(route, value).inc()
-        elif what == "transform":
-            m.transform_results.labels(route, value).inc()
-        elif what == "compose":
-            m.compose_answers.labels(route, value).inc()
-        elif what == "compose_part":
-            name, _, part = route.rpartition("/")
-            result = "status_5xx" if value.startswith("status_5") else value
-            result = "status_4xx" if value.startswith("status_4") else result
-            m.compose_parts.labels(name, part, result).inc()
+            return m.cache_requests.labels(route, value)
+        if what == "cache_bypass":
+            return m.cache_bypass.labels(route, value)
+        if what == "cache_store":
+            return m.cache_stores.labels(route, value)
+        if what == "transform":
+            return m.transform_results.labels(route, value)
+        if what == "compose":
+            return m.compose_answers.labels(route, value)
+        name, _, part = route.rpartition("/")
+        result = "status_5xx" if value.startswith("status_5") else value
+        result = "status_4xx" if value.startswith("status_4") else result
+        return m.compose_parts.labels(name, part, result)
