@@ -290,7 +290,7 @@ wardgate is up. Try:
        -d '{{"username":"alice","password":"alice-password"}}' {base}/auth/login
   curl -i -b /tmp/wg.jar {base}/api/me              # 200, upstream sees x-user-id: alice
   curl -i -b /tmp/wg.jar {base}/api/admin           # 403: alice lacks role admin
-  curl -i -b /tmp/wg.jar {base}/api/profile         # x-tenant: alice upstream; x-cache MISS, then HIT
+  curl -i -b /tmp/wg.jar {base}/api/profile         # x-tenant: alice; x-cache MISS, then HIT
   curl -s -b /tmp/wg.jar {base}/bff/dashboard       # one JSON answer from two calls (compose)
   curl -i {base}/nowhere                            # 404 with a JSON body
   python -m wardgate.demo.grpc_upstream --call 127.0.0.1:{listen} --name you   # gRPC route
