@@ -51,6 +51,7 @@ class Stack:
             # machine meets the production ones (tests/e2e/test_failure_modes.py does that).
             "WARDGATE_RATELIMIT_TIMEOUT": "2s",
             "WARDGATE_RATELIMIT_REDIS_TIMEOUT": "1s",
+            "WARDGATE_EXTPROC_TIMEOUT": "2s",
             "WARDGATE_LOG_LEVEL": "INFO",
             "WARDGATE_REGISTRY_TOKEN": REGISTRY_TOKEN,
             # Every test client is 127.0.0.1: an automatic ban would end every later test.

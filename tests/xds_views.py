@@ -24,7 +24,12 @@ def endpoints(base: Base) -> list[endpoint_pb2.ClusterLoadAssignment]:
 
 
 def route_configs(base: Base) -> dict[str, route_pb2.RouteConfiguration]:
-    return {n: route_pb2.RouteConfiguration.FromString(b) for n, b in base.route_bytes}
+    """The scopes' route configurations (not the compose listener's)."""
+    return {
+        n: route_pb2.RouteConfiguration.FromString(b)
+        for n, b in base.route_bytes
+        if n.startswith("wardgate_routes")
+    }
 
 
 def routes_for(base: Base, path: str) -> list[route_components_pb2.Route]:

@@ -152,7 +152,10 @@ def start_envoy(
     delta: bool = False,
     concurrency: int = 1,
     log_level: str = "warning",
+    compose_port: int | None = None,
 ) -> subprocess.Popen[bytes]:
+    """Envoy with a bootstrap pointing at wardgate; its compose listener on ``compose_port``
+    (None: a free port; 0: none)."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / f"envoy-{node_id}.yaml"
     config.write_text(
@@ -162,6 +165,7 @@ def start_envoy(
             admin_port=admin_port,
             wardgate_port=wardgate_port,
             delta=delta,
+            compose_port=free_port() if compose_port is None else compose_port,
         )
     )
     with open(workdir / f"envoy-{node_id}.log", "ab") as out:

@@ -30,6 +30,7 @@ def render_bootstrap(
     wardgate_host: str = "127.0.0.1",
     listen_address: str = "0.0.0.0",
     delta: bool = False,
+    compose_port: int = 0,
 ) -> str:
     for place in _TEMPLATE_PLACES:
         if place.exists():
@@ -44,6 +45,7 @@ def render_bootstrap(
         LISTEN_ADDRESS=listen_address,
         LISTEN_PORT=listen_port,
         ADMIN_PORT=admin_port,
+        COMPOSE_PORT=compose_port,
         WARDGATE_HOST=wardgate_host,
         WARDGATE_PORT=wardgate_port,
         ADS_API_TYPE="DELTA_GRPC" if delta else "GRPC",

@@ -42,6 +42,16 @@ class Metrics:
     snapshot_seconds: Histogram
     documents_refused: Gauge
     documents: Gauge
+    # External processing (extproc/processor.py): transform, cache, compose.
+    extproc_messages: Counter
+    extproc_seconds: Histogram
+    extproc_errors: Counter
+    transform_results: Counter
+    cache_requests: Counter
+    cache_bypass: Counter
+    cache_stores: Counter
+    compose_answers: Counter
+    compose_parts: Counter
     # Collectors computed when /metrics is read (e.g. the top rate-limited clients), in
     # multiprocess mode too.
     collectors: list[Any] = dataclasses.field(default_factory=list)
@@ -180,6 +190,72 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         ),
         documents=Gauge(
             "wardgate_documents", "Valid documents served, by kind.", ["kind"], registry=r
+        ),
+        extproc_messages=Counter(
+            "wardgate_extproc_messages_total",
+            "ext_proc messages answered, by phase (request_headers, response_headers, "
+            "response_body).",
+            ["phase"],
+            registry=r,
+        ),
+        extproc_seconds=Histogram(
+            "wardgate_extproc_message_seconds",
+            "Time to answer one ext_proc message, by phase (a cache miss waiting for another "
+            "request's answer and a composition included).",
+            ["phase"],
+            buckets=_FAST,
+            registry=r,
+        ),
+        extproc_errors=Counter(
+            "wardgate_extproc_errors_total",
+            "ext_proc streams ended by an error (bad_policy, internal); Envoy then applies "
+            "the route's failure mode (its own count: http.wardgate.ext_proc.*).",
+            ["reason"],
+            registry=r,
+        ),
+        transform_results=Counter(
+            "wardgate_transform_total",
+            "Transform outcomes per route: json_filtered, json_not_json (passed untouched), "
+            "json_refused_{malformed,too_large,encoding} (502, fail closed), no_value and "
+            "bad_value (a header whose placeholder had no usable value, removed).",
+            ["route", "result"],
+            registry=r,
+        ),
+        cache_requests=Counter(
+            "wardgate_cache_requests_total",
+            "GET and HEAD requests on cached routes: hit, hit_after_wait (another request's "
+            "answer), miss (went upstream), bypass (not cacheable), unavailable (Redis down: "
+            "went upstream).",
+            ["route", "result"],
+            registry=r,
+        ),
+        cache_bypass=Counter(
+            "wardgate_cache_bypass_total",
+            "Why a request was not answered from the cache: no_store, no_cache, "
+            "authorization, no_identity, pass, wait_timeout.",
+            ["route", "reason"],
+            registry=r,
+        ),
+        cache_stores=Counter(
+            "wardgate_cache_stores_total",
+            "Answers stored, or why not (not_stored_status, _private, _no-store, _no-cache, "
+            "_set_cookie, _vary, _max_age, _too_large, _store).",
+            ["route", "result"],
+            registry=r,
+        ),
+        compose_answers=Counter(
+            "wardgate_compose_answers_total",
+            "Composed answers: complete, partial (an optional part failed), failed (502), "
+            "unavailable (503: the Envoy has no compose listener).",
+            ["route", "result"],
+            registry=r,
+        ),
+        compose_parts=Counter(
+            "wardgate_compose_parts_total",
+            "Composition parts by result: ok, timeout, unreachable, too_large, not_json, "
+            "status_4xx, status_5xx, no_value.",
+            ["route", "part", "result"],
+            registry=r,
         ),
     )
 

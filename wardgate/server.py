@@ -33,6 +33,7 @@ from wardgate.wiring import (
     wire_grpc,
     wire_http,
     wire_limits,
+    wire_processing,
     wire_stats,
 )
 
@@ -48,7 +49,10 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
     limits = wire_limits(settings, redis, keys, metrics)
     control = wire_control_plane(settings, redis, keys, metrics, auth.issuers)
     stats = wire_stats(settings, redis, keys, metrics)
-    server, health_servicer = wire_grpc(settings, metrics, auth, limits, control, stats)
+    processing = wire_processing(settings, redis, keys, metrics)
+    server, health_servicer = wire_grpc(
+        settings, metrics, auth, limits, control, stats=stats, processing=processing
+    )
     eviction = EvictionWatch(redis=redis.hot, metrics=metrics, allow=settings.redis_allow_eviction)
     app = wire_http(settings, metrics, auth, redis, keys, control, eviction)
     runner = web.AppRunner(app, access_log=None)
@@ -73,6 +77,7 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
             control=control,
             eviction=eviction,
             worker=worker,
+            processing=processing,
         ).items()
     ] + [
         asyncio.create_task(supervised(name, start, metrics), name=name)
@@ -96,6 +101,7 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
         await server.stop(grace=1.0)
         await stats.close()  # after the server: every access-log entry received is counted
         await runner.cleanup()
+        await processing.fetcher.aclose()
         with contextlib.suppress(StoreError):
             await control.status.drop_nodes(worker)
         await redis.aclose()

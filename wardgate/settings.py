@@ -70,6 +70,18 @@ class Settings:
     # Proxies in front of Envoy whose X-Forwarded-For entries are trusted (0: the client is
     # the peer of the connection). Decides the address that `by: ip` counts and RBAC sees.
     trusted_proxy_hops: int = 0
+    # External processing (transform, cache, compose; docs/TRANSFORMS.md): how long Envoy waits
+    # for each ext_proc answer before the route's failure mode applies ...
+    extproc_timeout: float = 0.2
+    # ... the largest body buffered and processed (JSON filtered, cached, composed), bytes.
+    extproc_max_body_bytes: int = 1 << 20
+    # The response cache's Redis (empty: the one of redis_url), and its commands' deadline.
+    cache_redis_url: str = ""
+    cache_redis_timeout: float = 0.05
+    # How long a cache miss waits for another request fetching the same answer.
+    cache_lock_wait: float = 2.0
+    # Cached answers each process also keeps in memory (bytes; 0: none), dropped on a purge.
+    cache_memory_bytes: int = 64 << 20
     log_level: str = "INFO"
     # Bearer token required by POST /registry/* (empty: heartbeats over HTTP are off).
     registry_token: str = ""
@@ -109,6 +121,9 @@ _DURATIONS = {
     "ban_duration",
     "access_log_flush_interval",
     "usage_flush_interval",
+    "extproc_timeout",
+    "cache_redis_timeout",
+    "cache_lock_wait",
 }
 # Durations longer than a day, with their bounds in seconds.
 _LONG_DURATIONS: dict[str, tuple[float, float]] = {"usage_retention": (3600.0, 400 * 86400.0)}
@@ -123,6 +138,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "top_clients": (0, 100),
     "decision_logs_per_second": (0.0, 100_000.0),
     "trace_sampling": (0.0, 100.0),
+    "extproc_max_body_bytes": (1024, 2 << 20),
+    "cache_memory_bytes": (0, 1 << 34),
 }
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 _CHOICES = {
@@ -252,7 +269,12 @@ def load_settings(
             "under Redis Cluster the key prefix needs a hash tag so that the documents share a "
             "slot: set WARDGATE_KEY_PREFIX={wardgate}:"
         )
-    for name in ("redis_url", "ratelimit_redis_url"):
+    if settings.extproc_timeout > 10 or settings.cache_lock_wait > 30:
+        raise SettingsError(
+            "setting extproc_timeout is at most 10s and cache_lock_wait at most 30s "
+            f"(got {settings.extproc_timeout:g}s, {settings.cache_lock_wait:g}s)"
+        )
+    for name in ("redis_url", "ratelimit_redis_url", "cache_redis_url"):
         url = getattr(settings, name)
         if url and not url.startswith(_REDIS_SCHEMES):
             raise SettingsError(

@@ -19,18 +19,25 @@ from aiohttp import web
 from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from envoy.service.ratelimit.v3 import rls_pb2_grpc
+from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
 
 from wardgate.domain.authz import Authorizer
 from wardgate.domain.bans import AbuseMonitor, BanPolicy
+from wardgate.domain.compose import Composer
+from wardgate.domain.extproc_policy import MAX_COMPOSE_TIMEOUT
 from wardgate.domain.ratelimit import ClientBudget, RateLimiter
 from wardgate.domain.registry import Reserved
+from wardgate.domain.response_cache import LocalEntries, ResponseCache
 from wardgate.domain.sessions import SessionService
 from wardgate.domain.tokens import IssuerHolder
 from wardgate.errors import StoreError
 from wardgate.extproc.authz import AuthorizationService
+from wardgate.extproc.compose_client import HttpPartFetcher
+from wardgate.extproc.processor import ProcessingService
 from wardgate.extproc.ratelimit import RateLimitService
 from wardgate.extproc.refusal_report import report_refused_clients
 from wardgate.files import read_bounded_file
@@ -63,12 +70,14 @@ from wardgate.store.redis_store import (
     RedisUserStore,
 )
 from wardgate.store.registry import RedisRegistryStore
+from wardgate.store.response_cache import RedisCacheStore
 from wardgate.store.status import RedisStatusStore
 from wardgate.store.usage import RedisUsageStore
 from wardgate.xds.access_log import AccessLogOptions
 from wardgate.xds.ads import AggregatedDiscoveryService
 from wardgate.xds.bans import BanPublisher
 from wardgate.xds.build import SnapshotBuilder
+from wardgate.xds.extproc import ComposeAddress, compose_listener
 from wardgate.xds.issuers import IssuerLoader
 from wardgate.xds.listener import build_listener
 from wardgate.xds.local_guard import GuardOptions
@@ -76,7 +85,7 @@ from wardgate.xds.node_report import report_nodes
 from wardgate.xds.nodes import NodeRegistry
 from wardgate.xds.ports import StatusStore
 from wardgate.xds.refused import RefusedReport
-from wardgate.xds.snapshot import SnapshotCache
+from wardgate.xds.snapshot import NodeGroup, SnapshotCache
 from wardgate.xds.tracing import TracingOptions
 from wardgate.xds.translate import TranslateOptions
 from wardgate.xds.watcher import DocumentWatcher
@@ -92,6 +101,7 @@ def translate_options(settings: Settings) -> TranslateOptions:
         ratelimit_fail_closed=settings.ratelimit_failure_mode == "closed",
         trusted_proxy_hops=settings.trusted_proxy_hops,
         session_cookie=settings.session_cookie,
+        extproc_timeout=settings.extproc_timeout,
         guard=GuardOptions(
             burst=settings.ratelimit_guard_burst, clients=settings.ratelimit_guard_clients
         ),
@@ -115,6 +125,8 @@ class RedisClients:
     control: AnyRedis  # the control plane: documents, status, pub/sub
     # Rate-limit counters (maybe a Redis of their own): gives up sooner (Envoy waits 100 ms).
     counters: AnyRedis
+    # The response cache (maybe a Redis of its own): bytes, a short deadline, then bypassed.
+    cache: AnyRedis
 
     @classmethod
     def connect(cls, settings: Settings) -> RedisClients:
@@ -127,10 +139,16 @@ class RedisClients:
                 timeout=settings.ratelimit_redis_timeout,
                 name="wardgate-ratelimit",
             ),
+            cache=connect(
+                settings.cache_redis_url or url,
+                timeout=settings.cache_redis_timeout,
+                name="wardgate-cache",
+                decode=False,
+            ),
         )
 
     async def aclose(self) -> None:
-        for client in (self.hot, self.counters, self.control):
+        for client in (self.hot, self.counters, self.control, self.cache):
             await client.aclose()
 
 
@@ -210,9 +228,7 @@ def wire_control_plane(
 ) -> ControlPlane:
     """Documents in Redis -> watcher -> snapshot cache -> ADS (``xds/watcher.py``)."""
     options = translate_options(settings)
-    cache = SnapshotCache(
-        listener_factory=lambda g: build_listener(g.listen_address, g.listen_port, options)
-    )
+    cache = SnapshotCache(listener_factory=lambda g: listeners(g, options))
     status = RedisStatusStore(redis=redis.control, keys=keys)
     watcher = DocumentWatcher(
         source=RedisDocumentSource(redis=redis.control, keys=keys),
@@ -231,6 +247,43 @@ def wire_control_plane(
     return ControlPlane(cache, NodeRegistry(), watcher, status, bans)
 
 
+def listeners(group: NodeGroup, options: TranslateOptions) -> list[Message]:
+    """An Envoy's listeners: the gateway's, and the compose listener when it has a port."""
+    compose = None
+    if group.compose_port:
+        compose = ComposeAddress(group.compose_address, group.compose_port)
+    main = build_listener(group.listen_address, group.listen_port, options, compose)
+    return [main, compose_listener(compose)] if compose else [main]
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessingParts:
+    service: ProcessingService
+    fetcher: HttpPartFetcher
+    memory: LocalEntries  # cached answers kept in this process, cleared by purges
+
+
+def wire_processing(
+    settings: Settings, redis: RedisClients, keys: Keys, metrics: Metrics
+) -> ProcessingParts:
+    """ext_proc: transform, the response cache, composition (``extproc/processor.py``)."""
+    fetcher = HttpPartFetcher()
+    memory = LocalEntries(max_bytes=settings.cache_memory_bytes)
+    service = ProcessingService(
+        cache=ResponseCache(
+            store=RedisCacheStore(redis=redis.cache, keys=keys),
+            wait=settings.cache_lock_wait,
+            memory=memory,
+        ),
+        composer=Composer(fetcher=fetcher, max_bytes=settings.extproc_max_body_bytes),
+        metrics=metrics,
+        max_body=settings.extproc_max_body_bytes,
+        message_timeout=settings.extproc_timeout,
+        max_message_timeout=MAX_COMPOSE_TIMEOUT + 1,
+    )
+    return ProcessingParts(service, fetcher, memory)
+
+
 def wire_grpc(
     settings: Settings,
     metrics: Metrics,
@@ -238,6 +291,7 @@ def wire_grpc(
     limits: LimitParts,
     control: ControlPlane,
     stats: StatsParts | None = None,
+    processing: ProcessingParts | None = None,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """ADS, ext_authz, rate limit, access log and health on one port, shared by the workers."""
     server = grpc.aio.server(
@@ -265,6 +319,10 @@ def wire_grpc(
     rls_pb2_grpc.add_RateLimitServiceServicer_to_server(limits.service, server)
     if stats is not None:
         stats.add_to(server)
+    if processing is not None:
+        external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(
+            processing.service, server
+        )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"{settings.bind_host}:{settings.grpc_port}"
@@ -307,7 +365,7 @@ def own_endpoints(settings: Settings) -> Reserved:
     on loopback and on the addresses wardgate binds and advertises; wardgate's ports on every
     address when it binds all of them."""
     endpoints: list[tuple[str, int]] = []
-    for url in (settings.redis_url, settings.ratelimit_redis_url):
+    for url in (settings.redis_url, settings.ratelimit_redis_url, settings.cache_redis_url):
         redis = urllib.parse.urlsplit(url.replace("+cluster", "", 1))
         if redis.hostname:
             endpoints.append((redis.hostname, redis.port or 6379))
@@ -358,12 +416,15 @@ def background_tasks(
     control: ControlPlane,
     eviction: EvictionWatch,
     worker: str,
+    processing: ProcessingParts | None = None,
 ) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
     """What runs beside the servers, by name: each a way to start it (again)."""
     revoked: dict[str, Any] = {
         keys.sessions_channel: auth.session_store.cache,
         keys.api_keys_channel: auth.api_keys.cache,
     }
+    if processing is not None:
+        revoked[keys.cache_purged_channel] = processing.memory
     return {
         "eviction": eviction.run,
         "watcher": control.watcher.run,

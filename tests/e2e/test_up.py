@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 def test_up_serves_the_demo_and_ctrl_c_stops_everything(tmp_path) -> None:  # type: ignore[no-untyped-def]
     offset = 0
     for candidate in range(300, 900, 37):
-        ports = [10000, 9901, 18000, 18080, 16379, 8081, 8082]
+        ports = [10000, 9901, 9902, 18000, 18080, 16379, 8081, 8082]
         if not any(devstack.port_open(p + candidate) for p in ports):
             offset = candidate
             break
@@ -61,6 +61,10 @@ def test_up_serves_the_demo_and_ctrl_c_stops_everything(tmp_path) -> None:  # ty
         me = httpx.get(f"{base}/api/me", cookies=login.cookies)
         assert me.json()["headers"]["x-user-id"] == "alice"
         assert httpx.get(f"{base}/api/admin", cookies=login.cookies).status_code == 403
+        # The demo composition, through Envoy's compose listener (admin port + 1).
+        dash = httpx.get(f"{base}/bff/dashboard", cookies=login.cookies, timeout=10)
+        assert dash.status_code == 200, dash.text
+        assert dash.json()["me"]["path"] == "/users/alice"
         grpc_call = subprocess.run(
             [
                 sys.executable,
@@ -84,5 +88,5 @@ def test_up_serves_the_demo_and_ctrl_c_stops_everything(tmp_path) -> None:  # ty
         rest, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, rest
     assert "stopped" in rest
-    for port in (10000, 9901, 18000, 18080, 16379, 8081, 8082):
+    for port in (10000, 9901, 9902, 18000, 18080, 16379, 8081, 8082):
         assert not devstack.port_open(port + offset), port + offset

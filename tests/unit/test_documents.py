@@ -200,9 +200,9 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     (
         "backend and backends",
         _route(backends=[{"service": "x", "weight": 1}]),
-        "exactly one of backend or backends",
+        "exactly one of backend, backends or compose",
     ),
-    ("neither backend nor backends", _route(backend=None), "backend or backends"),
+    ("neither backend nor backends", _route(backend=None), "backend, backends or compose"),
     ("empty backends", _route(backend=None, backends=[]), "backends"),
     (
         "zero weights",

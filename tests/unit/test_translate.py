@@ -649,6 +649,8 @@ def test_listener_http_filters_in_order() -> None:
         "envoy.filters.http.ratelimit",
         "wardgate.ratelimit_other_failure_mode",
         "envoy.filters.http.local_ratelimit",
+        "wardgate.transform",
+        "wardgate.extproc",
         "wardgate.transcoded_headers",
         "wardgate.transcoder",
         "wardgate.transcoded_services",
@@ -704,8 +706,11 @@ def test_listener_local_replies_have_json_bodies() -> None:
     assert codes[404] == "not_found"
     assert codes[429] == "rate_limited"
     assert codes[503] == "unavailable"
-    # wardgate's own 401/403 denials are kept as wardgate wrote them (first mapper, no body).
-    first = mappers[0]
+    # Answers wardgate's external processor made keep their body (first mapper) ...
+    assert mappers[0].filter.metadata_filter.matcher.filter == "wardgate.extproc"
+    assert not mappers[0].HasField("body_format_override")
+    # ... and so do wardgate's own 401/403 denials (next mapper, no body).
+    first = mappers[1]
     assert not first.HasField("body_format_override")
     assert first.filter.and_filter.filters[1].response_flag_filter.flags == ["UAEX"]
 

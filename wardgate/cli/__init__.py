@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from wardgate.cli.bans import bans
 from wardgate.cli.base import cli, main
+from wardgate.cli.cache import cache
 from wardgate.cli.descriptors import descriptors
 from wardgate.cli.documents import apply, delete, get, history, rollback, status, validate
 from wardgate.cli.identity import keys, sessions, users
@@ -41,5 +42,6 @@ for _command in (
     descriptors,
     usage,
     top,
+    cache,
 ):
     cli.add_command(_command)

@@ -54,6 +54,11 @@ class UpPorts:
     upstream: int
     grpc_upstream: int
 
+    @property
+    def compose(self) -> int:
+        """Envoy's compose listener (composition parts), next to its admin port."""
+        return self.admin + 1
+
     @classmethod
     def shifted(
         cls, offset: int, *, listen: int, admin: int, grpc: int, http: int, redis: int
@@ -73,6 +78,7 @@ class UpPorts:
         named = [
             ("listener", self.listen),
             ("Envoy admin", self.admin),
+            ("Envoy compose listener", self.compose),
             ("gRPC", self.grpc),
             ("HTTP", self.http),
             ("demo upstream", self.upstream),
@@ -187,6 +193,7 @@ def _start_envoy(procs: _Processes, ports: UpPorts) -> None:
         admin_port=ports.admin,
         wardgate_port=ports.grpc,
         concurrency=2,
+        compose_port=ports.compose,
     )
     procs.add("envoy", envoy)
 
@@ -283,6 +290,8 @@ wardgate is up. Try:
        -d '{{"username":"alice","password":"alice-password"}}' {base}/auth/login
   curl -i -b /tmp/wg.jar {base}/api/me              # 200, upstream sees x-user-id: alice
   curl -i -b /tmp/wg.jar {base}/api/admin           # 403: alice lacks role admin
+  curl -i -b /tmp/wg.jar {base}/api/profile         # x-tenant: alice; x-cache MISS, then HIT
+  curl -s -b /tmp/wg.jar {base}/bff/dashboard       # one JSON answer from two calls (compose)
   curl -i {base}/nowhere                            # 404 with a JSON body
   python -m wardgate.demo.grpc_upstream --call 127.0.0.1:{listen} --name you   # gRPC route
   curl -s {base}/v1/greeter/you                     # the same service over REST/JSON
@@ -304,6 +313,13 @@ Ctrl-C stops everything.
 @click.option("--admin-port", default=9901, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--wardgate-host", default="127.0.0.1", show_default=True)
 @click.option("--wardgate-port", default=18000, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--compose-port",
+    default=9902,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Envoy's compose listener on 127.0.0.1 (composition parts); 0: none.",
+)
 @click.option("--delta", is_flag=True, help="Incremental xDS (DELTA_GRPC).")
 def bootstrap(
     node_id: str,
@@ -311,6 +327,7 @@ def bootstrap(
     admin_port: int,
     wardgate_host: str,
     wardgate_port: int,
+    compose_port: int,
     delta: bool,
 ) -> None:
     """Print an Envoy bootstrap that takes its configuration from wardgate."""
@@ -322,6 +339,7 @@ def bootstrap(
             wardgate_port=wardgate_port,
             wardgate_host=wardgate_host,
             delta=delta,
+            compose_port=compose_port,
         )
     )
 

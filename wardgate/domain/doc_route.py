@@ -17,6 +17,7 @@ from wardgate.domain.doc_base import (
     _Doc,
     _duration,
 )
+from wardgate.domain.doc_extproc import Cache, Compose, Transform, check_compose
 from wardgate.domain.doc_match import Match, check_path_chars
 from wardgate.domain.doc_route_parts import (
     Auth,
@@ -26,6 +27,7 @@ from wardgate.domain.doc_route_parts import (
     Transcode,
     WeightedBackend,
 )
+from wardgate.domain.extproc_policy import encode_policy
 
 
 class Route(_Doc):
@@ -134,6 +136,28 @@ class Route(_Doc):
             "transcoder): the backends must be protocol grpc; no rewrite_prefix. Unset: none."
         ),
     )
+    transform: Transform | None = Field(
+        default=None,
+        description=(
+            "Headers set or removed and JSON fields kept or dropped, by wardgate's external "
+            "processor (docs/TRANSFORMS.md). Unset: none."
+        ),
+    )
+    cache: Cache | None = Field(
+        default=None,
+        description=(
+            "Answers to GET and HEAD kept in the shared response cache (Redis), per user on "
+            "an authenticated route unless shared (docs/TRANSFORMS.md). Unset: no cache."
+        ),
+    )
+    compose: Compose | None = Field(
+        default=None,
+        description=(
+            "One JSON answer from several backends called at once, each part's JSON under "
+            "its name (1 to 16 parts; part names are letters, digits, '_' and '-'). Instead "
+            "of backend or backends; the route answers GET and HEAD."
+        ),
+    )
     websocket: bool = Field(
         default=False,
         description=(
@@ -147,8 +171,9 @@ class Route(_Doc):
 
     @model_validator(mode="after")
     def _one_backend(self) -> Route:
-        if (self.backend is None) == (self.backends is None):
-            raise ValueError("a route needs exactly one of backend or backends")
+        if [self.backend, self.backends, self.compose].count(None) != 2:
+            raise ValueError("a route needs exactly one of backend, backends or compose")
+        self._check_extproc()
         if self.backends is not None:
             if not self.backends:
                 raise ValueError("backends must list at least one service")
@@ -167,7 +192,30 @@ class Route(_Doc):
             check_path_chars(self.rewrite_prefix, "rewrite_prefix")
         return self
 
+    def _check_extproc(self) -> None:
+        if self.compose is not None:
+            check_compose(self.compose)
+            if self.transcode is not None or self.rewrite_prefix is not None or self.websocket:
+                raise ValueError("compose goes without transcode, rewrite_prefix and websocket")
+            methods = set(self.match.methods or [])
+            if not methods or not methods <= {"GET", "HEAD"}:
+                raise ValueError("a compose route answers GET and HEAD: set match.methods: [GET]")
+        if self.websocket and (self.transform is not None or self.cache is not None):
+            raise ValueError("websocket goes without transform and cache")
+        if self.transform is None and self.cache is None and self.compose is None:
+            return
+        encode_policy(
+            route=self.name,
+            authenticated=self.auth.require != "none",
+            transform=self.transform,
+            cache=self.cache,
+            compose=self.compose,
+            timeout=self.timeout,
+        )
+
     def services(self) -> list[str]:
         if self.backend is not None:
             return [self.backend]
+        if self.compose is not None:
+            return sorted({p.backend for p in self.compose.values()})
         return [b.service for b in self.backends or []]

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from typing import Any, Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from redis.exceptions import RedisError
 
@@ -128,8 +128,19 @@ class CachedApiKeyStore:
         return await self._inner.delete_key(name)
 
 
+class Invalidated(Protocol):
+    """A local cache that announcements invalidate (``_Lru``, the response cache's
+    ``LocalEntries``): on only while subscribed."""
+
+    enabled: bool
+
+    def evict(self, key: str) -> None: ...
+
+    def clear(self) -> None: ...
+
+
 async def listen_for_revocations(
-    *, redis: AnyRedis, keys: Keys, caches: dict[str, _Lru[Any]], metrics: Metrics
+    *, redis: AnyRedis, keys: Keys, caches: dict[str, Invalidated], metrics: Metrics
 ) -> None:
     """Forever: keep the caches in step with the revocation channels (``caches`` maps a
     channel to the cache it invalidates). Caches are on only while subscribed."""

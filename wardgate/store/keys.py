@@ -168,6 +168,85 @@ class Keys:
         """HyperLogLog: the distinct clients refused by rate limits in one minute."""
         return f"{self.prefix}limited:hll:{minute}"
 
+    # -- response cache (one hash tag per route: a route's entries, locks and epoch share a
+    #    slot, so the scripts below work under Redis Cluster; routes spread over slots) --
+    def cache_entry(self, route: str, path_hash: str, variant: str) -> str:
+        """String: one cached answer (``domain/http_cache.py`` ``Entry.encode``), with a TTL."""
+        return f"{self.spread}cache:{{{route}}}:e:{path_hash}:{variant}"
+
+    def cache_lock(self, route: str, variant: str) -> str:
+        """String: the token of the request fetching this entry, or ``pass`` (its answer
+        could not be stored), with a short TTL."""
+        return f"{self.spread}cache:{{{route}}}:l:{variant}"
+
+    def cache_epoch(self, route: str) -> str:
+        """Counter raised by every purge of the route: an answer fetched before a purge is not
+        stored after it."""
+        return f"{self.spread}cache:{{{route}}}:epoch"
+
+    @property
+    def cache_purged_channel(self) -> str:
+        """Pub/sub channel announcing a purge (the route's name): each process's entries in
+        memory go."""
+        return f"{self.prefix}cache:purged"
+
+    def cache_entries_pattern(self, route: str, path_hash: str | None) -> str:
+        """SCAN pattern of a route's entries (of one path, with ``path_hash``)."""
+        tail = f"{path_hash}:*" if path_hash else "*"
+        return f"{_glob_escape(self.spread)}cache:{{{route}}}:e:{tail}"
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
+
+
+# The response cache (store/response_cache.py). KEYS: entry, lock, epoch.
+# ARGV: the lock token ("" to only read), the lock's time to live in ms.
+# Returns {entry or nil, "taken"|"held"|"pass"|"none", epoch}.
+CACHE_LOOKUP_LUA = r"""
+local entry = redis.call('GET', KEYS[1])
+local epoch = redis.call('GET', KEYS[3]) or '0'
+local state = 'none'
+if ARGV[1] ~= '' and not entry then
+  if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    state = 'taken'
+  elseif redis.call('GET', KEYS[2]) == 'pass' then
+    state = 'pass'
+  else
+    state = 'held'
+  end
+end
+return {entry or false, state, epoch}
+"""
+
+# KEYS: entry, lock, epoch. ARGV: value, time to live in ms, the epoch read at lookup, the lock
+# token ("" when the request did not take the lock). Stores unless the route was purged since;
+# lets go of its own lock or a pass mark. Returns 1 when stored.
+CACHE_STORE_LUA = r"""
+local stored = 0
+if (redis.call('GET', KEYS[3]) or '0') == ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  stored = 1
+end
+local lock = redis.call('GET', KEYS[2])
+if lock and ((ARGV[4] ~= '' and lock == ARGV[4]) or lock == 'pass') then
+  redis.call('DEL', KEYS[2])
+end
+return stored
+"""
+
+# KEYS: lock. ARGV: the lock token, how long a pass mark stays (ms; 0: none).
+CACHE_RELEASE_LUA = r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  if tonumber(ARGV[2]) > 0 then
+    redis.call('SET', KEYS[1], 'pass', 'PX', ARGV[2])
+  else
+    redis.call('DEL', KEYS[1])
+  end
+end
+return 0
+"""
+
 
 # Check-then-commit over several limits in one round trip.
 # KEYS: per limit i, two keys: KEYS[2i-1] = current (counter or GCRA tat), KEYS[2i] = previous

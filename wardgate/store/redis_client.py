@@ -13,9 +13,15 @@ AnyRedis = Any  # aioredis.Redis | RedisCluster; both speak the commands wardgat
 
 
 def connect(
-    url: str, *, timeout: float, name: str = "wardgate", max_connections: int = 64
+    url: str,
+    *,
+    timeout: float,
+    name: str = "wardgate",
+    max_connections: int = 64,
+    decode: bool = True,
 ) -> AnyRedis:
-    """A client for ``url`` whose every command gives up after ``timeout`` seconds.
+    """A client for ``url`` whose every command gives up after ``timeout`` seconds. Replies
+    are text unless ``decode`` is False (bytes, e.g. cached response bodies).
 
     At most ``max_connections`` connections; a command that finds them all busy waits for
     one up to ``timeout`` instead of failing at once (redis-py's default pool raises).
@@ -23,7 +29,7 @@ def connect(
     kwargs: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
-        "decode_responses": True,
+        "decode_responses": decode,
         "client_name": name,
     }
     if url.startswith(("redis+cluster://", "rediss+cluster://")):

@@ -25,6 +25,7 @@ from wardgate.xds.clusters import (
     build_load_assignment,
     uses_eds,
 )
+from wardgate.xds.extproc import COMPOSE_ROUTES, compose_routes
 from wardgate.xds.routes import builtin_routes, route_entry, virtual_host_head
 from wardgate.xds.scope_envoy import marker_route, scope_resources
 from wardgate.xds.scope_key import Pin, pin_buckets
@@ -159,6 +160,8 @@ class Translator:
         self._uses: Counter[str] = Counter()  # service -> how many routes use it
         self._services: _ServiceResources | None = None
         self._transcoding: _Transcoding | None = None
+        # The compose listener's routes, and the compose routes they were built from.
+        self._compose: tuple[tuple[Route, ...], bytes] | None = None
         self._markers: dict[tuple[str, int], bytes] = {}
         self._scope_bytes = [
             (
@@ -316,8 +319,9 @@ class Translator:
         none was due."""
         if self._layout is None or not self._layout.settle(now=time.monotonic(), after=after):
             return None
+        compose = [c for c in base.route_bytes if c[0] == COMPOSE_ROUTES]
         return dataclasses.replace(
-            base, route_bytes=self._layout.configs(), depths=dict(self._layout.depths)
+            base, route_bytes=[*self._layout.configs(), *compose], depths=dict(self._layout.depths)
         )
 
     def _cluster_resources(
@@ -354,12 +358,36 @@ class Translator:
         return Base(
             cluster_bytes=cluster_bytes,
             endpoint_bytes=endpoint_bytes,
-            route_bytes=layout.configs(),
+            route_bytes=[*layout.configs(), (COMPOSE_ROUTES, self._compose_routes(catalog))],
             scope_bytes=self._scope_bytes,
             route_clusters=frozenset(n for n, c in self._uses.items() if c > 0),
             depths=dict(layout.depths),
             extension_bytes=[(TRANSCODER, self._transcoder(catalog))],
         )
+
+    def _compose_routes(self, catalog: Catalog) -> bytes:
+        """The compose listener's routes (``xds/extproc.py``); the same bytes object while the
+        compose routes are the same documents."""
+        routes = tuple(r for _, r in sorted(catalog.routes.items()) if r.compose is not None)
+        prev = self._compose
+        if (
+            prev is not None
+            and len(prev[0]) == len(routes)
+            and all(a is b for a, b in zip(prev[0], routes, strict=True))
+        ):
+            return prev[1]
+        try:
+            data = compose_routes(routes)
+        except Exception:
+            for route in routes:  # whose is it? That route is refused alone
+                try:
+                    compose_routes([route])
+                except Exception as exc:
+                    reason = f"{type(exc).__name__}: {exc}"
+                    raise TranslationError("Route", route.name, reason) from exc
+            raise
+        self._compose = (routes, data)
+        return data
 
     def _transcoder(self, catalog: Catalog) -> bytes:
         """The transcoder's ECDS resource: the descriptors the routes use, merged; the same

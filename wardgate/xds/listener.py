@@ -25,6 +25,7 @@ from wardgate.domain.sessions import IDENTITY_HEADERS
 from wardgate.xds import canonical
 from wardgate.xds.access_log import access_log_config
 from wardgate.xds.bans import bans_filter
+from wardgate.xds.extproc import ComposeAddress, extproc_filters, reply_mapper
 from wardgate.xds.local_guard import guard_filter
 from wardgate.xds.scope_envoy import scope_filter, scoped_routes
 from wardgate.xds.tracing import tracing_config
@@ -54,8 +55,11 @@ from wardgate.xds.typeurls import (
 )
 
 
-def build_listener(address: str, port: int, opts: TranslateOptions) -> listener_pb2.Listener:
-    """The one listener: an HTTP connection manager on ``address``:``port``."""
+def build_listener(
+    address: str, port: int, opts: TranslateOptions, compose: ComposeAddress | None = None
+) -> listener_pb2.Listener:
+    """The gateway's listener: an HTTP connection manager on ``address``:``port``;
+    ``compose``: where this Envoy's compose listener is (``xds/extproc.py``)."""
     listener = {
         "name": LISTENER_NAME,
         "address": socket_address(address, port),
@@ -64,7 +68,7 @@ def build_listener(address: str, port: int, opts: TranslateOptions) -> listener_
                 "filters": [
                     {
                         "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": _connection_manager(opts),
+                        "typed_config": _connection_manager(opts, compose),
                     }
                 ]
             }
@@ -73,8 +77,8 @@ def build_listener(address: str, port: int, opts: TranslateOptions) -> listener_
     return canonical.parse(listener, listener_pb2.Listener())
 
 
-def _connection_manager(opts: TranslateOptions) -> dict[str, Any]:
-    hcm = _connection_manager_base(opts)
+def _connection_manager(opts: TranslateOptions, compose: ComposeAddress | None) -> dict[str, Any]:
+    hcm = _connection_manager_base(opts, compose)
     if opts.access_log is not None:
         hcm["access_log"] = access_log_config(opts.access_log, _wardgate_grpc())
     if opts.tracing is not None:
@@ -82,7 +86,9 @@ def _connection_manager(opts: TranslateOptions) -> dict[str, Any]:
     return hcm
 
 
-def _connection_manager_base(opts: TranslateOptions) -> dict[str, Any]:
+def _connection_manager_base(
+    opts: TranslateOptions, compose: ComposeAddress | None
+) -> dict[str, Any]:
     return {
         "@type": T_HCM,
         "stat_prefix": "wardgate",
@@ -98,9 +104,11 @@ def _connection_manager_base(opts: TranslateOptions) -> dict[str, Any]:
         "strip_trailing_host_dot": True,
         # One route configuration per scope; the scope from a header the first filter sets.
         "scoped_routes": scoped_routes(),
-        "http_filters": _http_filters(opts),
+        "http_filters": _http_filters(opts, compose),
+        # The external processor's own answers keep their body; then the gateway's errors.
         "local_reply_config": {
             "mappers": [
+                reply_mapper(),
                 *(_mapper(*m) for m in LOCAL_REPLIES[:2]),  # wardgate's own denials
                 _other_service_mapper(),
                 *(_mapper(*m) for m in LOCAL_REPLIES[2:]),
@@ -113,7 +121,7 @@ def _connection_manager_base(opts: TranslateOptions) -> dict[str, Any]:
 # --- HTTP filters ----------------------------------------------------------------------------
 
 
-def _http_filters(opts: TranslateOptions) -> list[dict[str, Any]]:
+def _http_filters(opts: TranslateOptions, compose: ComposeAddress | None) -> list[dict[str, Any]]:
     """The HTTP filters in the order they run (docs/ROUTING.md, "What every request goes
     through")."""
     return [
@@ -128,6 +136,8 @@ def _http_filters(opts: TranslateOptions) -> list[dict[str, Any]]:
         _rate_limit(opts, stage=0),
         _rate_limit(opts, stage=1),
         guard_filter(),  # after the exact check: it sees what that allowed or failed open on
+        # transform, cache, compose: after every check, before the transcoder (JSON both ways).
+        *extproc_filters(opts, compose),
         # REST/JSON to gRPC on the routes with transcode, after every check of the request.
         *transcoder_filters(),
         _strip_session_cookie(opts),

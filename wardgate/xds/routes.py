@@ -21,6 +21,8 @@ from envoy.extensions.filters.http.rbac.v3 import rbac_pb2  # noqa: F401
 from wardgate.domain.documents import RateLimit, Route, host_regex
 from wardgate.domain.durations import parse_duration
 from wardgate.domain.ratelimit import RULE_KEY, TIER_KEY, encode_rule
+from wardgate.xds.extproc import compose_action, extproc_off
+from wardgate.xds.extproc import route_filters as extproc_filters
 from wardgate.xds.local_guard import F_LOCAL_RATELIMIT, guard_bucket, route_guard
 from wardgate.xds.scope_key import SCOPE_HEADER
 from wardgate.xds.transcoder import route_filters as transcoding_filters
@@ -211,6 +213,8 @@ def _route_action(route: Route, hashing: bool, opts: TranslateOptions) -> dict[s
         action["hash_policy"] = [{"connection_properties": {"source_ip": True}}]
     if route.backend is not None:
         action["cluster"] = route.backend
+    elif route.compose is not None:
+        action.update(compose_action())
     else:
         action["weighted_clusters"] = {
             "clusters": [{"name": b.service, "weight": b.weight} for b in route.backends or []]
@@ -258,6 +262,7 @@ def _per_filter_config(route: Route, opts: TranslateOptions) -> dict[str, Any]:
         per_filter[F_LOCAL_RATELIMIT] = limits
     if route.transcode is not None:
         per_filter.update(transcoding_filters(route.transcode.services))
+    per_filter.update(extproc_filters(route))
     if route.max_body_bytes is not None:
         per_filter[F_BUFFER] = {
             "@type": T_BUFFER_ROUTE,
@@ -291,6 +296,7 @@ def virtual_host_head(*, transcoding: bool = False) -> dict[str, Any]:
         "typed_per_filter_config": {
             EXT_AUTHZ: {"@type": T_EXT_AUTHZ_ROUTE, "disabled": True},
             F_BUFFER: {"@type": T_BUFFER_ROUTE, "disabled": True},
+            **extproc_off(),
         },
     }
     if not transcoding:

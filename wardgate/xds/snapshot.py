@@ -97,10 +97,13 @@ EMPTY = Resources({}, "empty")
 
 @dataclasses.dataclass(frozen=True)
 class NodeGroup:
-    """What makes two Envoys need different resources: where their listener binds."""
+    """What makes two Envoys need different resources: where their listeners bind (the
+    gateway's, and the compose listener's when the bootstrap gives it a port)."""
 
     listen_address: str
     listen_port: int
+    compose_address: str = "127.0.0.1"
+    compose_port: int = 0  # 0: no compose listener
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +118,7 @@ class Snapshot:
         return self.resources.get(type_url, EMPTY)
 
 
-ListenerFactory = Callable[[NodeGroup], Message]
+ListenerFactory = Callable[[NodeGroup], Message | list[Message]]
 
 
 class SnapshotCache:
@@ -182,7 +185,8 @@ class SnapshotCache:
             return None
         listener = self._listeners.get(group)
         if listener is None:
-            listener = Resources.of([self._listener_factory(group)], lambda m: m.name)
+            made = self._listener_factory(group)
+            listener = Resources.of(made if isinstance(made, list) else [made], lambda m: m.name)
             self._listeners[group] = listener
         resources = {
             **self._base.resources,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import itertools
 import logging
 import time
@@ -46,7 +47,23 @@ def node_group(node: Any, default_port: int) -> NodeGroup:
             port = default_port
     if "listen_address" in fields and fields["listen_address"].string_value:
         address = fields["listen_address"].string_value
-    return NodeGroup(address, port)
+    compose_port = 0
+    if "compose_port" in fields:  # where wardgate reaches it for composition parts
+        value = fields["compose_port"]
+        try:
+            compose_port = int(value.number_value or value.string_value or 0)
+        except ValueError:
+            compose_port = 0
+        if not 0 < compose_port < 65536 or compose_port == port:
+            compose_port = 0
+    compose_address = "127.0.0.1"
+    if "compose_address" in fields and fields["compose_address"].string_value:
+        compose_address = fields["compose_address"].string_value
+        try:
+            ipaddress.ip_address(compose_address)  # Envoy binds it, wardgate connects to it
+        except ValueError:
+            compose_port = 0
+    return NodeGroup(address, port, compose_address, compose_port)
 
 
 async def request_batches(

@@ -49,6 +49,7 @@ class TranslateOptions:
     trusted_proxy_hops: int = 0
     session_cookie: str = "wg_session"
     max_request_bytes: int = 1 << 20
+    extproc_timeout: float = 0.2  # Envoy's deadline per ext_proc message (xds/extproc.py)
     # The local guard behind exact limits (local_guard.py).
     guard: GuardOptions = dataclasses.field(default_factory=GuardOptions)
     # The access log streamed to wardgate (xds/access_log.py); None: off.
