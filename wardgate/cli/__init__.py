@@ -16,7 +16,7 @@ from wardgate.cli.descriptors import descriptors
 from wardgate.cli.documents import apply, delete, get, history, rollback, status, validate
 from wardgate.cli.identity import keys, sessions, users
 from wardgate.cli.registry import register
-from wardgate.cli.stack import bootstrap, serve, up
+from wardgate.cli.stack import bootstrap, seed_demo, serve, up
 
 __all__ = ["cli", "main"]
 
@@ -37,5 +37,6 @@ for _command in (
     up,
     bans,
     descriptors,
+    seed_demo,
 ):
     cli.add_command(_command)
