@@ -41,6 +41,8 @@ class Metrics:
     snapshot_seconds: Histogram
     documents_refused: Gauge
     documents: Gauge
+    jwks_fetches: Counter
+    xds_stream_checks: Counter
 
 
 def multiprocess() -> bool:
@@ -174,5 +176,20 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         ),
         documents=Gauge(
             "wardgate_documents", "Valid documents served, by kind.", ["kind"], registry=r
+        ),
+        jwks_fetches=Counter(
+            "wardgate_jwks_fetches_total",
+            "Fetches of Issuers' jwks_url by result: ok (new keys), unchanged, failed (kept "
+            "the last keys, if any), unusable (no usable key in the answer; last keys kept).",
+            ["result"],
+            registry=r,
+        ),
+        xds_stream_checks=Counter(
+            "wardgate_xds_stream_checks_total",
+            "New ADS streams by how the snapshot was checked against the store before the "
+            "first answer: current, synced (this replica was behind and caught up), "
+            "unavailable (store unreachable and the Envoy has configuration: stream refused).",
+            ["result"],
+            registry=r,
         ),
     )

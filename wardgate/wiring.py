@@ -34,6 +34,7 @@ from wardgate.extproc.refusal_report import report_refused_clients
 from wardgate.files import read_bounded_file
 from wardgate.http.app import create_app
 from wardgate.http.registry import add_registry_routes
+from wardgate.jwks_fetch import fetch_jwks
 from wardgate.metrics import Metrics
 from wardgate.settings import Settings
 from wardgate.store.bans import RedisBanStore
@@ -57,6 +58,7 @@ from wardgate.xds.ads import AggregatedDiscoveryService
 from wardgate.xds.bans import BanPublisher
 from wardgate.xds.build import SnapshotBuilder
 from wardgate.xds.issuers import IssuerLoader
+from wardgate.xds.jwks_cache import JwksCache
 from wardgate.xds.listener import build_listener
 from wardgate.xds.local_guard import GuardOptions
 from wardgate.xds.node_report import report_nodes
@@ -191,15 +193,26 @@ def wire_control_plane(
         listener_factory=lambda g: build_listener(g.listen_address, g.listen_port, options)
     )
     status = RedisStatusStore(redis=redis.control, keys=keys)
+    jwks_urls = JwksCache(
+        fetch=lambda url, ca_file: fetch_jwks(url, ca_file=ca_file),
+        metrics=metrics,
+        clock=time.monotonic,
+    )
     watcher = DocumentWatcher(
         source=RedisDocumentSource(redis=redis.control, keys=keys),
         builder=SnapshotBuilder(options),
         publisher=cache,
         refused=RefusedReport(status=status, metrics=metrics),
-        issuers=IssuerLoader(holder=issuers, environ=os.environ, read_file=read_bounded_file),
+        issuers=IssuerLoader(
+            holder=issuers,
+            environ=os.environ,
+            read_file=read_bounded_file,
+            jwks_urls=jwks_urls,
+        ),
         metrics=metrics,
         resync_interval=settings.resync_interval,
     )
+    jwks_urls.on_change = watcher.wake  # new keys: load the issuers again at once
     bans = BanPublisher(
         store=RedisBanStore(redis=redis.control, keys=keys),
         publish=cache.set_extension,
