@@ -213,6 +213,7 @@ def wire_control_plane(
         resync_interval=settings.resync_interval,
     )
     jwks_urls.on_change = watcher.wake  # new keys: load the issuers again at once
+    cache.freshness = watcher.ensure_current  # replicas: a new stream never goes back
     bans = BanPublisher(
         store=RedisBanStore(redis=redis.control, keys=keys),
         publish=cache.set_extension,

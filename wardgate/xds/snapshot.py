@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from google.protobuf import any_pb2
@@ -132,6 +132,12 @@ class SnapshotCache:
         self._ecds: Resources = resources_from_bytes(TYPE_EXTENSION_CONFIG, [])
         self._generation = 0
         self._changed = asyncio.Event()
+        # Set by the composition root to the document watcher's check (replicas.py).
+        self.freshness: Callable[[float], Awaitable[bool]] | None = None
+
+    async def ensure_current(self, since: float) -> bool:
+        """Whether the snapshot is at least as new as the store was at ``since``."""
+        return True if self.freshness is None else await self.freshness(since)
 
     @property
     def ready(self) -> bool:
