@@ -23,6 +23,7 @@ from wardgate import devstack
 from wardgate.envoy_proc import find_envoy, render_bootstrap
 
 pytestmark = pytest.mark.e2e
+QUIET = ("--log-level", "warning", "--drain-time-s", "1")
 
 
 def _envoy_on_both(stack: Stack, grpc_ports: list[int], *, delta: bool) -> subprocess.Popen[bytes]:
@@ -46,8 +47,7 @@ def _envoy_on_both(stack: Stack, grpc_ports: list[int], *, delta: bool) -> subpr
     path.write_text(yaml.safe_dump(config))
     with open(stack.workdir / "envoy-replicas.log", "ab") as out:
         proc = subprocess.Popen(
-            [find_envoy(), "-c", str(path), "--use-dynamic-base-id", "--concurrency", "1"]
-            + ["--log-level", "warning", "--drain-time-s", "1"],
+            [find_envoy(), "-c", str(path), "--use-dynamic-base-id", "--concurrency", "1", *QUIET],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
