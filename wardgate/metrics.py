@@ -43,6 +43,7 @@ class Metrics:
     documents: Gauge
     jwks_fetches: Counter
     xds_stream_checks: Counter
+    tls_certificate_loads: Counter
 
 
 def multiprocess() -> bool:
@@ -189,6 +190,14 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
             "New ADS streams by how the snapshot was checked against the store before the "
             "first answer: current, synced (this replica was behind and caught up), "
             "unavailable (store unreachable and the Envoy has configuration: stream refused).",
+            ["result"],
+            registry=r,
+        ),
+        tls_certificate_loads=Counter(
+            "wardgate_tls_certificate_loads_total",
+            "Reads of the listener's certificate and key files by result: changed (a new pair "
+            "published over SDS), unchanged, refused (unreadable or unusable; the last good "
+            "pair stays).",
             ["result"],
             registry=r,
         ),

@@ -73,6 +73,13 @@ class Settings:
     log_level: str = "INFO"
     # Bearer token required by POST /registry/* (empty: heartbeats over HTTP are off).
     registry_token: str = ""
+    # TLS on Envoy's listener: PEM files that wardgate reads (re-read every resync_interval)
+    # and serves to Envoy over SDS. Both or neither. With TLS the session cookie is Secure
+    # and takes the __Host- prefix.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    # Plain-text HTTP on the listener's port answers 301 to https (else such connections close).
+    tls_redirect_http: bool = False
 
     @property
     def advertised_http_port(self) -> int:
@@ -193,7 +200,7 @@ def load_settings(
     for name, raw in overrides.items():
         if raw is not None:
             values[name] = _coerce(fields[name], raw)
-    settings = Settings(**values)
+    settings = _with_tls(Settings(**values))
     if settings.session_cookie.startswith("__Host-") and not settings.cookie_secure:
         raise SettingsError(
             "setting session_cookie: a __Host- cookie needs WARDGATE_COOKIE_SECURE=true"
@@ -215,3 +222,20 @@ def load_settings(
     if not settings.key_prefix:
         raise SettingsError("setting key_prefix (WARDGATE_KEY_PREFIX) must not be empty")
     return settings
+
+
+def _with_tls(settings: Settings) -> Settings:
+    """TLS settings checked together; with TLS, the session cookie is Secure and named with
+    the __Host- prefix (host-only, Path=/, never set over plain text by anyone)."""
+    if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
+        raise SettingsError(
+            "TLS on the listener needs both WARDGATE_TLS_CERT_FILE and WARDGATE_TLS_KEY_FILE"
+        )
+    if not settings.tls_cert_file:
+        if settings.tls_redirect_http:
+            raise SettingsError("WARDGATE_TLS_REDIRECT_HTTP needs TLS on the listener")
+        return settings
+    name = settings.session_cookie
+    if not name.startswith(("__Host-", "__Secure-")):
+        name = "__Host-" + name
+    return dataclasses.replace(settings, session_cookie=name, cookie_secure=True)

@@ -60,6 +60,8 @@ from wardgate.xds.build import SnapshotBuilder
 from wardgate.xds.issuers import IssuerLoader
 from wardgate.xds.jwks_cache import JwksCache
 from wardgate.xds.listener import build_listener
+from wardgate.xds.listener_secrets import ListenerCertificate
+from wardgate.xds.listener_tls import LISTENER_SECRET, ListenerTls
 from wardgate.xds.local_guard import GuardOptions
 from wardgate.xds.node_report import report_nodes
 from wardgate.xds.nodes import NodeRegistry
@@ -83,6 +85,9 @@ def translate_options(settings: Settings) -> TranslateOptions:
         guard=GuardOptions(
             burst=settings.ratelimit_guard_burst, clients=settings.ratelimit_guard_clients
         ),
+        tls=ListenerTls(redirect_http=settings.tls_redirect_http)
+        if settings.tls_cert_file
+        else None,
     )
 
 
@@ -182,6 +187,7 @@ class ControlPlane:
     watcher: DocumentWatcher
     status: StatusStore
     bans: BanPublisher
+    listener_cert: ListenerCertificate | None = None  # TLS on the listener, from files
 
 
 def wire_control_plane(
@@ -219,7 +225,18 @@ def wire_control_plane(
         publish=cache.set_extension,
         metrics=metrics,
     )
-    return ControlPlane(cache, NodeRegistry(), watcher, status, bans)
+    listener_cert = None
+    if settings.tls_cert_file:
+        listener_cert = ListenerCertificate(
+            name=LISTENER_SECRET,
+            cert_file=settings.tls_cert_file,
+            key_file=settings.tls_key_file,
+            publish=cache.set_secret,
+            read_file=read_bounded_file,
+            metrics=metrics,
+            interval=settings.resync_interval,
+        )
+    return ControlPlane(cache, NodeRegistry(), watcher, status, bans, listener_cert)
 
 
 def wire_grpc(
@@ -278,6 +295,8 @@ def readiness(
             return False, f"configuration not updating: {control.watcher.last_error}"
         if eviction is not None and eviction.problem:
             return False, eviction.problem
+        if control.listener_cert is not None and control.listener_cert.problem:
+            return False, control.listener_cert.problem
         try:
             with redis_errors():
                 await ping()
@@ -355,6 +374,7 @@ def background_tasks(
         "eviction": eviction.run,
         "watcher": control.watcher.run,
         "bans": control.bans.run,
+        **({"listener-tls": control.listener_cert.run} if control.listener_cert else {}),
         "node-status": lambda: report_nodes(control.nodes, control.status, worker),
         "refusals": lambda: report_refused_clients(limits.service, limits.refusals, metrics),
         "revocations": lambda: listen_for_revocations(

@@ -24,6 +24,8 @@ from wardgate.domain.durations import format_duration
 from wardgate.domain.sessions import IDENTITY_HEADERS
 from wardgate.xds import canonical
 from wardgate.xds.bans import bans_filter
+from wardgate.xds.listener_tls import filter_chains as tls_filter_chains
+from wardgate.xds.listener_tls import listener_filters as tls_listener_filters
 from wardgate.xds.local_guard import guard_filter
 from wardgate.xds.scope_envoy import scope_filter, scoped_routes
 from wardgate.xds.transcoder import transcoder_filters
@@ -54,7 +56,8 @@ from wardgate.xds.typeurls import (
 
 def build_listener(address: str, port: int, opts: TranslateOptions) -> listener_pb2.Listener:
     """The one listener: an HTTP connection manager on ``address``:``port``."""
-    listener = {
+    manager = _connection_manager(opts)
+    listener: dict[str, Any] = {
         "name": LISTENER_NAME,
         "address": socket_address(address, port),
         "filter_chains": [
@@ -62,12 +65,15 @@ def build_listener(address: str, port: int, opts: TranslateOptions) -> listener_
                 "filters": [
                     {
                         "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": _connection_manager(opts),
+                        "typed_config": manager,
                     }
                 ]
             }
         ],
     }
+    if opts.tls is not None:  # TLS, and maybe a redirect for plain text (listener_tls.py)
+        listener["listener_filters"] = tls_listener_filters()
+        listener["filter_chains"] = tls_filter_chains(manager, opts.tls)
     return canonical.parse(listener, listener_pb2.Listener())
 
 

@@ -25,12 +25,14 @@ from wardgate.xds.typeurls import (
     TYPE_LISTENER,
     TYPE_ROUTE,
     TYPE_SCOPED_ROUTE,
+    TYPE_SECRET,
 )
 
 # Make before break: clusters (and their endpoints) before the listeners and routes using them.
 PUSH_ORDER = (
     TYPE_CLUSTER,
     TYPE_ENDPOINT,
+    TYPE_SECRET,  # the listener's certificate (SDS): a TLS listener warms until it has it
     TYPE_LISTENER,
     TYPE_EXTENSION_CONFIG,  # filter configs the listener's filters discover (ECDS)
     TYPE_SCOPED_ROUTE,
@@ -130,6 +132,7 @@ class SnapshotCache:
         self._listeners: dict[NodeGroup, Resources] = {}
         self._extensions: dict[str, bytes] = {}  # name -> serialized TypedExtensionConfig
         self._ecds: Resources = resources_from_bytes(TYPE_EXTENSION_CONFIG, [])
+        self._secrets: Resources = resources_from_bytes(TYPE_SECRET, [])
         self._generation = 0
         self._changed = asyncio.Event()
         # Set by the composition root to the document watcher's check (replicas.py).
@@ -171,6 +174,17 @@ class SnapshotCache:
             self._bump()
         return True
 
+    def set_secret(self, name: str, secret: bytes) -> bool:
+        """Publish the TLS secret ``name`` (a serialized, deterministic ``Secret``, served
+        over SDS); returns whether it changed."""
+        if self._secrets.raw.get(name) == secret:
+            return False
+        raw = {**self._secrets.raw, name: secret}
+        self._secrets = resources_from_bytes(TYPE_SECRET, list(raw.items()), self._secrets)
+        if self._base is not None:
+            self._bump()
+        return True
+
     def _merge_extensions(self) -> None:
         """The base's filter configurations and the published ones, as one resource set."""
         own = self._base.get(TYPE_EXTENSION_CONFIG).raw if self._base is not None else {}
@@ -194,6 +208,7 @@ class SnapshotCache:
             **self._base.resources,
             TYPE_LISTENER: listener,
             TYPE_EXTENSION_CONFIG: self._ecds,
+            TYPE_SECRET: self._secrets,
         }
         return dataclasses.replace(self._base, resources=resources)
 

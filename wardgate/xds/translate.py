@@ -18,6 +18,7 @@ import dataclasses
 from typing import Any
 
 from wardgate.domain.durations import format_duration, parse_duration
+from wardgate.xds.listener_tls import ListenerTls
 from wardgate.xds.local_guard import GuardOptions
 
 ROUTE_CONFIG_NAME = "wardgate_routes"
@@ -49,6 +50,8 @@ class TranslateOptions:
     max_request_bytes: int = 1 << 20
     # The local guard behind exact limits (local_guard.py).
     guard: GuardOptions = dataclasses.field(default_factory=GuardOptions)
+    # TLS on the listener (listener_tls.py); None: plain text.
+    tls: ListenerTls | None = None
 
 
 def envoy_duration(text: str) -> str:
