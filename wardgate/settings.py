@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from wardgate.domain.doc_base import NAME_RE
 from wardgate.domain.durations import parse_duration
 from wardgate.errors import SettingsError
 
@@ -78,8 +79,15 @@ class Settings:
     # and takes the __Host- prefix.
     tls_cert_file: str = ""
     tls_key_file: str = ""
+    # ... or the name of a Secret document (wardgate secrets put), served the same way.
+    tls_secret: str = ""
     # Plain-text HTTP on the listener's port answers 301 to https (else such connections close).
     tls_redirect_http: bool = False
+
+    @property
+    def listener_tls(self) -> bool:
+        """Whether Envoy's listener speaks TLS (from files or a Secret document)."""
+        return bool(self.tls_cert_file or self.tls_secret)
 
     @property
     def advertised_http_port(self) -> int:
@@ -231,7 +239,11 @@ def _with_tls(settings: Settings) -> Settings:
         raise SettingsError(
             "TLS on the listener needs both WARDGATE_TLS_CERT_FILE and WARDGATE_TLS_KEY_FILE"
         )
-    if not settings.tls_cert_file:
+    if settings.tls_secret and settings.tls_cert_file:
+        raise SettingsError("WARDGATE_TLS_SECRET or WARDGATE_TLS_CERT_FILE/KEY_FILE, not both")
+    if settings.tls_secret and not re.fullmatch(NAME_RE, settings.tls_secret):
+        raise SettingsError(f"WARDGATE_TLS_SECRET: {settings.tls_secret!r} is not a document name")
+    if not settings.listener_tls:
         if settings.tls_redirect_http:
             raise SettingsError("WARDGATE_TLS_REDIRECT_HTTP needs TLS on the listener")
         return settings

@@ -85,8 +85,11 @@ def translate_options(settings: Settings) -> TranslateOptions:
         guard=GuardOptions(
             burst=settings.ratelimit_guard_burst, clients=settings.ratelimit_guard_clients
         ),
-        tls=ListenerTls(redirect_http=settings.tls_redirect_http)
-        if settings.tls_cert_file
+        tls=ListenerTls(
+            redirect_http=settings.tls_redirect_http,
+            secret=settings.tls_secret or LISTENER_SECRET,
+        )
+        if settings.listener_tls
         else None,
     )
 
@@ -188,6 +191,7 @@ class ControlPlane:
     status: StatusStore
     bans: BanPublisher
     listener_cert: ListenerCertificate | None = None  # TLS on the listener, from files
+    tls_secret: str = ""  # ... or from this Secret document
 
 
 def wire_control_plane(
@@ -236,7 +240,9 @@ def wire_control_plane(
             metrics=metrics,
             interval=settings.resync_interval,
         )
-    return ControlPlane(cache, NodeRegistry(), watcher, status, bans, listener_cert)
+    return ControlPlane(
+        cache, NodeRegistry(), watcher, status, bans, listener_cert, settings.tls_secret
+    )
 
 
 def wire_grpc(
@@ -297,6 +303,8 @@ def readiness(
             return False, eviction.problem
         if control.listener_cert is not None and control.listener_cert.problem:
             return False, control.listener_cert.problem
+        if control.tls_secret and not control.cache.has_secret(control.tls_secret):
+            return False, f"no valid Secret document {control.tls_secret} for the listener"
         try:
             with redis_errors():
                 await ping()

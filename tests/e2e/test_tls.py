@@ -5,6 +5,8 @@ certificate served without a restart (a bad one refused, the last good one kept)
 
 from __future__ import annotations
 
+import base64
+import json
 import shutil
 import socket
 import ssl
@@ -184,3 +186,59 @@ def test_a_renewed_certificate_is_served_without_a_restart_and_a_bad_one_is_refu
         assert http.get("/tls/pub/x").status_code == 200
     assert envoy.poll() is None  # the same Envoy all along
     _install(renewed, live)
+
+
+def test_a_secret_document_over_sds_rotated_by_the_cli(redis_url: str, tmp_path: Path) -> None:
+    """TLS from a Secret document (WARDGATE_TLS_SECRET): not ready until it exists, served
+    once put, rotated by putting a new one (no restart); a bad pair refused by the CLI and,
+    written raw, refused with the last good one still served; the key never printed."""
+    ca = TestCA(tmp_path / "ca")
+    env = {"WARDGATE_TLS_SECRET": "gw-cert", "WARDGATE_RESYNC_INTERVAL": "1s"}
+    s = _start_stack(tmp_path, redis_url, "wgtlsdoc:", extra_env=env)
+    try:
+        ready = f"http://127.0.0.1:{s.http_port}/readyz"
+        assert httpx.get(ready, timeout=5).status_code == 503  # no Secret yet
+        s.apply(route("tlsd-pub", "/tlsd/", "echo"))
+        first = ca.leaf("first", HOSTS)
+        put = s.cli("secrets", "put", "gw-cert", "--cert", str(first.cert), "--key", str(first.key))
+        assert put.returncode == 0, put.stderr
+        eventually(lambda: httpx.get(ready, timeout=5).status_code == 200, timeout=10)
+        eventually(lambda: _served_serial(s, ca) == first.serial, timeout=20)
+        with _client(s, ca) as http:
+            assert http.get("/tlsd/x").status_code == 200
+
+        second = ca.leaf("second", HOSTS)
+        args = ("secrets", "put", "gw-cert", "--cert", str(second.cert), "--key", str(second.key))
+        assert s.cli(*args).returncode == 0
+        eventually(lambda: _served_serial(s, ca) == second.serial, timeout=10)
+
+        # A key that is not the certificate's: refused by the CLI, nothing changes.
+        bad = s.cli(
+            "secrets", "put", "gw-cert", "--cert", str(first.cert), "--key", str(second.key)
+        )
+        assert bad.returncode != 0 and "not the key of the certificate" in bad.stderr
+        # Written raw: refused, the last good one stays in service.
+        raw = {"kind": "Secret", "name": "gw-cert", "certificate": "AAAA", "private_key": "AAAA"}
+        s.redis().hset("wgtlsdoc:secrets", "gw-cert", json.dumps(raw))
+        eventually(
+            lambda: "Secret/gw-cert" in json.loads(s.cli("status", "-o", "json").stdout)["refused"]
+        )
+        assert _served_serial(s, ca) == second.serial
+        assert s.cli(*args).returncode == 0  # repaired
+
+        key_text = second.key.read_text().split("\n")[1]
+        for shown in (
+            s.cli("get", "secrets", "-o", "json"),
+            s.cli("get", "secret", "gw-cert", "-o", "yaml"),
+            s.cli("get", "secrets"),
+            s.cli("history", "-o", "json"),
+        ):
+            assert shown.returncode == 0, shown.stderr
+            assert key_text not in shown.stdout
+            assert base64.b64encode(second.key.read_bytes()).decode()[:40] not in shown.stdout
+        assert "gw.test" in s.cli("get", "secrets").stdout
+    finally:
+        s.stop_all()
+        r = s.redis()
+        for key in r.scan_iter("wgtlsdoc:*"):
+            r.delete(key)

@@ -16,6 +16,7 @@ from wardgate.cli.descriptors import descriptors
 from wardgate.cli.documents import apply, delete, get, history, rollback, status, validate
 from wardgate.cli.identity import keys, sessions, users
 from wardgate.cli.registry import register
+from wardgate.cli.secrets import secrets
 from wardgate.cli.stack import bootstrap, seed_demo, serve, up
 
 __all__ = ["cli", "main"]
@@ -38,5 +39,6 @@ for _command in (
     bans,
     descriptors,
     seed_demo,
+    secrets,
 ):
     cli.add_command(_command)

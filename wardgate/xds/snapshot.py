@@ -132,6 +132,7 @@ class SnapshotCache:
         self._listeners: dict[NodeGroup, Resources] = {}
         self._extensions: dict[str, bytes] = {}  # name -> serialized TypedExtensionConfig
         self._ecds: Resources = resources_from_bytes(TYPE_EXTENSION_CONFIG, [])
+        self._published_secrets: dict[str, bytes] = {}  # name -> serialized Secret (files)
         self._secrets: Resources = resources_from_bytes(TYPE_SECRET, [])
         self._generation = 0
         self._changed = asyncio.Event()
@@ -160,6 +161,7 @@ class SnapshotCache:
             return False
         self._base = snapshot
         self._merge_extensions()
+        self._merge_secrets()
         self._bump()
         return True
 
@@ -177,13 +179,23 @@ class SnapshotCache:
     def set_secret(self, name: str, secret: bytes) -> bool:
         """Publish the TLS secret ``name`` (a serialized, deterministic ``Secret``, served
         over SDS); returns whether it changed."""
-        if self._secrets.raw.get(name) == secret:
+        if self._published_secrets.get(name) == secret:
             return False
-        raw = {**self._secrets.raw, name: secret}
-        self._secrets = resources_from_bytes(TYPE_SECRET, list(raw.items()), self._secrets)
+        self._published_secrets[name] = secret
+        self._merge_secrets()
         if self._base is not None:
             self._bump()
         return True
+
+    def _merge_secrets(self) -> None:
+        """The base's secrets (Secret documents) and the published ones, as one set."""
+        own = self._base.get(TYPE_SECRET).raw if self._base is not None else {}
+        self._secrets = resources_from_bytes(
+            TYPE_SECRET, [*own.items(), *self._published_secrets.items()], self._secrets
+        )
+
+    def has_secret(self, name: str) -> bool:
+        return name in self._secrets.items
 
     def _merge_extensions(self) -> None:
         """The base's filter configurations and the published ones, as one resource set."""
