@@ -14,6 +14,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.inproc_cli import apply as cli_apply
+from tests.inproc_cli import run as cli
 from tests.jwks_server import JwksServer, jwks_server
 from tests.support import Stack, eventually, route
 from tests.tls_certs import TestCA
@@ -67,7 +69,8 @@ def test_keys_from_a_jwks_url_rotate_and_survive_a_failing_server(
     server.body = _jwks(("k1", k1))
     names = [("route", "ju-route"), ("issuer", "ju-corp")]
     try:
-        stack.apply(
+        cli_apply(
+            stack,
             _issuer("ju-corp", ISS, server.url, jwks_ca_file=str(ca.cert_file)),
             route("ju-route", "/ju/", "echo", auth={"require": "jwt"}),
         )
@@ -92,7 +95,7 @@ def test_keys_from_a_jwks_url_rotate_and_survive_a_failing_server(
             for status_code, body in ((500, b"oops"), (200, b"<html>"), (200, b'{"keys":[]}')):
                 server.status, server.body = status_code, body
                 hits = server.hits
-                eventually(lambda h=hits: server.hits >= h + 2, timeout=15)
+                eventually(lambda h=hits: server.hits >= h + 1, timeout=15)
                 assert status(_token("k2", k2)) == 200
             # A key set forged in the token's own header is no key set.
             forged = jwt.encode(
@@ -104,7 +107,7 @@ def test_keys_from_a_jwks_url_rotate_and_survive_a_failing_server(
             assert status(forged) == 401
     finally:
         for kind, name in names:
-            stack.cli("delete", kind, name)
+            cli(stack, "delete", kind, name)
 
 
 def test_a_server_the_ca_does_not_vouch_for_or_that_redirects_gives_no_keys(
@@ -121,13 +124,14 @@ def test_a_server_the_ca_does_not_vouch_for_or_that_redirects_gives_no_keys(
             _issuer("ju-redirect", "https://redirect.idp.test", plain.url),
         ]
         try:
-            stack.apply(
+            cli_apply(
+                stack,
                 *issuers,
                 route("ju-route2", "/ju2/", "echo", auth={"require": "jwt"}),
             )
 
             def refused() -> dict[str, str]:
-                out = stack.cli("status", "-o", "json")
+                out = cli(stack, "status", "-o", "json")
                 found: dict[str, str] = json.loads(out.stdout)["refused"]
                 return found
 
@@ -148,6 +152,6 @@ def test_a_server_the_ca_does_not_vouch_for_or_that_redirects_gives_no_keys(
                     got = http.get("/ju2/x", headers={"authorization": f"Bearer {token}"})
                     assert got.status_code == 401
         finally:
-            stack.cli("delete", "route", "ju-route2")
+            cli(stack, "delete", "route", "ju-route2")
             for doc in issuers:
-                stack.cli("delete", "issuer", doc["name"])
+                cli(stack, "delete", "issuer", doc["name"])

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.inproc_cli import apply as cli_apply
 from tests.support import Stack, eventually, new_stack, route, service
 from wardgate import devstack
 from wardgate.envoy_proc import find_envoy, render_bootstrap
@@ -87,14 +88,17 @@ def test_an_envoy_moving_to_a_lagging_replica_never_gets_an_older_snapshot(
 ) -> None:
     a, b = replicas
     mode = "delta" if delta else "sotw"
-    a.apply(service("echo", a.upstream_port), route("rep", "/rep/", "echo", rewrite_prefix="/v1/"))
+    cli_apply(
+        a, service("echo", a.upstream_port), route("rep", "/rep/", "echo", rewrite_prefix="/v1/")
+    )
     envoy = _envoy_on_both(a, [a.grpc_port, b.grpc_port], delta=delta)
     with a.client() as http:
         eventually(lambda: _path_seen(http) == "/v1/x", timeout=15)  # served by A
         # B starts now (the Envoy already streams from A), reads the same documents, then
         # hears nothing more: no keyspace events, a re-read once a day.
         b.start_wardgate(extra_env={"WARDGATE_RESYNC_INTERVAL": "1d"})
-        eventually(lambda: b.cli("status", "-o", "json").returncode == 0, timeout=10)
+        ready = f"http://127.0.0.1:{b.http_port}/readyz"
+        eventually(lambda: httpx.get(ready, timeout=5).status_code == 200, timeout=10)
         r = a.redis()
         r.config_set("notify-keyspace-events", "")
         changed = route("rep", "/rep/", "echo", rewrite_prefix="/v2/")

@@ -19,6 +19,8 @@ import pytest
 from cryptography import x509
 
 from tests.conftest import _start_stack
+from tests.inproc_cli import apply as cli_apply
+from tests.inproc_cli import run as cli
 from tests.support import Stack, eventually, route
 from tests.tls_certs import Leaf, TestCA
 
@@ -43,7 +45,8 @@ def tls_stack(
     }
     s = _start_stack(work, redis_url, "wgtls:", extra_env=env)
     try:
-        s.apply(
+        cli_apply(
+            s,
             route("tls-pub", "/tls/pub", "echo"),
             route("tls-me", "/tls/me", "echo", auth={"require": "session"}),
         )
@@ -198,9 +201,11 @@ def test_a_secret_document_over_sds_rotated_by_the_cli(redis_url: str, tmp_path:
     try:
         ready = f"http://127.0.0.1:{s.http_port}/readyz"
         assert httpx.get(ready, timeout=5).status_code == 503  # no Secret yet
-        s.apply(route("tlsd-pub", "/tlsd/", "echo"))
+        cli_apply(s, route("tlsd-pub", "/tlsd/", "echo"))
         first = ca.leaf("first", HOSTS)
-        put = s.cli("secrets", "put", "gw-cert", "--cert", str(first.cert), "--key", str(first.key))
+        put = cli(
+            s, "secrets", "put", "gw-cert", "--cert", str(first.cert), "--key", str(first.key)
+        )
         assert put.returncode == 0, put.stderr
         eventually(lambda: httpx.get(ready, timeout=5).status_code == 200, timeout=10)
         eventually(lambda: _served_serial(s, ca) == first.serial, timeout=20)
@@ -209,34 +214,34 @@ def test_a_secret_document_over_sds_rotated_by_the_cli(redis_url: str, tmp_path:
 
         second = ca.leaf("second", HOSTS)
         args = ("secrets", "put", "gw-cert", "--cert", str(second.cert), "--key", str(second.key))
-        assert s.cli(*args).returncode == 0
+        assert cli(s, *args).returncode == 0
         eventually(lambda: _served_serial(s, ca) == second.serial, timeout=10)
 
         # A key that is not the certificate's: refused by the CLI, nothing changes.
-        bad = s.cli(
-            "secrets", "put", "gw-cert", "--cert", str(first.cert), "--key", str(second.key)
+        bad = cli(
+            s, "secrets", "put", "gw-cert", "--cert", str(first.cert), "--key", str(second.key)
         )
         assert bad.returncode != 0 and "not the key of the certificate" in bad.stderr
         # Written raw: refused, the last good one stays in service.
         raw = {"kind": "Secret", "name": "gw-cert", "certificate": "AAAA", "private_key": "AAAA"}
         s.redis().hset("wgtlsdoc:secrets", "gw-cert", json.dumps(raw))
         eventually(
-            lambda: "Secret/gw-cert" in json.loads(s.cli("status", "-o", "json").stdout)["refused"]
+            lambda: "Secret/gw-cert" in json.loads(cli(s, "status", "-o", "json").stdout)["refused"]
         )
         assert _served_serial(s, ca) == second.serial
-        assert s.cli(*args).returncode == 0  # repaired
+        assert cli(s, *args).returncode == 0  # repaired
 
         key_text = second.key.read_text().split("\n")[1]
         for shown in (
-            s.cli("get", "secrets", "-o", "json"),
-            s.cli("get", "secret", "gw-cert", "-o", "yaml"),
-            s.cli("get", "secrets"),
-            s.cli("history", "-o", "json"),
+            cli(s, "get", "secrets", "-o", "json"),
+            cli(s, "get", "secret", "gw-cert", "-o", "yaml"),
+            cli(s, "get", "secrets"),
+            cli(s, "history", "-o", "json"),
         ):
             assert shown.returncode == 0, shown.stderr
             assert key_text not in shown.stdout
             assert base64.b64encode(second.key.read_bytes()).decode()[:40] not in shown.stdout
-        assert "gw.test" in s.cli("get", "secrets").stdout
+        assert "gw.test" in cli(s, "get", "secrets").stdout
     finally:
         s.stop_all()
         r = s.redis()

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.inproc_cli import apply as cli_apply
+from tests.inproc_cli import run as cli
 from tests.jwks_server import jwks_server
 from tests.support import Stack, eventually, route
 from tests.tls_certs import TestCA
@@ -33,7 +35,8 @@ def test_upstream_tls_checks_the_name_and_the_ca(stack: Stack, tmp_path: Path) -
         port = int(backend.url.split(":")[2].split("/")[0])
         ca_file = str(ca.cert_file)
         try:
-            stack.apply(
+            cli_apply(
+                stack,
                 _tls_service("ut-good", port, sni="backend.test", ca_file=ca_file),
                 _tls_service("ut-wrong-name", port, sni="other.test", ca_file=ca_file),
                 _tls_service(
@@ -54,7 +57,7 @@ def test_upstream_tls_checks_the_name_and_the_ca(stack: Stack, tmp_path: Path) -
             stack.redis().hset(f"{stack.prefix}services", "ut-missing", json.dumps(missing))
 
             def refused() -> str:
-                out = json.loads(stack.cli("status", "-o", "json").stdout)["refused"]
+                out = json.loads(cli(stack, "status", "-o", "json").stdout)["refused"]
                 return str(out.get("Service/ut-missing", ""))
 
             assert "nonexistent.pem" in eventually(refused, timeout=10)
@@ -63,13 +66,13 @@ def test_upstream_tls_checks_the_name_and_the_ca(stack: Stack, tmp_path: Path) -
         finally:
             stack.redis().hdel(f"{stack.prefix}services", "ut-missing")
             for name in names[:4]:
-                stack.cli("delete", "route", name)
-                stack.cli("delete", "service", name)
+                cli(stack, "delete", "route", name)
+                cli(stack, "delete", "service", name)
 
 
 def test_wildcard_cors_origins_through_envoy(stack: Stack) -> None:
     cors = {"allow_origins": ["https://*.example.com"], "allow_methods": ["GET", "POST"]}
-    stack.apply(route("wc-cors", "/wc-cors/", "echo", cors=cors))
+    cli_apply(stack, route("wc-cors", "/wc-cors/", "echo", cors=cors))
     try:
         with stack.client() as http:
 
@@ -97,4 +100,4 @@ def test_wildcard_cors_origins_through_envoy(stack: Stack) -> None:
             simple = http.get("/wc-cors/x", headers={"origin": "https://a.b.example.com"})
             assert simple.headers["access-control-allow-origin"] == "https://a.b.example.com"
     finally:
-        stack.cli("delete", "route", "wc-cors")
+        cli(stack, "delete", "route", "wc-cors")
