@@ -29,6 +29,7 @@ def render_bootstrap(
     wardgate_port: int,
     wardgate_host: str = "127.0.0.1",
     listen_address: str = "0.0.0.0",
+    admin_address: str = "127.0.0.1",
     delta: bool = False,
     compose_port: int = 0,
 ) -> str:
@@ -44,6 +45,7 @@ def render_bootstrap(
         NODE_ID=node_id,
         LISTEN_ADDRESS=listen_address,
         LISTEN_PORT=listen_port,
+        ADMIN_ADDRESS=admin_address,
         ADMIN_PORT=admin_port,
         COMPOSE_PORT=compose_port,
         WARDGATE_HOST=wardgate_host,

@@ -52,6 +52,9 @@ class Metrics:
     cache_stores: Counter
     compose_answers: Counter
     compose_parts: Counter
+    jwks_fetches: Counter
+    xds_stream_checks: Counter
+    tls_certificate_loads: Counter
     # Collectors computed when /metrics is read (e.g. the top rate-limited clients), in
     # multiprocess mode too.
     collectors: list[Any] = dataclasses.field(default_factory=list)
@@ -255,6 +258,29 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
             "Composition parts by result: ok, timeout, unreachable, too_large, not_json, "
             "status_4xx, status_5xx, no_value.",
             ["route", "part", "result"],
+            registry=r,
+        ),
+        jwks_fetches=Counter(
+            "wardgate_jwks_fetches_total",
+            "Fetches of Issuers' jwks_url by result: ok (new keys), unchanged, failed (kept "
+            "the last keys, if any), unusable (no usable key in the answer; last keys kept).",
+            ["result"],
+            registry=r,
+        ),
+        xds_stream_checks=Counter(
+            "wardgate_xds_stream_checks_total",
+            "New ADS streams by how the snapshot was checked against the store before the "
+            "first answer: current, synced (this replica was behind and caught up), "
+            "unavailable (store unreachable and the Envoy has configuration: stream refused).",
+            ["result"],
+            registry=r,
+        ),
+        tls_certificate_loads=Counter(
+            "wardgate_tls_certificate_loads_total",
+            "Reads of the listener's certificate and key files by result: changed (a new pair "
+            "published over SDS), unchanged, refused (unreadable or unusable; the last good "
+            "pair stays).",
+            ["result"],
             registry=r,
         ),
     )

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from wardgate.domain.doc_base import NAME_RE
 from wardgate.domain.durations import parse_duration
 from wardgate.errors import SettingsError
 
@@ -100,6 +101,20 @@ class Settings:
     # host:port of an OTLP/gRPC receiver: Envoy and wardgate export spans there (empty: off).
     otlp_endpoint: str = ""
     trace_sampling: float = 100.0  # percent of requests Envoy traces
+    # TLS on Envoy's listener: PEM files that wardgate reads (re-read every resync_interval)
+    # and serves to Envoy over SDS. Both or neither. With TLS the session cookie is Secure
+    # and takes the __Host- prefix.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    # ... or the name of a Secret document (wardgate secrets put), served the same way.
+    tls_secret: str = ""
+    # Plain-text HTTP on the listener's port answers 301 to https (else such connections close).
+    tls_redirect_http: bool = False
+
+    @property
+    def listener_tls(self) -> bool:
+        """Whether Envoy's listener speaks TLS (from files or a Secret document)."""
+        return bool(self.tls_cert_file or self.tls_secret)
 
     @property
     def advertised_http_port(self) -> int:
@@ -257,7 +272,7 @@ def load_settings(
     for name, raw in overrides.items():
         if raw is not None:
             values[name] = _coerce(fields[name], raw)
-    settings = Settings(**values)
+    settings = _with_tls(Settings(**values))
     if settings.session_cookie.startswith("__Host-") and not settings.cookie_secure:
         raise SettingsError(
             "setting session_cookie: a __Host- cookie needs WARDGATE_COOKIE_SECURE=true"
@@ -284,3 +299,24 @@ def load_settings(
     if not settings.key_prefix:
         raise SettingsError("setting key_prefix (WARDGATE_KEY_PREFIX) must not be empty")
     return settings
+
+
+def _with_tls(settings: Settings) -> Settings:
+    """TLS settings checked together; with TLS, the session cookie is Secure and named with
+    the __Host- prefix (host-only, Path=/, never set over plain text by anyone)."""
+    if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
+        raise SettingsError(
+            "TLS on the listener needs both WARDGATE_TLS_CERT_FILE and WARDGATE_TLS_KEY_FILE"
+        )
+    if settings.tls_secret and settings.tls_cert_file:
+        raise SettingsError("WARDGATE_TLS_SECRET or WARDGATE_TLS_CERT_FILE/KEY_FILE, not both")
+    if settings.tls_secret and not re.fullmatch(NAME_RE, settings.tls_secret):
+        raise SettingsError(f"WARDGATE_TLS_SECRET: {settings.tls_secret!r} is not a document name")
+    if not settings.listener_tls:
+        if settings.tls_redirect_http:
+            raise SettingsError("WARDGATE_TLS_REDIRECT_HTTP needs TLS on the listener")
+        return settings
+    name = settings.session_cookie
+    if not name.startswith(("__Host-", "__Secure-")):
+        name = "__Host-" + name
+    return dataclasses.replace(settings, session_cookie=name, cookie_secure=True)

@@ -43,6 +43,7 @@ from wardgate.extproc.refusal_report import report_refused_clients
 from wardgate.files import read_bounded_file
 from wardgate.http.app import create_app
 from wardgate.http.registry import add_registry_routes
+from wardgate.jwks_fetch import fetch_jwks
 from wardgate.metrics import Metrics, StatsMetrics, create_stats_metrics
 from wardgate.settings import Settings
 from wardgate.stats.als import AccessLogService
@@ -79,7 +80,10 @@ from wardgate.xds.bans import BanPublisher
 from wardgate.xds.build import SnapshotBuilder
 from wardgate.xds.extproc import ComposeAddress, compose_listener
 from wardgate.xds.issuers import IssuerLoader
+from wardgate.xds.jwks_cache import JwksCache
 from wardgate.xds.listener import build_listener
+from wardgate.xds.listener_secrets import ListenerCertificate
+from wardgate.xds.listener_tls import LISTENER_SECRET, ListenerTls
 from wardgate.xds.local_guard import GuardOptions
 from wardgate.xds.node_report import report_nodes
 from wardgate.xds.nodes import NodeRegistry
@@ -113,6 +117,12 @@ def translate_options(settings: Settings) -> TranslateOptions:
         else None,
         tracing=TracingOptions(endpoint=settings.otlp_endpoint, sampling=settings.trace_sampling)
         if settings.otlp_endpoint
+        else None,
+        tls=ListenerTls(
+            redirect_http=settings.tls_redirect_http,
+            secret=settings.tls_secret or LISTENER_SECRET,
+        )
+        if settings.listener_tls
         else None,
     )
 
@@ -221,6 +231,8 @@ class ControlPlane:
     watcher: DocumentWatcher
     status: StatusStore
     bans: BanPublisher
+    listener_cert: ListenerCertificate | None = None  # TLS on the listener, from files
+    tls_secret: str = ""  # ... or from this Secret document
 
 
 def wire_control_plane(
@@ -230,21 +242,46 @@ def wire_control_plane(
     options = translate_options(settings)
     cache = SnapshotCache(listener_factory=lambda g: listeners(g, options))
     status = RedisStatusStore(redis=redis.control, keys=keys)
+    jwks_urls = JwksCache(
+        fetch=lambda url, ca_file: fetch_jwks(url, ca_file=ca_file),
+        metrics=metrics,
+        clock=time.monotonic,
+    )
     watcher = DocumentWatcher(
         source=RedisDocumentSource(redis=redis.control, keys=keys),
         builder=SnapshotBuilder(options),
         publisher=cache,
         refused=RefusedReport(status=status, metrics=metrics),
-        issuers=IssuerLoader(holder=issuers, environ=os.environ, read_file=read_bounded_file),
+        issuers=IssuerLoader(
+            holder=issuers,
+            environ=os.environ,
+            read_file=read_bounded_file,
+            jwks_urls=jwks_urls,
+        ),
         metrics=metrics,
         resync_interval=settings.resync_interval,
     )
+    jwks_urls.on_change = watcher.wake  # new keys: load the issuers again at once
+    cache.freshness = watcher.ensure_current  # replicas: a new stream never goes back
     bans = BanPublisher(
         store=RedisBanStore(redis=redis.control, keys=keys),
         publish=cache.set_extension,
         metrics=metrics,
     )
-    return ControlPlane(cache, NodeRegistry(), watcher, status, bans)
+    listener_cert = None
+    if settings.tls_cert_file:
+        listener_cert = ListenerCertificate(
+            name=LISTENER_SECRET,
+            cert_file=settings.tls_cert_file,
+            key_file=settings.tls_key_file,
+            publish=cache.set_secret,
+            read_file=read_bounded_file,
+            metrics=metrics,
+            interval=settings.resync_interval,
+        )
+    return ControlPlane(
+        cache, NodeRegistry(), watcher, status, bans, listener_cert, settings.tls_secret
+    )
 
 
 def listeners(group: NodeGroup, options: TranslateOptions) -> list[Message]:
@@ -349,6 +386,10 @@ def readiness(
             return False, f"configuration not updating: {control.watcher.last_error}"
         if eviction is not None and eviction.problem:
             return False, eviction.problem
+        if control.listener_cert is not None and control.listener_cert.problem:
+            return False, control.listener_cert.problem
+        if control.tls_secret and not control.cache.has_secret(control.tls_secret):
+            return False, f"no valid Secret document {control.tls_secret} for the listener"
         try:
             with redis_errors():
                 await ping()
@@ -429,6 +470,7 @@ def background_tasks(
         "eviction": eviction.run,
         "watcher": control.watcher.run,
         "bans": control.bans.run,
+        **({"listener-tls": control.listener_cert.run} if control.listener_cert else {}),
         "node-status": lambda: report_nodes(control.nodes, control.status, worker),
         "refusals": lambda: report_refused_clients(limits.service, limits.refusals, metrics),
         "revocations": lambda: listen_for_revocations(

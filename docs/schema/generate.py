@@ -1,4 +1,4 @@
-"""Write the JSON Schema of the Route, Service, Issuer and Descriptor documents next to this
+"""Write the JSON Schema of the Route, Service, Issuer, Descriptor and Secret documents next to this
 file.
 
 Run from anywhere with wardgate importable:  python docs/schema/generate.py
@@ -15,16 +15,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from wardgate.domain.documents import Descriptor, Issuer, Route, Service
+from wardgate.domain.documents import Descriptor, Issuer, Route, Secret, Service
 
 HERE = Path(__file__).resolve().parent
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
-Model = type[Route] | type[Service] | type[Issuer] | type[Descriptor]
+Model = type[Route] | type[Service] | type[Issuer] | type[Descriptor] | type[Secret]
 MODELS: tuple[tuple[Model, str], ...] = (
     (Route, "route.schema.json"),
     (Service, "service.schema.json"),
     (Issuer, "issuer.schema.json"),
     (Descriptor, "descriptor.schema.json"),
+    (Secret, "secret.schema.json"),
 )
 
 

@@ -318,3 +318,36 @@ def test_unsubscribing_from_all_endpoints_never_holds_routes() -> None:
         assert changed.type_url == TYPE_ROUTE
 
     asyncio.run(with_server(test))
+
+
+def test_a_replica_that_cannot_check_the_store_refuses_a_reconnecting_envoy() -> None:
+    """An Envoy that already holds configuration (a version in its first request) is sent
+    away UNAVAILABLE when the snapshot cannot be checked against the store: what it has may
+    be newer than what this replica holds. An Envoy with nothing gets what is here."""
+
+    async def test(c: Client, cache: SnapshotCache, nodes: NodeRegistry, metrics: Any) -> None:
+        async def cannot_check(since: float) -> bool:
+            return False
+
+        cache.freshness = cannot_check
+        cache.set_base(Snapshot({TYPE_CLUSTER: clusters("a")}))
+        await c.send(TYPE_CLUSTER, version="some-version-from-another-replica")
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await c.call.wait_for_connection()
+            await c.reader
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "confirm" in (refused.value.details() or "")
+
+    async def fresh_envoy(
+        c: Client, cache: SnapshotCache, nodes: NodeRegistry, metrics: Any
+    ) -> None:
+        async def cannot_check(since: float) -> bool:
+            return False
+
+        cache.freshness = cannot_check
+        cache.set_base(Snapshot({TYPE_CLUSTER: clusters("a")}))
+        await c.send(TYPE_CLUSTER)
+        assert len((await c.recv()).resources) == 1
+
+    asyncio.run(with_server(test))
+    asyncio.run(with_server(fresh_envoy))

@@ -52,5 +52,5 @@ def _versions(seed: str) -> dict[str, str]:
 
 def test_versions_do_not_depend_on_the_process() -> None:
     first, second = _versions("1"), _versions("2")
-    assert len(first) == 6  # five resource types (transcoder config included) and the listener
+    assert len(first) == 7  # six resource types (transcoder config, secrets) and the listener
     assert first == second

@@ -18,7 +18,8 @@ from wardgate.cli.descriptors import descriptors
 from wardgate.cli.documents import apply, delete, get, history, rollback, status, validate
 from wardgate.cli.identity import keys, sessions, users
 from wardgate.cli.registry import register
-from wardgate.cli.stack import bootstrap, serve, up
+from wardgate.cli.secrets import secrets
+from wardgate.cli.stack import bootstrap, seed_demo, serve, up
 from wardgate.cli.stats import top, usage
 
 __all__ = ["cli", "main"]
@@ -43,5 +44,7 @@ for _command in (
     usage,
     top,
     cache,
+    seed_demo,
+    secrets,
 ):
     cli.add_command(_command)

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ import yaml
 
 from wardgate.cli.base import CliError, redis_for, run_async
 from wardgate.domain.catalog import Change, parse_stored, plan_apply, plan_delete, plan_restore
-from wardgate.domain.documents import Document, parse_document
+from wardgate.domain.documents import Document, Secret, parse_document
 from wardgate.errors import DocumentError
 from wardgate.store.documents import RedisDocumentStore
 from wardgate.store.status import RedisStatusStore
@@ -29,6 +30,8 @@ KIND_NAMES = {
     "issuers": "Issuer",
     "descriptor": "Descriptor",
     "descriptors": "Descriptor",
+    "secret": "Secret",
+    "secrets": "Secret",
 }
 
 
@@ -90,7 +93,16 @@ def _as_yaml(text: str | None) -> list[str]:
         data = json.loads(text)
     except json.JSONDecodeError:
         return text.splitlines(keepends=True)
-    return yaml.safe_dump(data, sort_keys=True).splitlines(keepends=True)
+    return yaml.safe_dump(redacted(data), sort_keys=True).splitlines(keepends=True)
+
+
+def redacted(doc: Any) -> Any:
+    """A document as the CLI may print it: a Secret's private key replaced by a digest (a
+    change still shows, the key never does)."""
+    if isinstance(doc, dict) and doc.get("kind") == "Secret" and "private_key" in doc:
+        digest = hashlib.sha256(str(doc["private_key"]).encode()).hexdigest()[:12]
+        return {**doc, "private_key": f"(redacted, sha256 {digest})"}
+    return doc
 
 
 def print_changes(changes: list[Change], *, dry_run: bool, revision: int | None = None) -> None:
@@ -137,7 +149,9 @@ def validate(paths: tuple[str, ...]) -> None:
 def _kind(word: str) -> str:
     kind = KIND_NAMES.get(word.lower())
     if kind is None:
-        raise CliError(f"unknown kind {word!r}: use routes, services, issuers or descriptors")
+        raise CliError(
+            f"unknown kind {word!r}: use routes, services, issuers, descriptors or secrets"
+        )
     return kind
 
 
@@ -145,11 +159,16 @@ def _shown(kind: str, name: str, text: str) -> dict[str, Any]:
     """A stored document as it is shown: as stored when valid; otherwise its kind, name,
     why it is refused and its text (bytes that are not UTF-8 as ``\\x`` escapes)."""
     try:
-        parse_stored(kind, name, text)
-        shown: dict[str, Any] = json.loads(text)
+        parsed = parse_stored(kind, name, text)
+        shown: dict[str, Any] = redacted(json.loads(text))
+        if isinstance(parsed, Secret):  # what the certificate says, for the table
+            shown["subject"] = parsed.info.subject
+            shown["not_after"] = parsed.info.not_after.isoformat()
         return shown
     except DocumentError as exc:
         readable = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        if kind == "Secret":  # it may hold a key, however broken
+            readable = "(not shown: a Secret)"
         return {"kind": kind, "name": name, "refused": exc.reason, "stored": readable}
 
 
@@ -158,6 +177,7 @@ _HEADERS = {
     "Service": ["NAME", "PROTOCOL", "ENDPOINTS"],
     "Issuer": ["NAME", "ISSUER", "AUDIENCES", "KEYS"],
     "Descriptor": ["NAME", "SIZE"],
+    "Secret": ["NAME", "SUBJECT", "NOT AFTER"],
 }
 
 
@@ -180,6 +200,8 @@ def _summary(kind: str, doc: dict[str, Any]) -> list[str]:
     if kind == "Descriptor":
         size = len(doc.get("descriptor_set", "")) * 3 // 4
         return [doc["name"], f"{size} bytes"]
+    if kind == "Secret":
+        return [doc["name"], doc.get("subject", ""), doc.get("not_after", "")]
     if kind == "Issuer":
         source = next(
             (f"{k}" for k in ("jwks_file", "jwks", "hs256_secret_env") if doc.get(k)), "-"
@@ -242,6 +264,10 @@ async def history(ctx: click.Context, output: str, count: int) -> None:
     async with redis_for(ctx) as (redis, keys):
         rows = await RedisDocumentStore(redis=redis, keys=keys).history(count)
     if output == "json":
+        for row in rows:  # a Secret's earlier text holds its key: never printed
+            for change in row["changes"]:
+                if change.get("kind") == "Secret" and change.get("before") is not None:
+                    change["before"] = json.dumps(redacted(json.loads(change["before"])))
         click.echo(json.dumps(rows, indent=2))
         return
     for row in rows:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import os
 import secrets
 import signal
@@ -27,6 +28,7 @@ from wardgate.domain.documents import Document, Service
 from wardgate.domain.passwords import hash_password
 from wardgate.domain.ports import UserRecord
 from wardgate.envoy_proc import render_bootstrap
+from wardgate.errors import StoreError
 from wardgate.store.documents import RedisDocumentStore
 from wardgate.store.keys import Keys
 from wardgate.store.redis_client import connect
@@ -120,21 +122,36 @@ class _Processes:
             devstack.stop(p)
 
 
-def _demo_documents(examples: Path, ports: UpPorts) -> list[Document]:
-    """The documents in ``examples``, the demo services moved to the demo upstreams' ports."""
-    moved = {DEMO_UPSTREAM_PORT: ports.upstream, DEMO_GRPC_PORT: ports.grpc_upstream}
+Moves = dict[int, tuple[str, int]]  # demo port -> (address, port) it really is at
+
+
+def _demo_documents(examples: Path, moves: Moves) -> list[Document]:
+    """The documents in ``examples``, the demo services moved to where the demo upstreams
+    really are (``moves``: by the port written in ``examples``)."""
     shifted: list[Document] = []
     for d in read_documents((str(examples),)):
         if isinstance(d, Service) and d.endpoints:
-            eps = [e.model_copy(update={"port": moved.get(e.port, e.port)}) for e in d.endpoints]
+            eps = [
+                e.model_copy(update=dict(zip(("address", "port"), moves[e.port], strict=True)))
+                if e.port in moves
+                else e
+                for e in d.endpoints
+            ]
             d = d.model_copy(update={"endpoints": eps})
         shifted.append(d)
     return shifted
 
 
-async def _seed(redis_url: str, examples: Path, ports: UpPorts) -> None:
+def _moves(ports: UpPorts) -> Moves:
+    return {
+        DEMO_UPSTREAM_PORT: ("127.0.0.1", ports.upstream),
+        DEMO_GRPC_PORT: ("127.0.0.1", ports.grpc_upstream),
+    }
+
+
+async def _seed(redis_url: str, examples: Path, moves: Moves) -> None:
     """Apply the demo documents and create the demo users that do not exist yet."""
-    docs = _demo_documents(examples, ports)
+    docs = _demo_documents(examples, moves)
     redis = connect(redis_url, timeout=5.0, name="wardgate-up")
     try:
         keys = Keys(os.environ.get("WARDGATE_KEY_PREFIX", "wardgate:"))
@@ -261,7 +278,7 @@ def up(
     try:
         redis_url = given_redis_url or _start_redis(procs, ports)
         _start_upstreams(procs, ports)
-        asyncio.run(_seed(redis_url, Path(examples), ports))
+        asyncio.run(_seed(redis_url, Path(examples), _moves(ports)))
         # The registry's heartbeats need a token: one for this run, printed below.
         registry_token = os.environ.get("WARDGATE_REGISTRY_TOKEN") or secrets.token_urlsafe(24)
         _start_wardgate(procs, ports, redis_url, registry_token)
@@ -320,6 +337,13 @@ Ctrl-C stops everything.
     type=click.IntRange(0, 65535),
     help="Envoy's compose listener on 127.0.0.1 (composition parts); 0: none.",
 )
+@click.option(
+    "--admin-address",
+    default="127.0.0.1",
+    show_default=True,
+    callback=lambda _c, _p, v: _ip_address(v),
+    help="Where Envoy's admin port binds (it can stop Envoy: never a public address).",
+)
 @click.option("--delta", is_flag=True, help="Incremental xDS (DELTA_GRPC).")
 def bootstrap(
     node_id: str,
@@ -328,6 +352,7 @@ def bootstrap(
     wardgate_host: str,
     wardgate_port: int,
     compose_port: int,
+    admin_address: str,
     delta: bool,
 ) -> None:
     """Print an Envoy bootstrap that takes its configuration from wardgate."""
@@ -338,10 +363,57 @@ def bootstrap(
             admin_port=admin_port,
             wardgate_port=wardgate_port,
             wardgate_host=wardgate_host,
+            admin_address=admin_address,
             delta=delta,
             compose_port=compose_port,
         )
     )
+
+
+def _ip_address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an IP address") from None
+
+
+@click.command("seed-demo")
+@click.option(
+    "--upstream",
+    default=f"127.0.0.1:{DEMO_UPSTREAM_PORT}",
+    show_default=True,
+    help="HOST:PORT of the demo REST upstream.",
+)
+@click.option(
+    "--grpc-upstream",
+    default=f"127.0.0.1:{DEMO_GRPC_PORT}",
+    show_default=True,
+    help="HOST:PORT of the demo gRPC upstream.",
+)
+@click.option(
+    "--examples", type=click.Path(file_okay=False), default=str(EXAMPLES), show_default=True
+)
+@click.pass_context
+def seed_demo(ctx: click.Context, upstream: str, grpc_upstream: str, examples: str) -> None:
+    """Apply the demo documents (the demo services at --upstream and --grpc-upstream) and
+    create the demo users that do not exist yet, as `wardgate up` does."""
+    moves = {
+        DEMO_UPSTREAM_PORT: _host_port(upstream, "--upstream"),
+        DEMO_GRPC_PORT: _host_port(grpc_upstream, "--grpc-upstream"),
+    }
+    settings = settings_of(ctx)
+    try:
+        asyncio.run(_seed(settings.redis_url, Path(examples), moves))
+    except StoreError as exc:
+        raise CliError(str(exc)) from None
+    click.echo(f"demo documents applied; demo users: {', '.join(DEMO_USERS)}")
+
+
+def _host_port(value: str, flag: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise CliError(f"{flag}: {value!r} is not HOST:PORT")
+    return host, int(port)
 
 
 @click.command()

@@ -14,6 +14,7 @@ from wardgate.domain.documents import (
     Document,
     Issuer,
     Route,
+    Secret,
     Service,
     check_references,
     parse_document,
@@ -31,7 +32,7 @@ from wardgate.domain.transcoding import (
 from wardgate.errors import DocumentError, ReferenceError_
 
 # What routes use comes before them: issuers, descriptors and services, then routes.
-KIND_ORDER = ("Issuer", "Descriptor", "Service", "Route")
+KIND_ORDER = ("Secret", "Issuer", "Descriptor", "Service", "Route")
 # The documents as stored: kind -> name -> the JSON text.
 RawDocuments = dict[str, dict[str, str]]
 
@@ -43,6 +44,7 @@ class Catalog:
     refused: dict[str, str]  # "Kind/name" -> reason
     issuers: dict[str, Issuer] = dataclasses.field(default_factory=dict)
     descriptors: dict[str, Descriptor] = dataclasses.field(default_factory=dict)
+    secrets: dict[str, Secret] = dataclasses.field(default_factory=dict)  # TLS, over SDS
 
     # For each served document, the JSON it was served from (the last good version).
     served: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
@@ -85,6 +87,7 @@ class Catalog:
             served=work.served,
             issuers=work.parsed["Issuer"],
             descriptors=work.parsed["Descriptor"],
+            secrets=work.parsed["Secret"],
         )
 
     @classmethod
@@ -104,7 +107,8 @@ class Catalog:
         the same answer (services or issuers changed, a service is being kept for the routes
         using it, too many changes): call ``from_raw``."""
         if any(
-            raw.get(k, {}) != previous_raw.get(k, {}) for k in ("Service", "Issuer", "Descriptor")
+            raw.get(k, {}) != previous_raw.get(k, {})
+            for k in ("Service", "Issuer", "Descriptor", "Secret")
         ):
             return None
         if any(k.startswith(("Service/", "Descriptor/")) for k in previous.refused):
@@ -155,6 +159,7 @@ class Catalog:
             served=served,
             issuers=previous.issuers,
             descriptors=previous.descriptors,
+            secrets=previous.secrets,
             changed=frozenset(("Route", n) for n in changed),
         )
 

@@ -16,7 +16,7 @@ from wardgate.domain.doc_base import (
     _Doc,
 )
 from wardgate.domain.durations import parse_duration
-from wardgate.domain.jwks import keys_from_jwks
+from wardgate.domain.jwks import check_jwks_url, keys_from_jwks
 
 ENV_NAME_RE = r"^[A-Z_][A-Z0-9_]{0,127}$"
 CLAIM_RE = r"^[A-Za-z0-9_.:/-]{1,128}$"
@@ -56,7 +56,35 @@ class Issuer(_Doc):
         description=(
             "Path of a JWKS file on each host running wardgate serve (no control "
             "characters), re-read every resync_interval; its RS256 and ES256 (P-256) signing "
-            "keys are used. Exactly one of jwks_file, jwks or hs256_secret_env."
+            "keys are used. Exactly one of jwks_file, jwks_url, jwks or hs256_secret_env."
+        ),
+    )
+    jwks_url: Text | None = Field(
+        default=None,
+        max_length=2048,
+        description=(
+            "URL of the issuer's JWKS (its jwks_uri), fetched by wardgate serve: https://, "
+            "or http:// to a loopback address only; no user info, no fragment, no control "
+            "characters. Refreshed every jwks_refresh; a fetch that fails or holds no usable "
+            "key keeps the last keys. Redirects are not followed; at most 1 MiB is read. "
+            "Exactly one of jwks_file, jwks_url, jwks or hs256_secret_env."
+        ),
+    )
+    jwks_ca_file: Text | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description=(
+            "PEM file of the certificate authorities that sign the jwks_url server's "
+            "certificate, on each host running wardgate serve. Unset: the system's trust "
+            "store. Only with jwks_url."
+        ),
+    )
+    jwks_refresh: str = Field(
+        default="5m",
+        description=(
+            "How often the jwks_url is fetched again, a duration from 1s to 1d. Default: 5m. "
+            "A failed fetch is tried again after at most 30s."
         ),
     )
     jwks: dict[str, Any] | None = Field(
@@ -64,7 +92,7 @@ class Issuer(_Doc):
         description=(
             'An inline JWKS ({"keys": [...]}) holding at least one RS256 or ES256 (P-256) '
             "signing key, checked when the document is validated. Exactly one of jwks_file, "
-            "jwks or hs256_secret_env."
+            "jwks_url, jwks or hs256_secret_env."
         ),
     )
     hs256_secret_env: str | None = Field(
@@ -72,7 +100,7 @@ class Issuer(_Doc):
         pattern=ENV_NAME_RE,
         description=(
             "Name of the environment variable of wardgate serve holding the HS256 shared "
-            "secret (32 characters or more). Exactly one of jwks_file, jwks or "
+            "secret (32 characters or more). Exactly one of jwks_file, jwks_url, jwks or "
             "hs256_secret_env."
         ),
     )
@@ -108,11 +136,30 @@ class Issuer(_Doc):
             raise ValueError("clock_skew is at most 10m")
         return value
 
+    @field_validator("jwks_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_jwks_url(value)
+        return value
+
+    @field_validator("jwks_refresh")
+    @classmethod
+    def _refresh(cls, value: str) -> str:
+        if not 1 <= parse_duration(value) <= 86400:
+            raise ValueError("jwks_refresh is from 1s to 1d")
+        return value
+
     @model_validator(mode="after")
     def _one_key_source(self) -> Issuer:
-        given = [k for k in ("jwks_file", "jwks", "hs256_secret_env") if getattr(self, k)]
+        sources = ("jwks_file", "jwks_url", "jwks", "hs256_secret_env")
+        given = [k for k in sources if getattr(self, k)]
         if len(given) != 1:
-            raise ValueError("an issuer needs exactly one of jwks_file, jwks or hs256_secret_env")
+            raise ValueError(
+                "an issuer needs exactly one of jwks_file, jwks_url, jwks or hs256_secret_env"
+            )
+        if self.jwks_ca_file is not None and self.jwks_url is None:
+            raise ValueError("jwks_ca_file goes with jwks_url only")
         if self.jwks is not None:
             keys_from_jwks(self.jwks)  # raises ValueError with the reason
         return self

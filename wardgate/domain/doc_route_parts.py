@@ -25,6 +25,11 @@ from wardgate.domain.doc_base import (
 )
 from wardgate.domain.durations import parse_period
 from wardgate.domain.grpc_api import SERVICE_NAME_RE
+from wardgate.domain.origin_patterns import (
+    EXACT_ORIGIN_PATTERN,
+    WILDCARD_ORIGIN_PATTERN,
+    check_origin,
+)
 
 
 class WeightedBackend(_Doc):
@@ -218,8 +223,7 @@ class RateLimit(_Doc):
         return int(parse_period(self.per))
 
 
-ORIGIN_PATTERN = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$"
-_ORIGIN = re.compile(ORIGIN_PATTERN)
+ORIGIN_PATTERN = EXACT_ORIGIN_PATTERN
 
 
 class Cors(_Doc):
@@ -227,12 +231,19 @@ class Cors(_Doc):
     (which answers preflights before RBAC, ext_authz and rate limiting)."""
 
     allow_origins: list[
-        Annotated[str, Field(json_schema_extra={"pattern": f"{ORIGIN_PATTERN}|^[*]$"})]
+        Annotated[
+            str,
+            Field(
+                json_schema_extra={"pattern": f"{ORIGIN_PATTERN}|{WILDCARD_ORIGIN_PATTERN}|^[*]$"}
+            ),
+        ]
     ] = Field(
         description=(
-            "Allowed origins: '*' alone, or origins such as https://app.example.com "
+            "Allowed origins: '*' alone, origins such as https://app.example.com "
             "(http(s)://host[:port]), compared exactly (Envoy allow_origin_string_match; '*' "
-            "becomes the regex '.*'). Origins other than '*' also pass the CSRF check."
+            "becomes the regex '.*'), or wildcard origins such as https://*.example.com ('*' "
+            "is one or more whole labels in front of a domain of two labels or more; scheme "
+            "and port fixed). Origins other than '*' also pass the CSRF check."
         )
     )
     allow_methods: list[MethodToken] | None = Field(
@@ -276,10 +287,10 @@ class Cors(_Doc):
     @classmethod
     def _origins(cls, value: list[str]) -> list[str]:
         for origin in value:
-            if origin != "*" and not _ORIGIN.fullmatch(origin):
-                raise ValueError(
-                    f"{shown(origin)} is not an origin such as https://app.example.com"
-                )
+            try:
+                check_origin(origin)
+            except ValueError as exc:
+                raise ValueError(f"{shown(origin)}: {exc}") from None
         return value
 
     _max_age = field_validator("max_age")(classmethod(lambda cls, v: v and _duration(v)))

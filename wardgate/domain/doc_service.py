@@ -18,6 +18,7 @@ from wardgate.domain.doc_base import (
     _duration,
     shown,
 )
+from wardgate.domain.doc_upstream_tls import UpstreamTls
 
 # The request target of a health check as sent on the wire: a path, maybe a query; URL
 # characters only (anything else percent-encoded). Envoy refuses a control character here by
@@ -257,6 +258,13 @@ class Service(_Doc):
     outlier_detection: OutlierDetection | None = Field(
         default=None,
         description="Ejection of failing hosts (Envoy outlier_detection). Unset: none.",
+    )
+    tls: UpstreamTls | None = Field(
+        default=None,
+        description=(
+            "TLS to the endpoints: {sni, ca_file}; the endpoint's certificate must name sni. "
+            "Unset: plain text."
+        ),
     )
 
     _ct = field_validator("connect_timeout")(classmethod(lambda cls, v: _duration(v)))

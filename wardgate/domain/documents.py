@@ -40,6 +40,7 @@ from wardgate.domain.doc_route_parts import (
     Transcode,
     WeightedBackend,
 )
+from wardgate.domain.doc_secret import Secret
 from wardgate.domain.doc_service import (
     CircuitBreaker,
     Endpoint,
@@ -71,6 +72,7 @@ __all__ = [
     "RateLimit",
     "Retries",
     "Route",
+    "Secret",
     "Service",
     "Transcode",
     "WeightedBackend",
@@ -83,12 +85,13 @@ __all__ = [
     "to_json_dict",
 ]
 
-Document = Route | Service | Issuer | Descriptor
-KINDS: dict[str, type[Route] | type[Service] | type[Issuer] | type[Descriptor]] = {
+Document = Route | Service | Issuer | Descriptor | Secret
+KINDS: dict[str, type[Route] | type[Service] | type[Issuer] | type[Descriptor] | type[Secret]] = {
     "Route": Route,
     "Service": Service,
     "Issuer": Issuer,
     "Descriptor": Descriptor,
+    "Secret": Secret,
 }
 
 

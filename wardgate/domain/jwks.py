@@ -7,8 +7,10 @@ neither.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from jwt import PyJWKSet
 from jwt.exceptions import InvalidKeyError, PyJWKError, PyJWKSetError
@@ -40,3 +42,35 @@ def keys_from_jwks(jwks: Mapping[str, Any]) -> list[SigningKey]:
     if not out:
         raise ValueError("jwks: no RS256 or ES256 signing key in the set")
     return out
+
+
+def check_jwks_url(url: str) -> None:
+    """ValueError unless ``url`` may be fetched for keys: https, or http to a loopback
+    address (anyone on the path of plain http could hand out keys); a host, no user info
+    (it would show in logs and status), no fragment, printable ASCII only."""
+    if not url.isascii() or not url.isprintable() or " " in url:
+        raise ValueError("printable ASCII without spaces only")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"not a URL: {exc}") from None
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError("an https:// URL with a host")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise ValueError("no user info (user:password@) in the URL")
+    if parts.fragment or url.endswith("#"):
+        raise ValueError("no fragment (#...)")
+    if port == 0:
+        raise ValueError("port 0")
+    if parts.scheme == "http" and not _loopback(parts.hostname):
+        raise ValueError("plain http only to a loopback address; use https")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

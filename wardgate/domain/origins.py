@@ -19,7 +19,8 @@ import re
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-DEFAULT_PORTS = {"http": 80, "https": 443}
+from wardgate.domain.origin_patterns import DEFAULT_PORTS, is_wildcard, parse_wildcard
+
 CSRF_CODE = "csrf"
 CSRF_MESSAGE = "cross-site request refused: Origin is not allowed"
 
@@ -99,4 +100,15 @@ def source_allowed(
         return False
     if source == web_origin(scheme, authority):
         return True
-    return any(source == origin_header(a) for a in allowed)
+    return any(_allows(a, source) for a in allowed)
+
+
+def _allows(allowed: str, source: WebOrigin) -> bool:
+    """Whether the allowed origin (exact or wildcard, ``origin_patterns.py``) is ``source``."""
+    if is_wildcard(allowed):
+        try:
+            pattern = parse_wildcard(allowed)
+        except ValueError:
+            return False
+        return pattern.allows(source.scheme, source.host, source.port)
+    return source == origin_header(allowed)

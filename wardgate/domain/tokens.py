@@ -166,10 +166,19 @@ def well_formed_api_key(key: str) -> bool:
     return bool(API_KEY_RE.fullmatch(key))
 
 
+def _no_urls(url: str) -> str:
+    raise OSError("key sets from URLs are not fetched here")
+
+
 def trusted_issuer(
-    doc: Issuer, *, environ: Mapping[str, str], read_text: Callable[[str], str]
+    doc: Issuer,
+    *,
+    environ: Mapping[str, str],
+    read_text: Callable[[str], str],
+    read_url: Callable[[str], str] = _no_urls,
 ) -> TrustedIssuer:
-    """The keys of an Issuer document, loaded; ValueError with the reason if they cannot be."""
+    """The keys of an Issuer document, loaded; ValueError with the reason if they cannot be.
+    ``read_text`` reads a ``jwks_file``, ``read_url`` gives a ``jwks_url``'s last key set."""
     keys: list[SigningKey] = []
     secret = None
     if doc.hs256_secret_env:
@@ -186,6 +195,12 @@ def trusted_issuer(
             data = jsontext.loads(read_text(doc.jwks_file))
         except (OSError, ValueError) as exc:
             raise ValueError(f"jwks_file {doc.jwks_file}: {exc}") from None
+        keys = keys_from_jwks(data)
+    elif doc.jwks_url:
+        try:
+            data = jsontext.loads(read_url(doc.jwks_url))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"jwks_url: {exc}") from None
         keys = keys_from_jwks(data)
     return TrustedIssuer(
         name=doc.name,

@@ -32,12 +32,18 @@ class Keys:
     def descriptors(self) -> str:
         return f"{self.prefix}descriptors"
 
+    @property
+    def secrets(self) -> str:
+        """TLS certificates and keys (Secret documents): private keys; protect Redis."""
+        return f"{self.prefix}secrets"
+
     def documents(self, kind: str) -> str:
         return {
             "Route": self.routes,
             "Service": self.services,
             "Issuer": self.issuers,
             "Descriptor": self.descriptors,
+            "Secret": self.secrets,
         }[kind]
 
     def last_good(self, kind: str) -> str:

@@ -14,6 +14,7 @@ from wardgate.xds.delta import delta_stream
 from wardgate.xds.nodes import NodeRegistry
 from wardgate.xds.ports import ConfigWatcher
 from wardgate.xds.sotw import sotw_stream
+from wardgate.xds.stream import CannotConfirmCurrent
 
 
 class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
@@ -37,13 +38,19 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
-        async for response in sotw_stream(request_iterator, **self._kw):  # type: ignore[arg-type]
-            yield response
+        try:
+            async for response in sotw_stream(request_iterator, **self._kw):  # type: ignore[arg-type]
+                yield response
+        except CannotConfirmCurrent as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
 
     async def DeltaAggregatedResources(
         self,
         request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
-        async for response in delta_stream(request_iterator, **self._kw):  # type: ignore[arg-type]
-            yield response
+        try:
+            async for response in delta_stream(request_iterator, **self._kw):  # type: ignore[arg-type]
+                yield response
+        except CannotConfirmCurrent as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))

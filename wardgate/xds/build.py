@@ -19,10 +19,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from wardgate.domain.catalog import Catalog, ParseMemo, RawDocuments
-from wardgate.domain.documents import Route, Service
+from wardgate.domain.documents import Route, Secret, Service
 from wardgate.domain.registry import Instance
 from wardgate.errors import DocumentError
 from wardgate.xds.assemble import Base, TranslationError, Translator
+from wardgate.xds.listener_secrets import secret_bytes
 from wardgate.xds.snapshot import Resources, Snapshot, resources_from_bytes
 from wardgate.xds.translate import TranslateOptions
 from wardgate.xds.typeurls import (
@@ -31,6 +32,7 @@ from wardgate.xds.typeurls import (
     TYPE_EXTENSION_CONFIG,
     TYPE_ROUTE,
     TYPE_SCOPED_ROUTE,
+    TYPE_SECRET,
 )
 
 Endpoints = dict[str, list[tuple[str, int, int]]]  # service -> (address, port, weight)
@@ -162,6 +164,7 @@ class SnapshotBuilder:
         self._instances: dict[str, list[Instance]] = {}
         self._revision = 0
         self._resources: dict[str, Resources] = {}
+        self._secrets: dict[str, tuple[Secret, bytes]] = {}
 
     @property
     def catalog(self) -> Catalog | None:
@@ -245,6 +248,19 @@ class SnapshotBuilder:
         self._base = settled
         return self._snapshot()
 
+    def _secret_bytes(self) -> list[tuple[str, bytes]]:
+        """The Secret documents as SDS resources (an Envoy gets one only by asking for it by
+        name); a document's bytes are kept while it is the same object."""
+        secrets = self._catalog.secrets if self._catalog is not None else {}
+        memo: dict[str, tuple[Secret, bytes]] = {}
+        for name, doc in secrets.items():
+            known = self._secrets.get(name)
+            if known is None or known[0] is not doc:
+                known = (doc, secret_bytes(name, doc.certificate_pem, doc.private_key_pem))
+            memo[name] = known
+        self._secrets = memo
+        return [(name, data) for name, (_doc, data) in memo.items()]
+
     def _snapshot(self) -> Snapshot:
         assert self._base is not None
         base, before = self._base, self._resources
@@ -256,6 +272,7 @@ class SnapshotBuilder:
                 (TYPE_SCOPED_ROUTE, base.scope_bytes),
                 (TYPE_ROUTE, base.route_bytes),
                 (TYPE_EXTENSION_CONFIG, base.extension_bytes),
+                (TYPE_SECRET, self._secret_bytes()),
             )
         }
         return Snapshot(

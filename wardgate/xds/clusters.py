@@ -22,6 +22,7 @@ from wardgate.xds.translate import (
     socket_address,
 )
 from wardgate.xds.typeurls import N_HTTP_OPTIONS, T_HTTP_OPTIONS
+from wardgate.xds.upstream_tls import transport_socket
 
 LB_POLICIES = {
     "round_robin": "ROUND_ROBIN",
@@ -115,6 +116,8 @@ def build_cluster(svc: Service) -> cluster_pb2.Cluster:
             "base_ejection_time": envoy_duration(od.base_ejection_time),
             "max_ejection_percent": od.max_ejection_percent,
         }
+    if svc.tls is not None:
+        c["transport_socket"] = transport_socket(svc.tls, svc.protocol)
     return canonical.parse(c, cluster_pb2.Cluster())
 
 

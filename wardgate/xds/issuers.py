@@ -18,7 +18,9 @@ import concurrent.futures
 from collections.abc import Callable, Iterable, Mapping
 
 from wardgate.domain.documents import Issuer
+from wardgate.domain.durations import parse_duration
 from wardgate.domain.tokens import IssuerHolder, JwtVerifier, TrustedIssuer, trusted_issuer
+from wardgate.xds.jwks_cache import JwksCache
 
 
 class IssuerLoader:
@@ -29,7 +31,9 @@ class IssuerLoader:
         environ: Mapping[str, str],
         read_file: Callable[[str], str],
         read_timeout: float = 2.0,
+        jwks_urls: JwksCache | None = None,
     ) -> None:
+        self._jwks_urls = jwks_urls
         self._holder = holder
         self._environ = environ
         self._read_file = read_file
@@ -41,7 +45,8 @@ class IssuerLoader:
 
     @property
     def has_key_files(self) -> bool:
-        return any(doc.jwks_file for doc in self._docs.values())
+        """Whether keys may change without their documents (files, URLs): re-load often."""
+        return any(doc.jwks_file or doc.jwks_url for doc in self._docs.values())
 
     async def load(self, issuers: Mapping[str, Issuer], *, force: bool = False) -> dict[str, str]:
         """Give the holder a verifier for ``issuers``; returns the issuers refused and why.
@@ -50,9 +55,16 @@ class IssuerLoader:
         if not force and not self.refused and dict(issuers) == self._docs:
             return self.refused
         files = await self._read_files(d.jwks_file for d in issuers.values() if d.jwks_file)
+        urls = await self._fetched(d for d in issuers.values() if d.jwks_url)
 
         def read_text(path: str) -> str:
             found = files[path]
+            if isinstance(found, Exception):
+                raise found
+            return found
+
+        def read_url(url: str) -> str:
+            found = urls[url]
             if isinstance(found, Exception):
                 raise found
             return found
@@ -67,7 +79,11 @@ class IssuerLoader:
                 )
                 continue
             try:
-                trusted.append(trusted_issuer(doc, environ=self._environ, read_text=read_text))
+                trusted.append(
+                    trusted_issuer(
+                        doc, environ=self._environ, read_text=read_text, read_url=read_url
+                    )
+                )
                 by_iss[doc.issuer] = name
             except ValueError as exc:
                 refused[f"Issuer/{name}"] = str(exc)
@@ -75,6 +91,27 @@ class IssuerLoader:
         self._docs = dict(issuers)
         self.refused = refused
         return refused
+
+    async def _fetched(self, docs: Iterable[Issuer]) -> dict[str, str | Exception]:
+        """Every ``jwks_url``'s last good key set (``jwks_cache.py``), or why there is none."""
+        out: dict[str, str | Exception] = {}
+        wanted: set[tuple[str, str | None]] = set()
+        for doc in docs:
+            assert doc.jwks_url is not None
+            if self._jwks_urls is None:
+                out[doc.jwks_url] = OSError("key sets from URLs are not fetched here")
+                continue
+            wanted.add((doc.jwks_url, doc.jwks_ca_file))
+            refresh = parse_duration(doc.jwks_refresh)
+            try:
+                out[doc.jwks_url] = await self._jwks_urls.text(
+                    doc.jwks_url, doc.jwks_ca_file, refresh
+                )
+            except OSError as exc:
+                out[doc.jwks_url] = exc
+        if self._jwks_urls is not None:
+            self._jwks_urls.forget_except(wanted)
+        return out
 
     async def _read_files(self, paths: Iterable[str]) -> dict[str, str | Exception]:
         """Every key file's text, or why it could not be read."""

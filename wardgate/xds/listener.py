@@ -26,6 +26,8 @@ from wardgate.xds import canonical
 from wardgate.xds.access_log import access_log_config
 from wardgate.xds.bans import bans_filter
 from wardgate.xds.extproc import ComposeAddress, extproc_filters, reply_mapper
+from wardgate.xds.listener_tls import filter_chains as tls_filter_chains
+from wardgate.xds.listener_tls import listener_filters as tls_listener_filters
 from wardgate.xds.local_guard import guard_filter
 from wardgate.xds.scope_envoy import scope_filter, scoped_routes
 from wardgate.xds.tracing import tracing_config
@@ -60,7 +62,8 @@ def build_listener(
 ) -> listener_pb2.Listener:
     """The gateway's listener: an HTTP connection manager on ``address``:``port``;
     ``compose``: where this Envoy's compose listener is (``xds/extproc.py``)."""
-    listener = {
+    manager = _connection_manager(opts, compose)
+    listener: dict[str, Any] = {
         "name": LISTENER_NAME,
         "address": socket_address(address, port),
         "filter_chains": [
@@ -68,12 +71,15 @@ def build_listener(
                 "filters": [
                     {
                         "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": _connection_manager(opts, compose),
+                        "typed_config": manager,
                     }
                 ]
             }
         ],
     }
+    if opts.tls is not None:  # TLS, and maybe a redirect for plain text (listener_tls.py)
+        listener["listener_filters"] = tls_listener_filters()
+        listener["filter_chains"] = tls_filter_chains(manager, opts.tls)
     return canonical.parse(listener, listener_pb2.Listener())
 
 

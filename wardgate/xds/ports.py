@@ -107,3 +107,9 @@ class ConfigWatcher(Protocol):
     async def wait_changed(self, generation: int, timeout: float | None = None) -> None: ...
 
     def snapshot_for(self, group: NodeGroup) -> Snapshot | None: ...
+
+    async def ensure_current(self, since: float) -> bool:
+        """Make sure the snapshot holds what the store held at ``since`` (monotonic) or
+        later, before a new stream's first answer: another replica may have served that
+        Envoy something newer. False when that cannot be known (the store is unreachable)."""
+        ...

@@ -20,6 +20,7 @@ from envoy.extensions.filters.http.rbac.v3 import rbac_pb2  # noqa: F401
 
 from wardgate.domain.documents import RateLimit, Route, host_regex
 from wardgate.domain.durations import parse_duration
+from wardgate.domain.origin_patterns import is_wildcard, parse_wildcard
 from wardgate.domain.ratelimit import RULE_KEY, TIER_KEY, encode_rule
 from wardgate.xds.extproc import compose_action, extproc_off
 from wardgate.xds.extproc import route_filters as extproc_filters
@@ -190,9 +191,7 @@ def _cors(route: Route) -> dict[str, Any] | None:
     c = route.cors
     policy: dict[str, Any] = {
         "@type": T_CORS_POLICY,
-        "allow_origin_string_match": [
-            {"safe_regex": {"regex": ".*"}} if o == "*" else {"exact": o} for o in c.allow_origins
-        ],
+        "allow_origin_string_match": [_origin_matcher(o) for o in c.allow_origins],
         "allow_credentials": c.allow_credentials,
     }
     methods = c.allow_methods or route.match.methods
@@ -205,6 +204,14 @@ def _cors(route: Route) -> dict[str, Any] | None:
     if c.max_age:
         policy["max_age"] = str(int(parse_duration(c.max_age)))
     return policy
+
+
+def _origin_matcher(origin: str) -> dict[str, Any]:
+    if origin == "*":
+        return {"safe_regex": {"regex": ".*"}}
+    if is_wildcard(origin):  # domain/origin_patterns.py: the same answer as the CSRF check
+        return {"safe_regex": {"regex": parse_wildcard(origin).regex()}}
+    return {"exact": origin}
 
 
 def _route_action(route: Route, hashing: bool, opts: TranslateOptions) -> dict[str, Any]:

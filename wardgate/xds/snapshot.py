@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from google.protobuf import any_pb2
@@ -25,12 +25,14 @@ from wardgate.xds.typeurls import (
     TYPE_LISTENER,
     TYPE_ROUTE,
     TYPE_SCOPED_ROUTE,
+    TYPE_SECRET,
 )
 
 # Make before break: clusters (and their endpoints) before the listeners and routes using them.
 PUSH_ORDER = (
     TYPE_CLUSTER,
     TYPE_ENDPOINT,
+    TYPE_SECRET,  # the listener's certificate (SDS): a TLS listener warms until it has it
     TYPE_LISTENER,
     TYPE_EXTENSION_CONFIG,  # filter configs the listener's filters discover (ECDS)
     TYPE_SCOPED_ROUTE,
@@ -133,8 +135,16 @@ class SnapshotCache:
         self._listeners: dict[NodeGroup, Resources] = {}
         self._extensions: dict[str, bytes] = {}  # name -> serialized TypedExtensionConfig
         self._ecds: Resources = resources_from_bytes(TYPE_EXTENSION_CONFIG, [])
+        self._published_secrets: dict[str, bytes] = {}  # name -> serialized Secret (files)
+        self._secrets: Resources = resources_from_bytes(TYPE_SECRET, [])
         self._generation = 0
         self._changed = asyncio.Event()
+        # Set by the composition root to the document watcher's check (replicas.py).
+        self.freshness: Callable[[float], Awaitable[bool]] | None = None
+
+    async def ensure_current(self, since: float) -> bool:
+        """Whether the snapshot is at least as new as the store was at ``since``."""
+        return True if self.freshness is None else await self.freshness(since)
 
     @property
     def ready(self) -> bool:
@@ -154,6 +164,7 @@ class SnapshotCache:
             return False
         self._base = snapshot
         self._merge_extensions()
+        self._merge_secrets()
         self._bump()
         return True
 
@@ -167,6 +178,27 @@ class SnapshotCache:
         if self._base is not None:
             self._bump()
         return True
+
+    def set_secret(self, name: str, secret: bytes) -> bool:
+        """Publish the TLS secret ``name`` (a serialized, deterministic ``Secret``, served
+        over SDS); returns whether it changed."""
+        if self._published_secrets.get(name) == secret:
+            return False
+        self._published_secrets[name] = secret
+        self._merge_secrets()
+        if self._base is not None:
+            self._bump()
+        return True
+
+    def _merge_secrets(self) -> None:
+        """The base's secrets (Secret documents) and the published ones, as one set."""
+        own = self._base.get(TYPE_SECRET).raw if self._base is not None else {}
+        self._secrets = resources_from_bytes(
+            TYPE_SECRET, [*own.items(), *self._published_secrets.items()], self._secrets
+        )
+
+    def has_secret(self, name: str) -> bool:
+        return name in self._secrets.items
 
     def _merge_extensions(self) -> None:
         """The base's filter configurations and the published ones, as one resource set."""
@@ -192,6 +224,7 @@ class SnapshotCache:
             **self._base.resources,
             TYPE_LISTENER: listener,
             TYPE_EXTENSION_CONFIG: self._ecds,
+            TYPE_SECRET: self._secrets,
         }
         return dataclasses.replace(self._base, resources=resources)
 

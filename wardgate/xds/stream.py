@@ -173,12 +173,22 @@ async def serve_stream(
     session = StreamSession(nodes=nodes, metrics=metrics, mode=mode, default_port=default_port)
     nonces = itertools.count(1)
     seq = Sequencer()
+    opened = time.monotonic()
+    checked = False
     try:
         async for batch in request_batches(request_iterator, configs):
             for req in batch:
                 on_request(req, session.see(req), seq)
             if session.group is None or session.state is None:
                 continue
+            if not checked:  # the first answer comes from a snapshot as new as the store
+                checked = await configs.ensure_current(opened)
+                if not checked and any(has_configuration(r) for r in batch):
+                    raise CannotConfirmCurrent(
+                        "this replica cannot read the store to confirm its configuration "
+                        "is current; reconnect (maybe to another replica)"
+                    )
+                checked = True  # an Envoy with nothing gets what is here (better than none)
             snapshot = configs.snapshot_for(session.group)
             if snapshot is None:
                 continue  # nothing built yet: requests stay outstanding
@@ -198,6 +208,19 @@ async def serve_stream(
                 yield response
     finally:
         session.close()
+
+
+class CannotConfirmCurrent(Exception):
+    """A reconnecting Envoy must not be answered: this replica's snapshot may be older than
+    what it has, and the store cannot be read to check (the stream ends UNAVAILABLE)."""
+
+
+def has_configuration(req: Any) -> bool:
+    """Whether the Envoy says it already holds configuration (a reconnect): a state-of-the-
+    world request with a version, or a delta request with initial resource versions."""
+    return bool(getattr(req, "version_info", "")) or bool(
+        getattr(req, "initial_resource_versions", None)
+    )
 
 
 class StreamSession:

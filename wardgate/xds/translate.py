@@ -19,6 +19,7 @@ from typing import Any
 
 from wardgate.domain.durations import format_duration, parse_duration
 from wardgate.xds.access_log import AccessLogOptions
+from wardgate.xds.listener_tls import ListenerTls
 from wardgate.xds.local_guard import GuardOptions
 from wardgate.xds.tracing import TracingOptions
 
@@ -56,6 +57,8 @@ class TranslateOptions:
     access_log: AccessLogOptions | None = None
     # Envoy's OpenTelemetry tracer (xds/tracing.py); None: no tracing.
     tracing: TracingOptions | None = None
+    # TLS on the listener (listener_tls.py); None: plain text.
+    tls: ListenerTls | None = None
 
 
 def envoy_duration(text: str) -> str:

@@ -48,3 +48,11 @@ T_HEADER_MUTATION_ROUTE = of(
 def short_name(type_url: str) -> str:
     """The message's own name (``Cluster``), for logs, metric labels and status."""
     return type_url.rsplit(".", 1)[-1]
+
+
+# TLS (listener_tls.py, clusters' upstream TLS): the secret type ADS serves (SDS), the
+# transport sockets and the listener filter that tells TLS from plain text.
+TYPE_SECRET = of("envoy.extensions.transport_sockets.tls.v3.Secret")
+T_DOWNSTREAM_TLS = of("envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext")
+T_UPSTREAM_TLS = of("envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext")
+T_TLS_INSPECTOR = of("envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector")

@@ -62,6 +62,10 @@ class DocumentWatcher:
         self._wake = asyncio.Event()
         self._descriptors_checked: set[str] = set()  # stored texts checked ahead
         self.last_error = ""
+        # One sync at a time (the loop's, or a new ADS stream's check); ``_read_at``: when
+        # the store was read by the last sync that finished (monotonic).
+        self._lock = asyncio.Lock()
+        self._read_at = float("-inf")
 
     def wake(self) -> None:
         """Sync at the next turn of the loop."""
@@ -69,6 +73,42 @@ class DocumentWatcher:
 
     async def sync(self) -> bool:
         """Read, validate, translate, publish. Returns whether the snapshot changed."""
+        async with self._lock:
+            read_at = time.monotonic()
+            changed = await self._sync()
+            self._read_at = read_at
+            return changed
+
+    async def ensure_current(self, since: float) -> bool:
+        """Before a new ADS stream's first answer: unless a sync that read the store at
+        ``since`` or later has finished, sync now (concurrent streams share one). Another
+        replica may have served this Envoy documents that announcements have not brought
+        here yet; it must never get older ones from us (envoyproxy/gateway#6618). False
+        when the store cannot be read. Counted in wardgate_xds_stream_checks_total."""
+        checks = self._metrics.xds_stream_checks
+        if self._read_at >= since:
+            checks.labels("current").inc()
+            return True
+        try:
+            async with self._lock:
+                if self._read_at >= since:  # a sync that read after ``since`` just ended
+                    checks.labels("current").inc()
+                    return True
+                read_at = time.monotonic()
+                changed = await self._sync()
+                self._read_at = read_at
+        except StoreError as exc:
+            self._last_good = None  # as after the loop's failures: read it again next time
+            self._refused.forget_saved()
+            log.warning("new ADS stream: cannot check the snapshot is current: %s", exc)
+            checks.labels("unavailable").inc()
+            return False
+        checks.labels("synced" if changed else "current").inc()
+        if changed:
+            log.info("new ADS stream: this replica was behind the store; caught up first")
+        return True
+
+    async def _sync(self) -> bool:
         started = time.perf_counter()
         stored = await self._source.load()
         if self._builder.is_current(stored.documents) and self._publisher.ready:

@@ -1,0 +1,65 @@
+"""TLS settings and certificate checks: a half-configured TLS stops start-up, TLS makes the
+session cookie Secure and __Host-; a pair is refused unless the key is the leaf's and the
+leaf is valid now."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import pytest
+
+from tests.tls_certs import TestCA
+from wardgate.domain.tls_material import check_pair
+from wardgate.errors import SettingsError
+from wardgate.settings import load_settings
+from wardgate.xds.listener import build_listener
+from wardgate.xds.listener_tls import ListenerTls
+from wardgate.xds.translate import TranslateOptions
+
+
+def test_tls_settings_go_together() -> None:
+    with pytest.raises(SettingsError, match="both"):
+        load_settings(environ={"WARDGATE_TLS_CERT_FILE": "/c.pem"})
+    with pytest.raises(SettingsError, match="needs TLS"):
+        load_settings(environ={"WARDGATE_TLS_REDIRECT_HTTP": "true"})
+    plain = load_settings(environ={})
+    assert plain.session_cookie == "wg_session" and not plain.cookie_secure
+    tls = load_settings(
+        environ={"WARDGATE_TLS_CERT_FILE": "/c.pem", "WARDGATE_TLS_KEY_FILE": "/k.pem"}
+    )
+    assert tls.session_cookie == "__Host-wg_session" and tls.cookie_secure
+    named = load_settings(
+        environ={
+            "WARDGATE_TLS_CERT_FILE": "/c.pem",
+            "WARDGATE_TLS_KEY_FILE": "/k.pem",
+            "WARDGATE_SESSION_COOKIE": "__Secure-sid",
+        }
+    )
+    assert named.session_cookie == "__Secure-sid"
+
+
+def test_the_listener_has_a_plain_text_chain_only_to_redirect() -> None:
+    without = build_listener("0.0.0.0", 1, TranslateOptions(tls=ListenerTls()))
+    assert [c.filter_chain_match.transport_protocol for c in without.filter_chains] == ["tls"]
+    redirect = build_listener("0.0.0.0", 1, TranslateOptions(tls=ListenerTls(redirect_http=True)))
+    chains = [c.filter_chain_match.transport_protocol for c in redirect.filter_chains]
+    assert chains == ["tls", "raw_buffer"]
+    plain = build_listener("0.0.0.0", 1, TranslateOptions())
+    assert len(plain.filter_chains) == 1 and not plain.listener_filters
+
+
+def test_pairs_are_checked(tmp_path: Path) -> None:
+    ca = TestCA(tmp_path)
+    one, two = ca.leaf("one", ["a.test"]), ca.leaf("two", ["a.test"])
+    info = check_pair(one.cert.read_text(), one.key.read_text())
+    assert info.serial == one.serial
+    with pytest.raises(ValueError, match="not the key of the certificate"):
+        check_pair(one.cert.read_text(), two.key.read_text())
+    with pytest.raises(ValueError, match="certificate: not a PEM"):
+        check_pair("garbage", one.key.read_text())
+    with pytest.raises(ValueError, match="key: not an unencrypted"):
+        check_pair(one.cert.read_text(), "garbage")
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=365)
+    with pytest.raises(ValueError, match="not valid now"):
+        check_pair(one.cert.read_text(), one.key.read_text(), now=later)

@@ -1,0 +1,50 @@
+"""Certificates and keys as PEM text: checked before Envoy is given them.
+
+A pair is usable when the chain parses (leaf first), the key parses (unencrypted) and is
+the leaf's, and the leaf is valid now. Envoy would refuse a bad pair too, but late and per
+Envoy (a NACK, or a listener that resets every connection); checked here, a bad pair is
+refused with its reason and the last good one stays in service.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+MAX_PEM = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class CertInfo:
+    subject: str
+    serial: int
+    not_after: datetime.datetime
+
+
+def check_pair(chain_pem: str, key_pem: str, *, now: datetime.datetime | None = None) -> CertInfo:
+    """The leaf of a usable pair; ValueError saying why the pair is not usable."""
+    if len(chain_pem) > MAX_PEM or len(key_pem) > MAX_PEM:
+        raise ValueError(f"a certificate or key larger than {MAX_PEM} bytes")
+    try:
+        chain = x509.load_pem_x509_certificates(chain_pem.encode())
+    except ValueError as exc:
+        raise ValueError(f"certificate: not a PEM certificate chain ({exc})") from None
+    try:
+        key = serialization.load_pem_private_key(key_pem.encode(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"key: not an unencrypted PEM private key ({exc})") from None
+    leaf = chain[0]
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    if key.public_key().public_bytes(der, public) != leaf.public_key().public_bytes(der, public):
+        raise ValueError("key: not the key of the certificate (the first in the chain)")
+    now = now or datetime.datetime.now(datetime.UTC)
+    if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
+        raise ValueError(
+            f"certificate: not valid now (valid {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} to "
+            f"{leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC)"
+        )
+    return CertInfo(leaf.subject.rfc4514_string(), leaf.serial_number, leaf.not_valid_after_utc)
