@@ -17,6 +17,7 @@ from wardgate.domain.doc_base import (
 )
 from wardgate.domain.durations import parse_duration
 from wardgate.domain.jwks import keys_from_jwks
+from wardgate.domain.tickets import TICKET_ISSUER
 
 ENV_NAME_RE = r"^[A-Z_][A-Z0-9_]{0,127}$"
 CLAIM_RE = r"^[A-Za-z0-9_.:/-]{1,128}$"
@@ -106,6 +107,13 @@ class Issuer(_Doc):
         seconds = parse_duration(value)
         if seconds > 600:
             raise ValueError("clock_skew is at most 10m")
+        return value
+
+    @field_validator("issuer")
+    @classmethod
+    def _not_tickets(cls, value: str) -> str:
+        if value == TICKET_ISSUER:
+            raise ValueError(f"issuer {TICKET_ISSUER} is the gateway's own (session tickets)")
         return value
 
     @model_validator(mode="after")
