@@ -41,6 +41,11 @@ class Metrics:
     snapshot_seconds: Histogram
     documents_refused: Gauge
     documents: Gauge
+    # Session tickets (domain/tickets.py); Envoy counts its own fast-path decisions.
+    tickets_issued: Counter
+    ticket_keys: Gauge
+    revoked_sessions: Gauge
+    revocations_dropped: Counter
 
 
 def multiprocess() -> bool:
@@ -174,5 +179,29 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         ),
         documents=Gauge(
             "wardgate_documents", "Valid documents served, by kind.", ["kind"], registry=r
+        ),
+        tickets_issued=Counter(
+            "wardgate_tickets_issued_total",
+            "Session tickets set on a response, by where: login, authz (a renewal by ext_authz).",
+            ["where"],
+            registry=r,
+        ),
+        ticket_keys=Gauge(
+            "wardgate_ticket_keys",
+            "Ticket signing keys (public halves) this process last published to Envoy.",
+            registry=r,
+            multiprocess_mode="livemax",
+        ),
+        revoked_sessions=Gauge(
+            "wardgate_revoked_sessions",
+            "Revoked sessions on the list this process last published to Envoy.",
+            registry=r,
+            multiprocess_mode="livemax",
+        ),
+        revocations_dropped=Counter(
+            "wardgate_revocations_dropped_total",
+            "Revoked sessions left off the list sent to Envoy because it was full (their "
+            "tickets pass until they expire).",
+            registry=r,
         ),
     )
