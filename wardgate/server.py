@@ -43,7 +43,7 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
     metrics = metrics or create_metrics()
     keys = Keys(settings.key_prefix)
     redis = RedisClients.connect(settings)
-    auth = wire_auth(settings, redis, keys)
+    auth = wire_auth(settings, redis, keys, metrics)
     limits = wire_limits(settings, redis, keys, metrics)
     control = wire_control_plane(settings, redis, keys, metrics, auth.issuers)
     server, health_servicer = wire_grpc(settings, metrics, auth, limits, control)
@@ -90,6 +90,8 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
         await _cancel(tasks)
         await server.stop(grace=1.0)
         await runner.cleanup()
+        if auth.tickets is not None:  # its keys stay published only as long as tickets need
+            await auth.tickets.retire()
         with contextlib.suppress(StoreError):
             await control.status.drop_nodes(worker)
         await redis.aclose()

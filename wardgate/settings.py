@@ -73,6 +73,16 @@ class Settings:
     log_level: str = "INFO"
     # Bearer token required by POST /registry/* (empty: heartbeats over HTTP are off).
     registry_token: str = ""
+    # Session tickets (domain/tickets.py): a signed-in request carrying a valid ticket is
+    # decided by Envoy alone. Off: every protected request goes to ext_authz.
+    tickets: bool = True
+    ticket_ttl: float = 60.0  # a ticket's lifetime, at most 60 s
+    ticket_clock_skew: float = 5.0  # what Envoy allows between its clock and wardgate's
+    ticket_key_rotation: float = 3600.0  # how long one signing key signs
+    ticket_key_lead: float = 5.0  # a key reaches every Envoy this long before it signs
+    ticket_cookie: str = "wg_ticket"
+    # Issuer JWTs (with a JWKS) verified by Envoy itself; off: by ext_authz only.
+    native_jwt: bool = True
 
     @property
     def advertised_http_port(self) -> int:
@@ -92,6 +102,10 @@ _DURATIONS = {
     "ratelimit_redis_timeout",
     "ban_window",
     "ban_duration",
+    "ticket_ttl",
+    "ticket_clock_skew",
+    "ticket_key_rotation",
+    "ticket_key_lead",
 }
 _RANGES: dict[str, tuple[float, float]] = {
     "ratelimit_guard_burst": (0.0, 100.0),
@@ -214,4 +228,39 @@ def load_settings(
             )
     if not settings.key_prefix:
         raise SettingsError("setting key_prefix (WARDGATE_KEY_PREFIX) must not be empty")
+    _check_tickets(settings)
     return settings
+
+
+_COOKIE_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`|~]{1,64}")
+
+
+def _check_tickets(settings: Settings) -> None:
+    """The ticket settings fit together (domain/tickets.py)."""
+    limits = {
+        "ticket_ttl": (2.0, 60.0),
+        "ticket_clock_skew": (1.0, 30.0),
+        "ticket_key_lead": (1.0, 60.0),
+    }
+    for name, (low, high) in limits.items():
+        value = getattr(settings, name)
+        if not low <= value <= high:
+            raise SettingsError(
+                f"setting {name} ({env_name(name)}): {value:g}s: must be from {low:g}s to {high:g}s"
+            )
+    if settings.ticket_key_rotation < 4 * settings.ticket_key_lead:
+        raise SettingsError(
+            "setting ticket_key_rotation (WARDGATE_TICKET_KEY_ROTATION) must be at least 4 times "
+            "ticket_key_lead: the next key is published 2 leads before the current one stops"
+        )
+    for name in ("session_cookie", "ticket_cookie"):
+        if not _COOKIE_NAME.fullmatch(getattr(settings, name)):
+            raise SettingsError(
+                f"setting {name} ({env_name(name)}): 1-64 characters of an HTTP token"
+            )
+    if settings.ticket_cookie == settings.session_cookie:
+        raise SettingsError("setting ticket_cookie must differ from session_cookie")
+    if settings.ticket_cookie.startswith("__Host-") and not settings.cookie_secure:
+        raise SettingsError(
+            "setting ticket_cookie: a __Host- cookie needs WARDGATE_COOKIE_SECURE=true"
+        )

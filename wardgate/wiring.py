@@ -26,9 +26,10 @@ from wardgate.domain.bans import AbuseMonitor, BanPolicy
 from wardgate.domain.ratelimit import ClientBudget, RateLimiter
 from wardgate.domain.registry import Reserved
 from wardgate.domain.sessions import SessionService
+from wardgate.domain.tickets import TicketPolicy, TicketSigner
 from wardgate.domain.tokens import IssuerHolder
 from wardgate.errors import StoreError
-from wardgate.extproc.authz import AuthorizationService
+from wardgate.extproc.authz import AuthorizationService, TicketRenewal
 from wardgate.extproc.ratelimit import RateLimitService
 from wardgate.extproc.refusal_report import report_refused_clients
 from wardgate.files import read_bounded_file
@@ -53,16 +54,19 @@ from wardgate.store.redis_store import (
 )
 from wardgate.store.registry import RedisRegistryStore
 from wardgate.store.status import RedisStatusStore
+from wardgate.store.tickets import RedisRevocationList, RedisTicketKeyStore
 from wardgate.xds.ads import AggregatedDiscoveryService
 from wardgate.xds.bans import BanPublisher
 from wardgate.xds.build import SnapshotBuilder
 from wardgate.xds.issuers import IssuerLoader
 from wardgate.xds.listener import build_listener
 from wardgate.xds.local_guard import GuardOptions
+from wardgate.xds.native_jwt import JwtConfigPublisher
 from wardgate.xds.node_report import report_nodes
 from wardgate.xds.nodes import NodeRegistry
 from wardgate.xds.ports import StatusStore
 from wardgate.xds.refused import RefusedReport
+from wardgate.xds.revocations import RevocationPublisher
 from wardgate.xds.snapshot import SnapshotCache
 from wardgate.xds.translate import TranslateOptions
 from wardgate.xds.watcher import DocumentWatcher
@@ -78,6 +82,7 @@ def translate_options(settings: Settings) -> TranslateOptions:
         ratelimit_fail_closed=settings.ratelimit_failure_mode == "closed",
         trusted_proxy_hops=settings.trusted_proxy_hops,
         session_cookie=settings.session_cookie,
+        ticket_cookie=settings.ticket_cookie,
         guard=GuardOptions(
             burst=settings.ratelimit_guard_burst, clients=settings.ratelimit_guard_clients
         ),
@@ -111,6 +116,16 @@ class RedisClients:
             await client.aclose()
 
 
+def ticket_policy(settings: Settings) -> TicketPolicy:
+    return TicketPolicy(
+        ttl=settings.ticket_ttl,
+        skew=settings.ticket_clock_skew,
+        rotation=settings.ticket_key_rotation,
+        lead=settings.ticket_key_lead,
+        cookie=settings.ticket_cookie,
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class AuthParts:
     sessions: SessionService
@@ -118,9 +133,12 @@ class AuthParts:
     issuers: IssuerHolder
     session_store: CachedSessionStore
     api_keys: CachedApiKeyStore
+    tickets: TicketSigner | None = None  # None: tickets are off
 
 
-def wire_auth(settings: Settings, redis: RedisClients, keys: Keys) -> AuthParts:
+def wire_auth(
+    settings: Settings, redis: RedisClients, keys: Keys, metrics: Metrics | None = None
+) -> AuthParts:
     """Sessions, API keys and JWT issuers behind one authorizer. Sessions and API keys are
     cached per worker, invalidated at once by pub/sub (``store/cache.py``)."""
     hot = redis.hot
@@ -135,9 +153,22 @@ def wire_auth(settings: Settings, redis: RedisClients, keys: Keys) -> AuthParts:
     )
     issuers = IssuerHolder()
     authorizer = Authorizer(
-        sessions=sessions, cookie_name=settings.session_cookie, api_keys=api_keys, issuers=issuers
+        sessions=sessions,
+        cookie_name=settings.session_cookie,
+        api_keys=api_keys,
+        issuers=issuers,
+        ticket_cookie=settings.ticket_cookie,
     )
-    return AuthParts(sessions, authorizer, issuers, session_store, api_keys)
+    tickets = None
+    if settings.tickets:  # this process's signing keys; their public halves go to Redis
+        tickets = TicketSigner(
+            store=RedisTicketKeyStore(redis=redis.control, keys=keys),
+            policy=ticket_policy(settings),
+            on_store_error=(
+                (lambda: metrics.store_errors.labels("ticket_keys").inc()) if metrics else None
+            ),
+        )
+    return AuthParts(sessions, authorizer, issuers, session_store, api_keys, tickets)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +211,8 @@ class ControlPlane:
     watcher: DocumentWatcher
     status: StatusStore
     bans: BanPublisher
+    jwt: JwtConfigPublisher | None = None  # what Envoy's jwt_authn verifies (ECDS)
+    revocations: RevocationPublisher | None = None  # revoked sessions' tickets (ECDS)
 
 
 def wire_control_plane(
@@ -205,7 +238,22 @@ def wire_control_plane(
         publish=cache.set_extension,
         metrics=metrics,
     )
-    return ControlPlane(cache, NodeRegistry(), watcher, status, bans)
+    policy = ticket_policy(settings)
+    jwt = JwtConfigPublisher(
+        keys=RedisTicketKeyStore(redis=redis.control, keys=keys) if settings.tickets else None,
+        issuers=issuers if settings.native_jwt else None,
+        publish=cache.set_extension,
+        metrics=metrics,
+        policy=policy,
+    )
+    revocations = RevocationPublisher(
+        store=RedisRevocationList(redis=redis.control, keys=keys),
+        publish=cache.set_extension,
+        metrics=metrics,
+        hold=policy.hold,
+        cookie=policy.cookie,
+    )
+    return ControlPlane(cache, NodeRegistry(), watcher, status, bans, jwt, revocations)
 
 
 def wire_grpc(
@@ -231,10 +279,16 @@ def wire_grpc(
         default_listen_port=settings.listen_port,
     )
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
+    renewal = None
+    if auth.tickets is not None:
+        renewal = TicketRenewal(
+            signer=auth.tickets, metrics=metrics, cookie_secure=settings.cookie_secure
+        )
     authz = AuthorizationService(
         authorizer=auth.authorizer,
         metrics=metrics,
         fail_open=settings.authz_failure_mode == "open",
+        tickets=renewal,
     )
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(authz, server)
     rls_pb2_grpc.add_RateLimitServiceServicer_to_server(limits.service, server)
@@ -309,6 +363,7 @@ def wire_http(
         cookie_name=settings.session_cookie,
         cookie_secure=settings.cookie_secure,
         ready=readiness(control, redis.hot.ping, eviction),
+        tickets=auth.tickets,
     )
     registry = RedisRegistryStore(redis=redis.hot, keys=keys)
     add_registry_routes(
@@ -337,7 +392,7 @@ def background_tasks(
         keys.sessions_channel: auth.session_store.cache,
         keys.api_keys_channel: auth.api_keys.cache,
     }
-    return {
+    tasks: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
         "eviction": eviction.run,
         "watcher": control.watcher.run,
         "bans": control.bans.run,
@@ -347,3 +402,11 @@ def background_tasks(
             redis=redis.control, keys=keys, caches=revoked, metrics=metrics
         ),
     }
+    # Session tickets: this process's keys, and what Envoy verifies and refuses.
+    if auth.tickets is not None:
+        tasks["ticket-keys"] = auth.tickets.run
+    if control.jwt is not None:
+        tasks["jwt-config"] = control.jwt.run
+    if control.revocations is not None:
+        tasks["revoked-sessions"] = control.revocations.run
+    return tasks
