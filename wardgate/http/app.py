@@ -19,7 +19,7 @@ from wardgate.domain import jsontext
 from wardgate.domain.cookies import read_cookie
 from wardgate.domain.origins import CSRF_CODE, CSRF_MESSAGE, request_scheme, source_allowed
 from wardgate.domain.sessions import Identity, SessionService
-from wardgate.domain.tickets import TicketSigner, cookie_header
+from wardgate.domain.tickets import TicketSigner
 from wardgate.errors import StoreError, TooManyAttempts
 from wardgate.extproc.responses import error_body
 from wardgate.metrics import Metrics, exposition
@@ -169,11 +169,15 @@ class Endpoints:
         )
         if ticket is None:
             return
-        max_age = ticket.expires_at - int(time.time())
-        value = cookie_header(
-            self._tickets.policy.cookie, ticket.value, max_age=max_age, secure=secure
+        response.set_cookie(
+            self._tickets.policy.cookie,
+            ticket.value,
+            path="/",
+            httponly=True,
+            samesite="Lax",
+            secure=secure,
+            max_age=max(1, ticket.expires_at - int(time.time())),
         )
-        response.headers.add("set-cookie", value)
         self._metrics.tickets_issued.labels("login").inc()
 
     async def logout(self, request: web.Request) -> web.Response:
@@ -198,11 +202,12 @@ class Endpoints:
             samesite="Lax",
         )
         if self._tickets is not None:  # the session is revoked: its tickets are refused too
-            response.headers.add(
-                "set-cookie",
-                cookie_header(
-                    self._tickets.policy.cookie, "", max_age=0, secure=self._secure(request)
-                ),
+            response.del_cookie(
+                self._tickets.policy.cookie,
+                path="/",
+                secure=self._secure(request),
+                httponly=True,
+                samesite="Lax",
             )
         return response
 
