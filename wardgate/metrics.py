@@ -55,6 +55,11 @@ class Metrics:
     jwks_fetches: Counter
     xds_stream_checks: Counter
     tls_certificate_loads: Counter
+    # Session tickets (domain/tickets.py); Envoy counts its own fast-path decisions.
+    tickets_issued: Counter
+    ticket_keys: Gauge
+    revoked_sessions: Gauge
+    revocations_dropped: Counter
     # Collectors computed when /metrics is read (e.g. the top rate-limited clients), in
     # multiprocess mode too.
     collectors: list[Any] = dataclasses.field(default_factory=list)
@@ -281,6 +286,30 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
             "published over SDS), unchanged, refused (unreadable or unusable; the last good "
             "pair stays).",
             ["result"],
+            registry=r,
+        ),
+        tickets_issued=Counter(
+            "wardgate_tickets_issued_total",
+            "Session tickets set on a response, by where: login, authz (a renewal by ext_authz).",
+            ["where"],
+            registry=r,
+        ),
+        ticket_keys=Gauge(
+            "wardgate_ticket_keys",
+            "Ticket signing keys (public halves) this process last published to Envoy.",
+            registry=r,
+            multiprocess_mode="livemax",
+        ),
+        revoked_sessions=Gauge(
+            "wardgate_revoked_sessions",
+            "Revoked sessions on the list this process last published to Envoy.",
+            registry=r,
+            multiprocess_mode="livemax",
+        ),
+        revocations_dropped=Counter(
+            "wardgate_revocations_dropped_total",
+            "Revoked sessions left off the list sent to Envoy because it was full (their "
+            "tickets pass until they expire).",
             registry=r,
         ),
     )

@@ -45,7 +45,7 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
     metrics = metrics or create_metrics()
     keys = Keys(settings.key_prefix)
     redis = RedisClients.connect(settings)
-    auth = wire_auth(settings, redis, keys)
+    auth = wire_auth(settings, redis, keys, metrics)
     limits = wire_limits(settings, redis, keys, metrics)
     control = wire_control_plane(settings, redis, keys, metrics, auth.issuers)
     stats = wire_stats(settings, redis, keys, metrics)
@@ -102,6 +102,8 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
         await stats.close()  # after the server: every access-log entry received is counted
         await runner.cleanup()
         await processing.fetcher.aclose()
+        if auth.tickets is not None:  # its keys stay published only as long as tickets need
+            await auth.tickets.retire()
         with contextlib.suppress(StoreError):
             await control.status.drop_nodes(worker)
         await redis.aclose()

@@ -116,6 +116,17 @@ class Settings:
         """Whether Envoy's listener speaks TLS (from files or a Secret document)."""
         return bool(self.tls_cert_file or self.tls_secret)
 
+    # Session tickets (domain/tickets.py): a signed-in request carrying a valid ticket is
+    # decided by Envoy alone. Off: every protected request goes to ext_authz.
+    tickets: bool = True
+    ticket_ttl: float = 60.0  # a ticket's lifetime, at most 60 s
+    ticket_clock_skew: float = 5.0  # what Envoy allows between its clock and wardgate's
+    ticket_key_rotation: float = 3600.0  # how long one signing key signs
+    ticket_key_lead: float = 5.0  # a key reaches every Envoy this long before it signs
+    ticket_cookie: str = "wg_ticket"
+    # Issuer JWTs (with a JWKS) verified by Envoy itself; off: by ext_authz only.
+    native_jwt: bool = True
+
     @property
     def advertised_http_port(self) -> int:
         return self.http_advertise_port or self.http_port
@@ -139,6 +150,10 @@ _DURATIONS = {
     "extproc_timeout",
     "cache_redis_timeout",
     "cache_lock_wait",
+    "ticket_ttl",
+    "ticket_clock_skew",
+    "ticket_key_rotation",
+    "ticket_key_lead",
 }
 # Durations longer than a day, with their bounds in seconds.
 _LONG_DURATIONS: dict[str, tuple[float, float]] = {"usage_retention": (3600.0, 400 * 86400.0)}
@@ -298,12 +313,13 @@ def load_settings(
             )
     if not settings.key_prefix:
         raise SettingsError("setting key_prefix (WARDGATE_KEY_PREFIX) must not be empty")
+    _check_tickets(settings)
     return settings
 
 
 def _with_tls(settings: Settings) -> Settings:
-    """TLS settings checked together; with TLS, the session cookie is Secure and named with
-    the __Host- prefix (host-only, Path=/, never set over plain text by anyone)."""
+    """TLS settings checked together; with TLS, the session cookie and the ticket are Secure
+    and named with the __Host- prefix (host-only, Path=/, never set over plain text by anyone)."""
     if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
         raise SettingsError(
             "TLS on the listener needs both WARDGATE_TLS_CERT_FILE and WARDGATE_TLS_KEY_FILE"
@@ -316,7 +332,47 @@ def _with_tls(settings: Settings) -> Settings:
         if settings.tls_redirect_http:
             raise SettingsError("WARDGATE_TLS_REDIRECT_HTTP needs TLS on the listener")
         return settings
-    name = settings.session_cookie
-    if not name.startswith(("__Host-", "__Secure-")):
-        name = "__Host-" + name
-    return dataclasses.replace(settings, session_cookie=name, cookie_secure=True)
+
+    def host_only(name: str) -> str:
+        return name if name.startswith(("__Host-", "__Secure-")) else "__Host-" + name
+
+    return dataclasses.replace(
+        settings,
+        session_cookie=host_only(settings.session_cookie),
+        ticket_cookie=host_only(settings.ticket_cookie),
+        cookie_secure=True,
+    )
+
+
+_COOKIE_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`|~]{1,64}")
+
+
+def _check_tickets(settings: Settings) -> None:
+    """The ticket settings fit together (domain/tickets.py)."""
+    limits = {
+        "ticket_ttl": (2.0, 60.0),
+        "ticket_clock_skew": (1.0, 30.0),
+        "ticket_key_lead": (1.0, 60.0),
+    }
+    for name, (low, high) in limits.items():
+        value = getattr(settings, name)
+        if not low <= value <= high:
+            raise SettingsError(
+                f"setting {name} ({env_name(name)}): {value:g}s: must be from {low:g}s to {high:g}s"
+            )
+    if settings.ticket_key_rotation < 4 * settings.ticket_key_lead:
+        raise SettingsError(
+            "setting ticket_key_rotation (WARDGATE_TICKET_KEY_ROTATION) must be at least 4 times "
+            "ticket_key_lead: the next key is published 2 leads before the current one stops"
+        )
+    for name in ("session_cookie", "ticket_cookie"):
+        if not _COOKIE_NAME.fullmatch(getattr(settings, name)):
+            raise SettingsError(
+                f"setting {name} ({env_name(name)}): 1-64 characters of an HTTP token"
+            )
+    if settings.ticket_cookie == settings.session_cookie:
+        raise SettingsError("setting ticket_cookie must differ from session_cookie")
+    if settings.ticket_cookie.startswith("__Host-") and not settings.cookie_secure:
+        raise SettingsError(
+            "setting ticket_cookie: a __Host- cookie needs WARDGATE_COOKIE_SECURE=true"
+        )

@@ -33,9 +33,10 @@ from wardgate.domain.ratelimit import ClientBudget, RateLimiter
 from wardgate.domain.registry import Reserved
 from wardgate.domain.response_cache import LocalEntries, ResponseCache
 from wardgate.domain.sessions import SessionService
+from wardgate.domain.tickets import TicketPolicy, TicketSigner
 from wardgate.domain.tokens import IssuerHolder
 from wardgate.errors import StoreError
-from wardgate.extproc.authz import AuthorizationService
+from wardgate.extproc.authz import AuthorizationService, TicketRenewal
 from wardgate.extproc.compose_client import HttpPartFetcher
 from wardgate.extproc.processor import ProcessingService
 from wardgate.extproc.ratelimit import RateLimitService
@@ -73,6 +74,7 @@ from wardgate.store.redis_store import (
 from wardgate.store.registry import RedisRegistryStore
 from wardgate.store.response_cache import RedisCacheStore
 from wardgate.store.status import RedisStatusStore
+from wardgate.store.tickets import RedisRevocationList, RedisTicketKeyStore
 from wardgate.store.usage import RedisUsageStore
 from wardgate.xds.access_log import AccessLogOptions
 from wardgate.xds.ads import AggregatedDiscoveryService
@@ -85,10 +87,12 @@ from wardgate.xds.listener import build_listener
 from wardgate.xds.listener_secrets import ListenerCertificate
 from wardgate.xds.listener_tls import LISTENER_SECRET, ListenerTls
 from wardgate.xds.local_guard import GuardOptions
+from wardgate.xds.native_jwt import JwtConfigPublisher
 from wardgate.xds.node_report import report_nodes
 from wardgate.xds.nodes import NodeRegistry
 from wardgate.xds.ports import StatusStore
 from wardgate.xds.refused import RefusedReport
+from wardgate.xds.revocations import RevocationPublisher
 from wardgate.xds.snapshot import NodeGroup, SnapshotCache
 from wardgate.xds.tracing import TracingOptions
 from wardgate.xds.translate import TranslateOptions
@@ -106,6 +110,7 @@ def translate_options(settings: Settings) -> TranslateOptions:
         trusted_proxy_hops=settings.trusted_proxy_hops,
         session_cookie=settings.session_cookie,
         extproc_timeout=settings.extproc_timeout,
+        ticket_cookie=settings.ticket_cookie,
         guard=GuardOptions(
             burst=settings.ratelimit_guard_burst, clients=settings.ratelimit_guard_clients
         ),
@@ -162,6 +167,16 @@ class RedisClients:
             await client.aclose()
 
 
+def ticket_policy(settings: Settings) -> TicketPolicy:
+    return TicketPolicy(
+        ttl=settings.ticket_ttl,
+        skew=settings.ticket_clock_skew,
+        rotation=settings.ticket_key_rotation,
+        lead=settings.ticket_key_lead,
+        cookie=settings.ticket_cookie,
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class AuthParts:
     sessions: SessionService
@@ -169,9 +184,12 @@ class AuthParts:
     issuers: IssuerHolder
     session_store: CachedSessionStore
     api_keys: CachedApiKeyStore
+    tickets: TicketSigner | None = None  # None: tickets are off
 
 
-def wire_auth(settings: Settings, redis: RedisClients, keys: Keys) -> AuthParts:
+def wire_auth(
+    settings: Settings, redis: RedisClients, keys: Keys, metrics: Metrics | None = None
+) -> AuthParts:
     """Sessions, API keys and JWT issuers behind one authorizer. Sessions and API keys are
     cached per worker, invalidated at once by pub/sub (``store/cache.py``)."""
     hot = redis.hot
@@ -186,9 +204,22 @@ def wire_auth(settings: Settings, redis: RedisClients, keys: Keys) -> AuthParts:
     )
     issuers = IssuerHolder()
     authorizer = Authorizer(
-        sessions=sessions, cookie_name=settings.session_cookie, api_keys=api_keys, issuers=issuers
+        sessions=sessions,
+        cookie_name=settings.session_cookie,
+        api_keys=api_keys,
+        issuers=issuers,
+        ticket_cookie=settings.ticket_cookie,
     )
-    return AuthParts(sessions, authorizer, issuers, session_store, api_keys)
+    tickets = None
+    if settings.tickets:  # this process's signing keys; their public halves go to Redis
+        tickets = TicketSigner(
+            store=RedisTicketKeyStore(redis=redis.control, keys=keys),
+            policy=ticket_policy(settings),
+            on_store_error=(
+                (lambda: metrics.store_errors.labels("ticket_keys").inc()) if metrics else None
+            ),
+        )
+    return AuthParts(sessions, authorizer, issuers, session_store, api_keys, tickets)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,6 +264,8 @@ class ControlPlane:
     bans: BanPublisher
     listener_cert: ListenerCertificate | None = None  # TLS on the listener, from files
     tls_secret: str = ""  # ... or from this Secret document
+    jwt: JwtConfigPublisher | None = None  # what Envoy's jwt_authn verifies (ECDS)
+    revocations: RevocationPublisher | None = None  # revoked sessions' tickets (ECDS)
 
 
 def wire_control_plane(
@@ -279,8 +312,31 @@ def wire_control_plane(
             metrics=metrics,
             interval=settings.resync_interval,
         )
+    policy = ticket_policy(settings)
+    jwt = JwtConfigPublisher(
+        keys=RedisTicketKeyStore(redis=redis.control, keys=keys) if settings.tickets else None,
+        issuers=issuers if settings.native_jwt else None,
+        publish=cache.set_extension,
+        metrics=metrics,
+        policy=policy,
+    )
+    revocations = RevocationPublisher(
+        store=RedisRevocationList(redis=redis.control, keys=keys),
+        publish=cache.set_extension,
+        metrics=metrics,
+        hold=policy.hold,
+        cookie=policy.cookie,
+    )
     return ControlPlane(
-        cache, NodeRegistry(), watcher, status, bans, listener_cert, settings.tls_secret
+        cache,
+        NodeRegistry(),
+        watcher,
+        status,
+        bans,
+        listener_cert,
+        settings.tls_secret,
+        jwt,
+        revocations,
     )
 
 
@@ -347,10 +403,16 @@ def wire_grpc(
         default_listen_port=settings.listen_port,
     )
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
+    renewal = None
+    if auth.tickets is not None:
+        renewal = TicketRenewal(
+            signer=auth.tickets, metrics=metrics, cookie_secure=settings.cookie_secure
+        )
     authz = AuthorizationService(
         authorizer=auth.authorizer,
         metrics=metrics,
         fail_open=settings.authz_failure_mode == "open",
+        tickets=renewal,
     )
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(authz, server)
     rls_pb2_grpc.add_RateLimitServiceServicer_to_server(limits.service, server)
@@ -435,6 +497,7 @@ def wire_http(
         cookie_name=settings.session_cookie,
         cookie_secure=settings.cookie_secure,
         ready=readiness(control, redis.hot.ping, eviction),
+        tickets=auth.tickets,
     )
     registry = RedisRegistryStore(redis=redis.hot, keys=keys)
     add_registry_routes(
@@ -466,7 +529,7 @@ def background_tasks(
     }
     if processing is not None:
         revoked[keys.cache_purged_channel] = processing.memory
-    return {
+    tasks: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
         "eviction": eviction.run,
         "watcher": control.watcher.run,
         "bans": control.bans.run,
@@ -477,6 +540,14 @@ def background_tasks(
             redis=redis.control, keys=keys, caches=revoked, metrics=metrics
         ),
     }
+    # Session tickets: this process's keys, and what Envoy verifies and refuses.
+    if auth.tickets is not None:
+        tasks["ticket-keys"] = auth.tickets.run
+    if control.jwt is not None:
+        tasks["jwt-config"] = control.jwt.run
+    if control.revocations is not None:
+        tasks["revoked-sessions"] = control.revocations.run
+    return tasks
 
 
 @dataclasses.dataclass

@@ -42,8 +42,14 @@ def test_redis_down_fails_closed_for_auth_open_for_limits_and_recovers(
             == 200
         )
         assert http.get("/fm-closed").status_code == 200
+        # The session ticket is decided by Envoy alone (tests/e2e/test_tickets.py): without
+        # it, every request here asks wardgate, which is what this test is about.
+        ticket = http.cookies["wg_ticket"]
+        http.cookies.delete("wg_ticket")
 
         devstack.stop(s.procs.pop("redis-server"))
+        with_ticket = httpx.get(f"{s.base}/fm-closed", cookies={"wg_ticket": ticket}, timeout=5)
+        assert with_ticket.status_code == 200  # needs neither Redis nor wardgate until it expires
         resp = http.get("/fm-closed")
         assert resp.status_code == 503
         assert resp.json()["error"] == "unavailable"

@@ -117,8 +117,10 @@ def test_login_gives_a_43_char_id_and_stores_only_its_sha256(world: World) -> No
     assert result is not None
     sid = result.session_id
     assert re.fullmatch(r"[A-Za-z0-9_-]{43}", sid)
-    assert result.identity == Identity("alice", ("admin", "dev"), "session", world.clock.now + TTL)
     (record,) = world.sessions.records.values()
+    assert result.identity == Identity(
+        "alice", ("admin", "dev"), "session", world.clock.now + TTL, session=record.id_hash
+    )
     assert record.id_hash == hashlib.sha256(sid.encode()).hexdigest() == hash_session_id(sid)
     assert sid not in repr(record)
     assert (record.user, record.roles) == ("alice", ("admin", "dev"))
@@ -157,7 +159,9 @@ def test_out_of_range_credentials_are_refused_without_a_lookup(
 def test_resolve_a_fresh_session(world: World) -> None:
     sid = world.login()
     identity = run(world.service.resolve(sid))
-    assert identity == Identity("alice", ("admin", "dev"), "session", world.clock.now + TTL)
+    assert identity == Identity(
+        "alice", ("admin", "dev"), "session", world.clock.now + TTL, session=hash_session_id(sid)
+    )
 
 
 @pytest.mark.parametrize(

@@ -249,7 +249,8 @@ def test_identity_headers_are_removed_before_any_other_filter() -> None:
     first = hcm.http_filters[2]
     assert first.name == "envoy.filters.http.header_mutation"
     removed = {m.remove for m in header_mutation(first).mutations.request_mutations}
-    assert removed == {"x-user-id", "x-user-roles", "x-auth-method"}
+    # The identity headers, and the ticket's session id (the revocation list's key).
+    assert removed == {"x-user-id", "x-user-roles", "x-auth-method", "x-wardgate-ticket-sid"}
 
 
 def test_protected_route_carries_its_policy_in_context_extensions() -> None:
@@ -322,11 +323,10 @@ def test_rate_limits_become_actions() -> None:
         "generic_key",
         "remote_address",
     ]
-    assert user.actions[1].WhichOneof("action_specifier") == "metadata"
-    meta = user.actions[1].metadata
-    assert meta.descriptor_key == "user"
-    assert meta.metadata_key.key == "envoy.filters.http.ext_authz"
-    assert [p.key for p in meta.metadata_key.path] == ["user"]
+    # The user as upstreams see it (ext_authz's, or a ticket's or JWT's set by Envoy).
+    assert user.actions[1].WhichOneof("action_specifier") == "request_headers"
+    by_user = user.actions[1].request_headers
+    assert (by_user.header_name, by_user.descriptor_key) == ("x-user-id", "user")
     assert api_key.actions[1].metadata.descriptor_key == "api_key"
     assert [p.key for p in api_key.actions[1].metadata.metadata_key.path] == ["api_key"]
     assert header.actions[1].WhichOneof("action_specifier") == "request_headers"
@@ -645,7 +645,11 @@ def test_listener_http_filters_in_order() -> None:
         "envoy.filters.http.header_mutation",
         "envoy.filters.http.cors",
         "envoy.filters.http.rbac",
+        "wardgate.jwt",
+        "wardgate.jwt_identity",
+        "wardgate.revocations",
         "envoy.filters.http.ext_authz",
+        "wardgate.roles",
         "envoy.filters.http.ratelimit",
         "wardgate.ratelimit_other_failure_mode",
         "envoy.filters.http.local_ratelimit",

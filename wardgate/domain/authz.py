@@ -98,9 +98,12 @@ class Authorizer:
         api_keys: ApiKeyStore | None = None,
         issuers: VerifierSource | None = None,
         clock: Callable[[], float] = time.time,
+        ticket_cookie: str | None = None,
     ) -> None:
         self._sessions = sessions
         self._cookie = cookie_name
+        # Cookies for the gateway only, removed from what the upstream gets.
+        self._own_cookies = (cookie_name, *((ticket_cookie,) if ticket_cookie else ()))
         self._api_keys = api_keys
         self._issuers = issuers or _NoIssuers()
         self._clock = clock
@@ -144,7 +147,7 @@ class Authorizer:
         session_id = read_cookie(cookie_header, self._cookie)
         rewritten = None
         if cookie_header is not None:
-            stripped = strip_cookie(cookie_header, self._cookie)
+            stripped = strip_cookie(cookie_header, *self._own_cookies)
             rewritten = stripped if stripped != cookie_header else None
         if policy.require == "none":
             return Allow(None, rewritten)

@@ -10,9 +10,10 @@ the cookie entries with ``"; "`` into one header. So both ``";"`` and ``","`` se
 - A piece's name is its text before the first ``=``, trimmed at both ends of every character
   that cannot be part of a cookie name (whitespace, quotes, controls, non-ASCII). A piece
   without ``=`` has no name.
-- ``strip_cookie`` removes every piece named ``name`` and keeps the rest as written, commas
-  inside values included. The Lua filter in ``xds/listener.py`` (``strip_cookie_lua``) is the
-  same algorithm, applied to each Cookie header Envoy holds; tests hold the two together.
+- ``strip_cookie`` removes every piece named ``name`` (or one of several names) and keeps
+  the rest as written, commas inside values included. The Lua filter in ``xds/listener.py``
+  (``strip_cookie_lua``) is the same algorithm, applied to each Cookie header Envoy holds;
+  tests hold the two together.
 - ``read_cookie`` answers the value of the pieces named ``name``; pieces disagreeing about it
   answer nothing (a cookie planted by a sibling domain cannot choose the session read).
 """
@@ -59,17 +60,17 @@ def read_cookie(header: str | None, name: str) -> str | None:
     return found
 
 
-def strip_cookie(header: str, name: str) -> str:
-    """The Cookie header without any piece named ``name`` (what an upstream may see). Parts
-    between ``;`` are joined again with ``"; "``, kept pieces of a part with ``","``; a header
-    that holds no such piece comes back as it is."""
-    if name not in header:
+def strip_cookie(header: str, *names: str) -> str:
+    """The Cookie header without any piece named one of ``names`` (what an upstream may see).
+    Parts between ``;`` are joined again with ``"; "``, kept pieces of a part with ``","``; a
+    header that holds no such piece comes back as it is."""
+    if not any(name in header for name in names):
         return header
     parts: list[str] = []
     removed = False
     for part in header.split(";"):
         pieces = part.split(",")
-        kept = [p for p in pieces if cookie_name(p) != name]
+        kept = [p for p in pieces if cookie_name(p) not in names]
         removed = removed or len(kept) != len(pieces)
         text = ",".join(kept).strip(_OWS)
         if text:

@@ -17,6 +17,7 @@ from pydantic import (
 
 from wardgate.domain.durations import parse_duration
 from wardgate.domain.sessions import IDENTITY_HEADERS
+from wardgate.domain.tickets import TICKET_SID_HEADER
 
 NAME_RE = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
 # Roles and tiers: safe in a header value and in the comma-joined x-user-roles.
@@ -146,8 +147,9 @@ HeaderMap = Annotated[
 Text = Annotated[
     str, AfterValidator(_no_control), Field(json_schema_extra={"pattern": NO_CONTROL_PATTERN})
 ]
-# Set or stripped by the gateway (x-wardgate-scope: Envoy's scope key, xds/scope_key.py).
-RESERVED_HEADERS = {*IDENTITY_HEADERS, "x-request-id", "x-wardgate-scope"}
+# Set or stripped by the gateway (x-wardgate-scope: Envoy's scope key, xds/scope_key.py; the
+# ticket's session id: domain/tickets.py).
+RESERVED_HEADERS = {*IDENTITY_HEADERS, "x-request-id", "x-wardgate-scope", TICKET_SID_HEADER}
 
 
 # Envoy's safe_regex is RE2 with a program-size limit (runtime re2.max_program_size.error_level,

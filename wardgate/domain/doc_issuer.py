@@ -17,6 +17,7 @@ from wardgate.domain.doc_base import (
 )
 from wardgate.domain.durations import parse_duration
 from wardgate.domain.jwks import check_jwks_url, keys_from_jwks
+from wardgate.domain.tickets import TICKET_ISSUER
 
 ENV_NAME_RE = r"^[A-Z_][A-Z0-9_]{0,127}$"
 CLAIM_RE = r"^[A-Za-z0-9_.:/-]{1,128}$"
@@ -148,6 +149,13 @@ class Issuer(_Doc):
     def _refresh(cls, value: str) -> str:
         if not 1 <= parse_duration(value) <= 86400:
             raise ValueError("jwks_refresh is from 1s to 1d")
+        return value
+
+    @field_validator("issuer")
+    @classmethod
+    def _not_tickets(cls, value: str) -> str:
+        if value == TICKET_ISSUER:
+            raise ValueError(f"issuer {TICKET_ISSUER} is the gateway's own (session tickets)")
         return value
 
     @model_validator(mode="after")

@@ -38,6 +38,7 @@ class Identity:
     method: str  # session | jwt | api_key
     expires_at: float = 0.0
     tier: str = ""  # API keys: the key's tier (rate limits per tier)
+    session: str = ""  # sessions: the SHA-256 of the session id (what a ticket names)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +99,8 @@ class SessionService:
         )
         await self._sessions.create_session(record)
         return LoginResult(
-            session_id, Identity(user.name, user.roles, "session", record.expires_at)
+            session_id,
+            Identity(user.name, user.roles, "session", record.expires_at, session=record.id_hash),
         )
 
     async def resolve(self, session_id: str | None) -> Identity | None:
@@ -115,7 +117,9 @@ class SessionService:
             # Slide the idle expiry, but write at most once per tenth of the idle window.
             if record.idle_expires_at - now < self._idle * 0.9:
                 await self._sessions.touch_session(record.id_hash, now + self._idle)
-        return Identity(record.user, record.roles, "session", record.expires_at)
+        return Identity(
+            record.user, record.roles, "session", record.expires_at, session=record.id_hash
+        )
 
     async def logout(self, session_id: str | None) -> bool:
         if not session_id or not SESSION_ID_RE.fullmatch(session_id):

@@ -55,6 +55,11 @@ class JwtVerifier:
     def __len__(self) -> int:
         return len(self._by_iss)
 
+    @property
+    def issuers(self) -> tuple[TrustedIssuer, ...]:
+        """The trusted issuers, in the order given (Envoy verifies their tokens too)."""
+        return tuple(self._by_iss.values())
+
     def verify(self, token: str) -> Identity:
         """The identity a token proves; ``TokenError`` saying why not."""
         header, claims = _unverified(token)

@@ -13,13 +13,18 @@ from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 from wardgate.domain.authz import Allow, Authorizer, Deny, RequestFacts, RoutePolicy
+from wardgate.domain.origins import request_scheme
 from wardgate.domain.sessions import IDENTITY_HEADERS
+from wardgate.domain.tickets import TicketSigner, cookie_header, ticket_sid
 from wardgate.errors import StoreError
 from wardgate.extproc.responses import error_body
 from wardgate.metrics import Metrics
 
 log = logging.getLogger("wardgate.authz")
 OVERWRITE = base_pb2.HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
+APPEND = base_pb2.HeaderValueOption.HeaderAppendAction.APPEND_IF_EXISTS_OR_ADD
+JWT_NS = "envoy.filters.http.jwt_authn"  # native_auth.JWT_NS: the verified ticket, if any
+TICKET_PAYLOAD = "wg_ticket"  # native_auth.TICKET_PAYLOAD
 _GRPC_CODE = {401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED}
 
 
@@ -68,7 +73,12 @@ def allowed(decision: Allow) -> external_auth_pb2.CheckResponse:
             ]
         )
         meta = struct_pb2.Struct()
-        fields = {"user": ident.user, "auth_method": ident.method}
+        # roles as ",a,b,": the routes' role check (RBAC, native_auth.py) looks for ",role,".
+        fields = {
+            "user": ident.user,
+            "auth_method": ident.method,
+            "roles": "," + ",".join(ident.roles) + ",",
+        }
         if ident.method == "api_key":
             fields |= {"api_key": ident.user, "tier": ident.tier or "default"}
         meta.update(fields)
@@ -84,11 +94,76 @@ def allowed(decision: Allow) -> external_auth_pb2.CheckResponse:
     )
 
 
+class TicketRenewal:
+    """A fresh session ticket on the answer to a request that its session authorized, unless
+    the request's own ticket (verified by Envoy, seen in the metadata) is for the same
+    session and has more than half its life left."""
+
+    def __init__(self, *, signer: TicketSigner, metrics: Metrics, cookie_secure: bool) -> None:
+        self._signer = signer
+        self._metrics = metrics
+        self._secure = cookie_secure
+        self._policy = signer.policy
+
+    def _current_is_fresh(self, request: external_auth_pb2.CheckRequest, sid: str) -> bool:
+        namespaces = request.attributes.metadata_context.filter_metadata
+        if JWT_NS not in namespaces:
+            return False
+        fields = namespaces[JWT_NS].fields
+        if TICKET_PAYLOAD not in fields:
+            return False
+        ticket = fields[TICKET_PAYLOAD].struct_value.fields
+        exp = ticket["exp"].number_value if "exp" in ticket else 0.0
+        same = "sid" in ticket and ticket["sid"].string_value == sid
+        return same and exp - time.time() > self._policy.ttl / 2
+
+    def headers(
+        self, request: external_auth_pb2.CheckRequest, decision: Allow
+    ) -> list[base_pb2.HeaderValueOption]:
+        ident = decision.identity
+        if ident is None or ident.method != "session" or not ident.session:
+            return []
+        if self._current_is_fresh(request, ticket_sid(ident.session)):
+            return []
+        ticket = self._signer.mint(
+            user=ident.user,
+            roles=ident.roles,
+            session_hash=ident.session,
+            session_expires=ident.expires_at,
+        )
+        if ticket is None:
+            return []
+        http = request.attributes.request.http
+        secure = self._secure or (
+            request_scheme(http.headers.get("x-forwarded-proto"), http.scheme) == "https"
+        )
+        value = cookie_header(
+            self._policy.cookie,
+            ticket.value,
+            max_age=ticket.expires_at - int(time.time()),
+            secure=secure,
+        )
+        self._metrics.tickets_issued.labels("authz").inc()
+        return [
+            base_pb2.HeaderValueOption(
+                header=base_pb2.HeaderValue(key="set-cookie", value=value), append_action=APPEND
+            )
+        ]
+
+
 class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
-    def __init__(self, *, authorizer: Authorizer, metrics: Metrics, fail_open: bool) -> None:
+    def __init__(
+        self,
+        *,
+        authorizer: Authorizer,
+        metrics: Metrics,
+        fail_open: bool,
+        tickets: TicketRenewal | None = None,
+    ) -> None:
         self._authorizer = authorizer
         self._metrics = metrics
         self._fail_open = fail_open
+        self._tickets = tickets
         self._policies: dict[tuple[tuple[str, str], ...], RoutePolicy] = {}
 
     def _policy(self, ext: dict[str, str]) -> RoutePolicy:
@@ -136,4 +211,9 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
             )
         method = decision.identity.method if decision.identity else "none"
         self._metrics.authz_decisions.labels("allow", method, "ok").inc()
-        return allowed(decision)
+        response = allowed(decision)
+        if self._tickets is not None:
+            response.ok_response.response_headers_to_add.extend(
+                self._tickets.headers(request, decision)
+            )
+        return response

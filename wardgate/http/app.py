@@ -19,6 +19,7 @@ from wardgate.domain import jsontext
 from wardgate.domain.cookies import read_cookie
 from wardgate.domain.origins import CSRF_CODE, CSRF_MESSAGE, request_scheme, source_allowed
 from wardgate.domain.sessions import Identity, SessionService
+from wardgate.domain.tickets import TicketSigner
 from wardgate.errors import StoreError, TooManyAttempts
 from wardgate.extproc.responses import error_body
 from wardgate.metrics import Metrics, exposition
@@ -68,12 +69,14 @@ class Endpoints:
         cookie_name: str,
         cookie_secure: bool,
         ready: ReadyCheck,
+        tickets: TicketSigner | None = None,
     ) -> None:
         self._sessions = sessions
         self._metrics = metrics
         self._cookie_name = cookie_name
         self._cookie_secure = cookie_secure
         self._ready = ready
+        self._tickets = tickets
 
     def _secure(self, request: web.Request) -> bool:
         return self._cookie_secure or _scheme(request) == "https"
@@ -150,7 +153,32 @@ class Endpoints:
             secure=self._secure(request),
             max_age=max(1, int(result.identity.expires_at - time.time())),
         )
+        self._set_ticket(response, result.identity, secure=self._secure(request))
         return response
+
+    def _set_ticket(self, response: web.Response, ident: Identity, *, secure: bool) -> None:
+        """The session's first ticket, beside the session cookie (none while this process has
+        no key that signs yet: ext_authz sets one on a later request)."""
+        if self._tickets is None:
+            return
+        ticket = self._tickets.mint(
+            user=ident.user,
+            roles=ident.roles,
+            session_hash=ident.session,
+            session_expires=ident.expires_at,
+        )
+        if ticket is None:
+            return
+        response.set_cookie(
+            self._tickets.policy.cookie,
+            ticket.value,
+            path="/",
+            httponly=True,
+            samesite="Lax",
+            secure=secure,
+            max_age=max(1, ticket.expires_at - int(time.time())),
+        )
+        self._metrics.tickets_issued.labels("login").inc()
 
     async def logout(self, request: web.Request) -> web.Response:
         # The CSRF rule, whether or not the request carries the session cookie: the answer
@@ -173,6 +201,14 @@ class Endpoints:
             httponly=True,
             samesite="Lax",
         )
+        if self._tickets is not None:  # the session is revoked: its tickets are refused too
+            response.del_cookie(
+                self._tickets.policy.cookie,
+                path="/",
+                secure=self._secure(request),
+                httponly=True,
+                samesite="Lax",
+            )
         return response
 
     async def session(self, request: web.Request) -> web.Response:
@@ -206,6 +242,7 @@ def create_app(
     cookie_name: str,
     cookie_secure: bool,
     ready: ReadyCheck,
+    tickets: TicketSigner | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=MAX_LOGIN_BODY)
     endpoints = Endpoints(
@@ -214,6 +251,7 @@ def create_app(
         cookie_name=cookie_name,
         cookie_secure=cookie_secure,
         ready=ready,
+        tickets=tickets,
     )
     app.router.add_post("/auth/login", endpoints.login)
     app.router.add_post("/auth/logout", endpoints.logout)

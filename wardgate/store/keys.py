@@ -135,6 +135,29 @@ class Keys:
         """Pub/sub channel announcing revoked API keys (the SHA-256), for local caches."""
         return f"{self.prefix}apikeys:revoked"
 
+    # -- session tickets (domain/tickets.py) --
+    @property
+    def ticket_keys(self) -> str:
+        """Hash: key id -> JSON {jwk, sign_from, keep_until}: the public halves of the
+        processes' ticket signing keys (the private halves never leave their process)."""
+        return f"{self.prefix}tickets:keys"
+
+    @property
+    def ticket_keys_version(self) -> str:
+        """A counter raised by every change to ``ticket_keys``."""
+        return f"{self.prefix}tickets:keys:version"
+
+    @property
+    def revoked_sessions(self) -> str:
+        """Sorted set: ticket sid of a revoked session -> when it was revoked (epoch ms);
+        entries older than a ticket's longest lifetime are deleted."""
+        return f"{self.prefix}tickets:revoked"
+
+    @property
+    def revoked_sessions_version(self) -> str:
+        """A counter raised by every revocation."""
+        return f"{self.prefix}tickets:revoked:version"
+
     # -- bans --
     @property
     def bans(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ from wardgate.domain.ports import (
 from wardgate.store.errors import redis_errors
 from wardgate.store.keys import RATE_LIMIT_LUA, TOUCH_SESSION_LUA, Keys
 from wardgate.store.redis_client import AnyRedis
+from wardgate.store.tickets import record_revocations
 
 
 class RedisUserStore:
@@ -97,6 +99,7 @@ class RedisSessionStore:
                 pipe.delete(self._k.session(id_hash))
                 pipe.srem(self._k.user_sessions(user), id_hash)
                 pipe.publish(self._k.sessions_channel, id_hash)
+                record_revocations(pipe, self._k, [id_hash], now=time.time())
                 deleted, *_ = await pipe.execute()
             return bool(deleted)
 
@@ -125,6 +128,10 @@ class RedisSessionStore:
     async def delete_user_sessions(self, user: str) -> int:
         with redis_errors():
             hashes = await self._r.smembers(self._k.user_sessions(user))
+            if hashes:  # Envoy refuses their tickets first, then the sessions go
+                async with self._r.pipeline(transaction=False) as pipe:
+                    record_revocations(pipe, self._k, hashes, now=time.time())
+                    await pipe.execute()
             count = 0
             for id_hash in hashes:
                 count += await self._r.delete(self._k.session(id_hash))

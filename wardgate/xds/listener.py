@@ -22,6 +22,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noq
 
 from wardgate.domain.durations import format_duration
 from wardgate.domain.sessions import IDENTITY_HEADERS
+from wardgate.domain.tickets import TICKET_SID_HEADER
 from wardgate.xds import canonical
 from wardgate.xds.access_log import access_log_config
 from wardgate.xds.bans import bans_filter
@@ -29,6 +30,14 @@ from wardgate.xds.extproc import ComposeAddress, extproc_filters, reply_mapper
 from wardgate.xds.listener_tls import filter_chains as tls_filter_chains
 from wardgate.xds.listener_tls import listener_filters as tls_listener_filters
 from wardgate.xds.local_guard import guard_filter
+from wardgate.xds.native_auth import (
+    ext_authz_skip,
+    jwt_filter,
+    jwt_identity_filter,
+    local_replies,
+    roles_filter,
+)
+from wardgate.xds.revocations import revocations_filter
 from wardgate.xds.scope_envoy import scope_filter, scoped_routes
 from wardgate.xds.tracing import tracing_config
 from wardgate.xds.transcoder import ORIGINAL_PATH, transcoder_filters
@@ -111,15 +120,7 @@ def _connection_manager_base(
         # One route configuration per scope; the scope from a header the first filter sets.
         "scoped_routes": scoped_routes(),
         "http_filters": _http_filters(opts, compose),
-        # The external processor's own answers keep their body; then the gateway's errors.
-        "local_reply_config": {
-            "mappers": [
-                reply_mapper(),
-                *(_mapper(*m) for m in LOCAL_REPLIES[:2]),  # wardgate's own denials
-                _other_service_mapper(),
-                *(_mapper(*m) for m in LOCAL_REPLIES[2:]),
-            ]
-        },
+        "local_reply_config": {"mappers": _mappers(opts)},
         "upgrade_configs": [{"upgrade_type": "websocket", "enabled": False}],
     }
 
@@ -138,7 +139,13 @@ def _http_filters(opts: TranslateOptions, compose: ComposeAddress | None) -> lis
         _strip_identity_headers(),
         _filter(F_CORS, T_CORS),
         _filter(F_RBAC, T_RBAC),
+        # Session tickets and Issuer JWTs verified by Envoy (native_auth.py): when they
+        # decide who the caller is, ext_authz is skipped; the route's roles are checked after.
+        jwt_filter(),
+        jwt_identity_filter(),
+        revocations_filter(opts.ticket_cookie),
         _ext_authz(opts),
+        roles_filter(),
         _rate_limit(opts, stage=0),
         _rate_limit(opts, stage=1),
         guard_filter(),  # after the exact check: it sees what that allowed or failed open on
@@ -162,7 +169,9 @@ def _strip_identity_headers() -> dict[str, Any]:
     return _filter(
         "envoy.filters.http.header_mutation",
         T_HEADER_MUTATION,
-        mutations={"request_mutations": [{"remove": h} for h in IDENTITY_HEADERS]},
+        mutations={
+            "request_mutations": [{"remove": h} for h in (*IDENTITY_HEADERS, TICKET_SID_HEADER)]
+        },
     )
 
 
@@ -178,6 +187,7 @@ def _ext_authz(opts: TranslateOptions) -> dict[str, Any]:
         transport_api_version="V3",
         failure_mode_allow=opts.authz_fail_open,
         status_on_error={"code": "ServiceUnavailable"},
+        **ext_authz_skip(),
     )
 
 
@@ -199,24 +209,27 @@ def _rate_limit(opts: TranslateOptions, *, stage: int) -> dict[str, Any]:
 
 
 def _strip_session_cookie(opts: TranslateOptions) -> dict[str, Any]:
-    """The session cookie is for the gateway: after ext_authz (which has read it and, on
-    protected routes, already dropped it), no upstream gets it, public routes included. Only
-    wardgate's own /auth/* routes keep it (they disable this filter)."""
+    """The session cookie and the ticket are for the gateway: after ext_authz (which has read
+    them and, on protected routes, already dropped them), no upstream gets them, public routes
+    included. Only wardgate's own /auth/* routes keep them (they disable this filter)."""
     return _filter(
         F_LUA,
         T_LUA,
-        default_source_code={"inline_string": strip_cookie_lua(opts.session_cookie)},
+        default_source_code={
+            "inline_string": strip_cookie_lua(opts.session_cookie, opts.ticket_cookie)
+        },
     )
 
 
-def strip_cookie_lua(name: str) -> str:
-    """Lua for Envoy: remove every piece named ``name`` from each of the request's Cookie
-    headers, as ``domain/cookies.py`` ``strip_cookie`` does (the same algorithm: pieces split
-    on ";" and ",", names trimmed of non-name characters). Each header is rewritten on its
-    own, so an upstream gets the other cookies in as many headers as the client sent; a
+def strip_cookie_lua(*names: str) -> str:
+    """Lua for Envoy: remove every piece named one of ``names`` from each of the request's
+    Cookie headers, as ``domain/cookies.py`` ``strip_cookie`` does (the same algorithm: pieces
+    split on ";" and ",", names trimmed of non-name characters). Each header is rewritten on
+    its own, so an upstream gets the other cookies in as many headers as the client sent; a
     header left empty goes. ``getAtIndex`` counts from 0."""
+    listed = ", ".join(f"[{json.dumps(n)}] = true" for n in names)
     return (
-        f"local target = {json.dumps(name)}\n"
+        f"local targets = {{{listed}}}\n"
         + r"""
 local OTHER = "[^A-Za-z0-9!#$%%&'*+%-.^_`|~]"
 local TRIM_NAME = "^" .. OTHER .. "*(.-)" .. OTHER .. "*$"
@@ -227,13 +240,21 @@ local function name_of(piece)
   return string.match(string.sub(piece, 1, eq - 1), TRIM_NAME)
 end
 
+local function mentions(value)
+  for target in pairs(targets) do
+    if string.find(value, target, 1, true) ~= nil then return true end
+  end
+  return false
+end
+
 local function strip(value)
-  if string.find(value, target, 1, true) == nil then return value end
+  if not mentions(value) then return value end
   local parts, removed = {}, false
   for part in string.gmatch(value .. ";", "([^;]*);") do
     local kept = {}
     for piece in string.gmatch(part .. ",", "([^,]*),") do
-      if name_of(piece) == target then removed = true else kept[#kept + 1] = piece end
+      local name = name_of(piece)
+      if name ~= nil and targets[name] then removed = true else kept[#kept + 1] = piece end
     end
     local text = string.match(table.concat(kept, ","), "^[ \t]*(.-)[ \t]*$")
     if text ~= "" then parts[#parts + 1] = text end
@@ -281,6 +302,21 @@ LOCAL_REPLIES: list[tuple[int, str | None, str, str | None]] = [
     (503, "unavailable", "the upstream service is unavailable", None),
     (504, "upstream_timeout", "the upstream service did not answer in time", None),
 ]
+
+
+def _mappers(opts: TranslateOptions) -> list[dict[str, Any]]:
+    """The external processor's own answers keep their body; then wardgate's own denials as
+    they are, the refusals of the native checks (a revoked ticket, missing roles:
+    native_auth.py), the transcoder's 404 for another route's service, then the rest."""
+    own = [m for m in LOCAL_REPLIES if m[3] == "UAEX" and m[1] is None]
+    rest = [m for m in LOCAL_REPLIES if m not in own]
+    return [
+        reply_mapper(),
+        *(_mapper(*m) for m in own),
+        *local_replies(opts.ticket_cookie),
+        _other_service_mapper(),
+        *(_mapper(*m) for m in rest),
+    ]
 
 
 def _mapper(

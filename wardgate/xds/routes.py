@@ -22,9 +22,11 @@ from wardgate.domain.documents import RateLimit, Route, host_regex
 from wardgate.domain.durations import parse_duration
 from wardgate.domain.origin_patterns import is_wildcard, parse_wildcard
 from wardgate.domain.ratelimit import RULE_KEY, TIER_KEY, encode_rule
+from wardgate.domain.tickets import TICKET_SID_HEADER
 from wardgate.xds.extproc import compose_action, extproc_off
 from wardgate.xds.extproc import route_filters as extproc_filters
 from wardgate.xds.local_guard import F_LOCAL_RATELIMIT, guard_bucket, route_guard
+from wardgate.xds.native_auth import route_filters as native_auth_filters
 from wardgate.xds.scope_key import SCOPE_HEADER
 from wardgate.xds.transcoder import route_filters as transcoding_filters
 from wardgate.xds.transcoder import transcoder_off
@@ -122,8 +124,15 @@ def _rate_limit_actions(
         for dim in rule.dimensions:
             if dim == "ip":
                 actions.append({"remote_address": {}})
-            elif dim in ("user", "api_key"):
-                # No identity (a public route, or another credential): no descriptor, no limit.
+            elif dim == "user":
+                # The user as the upstream sees it: set by ext_authz, or by Envoy from a
+                # session ticket or JWT (native_auth.py); a client's own value is removed
+                # first. No identity (a public route): no descriptor, no limit.
+                actions.append(
+                    {"request_headers": {"header_name": "x-user-id", "descriptor_key": dim}}
+                )
+            elif dim == "api_key":
+                # No API key (a public route, or another credential): no descriptor, no limit.
                 actions.append(_metadata_action(dim, dim))
             elif dim.startswith("header:"):
                 # Keyed "header:NAME": a header named "user" or "remote_address" cannot pass
@@ -261,6 +270,7 @@ def _per_filter_config(route: Route, opts: TranslateOptions) -> dict[str, Any]:
             "@type": T_EXT_AUTHZ_ROUTE,
             "check_settings": {"context_extensions": ctx},
         }
+        per_filter.update(native_auth_filters(route))  # tickets, JWTs, roles in Envoy
     if cors := _cors(route):
         per_filter[F_CORS] = cors
     if rbac := _rbac(route):
@@ -299,7 +309,7 @@ def virtual_host_head(*, transcoding: bool = False) -> dict[str, Any]:
         "domains": ["*"],
         # Applied by the router, after ext_authz has read it: the API key is for the gateway;
         # the scope key is for Envoy (scope_key.py).
-        "request_headers_to_remove": ["x-api-key", SCOPE_HEADER],
+        "request_headers_to_remove": ["x-api-key", SCOPE_HEADER, TICKET_SID_HEADER],
         "typed_per_filter_config": {
             EXT_AUTHZ: {"@type": T_EXT_AUTHZ_ROUTE, "disabled": True},
             F_BUFFER: {"@type": T_BUFFER_ROUTE, "disabled": True},

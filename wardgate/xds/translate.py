@@ -49,6 +49,7 @@ class TranslateOptions:
     login_limit_per_minute: int = 30
     trusted_proxy_hops: int = 0
     session_cookie: str = "wg_session"
+    ticket_cookie: str = "wg_ticket"  # session tickets (domain/tickets.py)
     max_request_bytes: int = 1 << 20
     extproc_timeout: float = 0.2  # Envoy's deadline per ext_proc message (xds/extproc.py)
     # The local guard behind exact limits (local_guard.py).
