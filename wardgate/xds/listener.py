@@ -25,6 +25,8 @@ from wardgate.domain.sessions import IDENTITY_HEADERS
 from wardgate.xds import canonical
 from wardgate.xds.bans import bans_filter
 from wardgate.xds.local_guard import guard_filter
+from wardgate.xds.local_limits import local_limits_filter
+from wardgate.xds.quota import quota_filters
 from wardgate.xds.scope_envoy import scope_filter, scoped_routes
 from wardgate.xds.transcoder import transcoder_filters
 from wardgate.xds.translate import (
@@ -108,6 +110,10 @@ def _http_filters(opts: TranslateOptions) -> list[dict[str, Any]]:
         _filter(F_CORS, T_CORS),
         _filter(F_RBAC, T_RBAC),
         _ext_authz(opts),
+        # Limits Envoy enforces itself (enforce: quota, then local), before the exact check:
+        # what they refuse costs no callout.
+        *quota_filters(),
+        local_limits_filter(),
         _rate_limit(opts, stage=0),
         _rate_limit(opts, stage=1),
         guard_filter(),  # after the exact check: it sees what that allowed or failed open on
