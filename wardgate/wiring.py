@@ -18,17 +18,20 @@ import grpc
 from aiohttp import web
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
+from envoy.service.rate_limit_quota.v3 import rlqs_pb2_grpc
 from envoy.service.ratelimit.v3 import rls_pb2_grpc
 from grpc_health.v1 import health, health_pb2_grpc
 
 from wardgate.domain.authz import Authorizer
 from wardgate.domain.bans import AbuseMonitor, BanPolicy
+from wardgate.domain.quota import QuotaService
 from wardgate.domain.ratelimit import ClientBudget, RateLimiter
 from wardgate.domain.registry import Reserved
 from wardgate.domain.sessions import SessionService
 from wardgate.domain.tokens import IssuerHolder
 from wardgate.errors import StoreError
 from wardgate.extproc.authz import AuthorizationService
+from wardgate.extproc.quota import RateLimitQuotaService
 from wardgate.extproc.ratelimit import RateLimitService
 from wardgate.extproc.refusal_report import report_refused_clients
 from wardgate.files import read_bounded_file
@@ -42,6 +45,7 @@ from wardgate.store.document_source import RedisDocumentSource
 from wardgate.store.errors import redis_errors
 from wardgate.store.eviction import EvictionWatch
 from wardgate.store.keys import Keys
+from wardgate.store.quota import RedisQuotaLedger
 from wardgate.store.redis_client import AnyRedis, connect
 from wardgate.store.redis_store import (
     RedisApiKeyStore,
@@ -92,6 +96,8 @@ class RedisClients:
     control: AnyRedis  # the control plane: documents, status, pub/sub
     # Rate-limit counters (maybe a Redis of their own): gives up sooner (Envoy waits 100 ms).
     counters: AnyRedis
+    # Quota budgets, in the counters' Redis: off the request path (Envoys report every 5 s).
+    quota: AnyRedis
 
     @classmethod
     def connect(cls, settings: Settings) -> RedisClients:
@@ -104,10 +110,15 @@ class RedisClients:
                 timeout=settings.ratelimit_redis_timeout,
                 name="wardgate-ratelimit",
             ),
+            quota=connect(
+                settings.ratelimit_redis_url or url,
+                timeout=max(1.0, timeout),
+                name="wardgate-quota",
+            ),
         )
 
     async def aclose(self) -> None:
-        for client in (self.hot, self.counters, self.control):
+        for client in (self.hot, self.counters, self.quota, self.control):
             await client.aclose()
 
 
@@ -144,6 +155,7 @@ def wire_auth(settings: Settings, redis: RedisClients, keys: Keys) -> AuthParts:
 class LimitParts:
     service: RateLimitService
     refusals: RedisRefusalLog
+    quota: RateLimitQuotaService
 
 
 def wire_limits(
@@ -170,7 +182,13 @@ def wire_limits(
         refusals=refusals,
         abuse=abuse,
     )
-    return LimitParts(service, refusals)
+    # enforce: quota: budgets next to the exact check's counters (their Redis may evict: a
+    # lost budget starts full again, as a lost counter starts at zero).
+    quota = RateLimitQuotaService(
+        quota=QuotaService(ledger=RedisQuotaLedger(redis=redis.quota), key_for=keys.quota),
+        metrics=metrics,
+    )
+    return LimitParts(service, refusals, quota)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,6 +256,7 @@ def wire_grpc(
     )
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(authz, server)
     rls_pb2_grpc.add_RateLimitServiceServicer_to_server(limits.service, server)
+    rlqs_pb2_grpc.add_RateLimitQuotaServiceServicer_to_server(limits.quota, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"{settings.bind_host}:{settings.grpc_port}"
