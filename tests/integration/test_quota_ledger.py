@@ -265,3 +265,22 @@ def test_concurrent_reports_of_one_bucket_never_oversubscribe(redis_url: str, pr
         return sum(s[0].lease.tokens for s in results if s[0].lease.kind == LeaseKind.GRANT)
 
     assert with_redis(redis_url, body) <= 50
+
+
+def test_what_an_envoy_reports_beyond_its_local_bound_is_not_taken_from_the_budget(
+    redis_url: str, prefix: str
+) -> None:
+    """Before its first lease a bucket lets everything through the quota filter, and the
+    local bound behind it refuses what is too much: the report counts those too."""
+
+    async def body(r: Any) -> list[Lease]:
+        world, clock = _world(r, prefix, "u#0|20|3600|token_bucket|0")
+        usage = BucketUsage(world.entries, 500, 0)
+        first = (await world.service.settle("A", [usage]))[0].lease
+        clock[0] += REPORT_INTERVAL_S
+        again = (await world.service.settle("A", [BucketUsage(world.entries, 0, 0)]))[0].lease
+        return [first, again]
+
+    first, again = with_redis(redis_url, body)
+    assert first.unleased == 21  # the local bound of a token bucket: 20 and one
+    assert first.kind == LeaseKind.DENY and again.kind == LeaseKind.DENY  # the budget is spent

@@ -67,6 +67,7 @@ class QuotaCheck:
     allowed: int
     denied: int
     abandon_after_ms: int
+    local_bound: int  # what the Envoy's local bound admits at once (xds/local_limits.py)
 
 
 class QuotaLedger(Protocol):
@@ -112,6 +113,13 @@ def abandon_after_s(period: int) -> int:
     return min(3600, max(120, 2 * period))
 
 
+def local_bound(requests: int, algorithm: str) -> int:
+    """What each Envoy admits at once for a quota rule without a lease (its local bound):
+    what the rule can allow one client at once, twice the requests for a fixed window (a
+    window's end and the next one's start), the requests and one for a token bucket."""
+    return 2 * requests if algorithm == "fixed_window" else requests + 1
+
+
 def retry_after(requests: int, period: int) -> int:
     """What a refused client is told to wait: a new lease comes with the next report at the
     earliest, and the budget regains one request every period/requests."""
@@ -152,6 +160,7 @@ class QuotaService:
                 allowed=max(0, usage.allowed),
                 denied=max(0, usage.denied),
                 abandon_after_ms=abandon_after_s(req.period) * 1000,
+                local_bound=local_bound(req.requests, req.algorithm),
             )
             for req, usage in mine
         ]

@@ -266,10 +266,13 @@ end
 # (domain/quota.py has the rules). KEYS[1] = the bucket's hash: field 'g' = the budget left
 # (may be below zero: requests admitted beyond leases, to be repaid), 't' = when it was last
 # refilled (ms; for a fixed window, the window's number), 'h:<holder>' = one Envoy's lease
-# "c u d seen serial active": what it holds, how much of that it used, its demand in its last
-# report, when it last reported, its lease's serial, when it last saw a request.
+# "c u d seen serial active b": what it holds, how much of that it used, its demand in its last
+# report, when it last reported, its lease's serial, when it last saw a request, and what its
+# local bound can still admit (a mirror: refilled at the rule's rate up to the bound).
 # ARGV: now (ms), holder, allowed, denied, requests, period (ms), algorithm (1 fixed window,
-# 3 token bucket), holder expiry (ms), abandon after (ms).
+# 3 token bucket), holder expiry (ms), abandon after (ms), the Envoy's local bound (what it
+# admits at once without a lease; the quota filter reports requests that the local bound
+# behind it then refused: those are not taken from the budget).
 # Returns {kind (0 keep, 1 grant, 2 deny, 3 abandon), tokens, serial, unleased}.
 QUOTA_LUA = r"""
 local now = tonumber(ARGV[1])
@@ -281,6 +284,7 @@ local period = tonumber(ARGV[6])
 local fixed = ARGV[7] == '1'
 local expiry = tonumber(ARGV[8])
 local abandon_after = tonumber(ARGV[9])
+local bound = tonumber(ARGV[10])
 
 local raw = redis.call('HGETALL', KEYS[1])
 local g, t = nil, nil
@@ -290,11 +294,11 @@ for i = 1, #raw, 2 do
   if f == 'g' then g = tonumber(v)
   elseif f == 't' then t = tonumber(v)
   else
-    local c, u, d, seen, serial, active =
-      string.match(v, '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
+    local c, u, d, seen, serial, active, b =
+      string.match(v, '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
     if c then
       holders[f] = {c = tonumber(c), u = tonumber(u), d = tonumber(d), seen = tonumber(seen),
-                    serial = tonumber(serial), active = tonumber(active)}
+                    serial = tonumber(serial), active = tonumber(active), b = tonumber(b)}
     end
   end
 end
@@ -312,17 +316,19 @@ for f, h in pairs(holders) do
 end
 local h = holders[me]
 if h == nil then
-  h = {c = 0, u = 0, d = 0, seen = now, serial = 0, active = now}
+  h = {c = 0, u = 0, d = 0, seen = now, serial = 0, active = now, b = bound}
   holders[me] = h
 end
--- What the Envoy admitted is spent from its lease; beyond the lease, from the budget.
+-- What the Envoy admitted is spent from its lease; beyond the lease, from the budget, as far
+-- as its local bound can have let it through (the rest that filter refused).
+local b = math.min(bound, h.b + (now - h.seen) * limit / period)
 h.u = h.u + allowed
-local unleased = 0
-if h.u > h.c then
-  unleased = h.u - h.c
-  g = g - unleased
-  h.u = h.c
-end
+local over = math.max(0, h.u - h.c)
+local leased = allowed - over
+local unleased = math.min(over, math.max(0, math.floor(b - leased)))
+h.b = math.max(0, b - leased - unleased)
+g = g - unleased
+if h.u > h.c then h.u = h.c end
 h.d = allowed + denied
 if h.d > 0 then h.active = now end
 local held = 0
@@ -379,7 +385,7 @@ elseif left > target + math.floor(target / 2) + 1 then
   kind = 1
 end
 h.seen = now
-redis.call('HSET', KEYS[1], me,
-  string.format('%d %d %d %d %d %d', h.c, h.u, h.d, h.seen, h.serial, h.active))
+redis.call('HSET', KEYS[1], me, string.format('%d %d %d %d %d %d %s',
+  h.c, h.u, h.d, h.seen, h.serial, h.active, tostring(h.b)))
 return save(kind, h.c, h.serial)
 """

@@ -53,6 +53,7 @@ class RedisQuotaLedger:
                 c.algorithm,
                 HOLDER_EXPIRY_S * 1000,
                 c.abandon_after_ms,
+                c.local_bound,
             )
         results = await pipe.execute(raise_on_error=False)
         for result in results:

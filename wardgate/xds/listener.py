@@ -110,8 +110,9 @@ def _http_filters(opts: TranslateOptions) -> list[dict[str, Any]]:
         _filter(F_CORS, T_CORS),
         _filter(F_RBAC, T_RBAC),
         _ext_authz(opts),
-        # Limits Envoy enforces itself (enforce: quota, then local), before the exact check:
-        # what they refuse costs no callout.
+        # Limits Envoy enforces itself, before the exact check: what they refuse costs no
+        # callout. Quota first: the local bound behind it counts only what a lease admitted
+        # (a request the quota refuses spends nothing there).
         *quota_filters(),
         local_limits_filter(),
         _rate_limit(opts, stage=0),

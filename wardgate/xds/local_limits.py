@@ -30,8 +30,9 @@ from typing import Any
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2  # noqa: F401
 
 from wardgate.domain.documents import RateLimit
+from wardgate.domain.quota import local_bound
 from wardgate.domain.ratelimit import RULE_KEY
-from wardgate.xds.local_guard import MAX_TOKENS, TICK_MS, capacity, token_bucket
+from wardgate.xds.local_guard import MAX_TOKENS, TICK_MS, token_bucket
 from wardgate.xds.typeurls import T_LOCAL_RATELIMIT
 
 F_LOCAL_LIMITS = "wardgate.local_limits"
@@ -128,7 +129,7 @@ def quota_bound(rule: RateLimit) -> dict[str, Any]:
     requests for a fixed window, the requests and one for a token bucket), refilled at the
     rule's rate. Leases never exceed it, so it decides only without one."""
     bucket = token_bucket(rule.requests, rule.period_seconds)
-    bucket["max_tokens"] = capacity(rule.requests, rule.algorithm, 1.0)
+    bucket["max_tokens"] = min(MAX_TOKENS, local_bound(rule.requests, rule.algorithm))
     return bucket
 
 
