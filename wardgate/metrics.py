@@ -60,6 +60,13 @@ class Metrics:
     ticket_keys: Gauge
     revoked_sessions: Gauge
     revocations_dropped: Counter
+    # enforce: quota (extproc/quota.py)
+    quota_requests: Counter
+    quota_leases: Counter
+    quota_leased: Counter
+    quota_unleased: Counter
+    quota_streams: Gauge
+    quota_failures: Counter
     # Collectors computed when /metrics is read (e.g. the top rate-limited clients), in
     # multiprocess mode too.
     collectors: list[Any] = dataclasses.field(default_factory=list)
@@ -310,6 +317,45 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
             "wardgate_revocations_dropped_total",
             "Revoked sessions left off the list sent to Envoy because it was full (their "
             "tickets pass until they expire).",
+            registry=r,
+        ),
+        quota_requests=Counter(
+            "wardgate_quota_requests_total",
+            "Requests of quota rules as the Envoys report them (every 5 s), by rule and "
+            "decision (allowed, denied).",
+            ["rule", "decision"],
+            registry=r,
+        ),
+        quota_leases=Counter(
+            "wardgate_quota_leases_total",
+            "Answers to Envoys' quota reports, per bucket: keep (the lease stays), grant (a "
+            "new lease), deny (nothing left for that Envoy), abandon (the bucket was idle).",
+            ["rule", "action"],
+            registry=r,
+        ),
+        quota_leased=Counter(
+            "wardgate_quota_leased_tokens_total",
+            "Requests granted to Envoys in new leases, by rule.",
+            ["rule"],
+            registry=r,
+        ),
+        quota_unleased=Counter(
+            "wardgate_quota_unleased_total",
+            "Requests Envoys admitted beyond their leases (before a bucket's first lease, "
+            "between a report and its answer, while wardgate was unreachable): the overshoot.",
+            ["rule"],
+            registry=r,
+        ),
+        quota_streams=Gauge(
+            "wardgate_quota_streams",
+            "Envoys' quota streams open now.",
+            registry=r,
+            multiprocess_mode="livesum",
+        ),
+        quota_failures=Counter(
+            "wardgate_quota_failures_total",
+            "Quota reports left unanswered because Redis could not settle them (Envoys keep "
+            "their leases until they expire, then their local bound decides).",
             registry=r,
         ),
     )

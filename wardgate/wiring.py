@@ -20,6 +20,7 @@ from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
+from envoy.service.rate_limit_quota.v3 import rlqs_pb2_grpc
 from envoy.service.ratelimit.v3 import rls_pb2_grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2_grpc
@@ -29,6 +30,7 @@ from wardgate.domain.authz import Authorizer
 from wardgate.domain.bans import AbuseMonitor, BanPolicy
 from wardgate.domain.compose import Composer
 from wardgate.domain.extproc_policy import MAX_COMPOSE_TIMEOUT
+from wardgate.domain.quota import QuotaService
 from wardgate.domain.ratelimit import ClientBudget, RateLimiter
 from wardgate.domain.registry import Reserved
 from wardgate.domain.response_cache import LocalEntries, ResponseCache
@@ -39,6 +41,7 @@ from wardgate.errors import StoreError
 from wardgate.extproc.authz import AuthorizationService, TicketRenewal
 from wardgate.extproc.compose_client import HttpPartFetcher
 from wardgate.extproc.processor import ProcessingService
+from wardgate.extproc.quota import RateLimitQuotaService
 from wardgate.extproc.ratelimit import RateLimitService
 from wardgate.extproc.refusal_report import report_refused_clients
 from wardgate.files import read_bounded_file
@@ -62,6 +65,7 @@ from wardgate.store.document_source import RedisDocumentSource
 from wardgate.store.errors import redis_errors
 from wardgate.store.eviction import EvictionWatch
 from wardgate.store.keys import Keys
+from wardgate.store.quota import RedisQuotaLedger
 from wardgate.store.redis_client import AnyRedis, connect
 from wardgate.store.redis_store import (
     RedisApiKeyStore,
@@ -142,6 +146,8 @@ class RedisClients:
     counters: AnyRedis
     # The response cache (maybe a Redis of its own): bytes, a short deadline, then bypassed.
     cache: AnyRedis
+    # Quota budgets, in the counters' Redis: off the request path (Envoys report every 5 s).
+    quota: AnyRedis
 
     @classmethod
     def connect(cls, settings: Settings) -> RedisClients:
@@ -160,10 +166,15 @@ class RedisClients:
                 name="wardgate-cache",
                 decode=False,
             ),
+            quota=connect(
+                settings.ratelimit_redis_url or url,
+                timeout=max(1.0, timeout),
+                name="wardgate-quota",
+            ),
         )
 
     async def aclose(self) -> None:
-        for client in (self.hot, self.counters, self.control, self.cache):
+        for client in (self.hot, self.counters, self.quota, self.control, self.cache):
             await client.aclose()
 
 
@@ -226,6 +237,7 @@ def wire_auth(
 class LimitParts:
     service: RateLimitService
     refusals: RedisRefusalLog
+    quota: RateLimitQuotaService
 
 
 def wire_limits(
@@ -252,7 +264,13 @@ def wire_limits(
         refusals=refusals,
         abuse=abuse,
     )
-    return LimitParts(service, refusals)
+    # enforce: quota: budgets next to the exact check's counters (their Redis may evict: a
+    # lost budget starts full again, as a lost counter starts at zero).
+    quota = RateLimitQuotaService(
+        quota=QuotaService(ledger=RedisQuotaLedger(redis=redis.quota), key_for=keys.quota),
+        metrics=metrics,
+    )
+    return LimitParts(service, refusals, quota)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -416,6 +434,7 @@ def wire_grpc(
     )
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(authz, server)
     rls_pb2_grpc.add_RateLimitServiceServicer_to_server(limits.service, server)
+    rlqs_pb2_grpc.add_RateLimitQuotaServiceServicer_to_server(limits.quota, server)
     if stats is not None:
         stats.add_to(server)
     if processing is not None:

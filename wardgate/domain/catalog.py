@@ -278,8 +278,8 @@ class _Parse:
 
     def refuse_differing_shared_keys(self, routes: dict[str, Route]) -> None:
         """Rules that share a counter (``key``) must count alike: the same requests, period,
-        algorithm, dimensions and tiers. A route whose rule differs from the first route (by
-        name) using that key is refused; ``routes`` is changed in place."""
+        algorithm, dimensions, tiers and enforcement. A route whose rule differs from the first
+        route (by name) using that key is refused; ``routes`` is changed in place."""
         first: dict[str, tuple[str, tuple[object, ...]]] = {}
         for name, route in sorted(routes.items()):
             for rule in route.rate_limits:
@@ -291,6 +291,7 @@ class _Parse:
                     rule.algorithm,
                     tuple(rule.dimensions),
                     tuple(sorted((rule.tiers or {}).items())),
+                    rule.enforce,
                 )
                 owner, known = first.setdefault(rule.key, (name, shape))
                 if known != shape:
@@ -298,7 +299,7 @@ class _Parse:
                     self.served.pop(("Route", name), None)
                     self.refused[f"Route/{printable(name)}"] = (
                         f"rate limit key {rule.key} counts differently on route {owner} "
-                        "(requests, per, algorithm, by and tiers must be the same)"
+                        "(requests, per, algorithm, by, tiers and enforce must be the same)"
                     )
                     break
 

@@ -149,7 +149,17 @@ Text = Annotated[
 ]
 # Set or stripped by the gateway (x-wardgate-scope: Envoy's scope key, xds/scope_key.py; the
 # ticket's session id: domain/tickets.py).
-RESERVED_HEADERS = {*IDENTITY_HEADERS, "x-request-id", "x-wardgate-scope", TICKET_SID_HEADER}
+# Envoy's rate_limit_quota filters, one quota rule each per request; each reads the rule from
+# its header, which the gateway sets per route (xds/quota.py).
+QUOTA_SLOTS = 2
+QUOTA_HEADERS = tuple(f"x-wardgate-quota-{slot}" for slot in range(QUOTA_SLOTS))
+RESERVED_HEADERS = {
+    *IDENTITY_HEADERS,
+    "x-request-id",
+    "x-wardgate-scope",
+    TICKET_SID_HEADER,
+    *QUOTA_HEADERS,
+}
 
 
 # Envoy's safe_regex is RE2 with a program-size limit (runtime re2.max_program_size.error_level,

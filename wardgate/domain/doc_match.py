@@ -103,8 +103,8 @@ class Match(_Doc):
             "Request headers that must be present with exactly this value (Envoy header "
             "matcher, string_match.exact). Names are HTTP tokens, lower-cased; values are "
             "visible ASCII, spaces only inside, possibly empty. x-user-id, "
-            "x-user-roles, x-auth-method, x-request-id, x-wardgate-scope, cookie, authorization "
-            "and x-api-key cannot be named."
+            "x-user-roles, x-auth-method, x-request-id, x-wardgate-scope, x-wardgate-quota-0, "
+            "x-wardgate-quota-1, cookie, authorization and x-api-key cannot be named."
         ),
     )
     hosts: list[Annotated[str, Field(json_schema_extra={"pattern": HOST_PATTERN})]] | None = Field(

@@ -12,6 +12,7 @@ from pydantic import (
 )
 
 from wardgate.domain.doc_base import (
+    QUOTA_SLOTS,
     Name,
     _cidrs,
     _Doc,
@@ -96,8 +97,9 @@ class Route(_Doc):
         default_factory=list,
         max_length=16,
         description=(
-            "Rate limits, at most 16, each one entry of Envoy's route.rate_limits judged by "
-            "wardgate's rate-limit service; a refused request gets 429. Default: none."
+            "Rate limits, at most 16; a refused request gets 429. Each is judged as its "
+            "enforce says: by wardgate's rate-limit service (global), by each Envoy (local), "
+            "or by each Envoy within a lease from wardgate (quota). Default: none."
         ),
     )
     cors: Cors | None = Field(
@@ -212,6 +214,16 @@ class Route(_Doc):
             compose=self.compose,
             timeout=self.timeout,
         )
+
+    @model_validator(mode="after")
+    def _quota_slots(self) -> Route:
+        quota = [r for r in self.rate_limits if r.enforce == "quota"]
+        if len(quota) > QUOTA_SLOTS:
+            raise ValueError(
+                f"a route takes at most {QUOTA_SLOTS} rate limits with enforce: quota "
+                f"(it has {len(quota)})"
+            )
+        return self
 
     def services(self) -> list[str]:
         if self.backend is not None:

@@ -13,6 +13,7 @@ from pydantic import (
 )
 
 from wardgate.domain.doc_base import (
+    QUOTA_SLOTS,
     RETRY_CONDITIONS,
     ROLE_PATTERN,
     HeaderName,
@@ -113,6 +114,7 @@ class Auth(_Doc):
 
 
 RATE_DIMENSIONS_RE = re.compile(r"ip|user|api_key|route|header:[a-z0-9][a-z0-9_-]*")
+QUOTA_DIMENSIONS = frozenset({"user", "api_key", "route"})
 
 
 class RateLimit(_Doc):
@@ -173,6 +175,19 @@ class RateLimit(_Doc):
             "does not split the count."
         ),
     )
+    enforce: Literal["global", "local", "quota"] = Field(
+        default="global",
+        description=(
+            "Where the limit is enforced: global (wardgate's rate-limit service decides every "
+            "request, exactly, against counters in Redis), local (each Envoy enforces the "
+            "limit on its own, no callout: N Envoys admit up to N times the limit) or quota "
+            "(no callout per request: wardgate leases each Envoy a share of one budget kept "
+            "in Redis; a burst can overshoot by a documented margin). local and quota take no "
+            "sliding_window, shadow, failure_mode or tiers; local takes no key; quota counts "
+            "only identities the gateway established (by: user, api_key, route). At most "
+            f"{QUOTA_SLOTS} quota rules per route. Default: global (docs/DECISIONS.md 50-53)."
+        ),
+    )
     key: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")] | None = Field(
         default=None,
         description=(
@@ -207,6 +222,31 @@ class RateLimit(_Doc):
         if value is not None and any(not 1 <= n <= 10**9 for n in value.values()):
             raise ValueError("rate_limits.tiers: each tier's requests is 1 to 1e9")
         return value
+
+    @model_validator(mode="after")
+    def _enforce(self) -> RateLimit:
+        if self.enforce == "global":
+            return self
+        where = f"enforce: {self.enforce}"
+        if self.algorithm == "sliding_window":
+            raise ValueError(f"{where} has no sliding_window: use fixed_window or token_bucket")
+        for field in ("shadow", "failure_mode", "tiers"):
+            if getattr(self, field):
+                raise ValueError(f"{where} takes no {field} (only enforce: global does)")
+        if self.enforce == "local" and self.key:
+            raise ValueError(
+                "enforce: local keeps its buckets per route and Envoy: a shared key needs "
+                "enforce: global or quota"
+            )
+        if self.enforce == "quota":
+            chosen = [d for d in self.dimensions if d not in QUOTA_DIMENSIONS]
+            if chosen:
+                raise ValueError(
+                    f"enforce: quota counts only identities the gateway established (user, "
+                    f"api_key, route), not {chosen[0]}: a client chooses those values, and every "
+                    "value would be a bucket in every Envoy (use enforce: local or global)"
+                )
+        return self
 
     @property
     def dimensions(self) -> list[str]:

@@ -12,14 +12,20 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from wardgate.errors import StoreError
 
 # What a Redis round trip can raise: the client's own errors, the socket failing under it, and
 # a stored value that is not UTF-8 where text is expected (documents are read as bytes and
-# refused one by one instead: ``store.documents.decode_documents``).
-TRANSPORT_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError, UnicodeError)
+# refused one by one instead: ``store.documents.decode_documents``). A cluster client raises
+# RedisClusterException, which is no RedisError, when it reaches no node at all.
+TRANSPORT_ERRORS: tuple[type[Exception], ...] = (
+    RedisError,
+    RedisClusterException,
+    OSError,
+    UnicodeError,
+)
 
 
 @contextlib.contextmanager

@@ -224,6 +224,12 @@ class Keys:
         tail = f"{path_hash}:*" if path_hash else "*"
         return f"{_glob_escape(self.spread)}cache:{{{route}}}:e:{tail}"
 
+    # -- quota (enforce: quota) --
+    def quota(self, rule: str, client: str) -> str:
+        """Hash of one quota bucket: its budget and each Envoy's lease (QUOTA_LUA). The hash
+        tag holds rule and client, so buckets spread over a cluster's slots."""
+        return f"{self.spread}quota:{{{rule}|{client}}}"
+
 
 def _glob_escape(text: str) -> str:
     return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
@@ -411,4 +417,132 @@ for k = 2, #KEYS do
   i = i + 2
 end
 return 1
+"""
+
+# One bucket of one Envoy's quota report: spend what it reports, then answer with its lease
+# (domain/quota.py has the rules). KEYS[1] = the bucket's hash: field 'g' = the budget left
+# (may be below zero: requests admitted beyond leases, to be repaid), 't' = when it was last
+# refilled (ms; for a fixed window, the window's number), 'h:<holder>' = one Envoy's lease
+# "c u d seen serial active b": what it holds, how much of that it used, its demand in its last
+# report, when it last reported, its lease's serial, when it last saw a request, and what its
+# local bound can still admit (a mirror: refilled at the rule's rate up to the bound).
+# ARGV: now (ms), holder, allowed, denied, requests, period (ms), algorithm (1 fixed window,
+# 3 token bucket), holder expiry (ms), abandon after (ms), the Envoy's local bound (what it
+# admits at once without a lease; the quota filter reports requests that the local bound
+# behind it then refused: those are not taken from the budget).
+# Returns {kind (0 keep, 1 grant, 2 deny, 3 abandon), tokens, serial, unleased}.
+QUOTA_LUA = r"""
+local now = tonumber(ARGV[1])
+local me = 'h:' .. ARGV[2]
+local allowed = tonumber(ARGV[3])
+local denied = tonumber(ARGV[4])
+local limit = tonumber(ARGV[5])
+local period = tonumber(ARGV[6])
+local fixed = ARGV[7] == '1'
+local expiry = tonumber(ARGV[8])
+local abandon_after = tonumber(ARGV[9])
+local bound = tonumber(ARGV[10])
+
+local raw = redis.call('HGETALL', KEYS[1])
+local g, t = nil, nil
+local holders = {}
+for i = 1, #raw, 2 do
+  local f, v = raw[i], raw[i + 1]
+  if f == 'g' then g = tonumber(v)
+  elseif f == 't' then t = tonumber(v)
+  else
+    local c, u, d, seen, serial, active, b =
+      string.match(v, '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
+    if c then
+      holders[f] = {c = tonumber(c), u = tonumber(u), d = tonumber(d), seen = tonumber(seen),
+                    serial = tonumber(serial), active = tonumber(active), b = tonumber(b)}
+    end
+  end
+end
+if g == nil or t == nil then
+  g = limit
+  if fixed then t = math.floor(now / period) else t = now end
+end
+-- A holder silent past the expiry has lost its lease in its Envoy: the rest comes back.
+for f, h in pairs(holders) do
+  if f ~= me and now - h.seen > expiry then
+    g = g + math.max(0, h.c - h.u)
+    holders[f] = nil
+    redis.call('HDEL', KEYS[1], f)
+  end
+end
+local h = holders[me]
+if h == nil then
+  h = {c = 0, u = 0, d = 0, seen = now, serial = 0, active = now, b = bound}
+  holders[me] = h
+end
+-- What the Envoy admitted is spent from its lease; beyond the lease, from the budget, as far
+-- as its local bound can have let it through (the rest that filter refused).
+local b = math.min(bound, h.b + (now - h.seen) * limit / period)
+h.u = h.u + allowed
+local over = math.max(0, h.u - h.c)
+local leased = allowed - over
+local unleased = math.min(over, math.max(0, math.floor(b - leased)))
+h.b = math.max(0, b - leased - unleased)
+g = g - unleased
+if h.u > h.c then h.u = h.c end
+h.d = allowed + denied
+if h.d > 0 then h.active = now end
+local held = 0
+for _, x in pairs(holders) do held = held + (x.c - x.u) end
+if fixed then
+  local w = math.floor(now / period)
+  if w ~= t then
+    g = limit - held
+    t = w
+  end
+else
+  g = g + (now - t) * limit / period
+  t = now
+end
+if g + held > limit then g = limit - held end
+
+local function save(kind, tokens, serial)
+  redis.call('HSET', KEYS[1], 'g', tostring(g), 't', tostring(t))
+  redis.call('PEXPIRE', KEYS[1], 2 * math.max(period, expiry + abandon_after))
+  return {kind, tokens, serial, unleased}
+end
+
+local left = h.c - h.u
+if now - h.active >= abandon_after then
+  g = g + left
+  redis.call('HDEL', KEYS[1], me)
+  return save(3, 0, 0)
+end
+-- Its fair share of the budget in play, by demand in the last report (one each at least).
+local weights = 0
+for _, x in pairs(holders) do weights = weights + x.d + 1 end
+local target = math.floor((math.max(0, g) + held) * (h.d + 1) / weights)
+local kind = 0
+if left <= 0 or denied > 0 then
+  g = g + left
+  local new = math.min(math.max(target, 1), math.floor(g))
+  h.u = 0
+  if new >= 1 then
+    g = g - new
+    h.c = new
+    h.serial = h.serial + 1
+    kind = 1
+  else
+    h.c = 0
+    kind = 2
+  end
+elseif left > target + math.floor(target / 2) + 1 then
+  -- Far more than its share: it keeps its share, the rest goes back to the budget.
+  local new = math.max(1, target)
+  g = g + (left - new)
+  h.c = new
+  h.u = 0
+  h.serial = h.serial + 1
+  kind = 1
+end
+h.seen = now
+redis.call('HSET', KEYS[1], me, string.format('%d %d %d %d %d %d %s',
+  h.c, h.u, h.d, h.seen, h.serial, h.active, tostring(h.b)))
+return save(kind, h.c, h.serial)
 """

@@ -26,6 +26,7 @@ from wardgate.xds.clusters import (
     uses_eds,
 )
 from wardgate.xds.extproc import COMPOSE_ROUTES, compose_routes
+from wardgate.xds.quota import QuotaExtensions
 from wardgate.xds.routes import builtin_routes, route_entry, virtual_host_head
 from wardgate.xds.scope_envoy import marker_route, scope_resources
 from wardgate.xds.scope_key import Pin, pin_buckets
@@ -74,7 +75,7 @@ class Base:
     scope_bytes: list[tuple[str, bytes]]
     route_clusters: frozenset[str]  # the clusters the routes send traffic to
     depths: dict[str, int]  # first segments keyed deeper than one segment
-    # Filter configurations the listener discovers (ECDS): the transcoder's.
+    # Filter configurations the listener discovers (ECDS): the transcoder's, the quota filters'.
     extension_bytes: list[tuple[str, bytes]] = dataclasses.field(default_factory=list)
 
 
@@ -162,6 +163,7 @@ class Translator:
         self._transcoding: _Transcoding | None = None
         # The compose listener's routes, and the compose routes they were built from.
         self._compose: tuple[tuple[Route, ...], bytes] | None = None
+        self._quota = QuotaExtensions()  # the quota filters' ECDS resources
         self._markers: dict[tuple[str, int], bytes] = {}
         self._scope_bytes = [
             (
@@ -362,7 +364,10 @@ class Translator:
             scope_bytes=self._scope_bytes,
             route_clusters=frozenset(n for n, c in self._uses.items() if c > 0),
             depths=dict(layout.depths),
-            extension_bytes=[(TRANSCODER, self._transcoder(catalog))],
+            extension_bytes=[
+                (TRANSCODER, self._transcoder(catalog)),
+                *self._quota.resources(catalog.routes.values()),
+            ],
         )
 
     def _compose_routes(self, catalog: Catalog) -> bytes:

@@ -30,6 +30,7 @@ from wardgate.xds.extproc import ComposeAddress, extproc_filters, reply_mapper
 from wardgate.xds.listener_tls import filter_chains as tls_filter_chains
 from wardgate.xds.listener_tls import listener_filters as tls_listener_filters
 from wardgate.xds.local_guard import guard_filter
+from wardgate.xds.local_limits import local_limits_filter
 from wardgate.xds.native_auth import (
     ext_authz_skip,
     jwt_filter,
@@ -37,6 +38,7 @@ from wardgate.xds.native_auth import (
     local_replies,
     roles_filter,
 )
+from wardgate.xds.quota import quota_filters
 from wardgate.xds.revocations import revocations_filter
 from wardgate.xds.scope_envoy import scope_filter, scoped_routes
 from wardgate.xds.tracing import tracing_config
@@ -146,6 +148,11 @@ def _http_filters(opts: TranslateOptions, compose: ComposeAddress | None) -> lis
         revocations_filter(opts.ticket_cookie),
         _ext_authz(opts),
         roles_filter(),
+        # Limits Envoy enforces itself, before the exact check: what they refuse costs no
+        # callout. Quota first: the local bound behind it counts only what a lease admitted
+        # (a request the quota refuses spends nothing there).
+        *quota_filters(),
+        local_limits_filter(),
         _rate_limit(opts, stage=0),
         _rate_limit(opts, stage=1),
         guard_filter(),  # after the exact check: it sees what that allowed or failed open on

@@ -18,6 +18,7 @@ from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2  # noqa: F4
 from envoy.extensions.filters.http.lua.v3 import lua_pb2  # noqa: F401
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2  # noqa: F401
 
+from wardgate.domain.doc_base import QUOTA_HEADERS
 from wardgate.domain.documents import RateLimit, Route, host_regex
 from wardgate.domain.durations import parse_duration
 from wardgate.domain.origin_patterns import is_wildcard, parse_wildcard
@@ -26,7 +27,9 @@ from wardgate.domain.tickets import TICKET_SID_HEADER
 from wardgate.xds.extproc import compose_action, extproc_off
 from wardgate.xds.extproc import route_filters as extproc_filters
 from wardgate.xds.local_guard import F_LOCAL_RATELIMIT, guard_bucket, route_guard
+from wardgate.xds.local_limits import F_LOCAL_LIMITS, route_local_limits
 from wardgate.xds.native_auth import route_filters as native_auth_filters
+from wardgate.xds.quota import F_QUOTA_KEYS, route_quota_keys, route_rules
 from wardgate.xds.scope_key import SCOPE_HEADER
 from wardgate.xds.transcoder import route_filters as transcoding_filters
 from wardgate.xds.transcoder import transcoder_off
@@ -99,14 +102,13 @@ def _metadata_action(key: str, field: str, default: str | None = None) -> dict[s
 def _rules(route: Route) -> list[tuple[str, RateLimit]]:
     """The route's rules, each with its value as its descriptor carries it
     (``domain/ratelimit.py``)."""
-    out = []
-    for i, rule in enumerate(route.rate_limits):
-        rule_id = f"key:{rule.key}" if rule.key else f"{route.name}#{i}"
-        value = encode_rule(
-            rule_id, rule.requests, rule.period_seconds, rule.algorithm, rule.shadow, rule.tiers
-        )
-        out.append((value, rule))
-    return out
+    return route_rules(route)
+
+
+def _exact(rules: list[tuple[str, RateLimit]]) -> list[tuple[str, RateLimit]]:
+    """The rules wardgate's rate-limit service decides (enforce: global); local and quota
+    rules are Envoy's own (``local_limits.py``, ``quota.py``)."""
+    return [(v, r) for v, r in rules if r.enforce == "global"]
 
 
 def _rate_limit_actions(
@@ -246,8 +248,8 @@ def _route_action(route: Route, hashing: bool, opts: TranslateOptions) -> dict[s
         if route.retries.per_try_timeout:
             policy["per_try_timeout"] = envoy_duration(route.retries.per_try_timeout)
         action["retry_policy"] = policy
-    if route.rate_limits:
-        action["rate_limits"] = _rate_limit_actions(_rules(route), opts)
+    if exact := _exact(_rules(route)):
+        action["rate_limits"] = _rate_limit_actions(exact, opts)
     if route.websocket:
         action["upgrade_configs"] = [{"upgrade_type": "websocket"}]
     return action
@@ -275,8 +277,13 @@ def _per_filter_config(route: Route, opts: TranslateOptions) -> dict[str, Any]:
         per_filter[F_CORS] = cors
     if rbac := _rbac(route):
         per_filter[F_RBAC] = rbac
-    if limits := _guard(_rules(route), opts):
+    rules = _rules(route)
+    if limits := _guard(_exact(rules), opts):
         per_filter[F_LOCAL_RATELIMIT] = limits
+    if local := route_local_limits(rules, clients=opts.guard.clients):
+        per_filter[F_LOCAL_LIMITS] = local
+    if keys := route_quota_keys(rules):
+        per_filter[F_QUOTA_KEYS] = keys
     if route.transcode is not None:
         per_filter.update(transcoding_filters(route.transcode.services))
     per_filter.update(extproc_filters(route))
@@ -309,7 +316,13 @@ def virtual_host_head(*, transcoding: bool = False) -> dict[str, Any]:
         "domains": ["*"],
         # Applied by the router, after ext_authz has read it: the API key is for the gateway;
         # the scope key is for Envoy (scope_key.py).
-        "request_headers_to_remove": ["x-api-key", SCOPE_HEADER, TICKET_SID_HEADER],
+        # The quota rules' headers are for Envoy's quota filters (quota.py).
+        "request_headers_to_remove": [
+            "x-api-key",
+            SCOPE_HEADER,
+            TICKET_SID_HEADER,
+            *QUOTA_HEADERS,
+        ],
         "typed_per_filter_config": {
             EXT_AUTHZ: {"@type": T_EXT_AUTHZ_ROUTE, "disabled": True},
             F_BUFFER: {"@type": T_BUFFER_ROUTE, "disabled": True},
