@@ -185,6 +185,7 @@ def test_envoy_takes_the_bootstrap_wardgate_renders(rendered: tuple[str, list[Ob
             wardgate_port=18000,
             wardgate_host="wardgate",
             admin_address="0.0.0.0",
+            compose_port=0,
         )
     )
     assert shipped == expected
