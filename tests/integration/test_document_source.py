@@ -48,6 +48,7 @@ def test_load_reads_documents_and_revision(redis_url: str, prefix: str) -> None:
         assert stored.documents == {
             "Issuer": {},
             "Descriptor": {},
+            "Secret": {},
             "Service": {"s": SVC},
             "Route": {},
         }

@@ -158,10 +158,10 @@ def test_what_wardgate_accepts_envoy_accepts(tmp_path: Path) -> None:
     }
     catalog = Catalog.from_raw(raw)
     assert not catalog.refused
-    [(name, data)] = build_base(catalog, TranslateOptions(http_host="127.0.0.1")).extension_bytes
-    resource = extension_pb2.TypedExtensionConfig.FromString(data)
+    extensions = dict(build_base(catalog, TranslateOptions(http_host="127.0.0.1")).extension_bytes)
+    resource = extension_pb2.TypedExtensionConfig.FromString(extensions[TRANSCODER])
     config = transcoder_pb2.GrpcJsonTranscoder()
-    assert name == TRANSCODER and resource.typed_config.Unpack(config)
+    assert resource.typed_config.Unpack(config)
     assert len(config.services) == sum(len(s) for s in services.values())
     as_json = json_format.MessageToDict(config)
     ok, output = _envoy_accepts({"@type": resource.typed_config.type_url, **as_json}, tmp_path)
