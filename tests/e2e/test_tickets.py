@@ -362,6 +362,23 @@ def test_roles_are_checked_by_envoy_for_tickets_and_for_what_ext_authz_establish
     assert gw.get("/tk/admin", cookies={"wg_session": ann_session}).status_code == 403
 
 
+def test_a_ticket_beside_another_session_lends_it_no_roles(gw: Gateway) -> None:
+    """ext_authz decides by the session cookie when the gate does not let the ticket speak (a
+    write, two ticket cookies), and checks the route's roles against that session: the roles
+    of a ticket carried beside it (stolen, or left over from the browser's previous user)
+    lend it nothing, although Envoy's role check alone would accept them."""
+    ann_session, ann = gw.login("ann", "ann-password")
+    _, boss = gw.login("boss", "boss-password")
+    write = httpx.post(
+        gw.bases[0] + "/tk/admin", cookies={"wg_session": ann_session, "wg_ticket": boss}
+    )
+    assert write.status_code == 403, write.text
+    two = {"cookie": f"wg_ticket={boss}; wg_ticket={ann}; wg_session={ann_session}"}
+    assert gw.get("/tk/admin", envoy=1, headers=two).status_code == 403
+    # The control: the ticket alone is its own user, on a read.
+    assert gw.get("/tk/admin", cookies={"wg_ticket": boss}).status_code == 200
+
+
 def test_a_forged_scope_or_session_id_header_changes_nothing(gw: Gateway) -> None:
     _, ann = gw.login("ann", "ann-password")
     for scope in ("1:0", "1:1", "3:66", "wardgate_scope_1_0"):

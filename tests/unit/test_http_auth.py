@@ -11,6 +11,7 @@ from aiohttp import test_utils
 from multidict import CIMultiDict
 
 from wardgate.domain.sessions import Identity, LoginResult
+from wardgate.domain.tickets import PublishedKey, TicketPolicy, TicketSigner
 from wardgate.http.app import create_app
 from wardgate.metrics import create_metrics
 
@@ -53,6 +54,7 @@ def call(
     path: str,
     headers: list[tuple[str, str]],
     json: Any = None,
+    tickets: TicketSigner | None = None,
 ) -> Reply:
     """One request to a fresh app (no cookie jar carried over), ``Host: gw.example.com``."""
 
@@ -64,6 +66,7 @@ def call(
             cookie_name="wg_session",
             cookie_secure=False,
             ready=_ready,
+            tickets=tickets,
         )
         async with test_utils.TestClient(test_utils.TestServer(app)) as client:
             sent = CIMultiDict([("host", GW), *headers])
@@ -162,3 +165,59 @@ def test_login_cookie_is_secure_when_the_client_used_https(
     cookie = reply.headers["set-cookie"]
     assert cookie.startswith(f"wg_session={NEW_SID}")
     assert ("Secure" in cookie) is secure
+
+
+# --- the session ticket set beside the session cookie -----------------------------------------
+
+
+class _KeyStore:
+    async def publish(self, key: PublishedKey) -> None:
+        pass
+
+    async def keep_until(self, kid: str, until: float) -> None:
+        pass
+
+    async def live(self, *, now: float) -> list[PublishedKey]:
+        return []
+
+    async def version(self) -> int:
+        return 0
+
+
+def _signer(*, signing: bool) -> TicketSigner:
+    clock = [1_000_000.0]
+    signer = TicketSigner(store=_KeyStore(), policy=TicketPolicy(lead=5), clock=lambda: clock[0])
+    if signing:
+        asyncio.run(signer.maintain())
+        clock[0] += 5
+    return signer
+
+
+def _login_with_ticket_of_another(signer: TicketSigner) -> Reply:
+    return call(
+        FakeSessions(),
+        "POST",
+        "/auth/login",
+        [("cookie", "wg_ticket=the-previous-users-ticket")],
+        json={"username": "alice", "password": "right"},
+        tickets=signer,
+    )
+
+
+def test_login_sets_a_ticket_beside_the_session() -> None:
+    reply = _login_with_ticket_of_another(_signer(signing=True))
+    assert reply.status == 200
+    ticket = next(c for c in reply.headers.getall("set-cookie") if c.startswith("wg_ticket="))
+    assert ticket.count(".") >= 2 and "HttpOnly" in ticket and "SameSite=Lax" in ticket
+
+
+def test_a_login_that_cannot_mint_a_ticket_clears_the_previous_one() -> None:
+    """No key signs yet (a process just started): the previous user's ticket must not go on
+    speaking for the browser beside the new session."""
+    reply = _login_with_ticket_of_another(_signer(signing=False))
+    assert reply.status == 200
+    cookies = reply.headers.getall("set-cookie")
+    assert any(c.startswith("wg_session=") for c in cookies)
+    ticket = [c for c in cookies if c.startswith("wg_ticket=")]
+    assert len(ticket) == 1 and ticket[0].startswith('wg_ticket=""; ')
+    assert "Max-Age=0" in ticket[0]

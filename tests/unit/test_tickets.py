@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from typing import Any
 
 import jwt
@@ -215,3 +216,63 @@ def test_the_ticket_cookie() -> None:
 
 def test_hold_covers_lifetime_skew_and_slack() -> None:
     assert TicketPolicy(ttl=30, skew=2).hold == 30 + 2 + SLACK
+
+
+# --- the renewal by ext_authz ------------------------------------------------------------------
+
+
+def _check(ticket: dict[str, Any] | None) -> Any:
+    """A CheckRequest, with the payload of the ticket Envoy verified on it, if any."""
+    from envoy.service.auth.v3 import external_auth_pb2
+
+    request = external_auth_pb2.CheckRequest()
+    request.attributes.request.http.scheme = "http"
+    if ticket is not None:
+        jwt_ns = request.attributes.metadata_context.filter_metadata["envoy.filters.http.jwt_authn"]
+        jwt_ns.update({"wg_ticket": ticket})
+    return request
+
+
+def _renewal(s: TicketSigner) -> Any:
+    from wardgate.extproc.authz import TicketRenewal
+    from wardgate.metrics import create_metrics
+
+    return TicketRenewal(signer=s, metrics=create_metrics(), cookie_secure=False)
+
+
+def _allow(session: str = SESSION) -> Any:
+    from wardgate.domain.authz import Allow
+    from wardgate.domain.sessions import Identity
+
+    return Allow(Identity("bea", ("user",), "session", 10.0**10, session=session), None)
+
+
+def test_ext_authz_clears_a_ticket_of_another_session_when_it_cannot_mint() -> None:
+    """The session cookie is bea's, the ticket (left over from the browser's previous user)
+    is another session's; no key signs yet: the stale ticket is cleared, not left to speak
+    for bea's browser on every read until it expires."""
+    clock = Clock()
+    renewal = _renewal(signer(clock, Keys(clock)))  # no key published: mints nothing
+    other = {"sid": "cd" * 16, "exp": clock.now + 50}
+    (header,) = renewal.headers(_check(other), _allow())
+    assert header.header.key == "set-cookie"
+    assert header.header.value.startswith("wg_ticket=; Max-Age=0;")
+    # Nothing to clear: no ticket, or the session's own.
+    assert renewal.headers(_check(None), _allow()) == []
+    own = {"sid": ticket_sid(SESSION), "exp": clock.now + 10}
+    assert renewal.headers(_check(own), _allow()) == []
+
+
+def test_ext_authz_renews_a_ticket_of_another_session_or_one_past_half_its_life() -> None:
+    clock = Clock(time.time())  # the renewal reads the real clock for Max-Age
+    store = Keys(clock)
+    s = signer(clock, store)
+    run(s.maintain())
+    clock.now += POLICY.lead
+    renewal = _renewal(s)
+    fresh_own = {"sid": ticket_sid(SESSION), "exp": 10.0**10}
+    assert renewal.headers(_check(fresh_own), _allow()) == []
+    for current in (None, {"sid": "cd" * 16, "exp": 10.0**10}):
+        (header,) = renewal.headers(_check(current), _allow())
+        value = header.header.value
+        assert value.startswith("wg_ticket=ey") and "; Max-Age=0;" not in value

@@ -97,7 +97,8 @@ def allowed(decision: Allow) -> external_auth_pb2.CheckResponse:
 class TicketRenewal:
     """A fresh session ticket on the answer to a request that its session authorized, unless
     the request's own ticket (verified by Envoy, seen in the metadata) is for the same
-    session and has more than half its life left."""
+    session and has more than half its life left. When none can be minted, a ticket of
+    another session on the request is cleared."""
 
     def __init__(self, *, signer: TicketSigner, metrics: Metrics, cookie_secure: bool) -> None:
         self._signer = signer
@@ -105,17 +106,18 @@ class TicketRenewal:
         self._secure = cookie_secure
         self._policy = signer.policy
 
-    def _current_is_fresh(self, request: external_auth_pb2.CheckRequest, sid: str) -> bool:
+    @staticmethod
+    def _current(request: external_auth_pb2.CheckRequest) -> tuple[str, float] | None:
+        """The (sid, exp) of the ticket Envoy verified on this request, if any."""
         namespaces = request.attributes.metadata_context.filter_metadata
         if JWT_NS not in namespaces:
-            return False
+            return None
         fields = namespaces[JWT_NS].fields
         if TICKET_PAYLOAD not in fields:
-            return False
+            return None
         ticket = fields[TICKET_PAYLOAD].struct_value.fields
         exp = ticket["exp"].number_value if "exp" in ticket else 0.0
-        same = "sid" in ticket and ticket["sid"].string_value == sid
-        return same and exp - time.time() > self._policy.ttl / 2
+        return (ticket["sid"].string_value if "sid" in ticket else "", exp)
 
     def headers(
         self, request: external_auth_pb2.CheckRequest, decision: Allow
@@ -123,7 +125,9 @@ class TicketRenewal:
         ident = decision.identity
         if ident is None or ident.method != "session" or not ident.session:
             return []
-        if self._current_is_fresh(request, ticket_sid(ident.session)):
+        current = self._current(request)
+        same = current is not None and current[0] == ticket_sid(ident.session)
+        if same and current is not None and current[1] - time.time() > self._policy.ttl / 2:
             return []
         ticket = self._signer.mint(
             user=ident.user,
@@ -131,19 +135,25 @@ class TicketRenewal:
             session_hash=ident.session,
             session_expires=ident.expires_at,
         )
-        if ticket is None:
-            return []
         http = request.attributes.request.http
         secure = self._secure or (
             request_scheme(http.headers.get("x-forwarded-proto"), http.scheme) == "https"
         )
-        value = cookie_header(
-            self._policy.cookie,
-            ticket.value,
-            max_age=ticket.expires_at - int(time.time()),
-            secure=secure,
-        )
-        self._metrics.tickets_issued.labels("authz").inc()
+        if ticket is None:
+            if current is None or same:
+                return []
+            # The request carries a ticket of another session (the browser's previous user)
+            # and no fresh one can be set: clear it, or it would go on speaking for this
+            # browser on every read until it expires.
+            value = cookie_header(self._policy.cookie, "", max_age=0, secure=secure)
+        else:
+            value = cookie_header(
+                self._policy.cookie,
+                ticket.value,
+                max_age=ticket.expires_at - int(time.time()),
+                secure=secure,
+            )
+            self._metrics.tickets_issued.labels("authz").inc()
         return [
             base_pb2.HeaderValueOption(
                 header=base_pb2.HeaderValue(key="set-cookie", value=value), append_action=APPEND

@@ -157,8 +157,10 @@ class Endpoints:
         return response
 
     def _set_ticket(self, response: web.Response, ident: Identity, *, secure: bool) -> None:
-        """The session's first ticket, beside the session cookie (none while this process has
-        no key that signs yet: ext_authz sets one on a later request)."""
+        """The session's first ticket, beside the session cookie. While this process has no
+        key that signs yet (ext_authz sets one on a later request) the answer clears the
+        ticket cookie instead: a ticket of the browser's previous session (another user who
+        did not sign out) would otherwise speak for this one until it expires."""
         if self._tickets is None:
             return
         ticket = self._tickets.mint(
@@ -168,6 +170,13 @@ class Endpoints:
             session_expires=ident.expires_at,
         )
         if ticket is None:
+            response.del_cookie(
+                self._tickets.policy.cookie,
+                path="/",
+                secure=secure,
+                httponly=True,
+                samesite="Lax",
+            )
             return
         response.set_cookie(
             self._tickets.policy.cookie,
