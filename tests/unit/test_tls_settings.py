@@ -63,3 +63,17 @@ def test_pairs_are_checked(tmp_path: Path) -> None:
     later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=365)
     with pytest.raises(ValueError, match="not valid now"):
         check_pair(one.cert.read_text(), one.key.read_text(), now=later)
+
+
+@pytest.mark.parametrize("order", ["key first", "key last"])
+def test_a_chain_holding_the_key_is_refused_without_showing_it(tmp_path: Path, order: str) -> None:
+    """A bundle (``cat tls.key tls.crt``) parses as a chain, the key block skipped: stored as
+    a Secret's certificate, ``wardgate get`` would print the key, and every Envoy would get it
+    as part of the chain."""
+    one = TestCA(tmp_path).leaf("one", ["a.test"])
+    cert, key = one.cert.read_text(), one.key.read_text()
+    bundle = key + cert if order == "key first" else cert + key
+    with pytest.raises(ValueError, match="other than CERTIFICATE") as caught:
+        check_pair(bundle, key)
+    assert "'PRIVATE KEY'" in str(caught.value)
+    assert key.splitlines()[1] not in str(caught.value)
