@@ -22,6 +22,15 @@ MAX_PEM = 1 << 20
 _PEM_LABEL = re.compile(r"-----BEGIN ([^-\r\n]{1,64})-----")
 
 
+def _other_blocks(pem: str) -> list[str]:
+    return sorted({label for label in _PEM_LABEL.findall(pem) if label != "CERTIFICATE"})
+
+
+def only_certificates(pem: str) -> bool:
+    """Whether ``pem`` holds no PEM block but certificates (no key), so may be shown."""
+    return not _other_blocks(pem)
+
+
 @dataclasses.dataclass(frozen=True)
 class CertInfo:
     subject: str
@@ -37,8 +46,7 @@ def check_pair(chain_pem: str, key_pem: str, *, now: datetime.datetime | None = 
         chain = x509.load_pem_x509_certificates(chain_pem.encode())
     except ValueError as exc:
         raise ValueError(f"certificate: not a PEM certificate chain ({exc})") from None
-    others = sorted({label for label in _PEM_LABEL.findall(chain_pem) if label != "CERTIFICATE"})
-    if others:
+    if others := _other_blocks(chain_pem):
         shown = ", ".join(repr(label) for label in others if label.isprintable())[:120]
         raise ValueError(
             f"certificate: holds PEM blocks other than CERTIFICATE ({shown or 'unprintable'}); "
