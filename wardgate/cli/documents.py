@@ -16,6 +16,7 @@ import yaml
 
 from wardgate.cli.base import CliError, redis_for, run_async
 from wardgate.domain.catalog import Change, parse_stored, plan_apply, plan_delete, plan_restore
+from wardgate.domain.doc_base import printable
 from wardgate.domain.doc_secret import pem_text
 from wardgate.domain.documents import Document, Secret, parse_document
 from wardgate.domain.tls_material import only_certificates
@@ -361,12 +362,21 @@ async def status(ctx: click.Context, output: str) -> None:
     click.echo(f"revision: {revision}")
     click.echo(f"envoys: {len(nodes)}")
     for n in nodes:
-        click.echo(f"  {n['node']} ({n['mode']}, via {n['worker']})")
-        for t, s in n["types"].items():
-            line = f"    {t}: sent {s['sent_version'] or '-'} acked {s['acked_version'] or '-'}"
+        click.echo(f"  {_line(n.get('node'))} ({_line(n.get('mode'))}, via {_line(n['worker'])})")
+        for t, s in n.get("types", {}).items():
+            sent, acked = _line(s.get("sent_version")) or "-", _line(s.get("acked_version")) or "-"
+            line = f"    {_line(t)}: sent {sent} acked {acked}"
             if s.get("nack_error"):
-                line += f" NACKED {s['nacked_version']}: {s['nack_error'][:200]}"
+                nacked = _line(s.get("nacked_version"))
+                line += f" NACKED {nacked}: {_line(str(s['nack_error'])[:200])}"
             click.echo(line)
     click.echo(f"refused documents: {len(refused)}")
     for key, reason in sorted(refused.items()):
-        click.echo(f"  {key}: {reason}")
+        click.echo(f"  {_line(key)}: {_line(reason)}")
+
+
+def _line(value: object) -> str:
+    """A value another process wrote (an Envoy's node id and NACK text come from whoever
+    opened the ADS stream) as one line of visible text: control characters, an escape
+    sequence among them, as Python escapes."""
+    return printable(str(value)) if value is not None else ""
