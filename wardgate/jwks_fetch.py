@@ -26,6 +26,21 @@ def tls_context(ca_file: str | None) -> ssl.SSLContext:
     return context
 
 
+async def _read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body up to its end or ``limit`` bytes, whichever comes first. (One
+    ``content.read(n)`` answers with what has arrived so far: a body sent in pieces, chunked
+    or in TLS records that come apart, would be cut at the first.)"""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        part = await content.read(limit - size)
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    return b"".join(parts)
+
+
 async def fetch_jwks(url: str, *, ca_file: str | None, timeout: float = 5.0) -> str:
     """The body of ``url`` as text; ``JwksFetchError`` saying why not."""
     try:
@@ -45,7 +60,7 @@ async def fetch_jwks(url: str, *, ca_file: str | None, timeout: float = 5.0) -> 
         ):
             if resp.status != 200:
                 raise JwksFetchError(f"{url} answered HTTP {resp.status}")
-            body = await resp.content.read(MAX_JWKS_BYTES + 1)
+            body = await _read_bounded(resp.content, MAX_JWKS_BYTES + 1)
     except (aiohttp.ClientError, TimeoutError, ssl.SSLError, OSError) as exc:
         raise JwksFetchError(f"{url}: {type(exc).__name__}: {exc}"[:500]) from None
     if len(body) > MAX_JWKS_BYTES:

@@ -239,6 +239,32 @@ def test_refusals_are_logged_within_a_budget() -> None:
     assert "\n" not in record["client"] and record["client"].startswith("user:x")
 
 
+def test_a_refusal_line_in_text_cannot_be_forged_or_colour_the_terminal() -> None:
+    """The text format writes the message as it is: a request id (the client's own
+    ``x-request-id`` where Envoy keeps it) or a route name reaches it cut and made visible."""
+    log = DecisionLog(per_second=10, on_suppressed=lambda _n: None)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("wardgate.decisions")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        log.observe(
+            req(
+                status=429,
+                flags=("rate_limited",),
+                route="r\x1b]0;owned\x07",
+                request_id="\x1b[2J\rrefused ok: 200 admin by ip:1.2.3.4 (x)" + "z" * 5000,
+            )
+        )
+    finally:
+        logger.removeHandler(handler)
+    line = stream.getvalue()
+    assert line.count("\n") == 1 and "\r" not in line and "\x1b" not in line and "\x07" not in line
+    assert len(line) < 400
+
+
 @pytest.mark.parametrize(
     ("kw", "reason"),
     [

@@ -16,7 +16,10 @@ import yaml
 
 from wardgate.cli.base import CliError, redis_for, run_async
 from wardgate.domain.catalog import Change, parse_stored, plan_apply, plan_delete, plan_restore
+from wardgate.domain.doc_base import printable
+from wardgate.domain.doc_secret import pem_text
 from wardgate.domain.documents import Document, Secret, parse_document
+from wardgate.domain.tls_material import only_certificates
 from wardgate.errors import DocumentError
 from wardgate.store.documents import RedisDocumentStore
 from wardgate.store.status import RedisStatusStore
@@ -86,23 +89,56 @@ def read_documents(paths: tuple[str, ...]) -> list[Document]:
     return docs
 
 
-def _as_yaml(text: str | None) -> list[str]:
+def _as_yaml(text: str | None, kind: str) -> list[str]:
     if text is None:
         return []
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
+        if kind == "Secret":  # whatever it is, it may hold a key
+            return [_digest(text) + "\n"]
         return text.splitlines(keepends=True)
-    return yaml.safe_dump(redacted(data), sort_keys=True).splitlines(keepends=True)
+    return yaml.safe_dump(redacted(data, kind), sort_keys=True).splitlines(keepends=True)
 
 
-def redacted(doc: Any) -> Any:
-    """A document as the CLI may print it: a Secret's private key replaced by a digest (a
-    change still shows, the key never does)."""
-    if isinstance(doc, dict) and doc.get("kind") == "Secret" and "private_key" in doc:
-        digest = hashlib.sha256(str(doc["private_key"]).encode()).hexdigest()[:12]
-        return {**doc, "private_key": f"(redacted, sha256 {digest})"}
-    return doc
+def _redacted_text(text: str, kind: str) -> str:
+    """The JSON text of a stored document as the CLI may print it (``redacted``)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return _digest(text) if kind == "Secret" else text
+    return json.dumps(redacted(data, kind))
+
+
+def _digest(value: str) -> str:
+    return f"(redacted, sha256 {hashlib.sha256(value.encode()).hexdigest()[:12]})"
+
+
+def redacted(doc: Any, kind: str) -> Any:
+    """A document of ``kind`` as the CLI may print it. Of a Secret only the kind, the name and
+    a certificate that holds certificates alone are shown; anything else it holds (its key, a
+    field a raw write added, a value that is not a mapping) is replaced by a digest, so a change
+    still shows and a key never does. The kind comes from where the document is stored, never
+    from its text: a raw ``HSET`` may leave ``kind`` out (parsing fills it in)."""
+    if kind != "Secret" and not (isinstance(doc, dict) and doc.get("kind") == "Secret"):
+        return doc
+    if not isinstance(doc, dict):
+        return _digest(json.dumps(doc, sort_keys=True))
+    return {
+        key: value if _shown_in_secret(key, value) else _digest(json.dumps(value, sort_keys=True))
+        for key, value in doc.items()
+    }
+
+
+def _shown_in_secret(key: Any, value: Any) -> bool:
+    if key in ("kind", "name"):
+        return isinstance(value, str)
+    if key == "certificate" and isinstance(value, str):
+        try:
+            return only_certificates(pem_text(value, "certificate"))
+        except ValueError:
+            return False
+    return False
 
 
 def print_changes(changes: list[Change], *, dry_run: bool, revision: int | None = None) -> None:
@@ -112,7 +148,10 @@ def print_changes(changes: list[Change], *, dry_run: bool, revision: int | None 
         if dry_run and c.action != "unchanged":
             where = f"{c.kind.lower()}/{c.name}"
             diff = difflib.unified_diff(
-                _as_yaml(c.before), _as_yaml(c.value), f"{where} (now)", f"{where} (after)"
+                _as_yaml(c.before, c.kind),
+                _as_yaml(c.value, c.kind),
+                f"{where} (now)",
+                f"{where} (after)",
             )
             for line in diff:
                 click.echo("    " + line.rstrip("\n"))
@@ -160,7 +199,7 @@ def _shown(kind: str, name: str, text: str) -> dict[str, Any]:
     why it is refused and its text (bytes that are not UTF-8 as ``\\x`` escapes)."""
     try:
         parsed = parse_stored(kind, name, text)
-        shown: dict[str, Any] = redacted(json.loads(text))
+        shown: dict[str, Any] = redacted(json.loads(text), kind)
         if isinstance(parsed, Secret):  # what the certificate says, for the table
             shown["subject"] = parsed.info.subject
             shown["not_after"] = parsed.info.not_after.isoformat()
@@ -267,7 +306,7 @@ async def history(ctx: click.Context, output: str, count: int) -> None:
         for row in rows:  # a Secret's earlier text holds its key: never printed
             for change in row["changes"]:
                 if change.get("kind") == "Secret" and change.get("before") is not None:
-                    change["before"] = json.dumps(redacted(json.loads(change["before"])))
+                    change["before"] = _redacted_text(change["before"], "Secret")
         click.echo(json.dumps(rows, indent=2))
         return
     for row in rows:
@@ -323,12 +362,21 @@ async def status(ctx: click.Context, output: str) -> None:
     click.echo(f"revision: {revision}")
     click.echo(f"envoys: {len(nodes)}")
     for n in nodes:
-        click.echo(f"  {n['node']} ({n['mode']}, via {n['worker']})")
-        for t, s in n["types"].items():
-            line = f"    {t}: sent {s['sent_version'] or '-'} acked {s['acked_version'] or '-'}"
+        click.echo(f"  {_line(n.get('node'))} ({_line(n.get('mode'))}, via {_line(n['worker'])})")
+        for t, s in n.get("types", {}).items():
+            sent, acked = _line(s.get("sent_version")) or "-", _line(s.get("acked_version")) or "-"
+            line = f"    {_line(t)}: sent {sent} acked {acked}"
             if s.get("nack_error"):
-                line += f" NACKED {s['nacked_version']}: {s['nack_error'][:200]}"
+                nacked = _line(s.get("nacked_version"))
+                line += f" NACKED {nacked}: {_line(str(s['nack_error'])[:200])}"
             click.echo(line)
     click.echo(f"refused documents: {len(refused)}")
     for key, reason in sorted(refused.items()):
-        click.echo(f"  {key}: {reason}")
+        click.echo(f"  {_line(key)}: {_line(reason)}")
+
+
+def _line(value: object) -> str:
+    """A value another process wrote (an Envoy's node id and NACK text come from whoever
+    opened the ADS stream) as one line of visible text: control characters, an escape
+    sequence among them, as Python escapes."""
+    return printable(str(value)) if value is not None else ""

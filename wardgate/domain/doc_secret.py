@@ -55,11 +55,11 @@ class Secret(_Doc):
 
     @property
     def certificate_pem(self) -> str:
-        return _pem(self.certificate, "certificate")
+        return pem_text(self.certificate, "certificate")
 
     @property
     def private_key_pem(self) -> str:
-        return _pem(self.private_key, "private_key")
+        return pem_text(self.private_key, "private_key")
 
     @property
     def info(self) -> CertInfo:
@@ -67,7 +67,8 @@ class Secret(_Doc):
         return self._info
 
 
-def _pem(value: str, field: str) -> str:
+def pem_text(value: str, field: str) -> str:
+    """The PEM text a Secret's ``field`` holds; ValueError (not saying what) if none."""
     try:
         return base64.b64decode(value, validate=True).decode("ascii")
     except (binascii.Error, ValueError):

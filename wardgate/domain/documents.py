@@ -118,11 +118,13 @@ def _reason(exc: ValidationError) -> str:
 _SUSPECT = re.compile(r"\\(?:x[0-9a-f]{2}|[nrt]|u(?:202[89]|d[89a-f]))")
 
 
-def _unprintable_string(raw: dict[str, Any]) -> str | None:
+def _unprintable_string(raw: dict[str, Any], *, quote: bool = True) -> str | None:
     """The first string of ``raw``, key or value, holding a control character or a lone
     surrogate, with where it is; None when there is none. No field needs either, and either
     could split a header, a log line or the CLI's one-line errors, or stop Envoy's protobuf.
-    One pass at C speed clears most documents; a suspect one is walked string by string."""
+    One pass at C speed clears most documents; a suspect one is walked string by string.
+    Without ``quote`` (a Secret: its PEM key written raw, line breaks and all, is the likely
+    case) the string is not quoted, and only a field the schema has is named."""
     try:
         if not _SUSPECT.search(repr(raw)):
             return None
@@ -132,6 +134,8 @@ def _unprintable_string(raw: dict[str, Any]) -> str | None:
     while todo:
         where, value = todo.pop()
         if isinstance(value, str) and (why := unprintable(value)):
+            if not quote:
+                return _unquoted(where)
             return f"{where or 'the document'}: {why}"
         items: Iterable[tuple[Any, Any]] = ()
         if isinstance(value, dict):
@@ -141,9 +145,17 @@ def _unprintable_string(raw: dict[str, Any]) -> str | None:
         for key, item in reversed(list(items)):
             key = str(key)
             if why := unprintable(key):
+                if not quote:
+                    return _unquoted(where)
                 return f"{where or 'the document'}: the key {why}"
             todo.append((f"{where}.{key}" if where else key, item))
     return None
+
+
+def _unquoted(where: str) -> str:
+    field = where.split(".")[0]
+    named = field if field in Secret.model_fields else "a field"
+    return f"{named}: holds a control character or a lone surrogate (not shown: a Secret)"
 
 
 def parse_document(raw: Any, *, expect_kind: str | None = None) -> Document:
@@ -167,7 +179,7 @@ def parse_document(raw: Any, *, expect_kind: str | None = None) -> Document:
         raise DocumentError(f"kind must be one of {', '.join(KINDS)}, not {shown_kind}", name=name)
     if expect_kind is not None and kind != expect_kind:
         raise DocumentError(f"expected kind {expect_kind}, found {kind}", kind=kind, name=name)
-    if why := _unprintable_string(raw):
+    if why := _unprintable_string(raw, quote=kind != "Secret"):
         raise DocumentError(why, kind=kind, name=name)
     try:
         return KINDS[kind].model_validate(raw)

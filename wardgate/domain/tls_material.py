@@ -1,20 +1,34 @@
 """Certificates and keys as PEM text: checked before Envoy is given them.
 
-A pair is usable when the chain parses (leaf first), the key parses (unencrypted) and is
-the leaf's, and the leaf is valid now. Envoy would refuse a bad pair too, but late and per
-Envoy (a NACK, or a listener that resets every connection); checked here, a bad pair is
-refused with its reason and the last good one stays in service.
+A pair is usable when the chain parses (leaf first) and holds nothing but certificates, the
+key parses (unencrypted) and is the leaf's, and the leaf is valid now. A chain file that also
+holds the key (``cat tls.key tls.crt``, an HAProxy-style bundle) is refused: the certificate
+is what ``wardgate get`` shows and what goes to every Envoy as the chain, and a private key
+must be in neither. Envoy would refuse a bad pair too, but late and per Envoy (a NACK, or a
+listener that resets every connection); checked here, a bad pair is refused with its reason
+and the last good one stays in service.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import re
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 MAX_PEM = 1 << 20
+_PEM_LABEL = re.compile(r"-----BEGIN ([^-\r\n]{1,64})-----")
+
+
+def _other_blocks(pem: str) -> list[str]:
+    return sorted({label for label in _PEM_LABEL.findall(pem) if label != "CERTIFICATE"})
+
+
+def only_certificates(pem: str) -> bool:
+    """Whether ``pem`` holds no PEM block but certificates (no key), so may be shown."""
+    return not _other_blocks(pem)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +46,12 @@ def check_pair(chain_pem: str, key_pem: str, *, now: datetime.datetime | None = 
         chain = x509.load_pem_x509_certificates(chain_pem.encode())
     except ValueError as exc:
         raise ValueError(f"certificate: not a PEM certificate chain ({exc})") from None
+    if others := _other_blocks(chain_pem):
+        shown = ", ".join(repr(label) for label in others if label.isprintable())[:120]
+        raise ValueError(
+            f"certificate: holds PEM blocks other than CERTIFICATE ({shown or 'unprintable'}); "
+            "the chain holds certificates only, the key goes in its own file"
+        )
     try:
         key = serialization.load_pem_private_key(key_pem.encode(), password=None)
     except (ValueError, TypeError) as exc:

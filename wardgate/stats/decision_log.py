@@ -65,22 +65,29 @@ class DecisionLog:
         if not self._allow():
             self._on_suppressed(1)
             return
-        details = "".join(c if " " < c <= "~" else "?" for c in req.details[:120])
+        details = _visible(req.details, 120)
+        route, request_id = _visible(req.route, 64), _visible(req.request_id, 64)
         log.info(
             "refused %s: %s %s by %s (%s)",
             reason,
             req.status,
-            req.route or "-",
+            route or "-",
             client_of(req),
-            req.request_id or "-",
+            request_id or "-",
             extra={
                 "event": "refused",
                 "reason": reason,
                 "status": req.status,
-                "route": req.route,
+                "route": route,
                 "method": req.method,
                 "client": client_of(req),
-                "request_id": req.request_id[:64],
+                "request_id": request_id,
                 "details": details,
             },
         )
+
+
+def _visible(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, anything but visible ASCII as ``?``: the text
+    format writes it as it is (a request id can be the client's own ``x-request-id``)."""
+    return "".join(c if " " < c <= "~" else "?" for c in text[:limit])

@@ -191,11 +191,11 @@ class SnapshotCache:
         return True
 
     def _merge_secrets(self) -> None:
-        """The base's secrets (Secret documents) and the published ones, as one set."""
+        """The base's secrets (Secret documents) and the published ones, as one set; a
+        published one (the listener's certificate files) wins over a document of its name."""
         own = self._base.get(TYPE_SECRET).raw if self._base is not None else {}
-        self._secrets = resources_from_bytes(
-            TYPE_SECRET, [*own.items(), *self._published_secrets.items()], self._secrets
-        )
+        merged = {**own, **self._published_secrets}
+        self._secrets = resources_from_bytes(TYPE_SECRET, list(merged.items()), self._secrets)
 
     def has_secret(self, name: str) -> bool:
         return name in self._secrets.items
