@@ -1,11 +1,13 @@
 """``enforce: quota`` through two real Envoys sharing one budget, and ``enforce: local`` behind
 a trusted proxy (issue 14, part B).
 
-The bound these tests hold (docs/DECISIONS.md 51): over any stretch of time T, all Envoys
-together admit at most ``requests + requests * T / period + U``, where U, the requests
-admitted beyond a lease, is what wardgate counts in ``wardgate_quota_unleased_total``; and U
-is never more than each Envoy's local bound (``requests + 1`` for a token bucket) per Envoy.
-Both are computed from counts, never from timings.
+The bounds these tests hold (docs/RATELIMITS-NATIVE.md derives them): over any stretch of
+time T, all Envoys together admit at most ``requests + requests * T / period + U``, where U,
+the requests admitted beyond a lease, is what wardgate counts in
+``wardgate_quota_unleased_total``; and, whatever wardgate counts, no Envoy admits more than
+its local bound L (``requests + 1`` for a token bucket, twice the requests for a fixed
+window) plus its refill, so N Envoys admit at most N x L in a burst (``burst_bound``).
+Both are computed from counts and the rule, never from timings.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from tests.e2e.test_local_limits import add_users
 from tests.support import Stack, eventually, route
 from wardgate import devstack
 from wardgate.domain.doc_base import QUOTA_HEADERS
-from wardgate.domain.quota import LEASE_TTL_S
+from wardgate.domain.quota import LEASE_TTL_S, burst_bound, local_bound
 from wardgate.domain.ratelimit import encode_rule
 from wardgate.xds.scope_key import SCOPE_HEADER, scope_key
 
@@ -150,48 +152,77 @@ def test_a_burst_on_two_envoys_stays_within_the_budget(two: TwoEnvoys) -> None:
     unleased = two.metric("wardgate_quota_unleased_total", rule="q-burst#0")
     refill = requests * (time.monotonic() - started) / period
     print(
-        f"\nwarm burst: admitted {admitted} of 1,202 (A {a[200]}, B {b[200]}), unleased {unleased}"
+        f"\nwarm burst (token_bucket, {requests}/hour, 2 Envoys): admitted {admitted} of 1,202 "
+        f"(A {a[200]}, B {b[200]}), overshoot {admitted - requests}, unleased {unleased}"
     )
     assert requests <= admitted <= requests + math.ceil(refill) + unleased
-    assert unleased <= 2 * (requests + 1)  # at most each Envoy's local bound
+    # Only the warm-up requests beat a first lease back (one per Envoy, as a rule; at most
+    # each Envoy's local bound): the burst itself ran within leases.
+    assert unleased <= burst_bound(2, requests, "token_bucket")
 
 
-def test_a_fresh_burst_is_capped_by_each_envoys_local_bound(two: TwoEnvoys) -> None:
-    """No warm-up: the first requests of a new bucket pass before its first lease comes back
-    (one round trip); each Envoy's local bound caps them, the unleased count shows them."""
-    requests = 20
+def _windows(period: int, since: float) -> int:
+    """How many fixed windows of ``period`` a stretch from ``since`` to now touched."""
+    return int(time.time() // period) - int(since // period) + 1
+
+
+@pytest.mark.parametrize("algorithm", ["token_bucket", "fixed_window"])
+def test_a_fresh_burst_on_two_envoys_stays_within_the_design_bound(
+    two: TwoEnvoys, algorithm: str
+) -> None:
+    """No warm-up: 600 requests on each Envoy at once, on a bucket neither has seen. What
+    passes before each Envoy's first lease comes back (one round trip) is unleased; the
+    design bounds the total twice over (docs/RATELIMITS-NATIVE.md): by the Envoys' local
+    bounds, N x L (``burst_bound``), whatever wardgate counts, and by the budget plus what
+    wardgate counted unleased."""
+    requests, period = 20, 3600
+    name = f"q-fresh-{algorithm.replace('_', '-')}"
     rule = {
         "by": "route",
         "requests": requests,
         "per": "hour",
         "enforce": "quota",
-        "algorithm": "token_bucket",
+        "algorithm": algorithm,
     }
     two.stack.apply(
-        route("q-fresh", "/q-fresh", "echo", rate_limits=[rule]),
-        route("q-fresh-probe", "/q-fresh-probe", "echo"),
+        route(name, f"/{name}", "echo", rate_limits=[rule]),
+        route(f"{name}-probe", f"/{name}-probe", "echo"),
     )
     for base in two.bases:
-        eventually(lambda b=base: httpx.get(f"{b}/q-fresh-probe").status_code == 200, timeout=10)
-    a, b = asyncio.run(_both(tuple(f"{u}/q-fresh/x" for u in two.bases), 600, 100))  # type: ignore[arg-type]
+        eventually(lambda b=base: httpx.get(f"{b}/{name}-probe").status_code == 200, timeout=10)
+    started, clock = time.monotonic(), time.time()
+    a, b = asyncio.run(_both(tuple(f"{u}/{name}/x" for u in two.bases), 600, 100))  # type: ignore[arg-type]
     admitted = a[200] + b[200]
     # Before a lease the quota filter lets everything through, and reports it so; the local
     # bound behind it refused the rest. Wait for one more report of each Envoy.
-    rounds = two.metric("wardgate_quota_leases_total", rule="q-fresh#0")
+    rule_id = f"{name}#0"
+    rounds = two.metric("wardgate_quota_leases_total", rule=rule_id)
     eventually(
-        lambda: two.metric("wardgate_quota_leases_total", rule="q-fresh#0") >= rounds + 2,
+        lambda: two.metric("wardgate_quota_leases_total", rule=rule_id) >= rounds + 2,
         timeout=20,
         interval=0.5,
     )
-    reported = two.metric("wardgate_quota_requests_total", rule="q-fresh#0", decision="allowed")
+    reported = two.metric("wardgate_quota_requests_total", rule=rule_id, decision="allowed")
     assert reported >= admitted
-    unleased = two.metric("wardgate_quota_unleased_total", rule="q-fresh#0")
+    unleased = two.metric("wardgate_quota_unleased_total", rule=rule_id)
+    # The budget over the time the burst took: a token bucket's refill, or one more window
+    # for each window edge the test crossed; and at most twice that per Envoy's local bound.
+    elapsed = time.monotonic() - started
+    if algorithm == "token_bucket":
+        budget = requests + math.ceil(requests * elapsed / period)
+    else:
+        budget = requests * _windows(period, clock)
+    bound = burst_bound(2, requests, algorithm) + 2 * (budget - requests)
     print(
-        f"\nfresh burst: admitted {admitted} of 1,200 (A {a[200]}, B {b[200]}), unleased {unleased}"
+        f"\nfresh burst ({algorithm}, {requests}/hour, 2 Envoys): admitted {admitted} of 1,200 "
+        f"(A {a[200]}, B {b[200]}), overshoot {admitted - requests}, unleased {unleased}, "
+        f"design bound {bound} (overshoot at most {bound - requests})"
     )
-    assert requests <= admitted <= requests + 1 + unleased
-    assert a[200] <= requests + 1 and b[200] <= requests + 1  # the local bound per Envoy
-    assert unleased <= 2 * (requests + 1)  # and no more is taken from the budget
+    assert requests <= admitted <= budget + unleased  # the ledger's account
+    assert admitted <= bound  # the design's bound, whatever wardgate counted
+    per_envoy = local_bound(requests, algorithm) + budget - requests
+    assert a[200] <= per_envoy and b[200] <= per_envoy  # the local bound per Envoy
+    assert unleased <= bound  # and no more is taken from the budget
 
 
 def test_per_user_quotas_share_one_budget_across_envoys(two: TwoEnvoys) -> None:

@@ -284,3 +284,39 @@ def test_what_an_envoy_reports_beyond_its_local_bound_is_not_taken_from_the_budg
     first, again = with_redis(redis_url, body)
     assert first.unleased == 21  # the local bound of a token bucket: 20 and one
     assert first.kind == LeaseKind.DENY and again.kind == LeaseKind.DENY  # the budget is spent
+
+
+def test_a_clock_behind_starts_no_window_again(redis_url: str, prefix: str) -> None:
+    """Two wardgate replicas whose clocks differ by two seconds settle reports of one bucket
+    around a window's start: the one behind must not start its (older) window again (each
+    flip between the two clocks gave out a whole window's budget)."""
+    window = 60 * 100_000.0
+
+    async def body(r: Any) -> tuple[int, int]:
+        key_for = Keys(f"{prefix}{next(_ids)}:").quota
+        ledger, rule = RedisQuotaLedger(redis=r), "k#0|5|60|fixed_window|0"
+        ahead, behind = [window + 1.0], [window - 1.0]
+
+        def replica(clock: list[float]) -> World:
+            service = QuotaService(ledger=ledger, key_for=key_for, clock=lambda: clock[0])
+            return World(service, rule, clock)
+
+        a_world, b_world = replica(ahead), replica(behind)
+        a, b, c = Envoy("A"), Envoy("B"), Envoy("C")
+        while await a_world.request(a):  # the new window's budget, through the replica ahead
+            pass
+        for _ in range(3):  # reports of B and C through the replica behind, then A's again
+            await b_world.request(b)
+            await b_world.request(c)
+            behind[0] += 0.1
+            for e in (b, c):
+                await b_world.report(e)
+            ahead[0] += 0.1
+            await a_world.report(a)
+            for e in (a, b, c):
+                while e.request():
+                    pass
+        return a.admitted + b.admitted + c.admitted, a_world.unleased + b_world.unleased
+
+    fixed, unleased = with_redis(redis_url, body)
+    assert fixed <= 5 + unleased  # one window's budget, and the unleased first requests

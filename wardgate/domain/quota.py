@@ -120,6 +120,13 @@ def local_bound(requests: int, algorithm: str) -> int:
     return 2 * requests if algorithm == "fixed_window" else requests + 1
 
 
+def burst_bound(envoys: int, requests: int, algorithm: str) -> int:
+    """The most ``envoys`` Envoys admit together for one bucket in a burst shorter than one
+    refill: each Envoy's local bound sees every request its quota filter lets through, leased
+    or not, so none admits more than that bound (docs/RATELIMITS-NATIVE.md derives it)."""
+    return envoys * local_bound(requests, algorithm)
+
+
 def retry_after(requests: int, period: int) -> int:
     """What a refused client is told to wait: a new lease comes with the next report at the
     earliest, and the budget regains one request every period/requests."""

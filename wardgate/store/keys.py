@@ -478,7 +478,7 @@ if h == nil then
 end
 -- What the Envoy admitted is spent from its lease; beyond the lease, from the budget, as far
 -- as its local bound can have let it through (the rest that filter refused).
-local b = math.min(bound, h.b + (now - h.seen) * limit / period)
+local b = math.min(bound, h.b + math.max(0, now - h.seen) * limit / period)
 h.u = h.u + allowed
 local over = math.max(0, h.u - h.c)
 local leased = allowed - over
@@ -487,16 +487,18 @@ h.b = math.max(0, b - leased - unleased)
 g = g - unleased
 if h.u > h.c then h.u = h.c end
 h.d = allowed + denied
-if h.d > 0 then h.active = now end
+if h.d > 0 then h.active = math.max(h.active, now) end
 local held = 0
 for _, x in pairs(holders) do held = held + (x.c - x.u) end
+-- Time moves forward only: a wardgate whose clock is behind another's (workers, replicas)
+-- neither starts an older window again nor refills what a later clock already did.
 if fixed then
   local w = math.floor(now / period)
-  if w ~= t then
+  if w > t then
     g = limit - held
     t = w
   end
-else
+elseif now > t then
   g = g + (now - t) * limit / period
   t = now
 end
@@ -541,7 +543,7 @@ elseif left > target + math.floor(target / 2) + 1 then
   h.serial = h.serial + 1
   kind = 1
 end
-h.seen = now
+h.seen = math.max(h.seen, now)
 redis.call('HSET', KEYS[1], me, string.format('%d %d %d %d %d %d %s',
   h.c, h.u, h.d, h.seen, h.serial, h.active, tostring(h.b)))
 return save(kind, h.c, h.serial)
