@@ -81,15 +81,19 @@ _SKIP_ALL = {
 
 @dataclasses.dataclass(frozen=True)
 class ComposeAddress:
-    """Where an Envoy's compose listener binds, and so where wardgate sends the parts."""
+    """Where an Envoy's compose listener binds, and so where wardgate sends the parts: to
+    that address, or, for a listener bound to every address (0.0.0.0, ::: an Envoy in another
+    container or pod), to the address the Envoy's own gRPC connection comes from
+    (``peer:<port>``, resolved per stream by the processor)."""
 
     address: str
     port: int
 
     @property
     def via(self) -> str:
-        host = "127.0.0.1" if self.address in ("0.0.0.0", "") else self.address
-        host = "::1" if host == "::" else host
+        host = self.address or "127.0.0.1"
+        if host in ("0.0.0.0", "::"):
+            return f"peer:{self.port}"
         return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
 
