@@ -46,6 +46,7 @@ def test_load_reads_documents_and_revision(redis_url: str, prefix: str) -> None:
         stored = await RedisDocumentSource(redis=r, keys=keys).load()
         assert stored.revision == 12
         assert stored.documents == {
+            "Secret": {},
             "Issuer": {},
             "Descriptor": {},
             "Service": {"s": SVC},
