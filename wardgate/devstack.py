@@ -153,9 +153,10 @@ def start_envoy(
     concurrency: int = 1,
     log_level: str = "warning",
     compose_port: int | None = None,
+    compose_address: str = "127.0.0.1",
 ) -> subprocess.Popen[bytes]:
     """Envoy with a bootstrap pointing at wardgate; its compose listener on ``compose_port``
-    (None: a free port; 0: none)."""
+    (None: a free port; 0: none) at ``compose_address``."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / f"envoy-{node_id}.yaml"
     config.write_text(
@@ -166,6 +167,7 @@ def start_envoy(
             wardgate_port=wardgate_port,
             delta=delta,
             compose_port=free_port() if compose_port is None else compose_port,
+            compose_address=compose_address,
         )
     )
     with open(workdir / f"envoy-{node_id}.log", "ab") as out:

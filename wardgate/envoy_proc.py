@@ -32,6 +32,7 @@ def render_bootstrap(
     admin_address: str = "127.0.0.1",
     delta: bool = False,
     compose_port: int = 0,
+    compose_address: str = "127.0.0.1",
 ) -> str:
     for place in _TEMPLATE_PLACES:
         if place.exists():
@@ -48,6 +49,7 @@ def render_bootstrap(
         ADMIN_ADDRESS=admin_address,
         ADMIN_PORT=admin_port,
         COMPOSE_PORT=compose_port,
+        COMPOSE_ADDRESS=compose_address,
         WARDGATE_HOST=wardgate_host,
         WARDGATE_PORT=wardgate_port,
         ADS_API_TYPE="DELTA_GRPC" if delta else "GRPC",

@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 from grpc_health.v1 import health_pb2
 
+from wardgate.domain.compose import ComposeKey
 from wardgate.errors import StoreError
 from wardgate.metrics import Metrics, create_metrics
 from wardgate.settings import Settings
@@ -47,9 +48,10 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
     redis = RedisClients.connect(settings)
     auth = wire_auth(settings, redis, keys, metrics)
     limits = wire_limits(settings, redis, keys, metrics)
-    control = wire_control_plane(settings, redis, keys, metrics, auth.issuers)
+    compose_key = ComposeKey()  # read with the documents, sent with every composition part
+    control = wire_control_plane(settings, redis, keys, metrics, auth.issuers, compose_key)
     stats = wire_stats(settings, redis, keys, metrics)
-    processing = wire_processing(settings, redis, keys, metrics)
+    processing = wire_processing(settings, redis, keys, metrics, compose_key)
     server, health_servicer = wire_grpc(
         settings, metrics, auth, limits, control, stats=stats, processing=processing
     )

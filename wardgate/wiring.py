@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from wardgate.domain.authz import Authorizer
 from wardgate.domain.bans import AbuseMonitor, BanPolicy
-from wardgate.domain.compose import Composer
+from wardgate.domain.compose import ComposeKey, Composer
 from wardgate.domain.extproc_policy import MAX_COMPOSE_TIMEOUT
 from wardgate.domain.quota import QuotaService
 from wardgate.domain.ratelimit import ClientBudget, RateLimiter
@@ -287,9 +287,16 @@ class ControlPlane:
 
 
 def wire_control_plane(
-    settings: Settings, redis: RedisClients, keys: Keys, metrics: Metrics, issuers: IssuerHolder
+    settings: Settings,
+    redis: RedisClients,
+    keys: Keys,
+    metrics: Metrics,
+    issuers: IssuerHolder,
+    compose_key: ComposeKey | None = None,
 ) -> ControlPlane:
-    """Documents in Redis -> watcher -> snapshot cache -> ADS (``xds/watcher.py``)."""
+    """Documents in Redis -> watcher -> snapshot cache -> ADS (``xds/watcher.py``). The
+    document source also reads the deployment's compose key into ``compose_key``, which the
+    processor's part fetcher sends (``wire_processing``)."""
     options = translate_options(settings)
     cache = SnapshotCache(listener_factory=lambda g: listeners(g, options))
     status = RedisStatusStore(redis=redis.control, keys=keys)
@@ -299,7 +306,7 @@ def wire_control_plane(
         clock=time.monotonic,
     )
     watcher = DocumentWatcher(
-        source=RedisDocumentSource(redis=redis.control, keys=keys),
+        source=RedisDocumentSource(redis=redis.control, keys=keys, compose_key=compose_key),
         builder=SnapshotBuilder(options),
         publisher=cache,
         refused=RefusedReport(status=status, metrics=metrics),
@@ -375,10 +382,15 @@ class ProcessingParts:
 
 
 def wire_processing(
-    settings: Settings, redis: RedisClients, keys: Keys, metrics: Metrics
+    settings: Settings,
+    redis: RedisClients,
+    keys: Keys,
+    metrics: Metrics,
+    compose_key: ComposeKey | None = None,
 ) -> ProcessingParts:
-    """ext_proc: transform, the response cache, composition (``extproc/processor.py``)."""
-    fetcher = HttpPartFetcher()
+    """ext_proc: transform, the response cache, composition (``extproc/processor.py``); the
+    parts carry ``compose_key``, the control plane's (``wire_control_plane``)."""
+    fetcher = HttpPartFetcher(key=compose_key or ComposeKey())
     memory = LocalEntries(max_bytes=settings.cache_memory_bytes)
     service = ProcessingService(
         cache=ResponseCache(

@@ -455,3 +455,30 @@ def test_documents_that_would_touch_identity_are_refused(xp: tuple[Stack, int]) 
     finally:
         r.hdel(keys.routes, "xp-raw")
         r.close()
+
+
+def compose_port(stack: Stack) -> int:
+    """The compose listener's port, from Envoy's admin."""
+    listeners = json.loads(stack.admin("/listeners?format=json"))["listener_statuses"]
+    (found,) = [ls for ls in listeners if ls["name"] == "wardgate_compose"]
+    return int(found["local_address"]["socket_address"]["port_value"])
+
+
+def test_the_compose_listener_answers_only_wardgate(
+    xp: tuple[Stack, int], keys: dict[str, str]
+) -> None:
+    """Anyone who reaches the compose port (bound beyond loopback in a container or a pod)
+    must not get a backend's answer without the deployment's compose key."""
+    stack, port = xp
+    before = counts(port)
+    base = f"http://127.0.0.1:{compose_port(stack)}"
+    part = {"x-wardgate-part": "xp-dash/profile"}
+    with httpx.Client(base_url=base, timeout=5) as http:
+        assert http.get("/profile/victim", headers=part).status_code == 404
+        forged = {**part, "x-wardgate-compose-key": "guess", "x-user-id": "victim"}
+        assert http.get("/profile/victim", headers=forged).status_code == 404
+    assert counts(port).get("/profile/victim", 0) == before.get("/profile/victim", 0)
+    with httpx.Client(base_url=stack.base, timeout=15) as http:  # wardgate itself still can
+        got = http.get("/xp/dash", headers={"x-api-key": keys["xpuser5"], "x-q": "1"})
+    assert got.status_code == 200, got.text
+    assert got.json()["profile"]["user"] == "xpuser5"

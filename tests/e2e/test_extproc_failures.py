@@ -123,3 +123,29 @@ def test_each_route_fails_as_documented(private_stack: Stack, tmp_path: Path) ->
     assert http.get("/fo/dash").status_code == 503
     assert stat(s, f"{EXTPROC}.failure_mode_allowed") > allowed
     http.close()
+
+
+def test_a_compose_listener_on_every_address_is_reached_at_the_envoys_address(
+    private_stack: Stack, tmp_path: Path
+) -> None:
+    """Envoy in another container or pod: its compose listener binds 0.0.0.0 and wardgate
+    sends the parts to the address the Envoy connects from; without the key, 404 there."""
+    s = private_stack
+    port = devstack.free_port()
+    s.procs["xp-up"] = start_upstream(port, tmp_path / "xp-upstream.log")
+    s.apply(service("xp-up", port), *routes())
+    listen, compose = devstack.free_port(), devstack.free_port()
+    s.procs["envoy-anywhere"] = devstack.start_envoy(
+        workdir=s.workdir,
+        node_id="envoy-anywhere",
+        listen_port=listen,
+        admin_port=devstack.free_port(),
+        wardgate_port=s.grpc_port,
+        compose_port=compose,
+        compose_address="0.0.0.0",
+    )
+    with httpx.Client(base_url=f"http://127.0.0.1:{listen}", timeout=10) as http:
+        eventually(lambda: http.get("/fo/dash").status_code == 200, timeout=10)
+        assert http.get("/fo/dash").json()["a"]["path"] == "/a"
+    with httpx.Client(base_url=f"http://127.0.0.1:{compose}", timeout=5) as http:
+        assert http.get("/a", headers={"x-wardgate-part": "fo-dash/a"}).status_code == 404

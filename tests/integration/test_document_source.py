@@ -46,12 +46,29 @@ def test_load_reads_documents_and_revision(redis_url: str, prefix: str) -> None:
         stored = await RedisDocumentSource(redis=r, keys=keys).load()
         assert stored.revision == 12
         assert stored.documents == {
+            "Secret": {},
             "Issuer": {},
             "Descriptor": {},
-            "Secret": {},
             "Service": {"s": SVC},
             "Route": {},
         }
+
+    with_redis(redis_url, body)
+
+
+def test_the_compose_key_is_made_once_and_shared(redis_url: str, prefix: str) -> None:
+    """Every replica and worker sends and serves the same key; one that Redis lost comes back
+    as this process had it (the Envoys it configured keep working)."""
+    keys = Keys(prefix)
+
+    async def body(r: Any) -> None:
+        a, b = RedisDocumentSource(redis=r, keys=keys), RedisDocumentSource(redis=r, keys=keys)
+        first = (await a.load()).compose_key
+        assert len(first) >= 32 and (await b.load()).compose_key == first
+        assert a.compose_key.value == b.compose_key.value == first
+        await r.delete(keys.compose_key)
+        assert (await a.load()).compose_key == first
+        assert (await r.get(keys.compose_key)) in (first, first.encode())
 
     with_redis(redis_url, body)
 

@@ -16,6 +16,8 @@ from google.protobuf import json_format
 
 from tests.unit.test_translate import hcm_of
 from wardgate.domain.documents import Route, parse_document
+from wardgate.extproc.compose_client import valid_via
+from wardgate.extproc.processor import compose_via
 from wardgate.xds.extproc import (
     COMPOSE_ROUTES,
     F_EXTPROC,
@@ -156,7 +158,9 @@ def test_the_compose_listener_is_loopback_and_routes_parts_by_header() -> None:
     listener = compose_listener(compose)
     assert listener.address.socket_address.address == "127.0.0.1"
     assert listener.address.socket_address.port_value == 9902
-    assert ComposeAddress("::", 1).via == "[::1]:1"
+    assert ComposeAddress("::1", 1).via == "[::1]:1"
+    # Bound to every address (Envoy in another container or pod): where it connects from.
+    assert ComposeAddress("0.0.0.0", 9902).via == ComposeAddress("::", 9902).via == "peer:9902"
 
     r = parse_document(
         {
@@ -172,7 +176,7 @@ def test_the_compose_listener_is_loopback_and_routes_parts_by_header() -> None:
         }
     )
     assert isinstance(r, Route)
-    config_bytes = compose_routes([r, route()])
+    config_bytes = compose_routes([r, route()], "k3y")
     routes = route_pb2.RouteConfiguration.FromString(config_bytes)
     assert routes.name == COMPOSE_ROUTES
     entries = {e.name: e for e in routes.virtual_hosts[0].routes}
@@ -181,8 +185,43 @@ def test_the_compose_listener_is_loopback_and_routes_parts_by_header() -> None:
     assert orders.route.cluster == "orders" and orders.route.timeout.seconds == 1
     assert orders.route.retry_policy.num_retries.value == 2
     assert orders.match.headers[0].string_match.exact == "dash/orders"
+    # Only wardgate, which holds the deployment's key, reaches a backend through it.
+    assert orders.match.headers[1].name == "x-wardgate-compose-key"
+    assert orders.match.headers[1].string_match.exact == "k3y"
+    assert set(orders.request_headers_to_remove) == {"x-wardgate-part", "x-wardgate-compose-key"}
     assert entries["dash/profile"].route.timeout.seconds == 3
     assert entries["none"].direct_response.status == 404
     # The compose route itself never reaches a cluster (the processor answers it).
     action = route_entry(r)["route"]
     assert action["cluster_not_found_response_code"] == "SERVICE_UNAVAILABLE"
+
+
+def test_without_a_compose_key_the_compose_listener_routes_nothing() -> None:
+    r = parse_document(
+        {
+            "kind": "Route",
+            "name": "dash",
+            "match": {"path": "/dash", "methods": ["GET"]},
+            "compose": {"profile": {"backend": "users", "path": "/u/{user}"}},
+        }
+    )
+    assert isinstance(r, Route)
+    routes = route_pb2.RouteConfiguration.FromString(compose_routes([r], ""))
+    (only,) = routes.virtual_hosts[0].routes
+    assert only.name == "none" and only.direct_response.status == 404
+    # The key is part of the route match: a match without it would let anyone through.
+    keyed = route_pb2.RouteConfiguration.FromString(compose_routes([r], "k"))
+    for entry in keyed.virtual_hosts[0].routes:
+        if entry.name != "none":
+            assert {h.name for h in entry.match.headers} >= {"x-wardgate-compose-key"}
+
+
+def test_a_compose_listener_on_every_address_is_reached_where_its_envoy_connects_from() -> None:
+    assert compose_via("127.0.0.1:9902", "ipv4:10.0.0.9:4000") == "127.0.0.1:9902"
+    assert compose_via("peer:9902", "ipv4:10.1.2.3:51234") == "10.1.2.3:9902"
+    assert compose_via("peer:9902", "ipv6:[fd00::7]:51234") == "[fd00::7]:9902"
+    # An IPv4 Envoy on wardgate's dual-stack socket.
+    assert compose_via("peer:9902", "ipv6:[::ffff:10.1.2.3]:51234") == "10.1.2.3:9902"
+    assert compose_via("peer:9902", "unix:/run/wardgate.sock") == ""
+    assert compose_via("peer:9902", "ipv4:not-an-ip:1") == ""
+    assert valid_via(compose_via("peer:9902", "ipv6:[fd00::7]:1"))

@@ -185,7 +185,8 @@ def test_envoy_takes_the_bootstrap_wardgate_renders(rendered: tuple[str, list[Ob
             wardgate_port=18000,
             wardgate_host="wardgate",
             admin_address="0.0.0.0",
-            compose_port=0,
+            compose_port=9902,
+            compose_address="0.0.0.0",
         )
     )
     assert shipped == expected
@@ -203,6 +204,25 @@ def test_only_the_envoys_reach_wardgates_grpc_port(rendered: tuple[str, list[Obj
     assert len(grpc_rules) == 1
     assert grpc_rules[0]["from"] == [
         {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "envoy"}}}
+    ]
+
+
+def test_envoys_compose_listener_is_reachable_by_wardgate_only(
+    rendered: tuple[str, list[Obj]],
+) -> None:
+    """wardgate (another pod) sends composition parts to each Envoy's pod IP: the listener
+    binds every address, and only wardgate's pods may reach that port."""
+    _, objects = rendered
+    shipped = yaml.safe_load(_by(objects, "ConfigMap", "envoy-bootstrap")["data"]["bootstrap.yaml"])
+    meta = shipped["node"]["metadata"]
+    assert meta["compose_port"] == 9902 and meta["compose_address"] == "0.0.0.0"
+    envoy = _by(objects, "Deployment", "envoy")["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "compose", "containerPort": 9902, "protocol": "TCP"} in envoy["ports"]
+    policy = _by(objects, "NetworkPolicy", "envoy")["spec"]
+    rules = [r for r in policy["ingress"] if {"port": 9902, "protocol": "TCP"} in r["ports"]]
+    assert len(rules) == 1
+    assert rules[0]["from"] == [
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "wardgate"}}}
     ]
 
 

@@ -335,7 +335,15 @@ Ctrl-C stops everything.
     default=9902,
     show_default=True,
     type=click.IntRange(0, 65535),
-    help="Envoy's compose listener on 127.0.0.1 (composition parts); 0: none.",
+    help="Envoy's compose listener (composition parts); 0: none.",
+)
+@click.option(
+    "--compose-address",
+    default="127.0.0.1",
+    show_default=True,
+    callback=lambda _c, _p, v: _ip_address(v),
+    help="Where the compose listener binds: 0.0.0.0 when wardgate is in another container or "
+    "pod (it then reaches the Envoy at the address the Envoy connects from).",
 )
 @click.option(
     "--admin-address",
@@ -352,6 +360,7 @@ def bootstrap(
     wardgate_host: str,
     wardgate_port: int,
     compose_port: int,
+    compose_address: str,
     admin_address: str,
     delta: bool,
 ) -> None:
@@ -366,6 +375,7 @@ def bootstrap(
             admin_address=admin_address,
             delta=delta,
             compose_port=compose_port,
+            compose_address=compose_address,
         )
     )
 

@@ -22,6 +22,16 @@ from wardgate.domain.jsontext import loads
 from wardgate.domain.templates import Facts
 
 IDENTITY = ("x-user-id", "x-user-roles", "x-auth-method")
+KEY_HEADER = "x-wardgate-compose-key"
+
+
+class ComposeKey:
+    """The deployment's compose key as this process last read it (with the documents): the
+    processor sends it with every part, Envoy's compose listener routes nothing without it.
+    "" until read: no part is sent."""
+
+    def __init__(self, value: str = "") -> None:
+        self.value = value
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

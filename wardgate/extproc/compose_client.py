@@ -2,11 +2,13 @@
 (``domain/compose.py`` ``PartFetcher``).
 
 Each part is a GET to ``http://<compose address><path>`` carrying ``x-wardgate-part:
-<route>/<part>``; Envoy's compose route for that header sends it to the part's cluster with
-the part's timeout and the route's retries (``xds/extproc.py``). wardgate only bounds what it
-reads (``max_bytes``) and how long it waits (the part's timeout and a second for Envoy's own
-answer). The compose address comes from the Envoy's listener configuration and must be an IP
-literal and a port: no names to resolve, nothing else to reach.
+<route>/<part>`` and the deployment's compose key (``x-wardgate-compose-key``, without which
+the compose listener answers 404); Envoy's compose route for that header sends it to the
+part's cluster with the part's timeout and the route's retries (``xds/extproc.py``). wardgate
+only bounds what it reads (``max_bytes``) and how long it waits (the part's timeout and a
+second for Envoy's own answer). The compose address comes from the Envoy's listener
+configuration and must be an IP literal and a port: no names to resolve, nothing else to
+reach.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import ipaddress
 import aiohttp
 from yarl import URL
 
-from wardgate.domain.compose import PartRequest, PartResponse
+from wardgate.domain.compose import KEY_HEADER, ComposeKey, PartRequest, PartResponse
 
 PART_HEADER = "x-wardgate-part"
 
@@ -35,9 +37,11 @@ def valid_via(via: str) -> bool:
 
 
 class HttpPartFetcher:
-    """One connection pool per process, opened on first use."""
+    """One connection pool per process, opened on first use. Every part carries the
+    deployment's compose key, without which Envoy's compose listener routes nothing."""
 
-    def __init__(self, *, max_connections: int = 256) -> None:
+    def __init__(self, *, key: ComposeKey, max_connections: int = 256) -> None:
+        self._key = key
         self._max = max_connections
         self._session: aiohttp.ClientSession | None = None
 
@@ -51,10 +55,11 @@ class HttpPartFetcher:
         return self._session
 
     async def fetch(self, via: str, request: PartRequest) -> PartResponse:
-        if not valid_via(via):
+        if not valid_via(via) or not self._key.value:
             return PartResponse(error="unreachable")
         headers = {k: v for k, v in request.headers}
         headers[PART_HEADER] = f"{request.route}/{request.part}"
+        headers[KEY_HEADER] = self._key.value
         url = URL(f"http://{via}{request.path}", encoded=True)
         timeout = aiohttp.ClientTimeout(total=request.timeout + 1.0)
         try:

@@ -2,7 +2,8 @@
 
 Protobuf in, ``domain/exchange.py`` out, protobuf back. The route's policy arrives in the
 stream's initial metadata (``x-wardgate-extproc``, per route), the address of the asking
-Envoy's compose listener in ``x-wardgate-compose`` (per listener). A phase that may outlast
+Envoy's compose listener in ``x-wardgate-compose`` (per listener; ``peer:<port>``: at the
+address the Envoy connects from). A phase that may outlast
 Envoy's per-message deadline (a composition, a cache miss waiting for another request's
 answer) first extends it (``override_message_timeout``), and only when it has not finished
 within a fraction of that deadline. An error in here ends the stream with a gRPC error, and
@@ -12,6 +13,7 @@ Envoy applies the route's failure mode (docs/TRANSFORMS.md).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -34,6 +36,7 @@ from wardgate.metrics import Metrics
 log = logging.getLogger("wardgate.extproc")
 POLICY_HEADER = "x-wardgate-extproc"
 COMPOSE_HEADER = "x-wardgate-compose"
+PEER = "peer"  # x-wardgate-compose: peer:<port> (xds/extproc.py ComposeAddress)
 OWN_NAMESPACE = "wardgate.extproc"  # dynamic metadata: the local reply keeps our JSON body
 AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
 OVERWRITE = base_pb2.HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
@@ -161,7 +164,7 @@ class ProcessingService(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                         policy=policy,
                         cache=self._cache,
                         composer=self._composer,
-                        via=str(metadata.get(COMPOSE_HEADER, "")),
+                        via=compose_via(str(metadata.get(COMPOSE_HEADER, "")), context.peer()),
                         tier=_tier(request),
                         max_body=self._max_body,
                         recorder=self._recorder,
@@ -220,6 +223,27 @@ class ProcessingService(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 seconds=seconds, nanos=int((wait - seconds) * 1e9)
             )
         )
+
+
+def compose_via(via: str, peer: str) -> str:
+    """Where this stream's Envoy has its compose listener: ``via`` as its listener
+    configuration says, where ``peer:<port>`` (a listener bound to every address) means the
+    address the Envoy's gRPC connection comes from (``ipv4:10.1.2.3:5678``, ``ipv6:[..]:5678``,
+    as gRPC names it): an Envoy in another container or pod. "" when that is no IP."""
+    if not via.startswith(PEER + ":"):
+        return via
+    kind, _, rest = peer.partition(":")
+    host = rest.rpartition(":")[0].removeprefix("[").removesuffix("]")
+    if kind not in ("ipv4", "ipv6"):
+        return ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return ""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # an IPv4 Envoy on a dual-stack wardgate socket
+    port = via.removeprefix(PEER + ":")
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
 
 
 def _tier(request: ep.ProcessingRequest) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from wardgate.domain.catalog import KIND_ORDER, RawDocuments
+from wardgate.domain.compose import ComposeKey
 from wardgate.domain.registry import Instance
 from wardgate.errors import StoreError
 from wardgate.store.documents import (
@@ -57,23 +59,41 @@ class RedisNotifications:
 
 
 class RedisDocumentSource:
-    def __init__(self, *, redis: AnyRedis, keys: Keys, manage_keyspace_events: bool = True):
+    def __init__(
+        self,
+        *,
+        redis: AnyRedis,
+        keys: Keys,
+        manage_keyspace_events: bool = True,
+        compose_key: ComposeKey | None = None,
+    ):
         self._r = redis
         self._k = keys
+        self.compose_key = compose_key or ComposeKey()
         self._documents = RedisDocumentStore(redis=redis, keys=keys)
         self._registry = RedisRegistryStore(redis=redis, keys=keys)
         self._manage_events = manage_keyspace_events
 
     async def load(self) -> Stored:
-        """Every document hash and the revision, in one round trip."""
+        """Every document hash, the revision and the compose key, in one round trip (and one
+        more the first time: the first reader creates the key, every other reads it)."""
         with redis_errors():
             async with self._r.pipeline(transaction=False) as pipe:
                 for kind in KIND_ORDER:
                     queue_documents_read(pipe, self._k.documents(kind))
                 pipe.get(self._k.revision)
-                *hashes, revision = await pipe.execute()
+                pipe.get(self._k.compose_key)
+                *hashes, revision, key = await pipe.execute()
+            if not key:
+                # This process's key again if it had one (Redis lost it): the Envoys it
+                # configured keep theirs; else a new one. Whoever sets it first wins.
+                mine = self.compose_key.value or secrets.token_urlsafe(32)
+                await self._r.set(self._k.compose_key, mine, nx=True)
+                key = await self._r.get(self._k.compose_key)
+        key = key.decode() if isinstance(key, bytes) else str(key or "")
+        self.compose_key.value = key
         documents = {kind: decode_documents(h) for kind, h in zip(KIND_ORDER, hashes, strict=True)}
-        return Stored(documents, int(revision or 0))
+        return Stored(documents, int(revision or 0), key)
 
     async def load_last_good(self) -> RawDocuments:
         return await self._documents.load_last_good()

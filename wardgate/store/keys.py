@@ -214,6 +214,12 @@ class Keys:
         return f"{self.spread}cache:{{{route}}}:epoch"
 
     @property
+    def compose_key(self) -> str:
+        """String: the deployment's compose key (random, created by the first wardgate to
+        read documents): Envoy's compose listener routes only requests that carry it."""
+        return f"{self.prefix}compose:key"
+
+    @property
     def cache_purged_channel(self) -> str:
         """Pub/sub channel announcing a purge (the route's name): each process's entries in
         memory go."""

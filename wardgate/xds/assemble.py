@@ -161,8 +161,9 @@ class Translator:
         self._uses: Counter[str] = Counter()  # service -> how many routes use it
         self._services: _ServiceResources | None = None
         self._transcoding: _Transcoding | None = None
-        # The compose listener's routes, and the compose routes they were built from.
-        self._compose: tuple[tuple[Route, ...], bytes] | None = None
+        # The compose listener's routes, and the compose routes and key they were built from.
+        self._compose: tuple[tuple[Route, ...], str, bytes] | None = None
+        self.compose_key = ""  # the deployment's (Stored.compose_key); "": no compose routes
         self._quota = QuotaExtensions()  # the quota filters' ECDS resources
         self._markers: dict[tuple[str, int], bytes] = {}
         self._scope_bytes = [
@@ -374,24 +375,25 @@ class Translator:
         """The compose listener's routes (``xds/extproc.py``); the same bytes object while the
         compose routes are the same documents."""
         routes = tuple(r for _, r in sorted(catalog.routes.items()) if r.compose is not None)
-        prev = self._compose
+        prev, key = self._compose, self.compose_key
         if (
             prev is not None
+            and prev[1] == key
             and len(prev[0]) == len(routes)
             and all(a is b for a, b in zip(prev[0], routes, strict=True))
         ):
-            return prev[1]
+            return prev[2]
         try:
-            data = compose_routes(routes)
+            data = compose_routes(routes, key)
         except Exception:
             for route in routes:  # whose is it? That route is refused alone
                 try:
-                    compose_routes([route])
+                    compose_routes([route], key)
                 except Exception as exc:
                     reason = f"{type(exc).__name__}: {exc}"
                     raise TranslationError("Route", route.name, reason) from exc
             raise
-        self._compose = (routes, data)
+        self._compose = (routes, key, data)
         return data
 
     def _transcoder(self, catalog: Catalog) -> bytes:

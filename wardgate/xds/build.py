@@ -179,9 +179,13 @@ class SnapshotBuilder:
         """Whether routes sit in two placements, to be settled (``settle``) shortly."""
         return self._translator.moving
 
-    def is_current(self, documents: RawDocuments) -> bool:
-        """Whether the last build was made from exactly these documents."""
-        return self._base is not None and documents == self._documents
+    def is_current(self, documents: RawDocuments, compose_key: str = "") -> bool:
+        """Whether the last build was made from exactly these documents (and compose key)."""
+        return (
+            self._base is not None
+            and documents == self._documents
+            and compose_key == self._translator.compose_key
+        )
 
     def parse(
         self, documents: RawDocuments, last_good: RawDocuments, *, incremental: bool = True
@@ -198,13 +202,19 @@ class SnapshotBuilder:
         return Parsed(documents, catalog, last_good)
 
     def build(
-        self, parsed: Parsed, instances: Mapping[str, list[Instance]], *, revision: int
+        self,
+        parsed: Parsed,
+        instances: Mapping[str, list[Instance]],
+        *,
+        revision: int,
+        compose_key: str = "",
     ) -> Snapshot:
         """The snapshot serving ``parsed``, with ``instances`` as the endpoints of its
         registry services. A document that cannot be translated is refused alone (its last
         good version served if that translates). Only a build that succeeds becomes the base
         of the next; ``catalog`` is then what it serves."""
         failed: set[tuple[str, str]] = set()
+        self._translator.compose_key = compose_key
         while True:
             try:
                 base = self._translator.base(parsed.catalog, _endpoints_of(instances))

@@ -36,6 +36,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noq
     http_connection_manager_pb2,
 )
 
+from wardgate.domain.compose import KEY_HEADER
 from wardgate.domain.doc_extproc import HeaderOps
 from wardgate.domain.documents import Route
 from wardgate.domain.durations import format_duration, parse_duration
@@ -80,15 +81,19 @@ _SKIP_ALL = {
 
 @dataclasses.dataclass(frozen=True)
 class ComposeAddress:
-    """Where an Envoy's compose listener binds, and so where wardgate sends the parts."""
+    """Where an Envoy's compose listener binds, and so where wardgate sends the parts: to
+    that address, or, for a listener bound to every address (0.0.0.0, ::: an Envoy in another
+    container or pod), to the address the Envoy's own gRPC connection comes from
+    (``peer:<port>``, resolved per stream by the processor)."""
 
     address: str
     port: int
 
     @property
     def via(self) -> str:
-        host = "127.0.0.1" if self.address in ("0.0.0.0", "") else self.address
-        host = "::1" if host == "::" else host
+        host = self.address or "127.0.0.1"
+        if host in ("0.0.0.0", "::"):
+            return f"peer:{self.port}"
         return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
 
@@ -290,9 +295,12 @@ def _retry_policy(route: Route) -> dict[str, Any] | None:
     return policy
 
 
-def compose_routes(routes: Iterable[Route]) -> bytes:
+def compose_routes(routes: Iterable[Route], key: str) -> bytes:
     """The compose listener's route configuration: one route per part of every compose
-    route, chosen by ``x-wardgate-part: <route>/<part>``."""
+    route, chosen by ``x-wardgate-part: <route>/<part>``, for requests that carry the
+    deployment's compose key (``x-wardgate-compose-key``) only: the listener may be reachable
+    by others than wardgate (bound beyond loopback in a container or a pod), and it has none
+    of the main listener's checks. Anything else is 404; without a key, everything is."""
     entries: list[dict[str, Any]] = []
     for route in sorted(routes, key=lambda r: r.name):
         if route.compose is None:
@@ -315,13 +323,16 @@ def compose_routes(routes: Iterable[Route]) -> bytes:
                             {
                                 "name": PART_HEADER,
                                 "string_match": {"exact": f"{route.name}/{part.name}"},
-                            }
+                            },
+                            {"name": KEY_HEADER, "string_match": {"exact": key}},
                         ],
                     },
                     "route": action,
-                    "request_headers_to_remove": [PART_HEADER],
+                    "request_headers_to_remove": [PART_HEADER, KEY_HEADER],
                 }
             )
+    if not key:
+        entries = []
     entries.append({"name": "none", "match": {"prefix": "/"}, "direct_response": {"status": 404}})
     config = {
         "name": COMPOSE_ROUTES,

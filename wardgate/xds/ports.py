@@ -26,10 +26,12 @@ from wardgate.xds.snapshot import NodeGroup, Snapshot
 
 @dataclasses.dataclass(frozen=True)
 class Stored:
-    """The documents as stored, and the revision the CLI last wrote (for logs and status)."""
+    """The documents as stored, the revision the CLI last wrote (for logs and status), and
+    the deployment's compose key ("": none, the compose listener answers nothing)."""
 
     documents: RawDocuments
     revision: int = 0
+    compose_key: str = ""
 
 
 class Signal(enum.Flag):

@@ -111,7 +111,7 @@ class DocumentWatcher:
     async def _sync(self) -> bool:
         started = time.perf_counter()
         stored = await self._source.load()
-        if self._builder.is_current(stored.documents) and self._publisher.ready:
+        if self._builder.is_current(stored.documents, stored.compose_key) and self._publisher.ready:
             return await self._unchanged()
         # What was served is read once per subscription (another replica may have moved
         # it), then kept here; a catalog is patched only from one built on it.
@@ -123,7 +123,9 @@ class DocumentWatcher:
             stored.documents, self._last_good.documents, incremental=not fresh
         )
         live = await self._source.live_instances(parsed.registry_services, now=time.time())
-        snapshot = self._builder.build(parsed, live, revision=stored.revision)
+        snapshot = self._builder.build(
+            parsed, live, revision=stored.revision, compose_key=stored.compose_key
+        )
         catalog = self._builder.catalog  # what the build serves: maybe less than parsed
         assert catalog is not None
         await self._save_last_good(catalog)  # only what really is served
