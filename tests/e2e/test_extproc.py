@@ -167,10 +167,13 @@ def counts(port: int) -> dict[str, int]:
 def metric(stack: Stack, name: str, **labels: str) -> float:
     """A sample of wardgate's /metrics (0 when absent)."""
     text = httpx.get(f"http://127.0.0.1:{stack.http_port}/metrics", timeout=5).text
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    # Labels as the exposition writes them (in the metric's declared order, not sorted).
+    want = {f'{k}="{v}"' for k, v in labels.items()}
     for line in text.splitlines():
-        if line.startswith(f"{name}{{") and line.split("}")[0] == f"{name}{{{want}":
-            return float(line.rsplit(" ", 1)[1])
+        if line.startswith(f"{name}{{"):
+            written = line[len(name) + 1 :].split("}")[0]
+            if set(written.split(",")) == want:
+                return float(line.rsplit(" ", 1)[1])
     return 0.0
 
 

@@ -372,10 +372,10 @@ def test_a_transcoding_route_carries_only_its_own_services(
     assert applied.returncode == 0, applied.stderr
     with s.client() as http:
         eventually(lambda: http.get("/v1/greeter/ada").status_code == 401, timeout=5)
-        note = http.put("/v1/notes/n1", json={"text": "planted"})
+        note = http.put("/v1/notes/planted-x", json={"text": "planted"})
         assert note.status_code == 404, note.text
         assert note.json()["error"] == "not_found"
-        assert http.get("/v1/notes/n1").status_code == 404
+        assert http.get("/v1/notes/planted-x").status_code == 404
         # The route's own service is transcoded and reaches the server (which does not
         # implement it: UNIMPLEMENTED, 501).
         own = http.get("/v1/other/x")
@@ -398,5 +398,5 @@ def test_a_transcoding_route_carries_only_its_own_services(
     assert exposed.returncode == 0, exposed.stderr
     with s.client() as http:
         eventually(lambda: http.get("/v1/greeter/ada").status_code == 200, timeout=5)
-        assert http.get("/v1/notes/n1").status_code == 404  # NOT_FOUND from the server
-        assert "n1" in http.get("/v1/notes/n1").json()["message"]
+        assert http.get("/v1/notes/planted-x").status_code == 404  # NOT_FOUND from the server
+        assert "planted-x" in http.get("/v1/notes/planted-x").json()["message"]

@@ -637,6 +637,19 @@ def hcm_of(opts: TranslateOptions) -> http_connection_manager_pb2.HttpConnection
     return hcm
 
 
+def test_the_cookie_strip_after_routing_never_sends_the_request_back_to_the_route_table() -> None:
+    """On a transcoding route the path is the gRPC method's by then: a re-route finds nothing."""
+    from envoy.extensions.filters.http.lua.v3 import lua_pb2
+
+    hcm = hcm_of(OPTS)
+    names = [f.name for f in hcm.http_filters]
+    strip = hcm.http_filters[names.index("wardgate.session_cookie")]
+    config = lua_pb2.Lua()
+    assert strip.typed_config.Unpack(config)
+    assert "wg_ticket" in config.default_source_code.inline_string
+    assert config.HasField("clear_route_cache") and not config.clear_route_cache.value
+
+
 def test_listener_http_filters_in_order() -> None:
     hcm = hcm_of(OPTS)
     assert [f.name for f in hcm.http_filters] == [

@@ -218,13 +218,19 @@ def _rate_limit(opts: TranslateOptions, *, stage: int) -> dict[str, Any]:
 def _strip_session_cookie(opts: TranslateOptions) -> dict[str, Any]:
     """The session cookie and the ticket are for the gateway: after ext_authz (which has read
     them and, on protected routes, already dropped them), no upstream gets them, public routes
-    included. Only wardgate's own /auth/* routes keep them (they disable this filter)."""
+    included. Only wardgate's own /auth/* routes keep them (they disable this filter).
+
+    The route is chosen by then (and on a transcoding route the path is already the gRPC
+    method's): a cookie removed must not send the request back to the route table, where the
+    rewritten path matches nothing (404). Envoy's Lua filter clears the route cache on any
+    header change unless told not to."""
     return _filter(
         F_LUA,
         T_LUA,
         default_source_code={
             "inline_string": strip_cookie_lua(opts.session_cookie, opts.ticket_cookie)
         },
+        clear_route_cache=False,
     )
 
 
