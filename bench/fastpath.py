@@ -80,6 +80,7 @@ ENVOY_COUNTERS = {
     "roles_denied": "http.wardgate.rbac.wardgate_roles.denied",
 }
 RULE_BIG, RULE_SMALL = "bench-session#0", "bench-small#0"
+PATH = ("envoy", "wardgate", "redis", "upstream", "wrk")  # the processes a gateway case loads
 
 
 # --- HTTP helpers -------------------------------------------------------------------------
@@ -490,6 +491,13 @@ def verify_fast(c: Load, stack: Stack) -> None:
 # --- the report ---------------------------------------------------------------------------
 
 
+def path_us(r: Load) -> float:
+    """CPU µs per request of every process on the request's path, wrk included: on a machine
+    whose cores are all busy, throughputs go as the inverse of this (a steadier figure)."""
+    names = ("envoy-a", "upstream", "wrk") if r.case == "a" else PATH
+    return sum(sum(r.cpu.get(n, [0.0])) for n in names) / r.rps * 1e6
+
+
 def report(rounds: list[dict[str, Load]], args: argparse.Namespace) -> None:
     print()
     print(
@@ -500,9 +508,10 @@ def report(rounds: list[dict[str, Load]], args: argparse.Namespace) -> None:
     print()
     print(
         "| round | case | what | req/s | p99 ms | Envoy CPU µs/req | wardgate CPU µs/req"
-        " | upstream CPU µs/req | redis CPU µs/req | ext_authz calls | jwt cache hits | bad |"
+        " | upstream CPU µs/req | redis CPU µs/req | path CPU µs/req | ext_authz calls"
+        " | jwt cache hits | bad |"
     )
-    print("| --- | --- | --- |" + " ---: |" * 9)
+    print("| --- | --- | --- |" + " ---: |" * 10)
     for i, got in enumerate(rounds, 1):
         for r in got.values():
             envoy = "envoy-a" if r.case == "a" else "envoy"
@@ -514,7 +523,7 @@ def report(rounds: list[dict[str, Load]], args: argparse.Namespace) -> None:
             print(
                 f"| {i} | {r.case} | {r.label} | {r.rps:,.0f} | {r.p99_ms:.2f} | {us(envoy)}"
                 f" | {us('wardgate') if r.case != 'a' else '-'} | {us('upstream')}"
-                f" | {us('redis') if r.case != 'a' else '-'}"
+                f" | {us('redis') if r.case != 'a' else '-'} | {path_us(r):,.1f}"
                 f" | {k.get('authz_ok', '-')} | {k.get('jwt_cache_hit', '-')} | {r.bad} |"
             )
     print()
@@ -522,12 +531,16 @@ def report(rounds: list[dict[str, Load]], args: argparse.Namespace) -> None:
     if args.c2:
         pairs["c2/b"] = ("c2", "b")
         pairs["c/c2"] = ("c", "c2")
+    print("ratio  by req/s (each round)  |  by path CPU per request (each round)")
+
+    def cell(values: list[float]) -> str:
+        each = ", ".join(f"{x:.3f}" for x in values)
+        return f"{statistics.median(values):.3f}" + (f" ({each})" if len(values) > 1 else "")
+
     for name, (num, den) in pairs.items():
         ratios = [got[num].rps / got[den].rps for got in rounds]
-        per = ", ".join(f"{x:.3f}" for x in ratios)
-        print(
-            f"{name:<5} {statistics.median(ratios):.3f}" + (f"  ({per})" if len(ratios) > 1 else "")
-        )
+        by_cpu = [path_us(got[den]) / path_us(got[num]) for got in rounds]
+        print(f"{name:<5}  {cell(ratios)}  |  {cell(by_cpu)}")
     print("targets: c/b >= 0.8, c/a >= 0.5")
     print()
     for i, got in enumerate(rounds, 1):
