@@ -32,8 +32,10 @@ past its lease, and wardgate counts the quota filter's refusals).
 wardgate's CPU per request in (b) and (c) is mostly the access log it receives (on by default;
 ``--no-access-log`` runs the stack without it, to see what is left).
 
-With ``--rounds N`` the cases alternate (a, b, c, c2, a, b, ...) so that drift on a shared
-machine hits all alike; ratios are per round, and their median is printed. Every process
+With ``--rounds N`` the cases alternate (a, b, c, cn, c2, a, b, ...) so that drift on a shared
+machine hits all alike; ratios are per round, and their median is printed, by req/s and by the
+CPU per request of the processes on the path (wrk included), the steadier of the two when
+other work shares the cores. Every process
 started here is stopped on exit, on error and on Ctrl-C.
 """
 
