@@ -79,6 +79,59 @@ def test_an_access_log_entry_becomes_a_request() -> None:
     assert request_of(accesslog_pb2.HTTPAccessLogEntry()).method == "OTHER"
 
 
+GATE = {"envoy.filters.http.rbac": {"wardgate_native.shadow_engine_result": "allowed"}}
+TICKET = {
+    "envoy.filters.http.jwt_authn": {
+        "wg_ticket": {"sub": "ann", "sid": "1" * 32, "roles": ["user"], "am": "session"}
+    }
+}
+JWT = {
+    "envoy.filters.http.jwt_authn": {"jwt|sub|groups|60": {"sub": "ada", "groups": ["reader"]}},
+    "wardgate.identity": {"user": "ada", "roles": ",reader,", "method": "jwt"},
+}
+
+
+def logged(meta: dict[str, dict[str, object]], *, status: int = 200) -> Request:
+    e = accesslog_pb2.HTTPAccessLogEntry()
+    e.common_properties.downstream_remote_address.socket_address.address = "203.0.113.9"
+    for namespace, fields in meta.items():
+        e.common_properties.metadata.filter_metadata[namespace].update(fields)
+    e.response.response_code.value = status
+    return request_of(e)
+
+
+def test_a_ticket_envoy_decided_alone_names_its_user() -> None:
+    """The fast path skips ext_authz: the user is the verified ticket's ``sub``."""
+    r = logged({**TICKET, **GATE})
+    assert (r.user, r.api_key, client_of(r)) == ("ann", "", "user:ann")
+    limited = logged({**TICKET, **GATE}, status=429)
+    assert client_of(limited) == "user:ann"
+
+
+def test_an_issuer_jwt_envoy_decided_alone_names_the_scripts_user() -> None:
+    r = logged({**JWT, **GATE})
+    assert (r.user, r.api_key, client_of(r)) == ("ada", "", "user:ada")
+    # Beside a ticket (the gate let the JWT speak: a ticket never does beside a bearer token).
+    assert logged({**TICKET, **JWT, **GATE}).user == "ada"
+
+
+def test_identity_comes_from_whoever_decided_in_order() -> None:
+    key = {"envoy.filters.http.ext_authz": {"user": "ci-bot", "api_key": "ci-bot"}}
+    session = {"envoy.filters.http.ext_authz": {"user": "bob", "auth_method": "session"}}
+    # ext_authz ran (a write, another credential beside the ticket): what it said stands.
+    r = logged({**TICKET, **key})
+    assert (r.user, r.api_key, client_of(r)) == ("ci-bot", "ci-bot", "api_key:ci-bot")
+    assert logged({**TICKET, **session}).user == "bob"
+    # ext_authz ran and refused: a verified ticket that did not decide names nobody, and
+    # neither does a JWT payload the script did not accept, or the gate alone.
+    denied = {"envoy.filters.http.rbac": {"wardgate_native.shadow_engine_result": "denied"}}
+    for meta in (TICKET, {**TICKET, **denied}, {**JWT, **denied}, GATE):
+        r = logged(meta, status=401)
+        assert (r.user, r.api_key, client_of(r)) == ("", "", "ip:203.0.113.9"), meta
+    unscripted = {"envoy.filters.http.jwt_authn": JWT["envoy.filters.http.jwt_authn"], **GATE}
+    assert logged(unscripted).user == ""
+
+
 def test_labels_come_from_bounded_sets() -> None:
     assert [status_class(s) for s in (0, 99, 200, 404, 503, 600)] == [
         "none",

@@ -9,21 +9,66 @@ when the stream ends.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
+from google.protobuf import struct_pb2
 
 from wardgate.metrics import StatsMetrics
 from wardgate.stats.records import Request
+from wardgate.xds.native_auth import (
+    EXT_AUTHZ_NS,
+    GATE_RESULT,
+    IDENTITY_NS,
+    JWT_NS,
+    RBAC_NS,
+    TICKET_PAYLOAD,
+)
 
 log = logging.getLogger("wardgate.access_log")
-AUTHZ_METADATA = "envoy.filters.http.ext_authz"  # where ext_authz's dynamic metadata lands
+AUTHZ_METADATA = EXT_AUTHZ_NS  # where ext_authz's dynamic metadata lands
+Metadata = Mapping[str, struct_pb2.Struct]  # dynamic metadata by namespace
 _METHODS = {
     v.number: v.name for v in base_pb2.RequestMethod.DESCRIPTOR.values if v.number
 }  # 0 (unspecified) is OTHER
+
+
+def _string(meta: Metadata, namespace: str, key: str) -> str:
+    if namespace not in meta:
+        return ""
+    fields = meta[namespace].fields
+    return fields[key].string_value if key in fields else ""
+
+
+def identity_of(meta: Metadata) -> tuple[str, str]:
+    """(user, API key name) of a request, from what the filters that decided it wrote to its
+    dynamic metadata (never from a header), in this order:
+
+    1. ext_authz, when it ran and allowed: the user, or the API key's name (and the key);
+    2. when Envoy decided alone (the gate of ``xds/native_auth.py`` allowed, so ext_authz was
+       skipped): the Issuer JWT's user as the identity script accepted it, else the verified
+       ticket's ``sub`` (jwt_authn's payload);
+    3. nobody: ext_authz refused, or the route is public (the client is its address).
+
+    A verified ticket that did not decide (beside another credential, on a write: ext_authz
+    ran) names nobody: what ext_authz said stands."""
+    user = _string(meta, AUTHZ_METADATA, "user")
+    if user:
+        return user, _string(meta, AUTHZ_METADATA, "api_key")
+    if _string(meta, RBAC_NS, GATE_RESULT) != "allowed":
+        return "", ""
+    user = _string(meta, IDENTITY_NS, "user")
+    if user:
+        return user, ""
+    payload = meta[JWT_NS].fields.get(TICKET_PAYLOAD) if JWT_NS in meta else None
+    if payload is not None and payload.HasField("struct_value"):
+        sub = payload.struct_value.fields.get("sub")
+        if sub is not None:
+            return sub.string_value, ""
+    return "", ""
 
 
 def request_of(entry: accesslog_pb2.HTTPAccessLogEntry) -> Request:
@@ -32,13 +77,7 @@ def request_of(entry: accesslog_pb2.HTTPAccessLogEntry) -> Request:
     resp = entry.response
     user = api_key = ""
     if common.HasField("metadata"):  # the common case (a public route) skips the lookups
-        meta = common.metadata.filter_metadata
-        if AUTHZ_METADATA in meta:
-            fields = meta[AUTHZ_METADATA].fields
-            if "user" in fields:
-                user = fields["user"].string_value
-            if "api_key" in fields:
-                api_key = fields["api_key"].string_value
+        user, api_key = identity_of(common.metadata.filter_metadata)
     flags: tuple[str, ...] = ()
     if common.HasField("response_flags"):
         flags = tuple(f.name for f, _v in common.response_flags.ListFields())

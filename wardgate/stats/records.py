@@ -35,7 +35,7 @@ class Request:
     bytes_out: int  # response headers and body, as sent
     duration: float  # seconds, first byte received to last byte sent
     start: float  # unix time the request began
-    user: str = ""  # from ext_authz: the user, or the API key's name
+    user: str = ""  # the user, or the API key's name, as authenticated (als.identity_of)
     api_key: str = ""  # the API key's name when an API key authenticated the request
     address: str = ""  # the client's address as Envoy decided it (trusted hops applied)
     rate_limited: bool = False  # refused by a rate limit (exact or local)

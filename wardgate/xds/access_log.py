@@ -1,6 +1,12 @@
 """The listener's access log: every request's entry streamed to wardgate's
 ``AccessLogService`` (``envoy.access_loggers.http_grpc``), buffered by each Envoy worker and
-sent in batches, off the request path (``wardgate/stats/``)."""
+sent in batches, off the request path (``wardgate/stats/``).
+
+Each entry carries the request's dynamic metadata in full (``common_properties.metadata``:
+Envoy filters none of it; ``filter_state_objects_to_log`` is about filter state, which
+wardgate does not read). That is where the request's identity comes from, whoever decided
+it: ext_authz, jwt_authn's verified ticket, the JWT identity script, and the gate between
+them (``stats/als.py`` ``identity_of``)."""
 
 from __future__ import annotations
 
