@@ -11,6 +11,7 @@ import json
 import re
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -563,6 +564,61 @@ def test_fast_path_decisions_are_counted(gw: Gateway) -> None:
     assert re.search(r'^wardgate_tickets_issued_total\{where="login"\} [1-9]', text, re.M)
     assert re.search(r'^wardgate_tickets_issued_total\{where="authz"\} [1-9]', text, re.M)
     assert re.search(r"^wardgate_ticket_keys [2-9]", text, re.M)  # one key per worker
+
+
+def _usage_by_user(s: Stack) -> dict[str, int]:
+    result = s.cli("usage", "-o", "json", "--by", "user", "--since", "1h")
+    assert result.returncode == 0, result.stderr
+    return {str(e["key"]): int(e["requests"]) for e in json.loads(result.stdout)}
+
+
+def test_fast_path_requests_are_metered_and_limited_under_their_user(gw: Gateway) -> None:
+    """What Envoy decided alone reaches the statistics under the ticket's or the JWT's user
+    (from the verifying filters' metadata): usage per user, the rate-limited clients, the
+    refusal log, `wardgate top`; not under nobody, nor under the client's address."""
+    s = gw.stack
+    tag = uuid.uuid4().hex[:6]
+    user, jwt_user = f"fp-{tag}", f"fj-{tag}"
+    added = s.cli("users", "add", user, "--role", "user", "--password-stdin", stdin="pw-" + tag)
+    assert added.returncode == 0, added.stderr
+    _, ticket = gw.login(user, "pw-" + tag)
+    assert ticket
+    bearer = {"authorization": f"Bearer {_token(sub=jwt_user)}"}
+    checks = gw.authz_checks()
+    disabled = gw.envoy_stat("http.wardgate.ext_authz.disabled")
+    for _ in range(5):
+        assert echo(gw.get("/tk/me", cookies={"wg_ticket": ticket}))["headers"]["x-user-id"] == user
+    for _ in range(3):
+        assert echo(gw.get("/tk/jwt", headers=bearer))["headers"]["x-user-id"] == jwt_user
+    limited = [gw.get("/tk/limited", cookies={"wg_ticket": ticket}) for _ in range(3)]
+    assert [r.status_code for r in limited] == [200, 200, 429]
+    # Envoy decided all eleven: no callout, ext_authz skipped every time.
+    assert gw.authz_checks() == checks
+    assert gw.envoy_stat("http.wardgate.ext_authz.disabled") >= disabled + 11
+
+    def metered() -> bool:
+        by_user = _usage_by_user(s)
+        return (by_user.get(user), by_user.get(jwt_user)) == (8, 3)
+
+    eventually(metered, timeout=20, interval=0.5)
+    client = f"user:{user}"
+
+    def named() -> bool:
+        text = httpx.get(f"http://127.0.0.1:{s.http_port}/metrics", timeout=5).text
+        return (
+            re.search(
+                rf'^wardgate_ratelimited_client_requests\{{client="{client}"\}} 1\.0$', text, re.M
+            )
+            is not None
+        )
+
+    eventually(named, timeout=20, interval=0.5)
+    request_id = limited[-1].json()["request_id"]
+    line = f"refused rate_limited: 429 tk-limited by {client} ({request_id})"
+    eventually(lambda: line in (s.workdir / "wardgate.log").read_text(), timeout=10)
+    top = s.cli("top", "--once", "--interval", "1")
+    assert top.returncode == 0, top.stderr
+    assert client in top.stdout, top.stdout
 
 
 # --- stacks of their own ----------------------------------------------------------------------
