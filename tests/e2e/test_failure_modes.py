@@ -43,7 +43,13 @@ def test_redis_down_fails_closed_for_auth_open_for_limits_and_recovers(
         )
         assert http.get("/fm-closed").status_code == 200
         # The session ticket is decided by Envoy alone (tests/e2e/test_tickets.py): without
-        # it, every request here asks wardgate, which is what this test is about.
+        # it, every request here asks wardgate, which is what this test is about. A process
+        # signs no ticket in its first seconds (its key reaches Envoy first): ext_authz sets
+        # one on a later request.
+        eventually(
+            lambda: http.get("/fm-closed").status_code == 200 and "wg_ticket" in http.cookies,
+            timeout=15,
+        )
         ticket = http.cookies["wg_ticket"]
         http.cookies.delete("wg_ticket")
 
