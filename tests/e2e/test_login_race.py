@@ -20,8 +20,9 @@ def test_sixty_parallel_guesses_at_a_limit_of_ten_check_at_most_ten(stack: Stack
     # Straight to wardgate's login endpoint: Envoy's per-address login limit is not what is
     # tested here, the per-user lockout (default: 10 attempts per 15 minutes) is.
     url = f"http://127.0.0.1:{stack.http_port}/auth/login"
+    # All wrong: a right password checked early would clear the count (a good login does),
+    # and which of sixty threads runs first is not ours to choose.
     guesses = [f"guess-{i}" for i in range(60)]
-    guesses[54] = "the-right-password"
 
     def attempt(password: str) -> int:
         body = {"username": user, "password": password}
@@ -29,6 +30,8 @@ def test_sixty_parallel_guesses_at_a_limit_of_ten_check_at_most_ten(stack: Stack
 
     with ThreadPoolExecutor(max_workers=60) as pool:
         statuses = list(pool.map(attempt, guesses))
+    assert set(statuses) <= {401, 429}, statuses
+    assert statuses.count(401) <= 10, statuses
     assert statuses.count(429) >= 50, statuses
-    assert statuses.count(401) + statuses.count(200) <= 10, statuses
-    assert statuses[54] == 429  # the right password, too late: refused unchecked
+    # The right password, too late: refused unchecked.
+    assert attempt("the-right-password") == 429
