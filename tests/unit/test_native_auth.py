@@ -28,6 +28,7 @@ from wardgate.xds.native_auth import (
     GATE_RESULT,
     JWT_IDENTITY_LUA,
     issuer_payload_key,
+    local_replies,
     roles_per_route,
     route_filters,
 )
@@ -443,3 +444,20 @@ def test_anything_the_script_does_not_accept_is_left_to_ext_authz(payloads: Any)
 
 def test_gate_result_key_is_where_rbac_writes_its_shadow_verdict() -> None:
     assert GATE_RESULT == "wardgate_native.shadow_engine_result"
+
+
+@pytest.mark.parametrize(
+    ("cookie", "secure"),
+    [("wg_ticket", False), ("__Host-wg_ticket", True), ("__Secure-t", True)],
+)
+def test_the_revoked_reply_clears_a_prefixed_ticket_with_secure(cookie: str, secure: bool) -> None:
+    """With TLS the ticket is ``__Host-wg_ticket`` (settings._with_tls): a browser ignores a
+    Set-Cookie for it without Secure, so the revoked ticket would not be cleared."""
+    revoked = local_replies(cookie)[0]
+    (value,) = [
+        h["header"]["value"]
+        for h in revoked["headers_to_add"]
+        if h["header"]["key"] == "set-cookie"
+    ]
+    assert value.startswith(f"{cookie}=; Max-Age=0; Path=/;")
+    assert value.endswith("; Secure") == secure

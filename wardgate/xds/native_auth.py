@@ -281,6 +281,10 @@ def local_replies(cookie: str) -> list[dict[str, Any]]:
     def header(key: str, value: str) -> dict[str, Any]:
         return {"header": {"key": key, "value": value}, "append_action": "APPEND_IF_EXISTS_OR_ADD"}
 
+    # A browser ignores a Set-Cookie for a __Host- or __Secure- cookie (the names a TLS
+    # listener gives it, settings._with_tls) that lacks Secure: the ticket would stay.
+    secure = "; Secure" if cookie.startswith(("__Host-", "__Secure-")) else ""
+
     return [
         {
             "filter": _cel(_denied_by(REVOKED_ACTION)),
@@ -290,7 +294,9 @@ def local_replies(cookie: str) -> list[dict[str, Any]]:
             ),
             "headers_to_add": [
                 header("www-authenticate", 'Cookie realm="wardgate"'),
-                header("set-cookie", f"{cookie}=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax"),
+                header(
+                    "set-cookie", f"{cookie}=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax{secure}"
+                ),
                 header("cache-control", "no-store"),
             ],
         },
