@@ -326,6 +326,21 @@ def test_a_refusal_line_in_text_cannot_be_forged_or_colour_the_terminal() -> Non
         ({"flags": ("unauthorized_details",), "status": 401}, "unauthorized"),
         ({"flags": ("unauthorized_details",), "status": 503}, "unavailable"),
         ({"details": "rbac_access_denied_matched_policy[none]"}, "address_refused"),
+        ({"details": "rbac_access_denied_matched_policy[ip]"}, "address_refused"),
+        # Envoy's own authorization: a revoked ticket, a route's roles (native_auth.py) ...
+        (
+            {"details": "rbac_access_denied_matched_policy[wardgate.revoked]", "status": 401},
+            "unauthorized",
+        ),
+        (
+            {"details": "rbac_access_denied_matched_policy[wardgate.roles]", "status": 403},
+            "unauthorized",
+        ),
+        # ... and a transcoded path of another route's service, answered 404 (transcoder.py).
+        (
+            {"details": "rbac_access_denied_matched_policy[other-services]", "status": 404},
+            "no_route",
+        ),
         ({"flags": ("no_route_found",)}, "no_route"),
         ({"flags": ("upstream_request_timeout",)}, None),
     ],

@@ -15,8 +15,11 @@ import time
 from collections.abc import Callable
 
 from wardgate.stats.records import Request, client_of
+from wardgate.xds.native_auth import REVOKED_ACTION, ROLES_POLICY
+from wardgate.xds.transcoder import OTHER_SERVICES_POLICY
 
 log = logging.getLogger("wardgate.decisions")
+_UNAUTHORIZED_POLICIES = frozenset({REVOKED_ACTION, ROLES_POLICY})
 
 
 def refusal_reason(req: Request) -> str | None:
@@ -29,6 +32,14 @@ def refusal_reason(req: Request) -> str | None:
     if "unauthorized_details" in flags:
         return "unavailable" if req.status == 503 else "unauthorized"
     if req.details.startswith("rbac_access_denied"):
+        # Envoy's own RBAC refusals, by the policy that matched: a revoked ticket or missing
+        # roles (xds/native_auth.py) are authorization, as when ext_authz refuses; a
+        # transcoded path of another route's service is answered as no route (a 404).
+        policy = req.details.partition("[")[2].removesuffix("]")
+        if policy in _UNAUTHORIZED_POLICIES:
+            return "unauthorized"
+        if policy == OTHER_SERVICES_POLICY:
+            return "no_route"
         return "address_refused"  # an IP rule of the route, or a ban
     if "no_route_found" in flags:
         return "no_route"

@@ -51,6 +51,7 @@ GRPC_HEADERS = "wardgate.transcoded_headers"
 SERVICES_GUARD = "wardgate.transcoded_services"
 # Set by the transcoder on every request it transcodes (to the REST path it had).
 ORIGINAL_PATH = "x-envoy-original-path"
+OTHER_SERVICES_POLICY = "other-services"  # the services guard's policy (in Envoy's details)
 T_TRANSCODER = of("envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder")
 MAX_BODY = 4 << 20  # request and response bodies the transcoder buffers, in bytes
 # What a gRPC server answers that means nothing to a REST client.
@@ -148,7 +149,7 @@ def route_filters(services: Iterable[str]) -> dict[str, Any]:
                 "rules": {
                     "action": "DENY",
                     "policies": {
-                        "other-services": {
+                        OTHER_SERVICES_POLICY: {
                             "permissions": [other_service],
                             "principals": [{"any": True}],
                         }
