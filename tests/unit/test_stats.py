@@ -91,8 +91,9 @@ JWT = {
 }
 
 
-def logged(meta: dict[str, dict[str, object]], *, status: int = 200) -> Request:
+def logged(meta: dict[str, dict[str, object]], *, status: int = 200, details: str = "") -> Request:
     e = accesslog_pb2.HTTPAccessLogEntry()
+    e.response.response_code_details = details
     e.common_properties.downstream_remote_address.socket_address.address = "203.0.113.9"
     for namespace, fields in meta.items():
         e.common_properties.metadata.filter_metadata[namespace].update(fields)
@@ -106,6 +107,18 @@ def test_a_ticket_envoy_decided_alone_names_its_user() -> None:
     assert (r.user, r.api_key, client_of(r)) == ("ann", "", "user:ann")
     limited = logged({**TICKET, **GATE}, status=429)
     assert client_of(limited) == "user:ann"
+
+
+def test_a_revoked_tickets_refusal_names_nobody() -> None:
+    """Envoy refuses a revoked ticket after the gate said the ticket decides (its payload and
+    the gate's verdict are in the metadata): the 401 counts for the client's address, as
+    ext_authz's refusal of an ended session does, not for the user the ticket named."""
+    revoked = "rbac_access_denied_matched_policy[wardgate.revoked]"
+    r = logged({**TICKET, **GATE}, status=401, details=revoked)
+    assert (r.user, r.api_key, client_of(r)) == ("", "", "ip:203.0.113.9")
+    # A route's roles refused it: the ticket is valid, its user is who asked.
+    roles = "rbac_access_denied_matched_policy[wardgate.roles]"
+    assert logged({**TICKET, **GATE}, status=403, details=roles).user == "ann"
 
 
 def test_an_issuer_jwt_envoy_decided_alone_names_the_scripts_user() -> None:

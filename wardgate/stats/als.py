@@ -25,6 +25,7 @@ from wardgate.xds.native_auth import (
     IDENTITY_NS,
     JWT_NS,
     RBAC_NS,
+    REVOKED_ACTION,
     TICKET_PAYLOAD,
 )
 
@@ -34,6 +35,8 @@ Metadata = Mapping[str, struct_pb2.Struct]  # dynamic metadata by namespace
 _METHODS = {
     v.number: v.name for v in base_pb2.RequestMethod.DESCRIPTOR.values if v.number
 }  # 0 (unspecified) is OTHER
+# Envoy's details of its refusal of a revoked ticket (xds/native_auth.py local_replies).
+REVOKED_DETAILS = f"rbac_access_denied_matched_policy[{REVOKED_ACTION}]"
 
 
 def _string(meta: Metadata, namespace: str, key: str) -> str:
@@ -54,7 +57,8 @@ def identity_of(meta: Metadata) -> tuple[str, str]:
     3. nobody: ext_authz refused, or the route is public (the client is its address).
 
     A verified ticket that did not decide (beside another credential, on a write: ext_authz
-    ran) names nobody: what ext_authz said stands."""
+    ran) names nobody: what ext_authz said stands. (A revoked ticket's refusal names nobody
+    either: ``request_of`` reads that from the response's details.)"""
     user = _string(meta, AUTHZ_METADATA, "user")
     if user:
         return user, _string(meta, AUTHZ_METADATA, "api_key")
@@ -78,6 +82,10 @@ def request_of(entry: accesslog_pb2.HTTPAccessLogEntry) -> Request:
     user = api_key = ""
     if common.HasField("metadata"):  # the common case (a public route) skips the lookups
         user, api_key = identity_of(common.metadata.filter_metadata)
+        if resp.response_code_details == REVOKED_DETAILS:
+            # A revoked ticket still passed the gate (its payload and verdict are there), but
+            # it speaks for nobody any more: its 401 counts as ext_authz's refusals do.
+            user = api_key = ""
     flags: tuple[str, ...] = ()
     if common.HasField("response_flags"):
         flags = tuple(f.name for f, _v in common.response_flags.ListFields())
