@@ -126,7 +126,8 @@ class RateLimit(_Doc):
         description=(
             "What is counted separately: one dimension, or a list of 1 to 4 different ones "
             "(each combination counted apart). A dimension is ip (the client address, Envoy "
-            "remote_address), user (the identity the gateway established: ext_authz, or Envoy from a ticket or JWT), api_key (the key's name), "
+            "remote_address), user (the identity the gateway established: ext_authz, or "
+            "Envoy from a ticket or JWT), api_key (the key's name), "
             "route (one counter for all clients) or header:NAME (the request header NAME). "
             "A rule whose user, api_key or header has no value does not apply."
         )
