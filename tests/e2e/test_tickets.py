@@ -550,9 +550,11 @@ def test_issuer_jwts_are_verified_by_envoy_and_odd_ones_left_to_ext_authz(gw: Ga
 
 
 def test_fast_path_decisions_are_counted(gw: Gateway) -> None:
-    _, ticket = gw.login("ann", "ann-password")
+    session, ticket = gw.login("ann", "ann-password")
     for _ in range(2):  # verified once, then from Envoy's cache
         assert gw.get("/tk/me", cookies={"wg_ticket": ticket}).status_code == 200
+    # The session alone goes to ext_authz, which sets a fresh ticket (counted as authz).
+    assert gw.get("/tk/me", cookies={"wg_session": session}).status_code == 200
     for name in (
         "http.wardgate.ext_authz.disabled",
         "http.wardgate.rbac.wardgate_native.shadow_allowed",

@@ -243,7 +243,8 @@ def _summary(kind: str, doc: dict[str, Any]) -> list[str]:
         return [doc["name"], doc.get("subject", ""), doc.get("not_after", "")]
     if kind == "Issuer":
         source = next(
-            (f"{k}" for k in ("jwks_file", "jwks", "hs256_secret_env") if doc.get(k)), "-"
+            (f"{k}" for k in ("jwks_file", "jwks_url", "jwks", "hs256_secret_env") if doc.get(k)),
+            "-",
         )
         return [doc["name"], doc.get("issuer", ""), ",".join(doc.get("audiences", [])), source]
     eps = ",".join(f"{e['address']}:{e['port']}" for e in doc.get("endpoints", []))
