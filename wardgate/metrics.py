@@ -67,6 +67,7 @@ class Metrics:
     quota_unleased: Counter
     quota_streams: Gauge
     quota_failures: Counter
+    quota_buckets_dropped: Counter
     # Collectors computed when /metrics is read (e.g. the top rate-limited clients), in
     # multiprocess mode too.
     collectors: list[Any] = dataclasses.field(default_factory=list)
@@ -356,6 +357,12 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
             "wardgate_quota_failures_total",
             "Quota reports left unanswered because Redis could not settle them (Envoys keep "
             "their leases until they expire, then their local bound decides).",
+            registry=r,
+        ),
+        quota_buckets_dropped=Counter(
+            "wardgate_quota_buckets_dropped_total",
+            "Buckets of an Envoy's quota report past the most one report is answered for "
+            "(20,000): they get no lease, so only their local bound holds.",
             registry=r,
         ),
     )

@@ -22,7 +22,14 @@ from typing import Any
 import grpc
 from envoy.service.rate_limit_quota.v3 import rlqs_pb2, rlqs_pb2_grpc
 
-from wardgate.domain.quota import LEASE_TTL_S, BucketUsage, LeaseKind, QuotaService, Settled
+from wardgate.domain.quota import (
+    LEASE_TTL_S,
+    MAX_BUCKETS_PER_REPORT,
+    BucketUsage,
+    LeaseKind,
+    QuotaService,
+    Settled,
+)
 from wardgate.errors import StoreError
 from wardgate.metrics import Metrics
 
@@ -88,6 +95,15 @@ class RateLimitQuotaService(rlqs_pb2_grpc.RateLimitQuotaServiceServicer):  # typ
             entries = dict(u.bucket_id.bucket)
             parsed.append(BucketUsage(entries, u.num_requests_allowed, u.num_requests_denied))
             ids[_key(entries)] = u.bucket_id
+        if len(parsed) > MAX_BUCKETS_PER_REPORT:  # the rest get no lease: their local bound alone
+            dropped = len(parsed) - MAX_BUCKETS_PER_REPORT
+            self._metrics.quota_buckets_dropped.inc(dropped)
+            log.warning(
+                "quota: a report of %s held %d buckets; %d left without a lease",
+                holder,
+                len(parsed),
+                dropped,
+            )
         try:
             settled = await self._quota.settle(holder, parsed)
         except StoreError as exc:
