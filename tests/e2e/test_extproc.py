@@ -223,6 +223,10 @@ def test_json_fields_are_hidden_and_what_cannot_be_filtered_is_refused(
         # A gzip answer sent anyway is read, filtered and sent plain.
         zipped = http.get("/xp/hide/z", params={"gzip": 1})
         assert "password" not in zipped.json() and "content-encoding" not in zipped.headers
+        # A range of the document is not asked for: bytes 40-48 would be '"hunter2"'.
+        ranged = http.get("/xp/hide/g", headers={"range": "bytes=40-48", "if-range": "x"})
+        assert ranged.status_code == 200 and "hunter2" not in ranged.text
+        assert "range" not in ranged.json()["headers"]
         # Not JSON: untouched.
         text = http.get("/xp/hide/t", params={"ctype": "text/plain"})
         assert "hunter2" in text.text

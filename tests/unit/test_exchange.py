@@ -153,6 +153,14 @@ def test_json_that_cannot_be_filtered_is_refused_never_passed() -> None:
     assert isinstance(first, Respond) and first.status == 502
 
 
+def test_a_range_of_a_json_answer_is_refused() -> None:
+    """Bytes 19-27 of {"id":7,"password":"hunter2"} are '"hunter2"': JSON, and no path of
+    an exclude reaches into a bare string. A 206, JSON or multipart, is never passed on."""
+    for ctype in ("application/json", "multipart/byteranges; boundary=x"):
+        first, _ = filtered([(":status", "206"), ("content-type", ctype)], b'"hunter2"')
+        assert isinstance(first, Respond) and first.status == 502, ctype
+
+
 def test_gzip_json_is_filtered_and_sent_plain_and_zip_bombs_are_refused() -> None:
     _, done = filtered([*JSON, ("content-encoding", "gzip")], gzip.compress(BODY))
     assert json.loads(done.body) == {"id": 1, "profile": {"email": "e"}}

@@ -315,6 +315,9 @@ class Exchange:
         )
         self._encoding = headers.get("content-encoding", "").strip().lower()
         if self.policy.response_json is not None and has_body:
+            if self._status == 206:  # a range of the document: not what the paths name
+                self._count("transform", "json_refused_partial")
+                return self.refused("a part of an answer (206) cannot be filtered")
             if is_json(headers.get("content-type", "")):
                 if self._encoding not in ("", "identity", *_DECODABLE):
                     self._count("transform", "json_refused_encoding")
