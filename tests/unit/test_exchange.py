@@ -138,6 +138,25 @@ def test_json_bodies_are_filtered_and_other_bodies_pass_untouched() -> None:
     assert text == Continue()
 
 
+def test_a_filtered_answer_is_utf8_and_says_so() -> None:
+    """JSON in UTF-16 (or with a UTF-8 byte order mark) is read; what goes out is UTF-8, and
+    its content-type must not still name the upstream's charset."""
+    doc = {"id": 1, "password": "p", "name": "Zo\u00eb"}
+    utf16 = json.dumps(doc, ensure_ascii=False).encode("utf-16")
+    ctype = [(":status", "200"), ("content-type", "application/json; charset=UTF-16")]
+    _, done = filtered(ctype, utf16)
+    assert isinstance(done, Continue) and json.loads(done.body.decode("utf-8")) == {
+        "id": 1,
+        "name": "Zo\u00eb",
+    }
+    assert done.headers.set == (("content-type", "application/json; charset=utf-8"),)
+    bom = b"\xef\xbb\xbf" + json.dumps(doc).encode()
+    _, plain = filtered(JSON, bom)
+    assert "password" not in json.loads(plain.body) and plain.headers.set == ()
+    labelled = [(":status", "200"), ("content-type", 'application/json;charset="utf-8"')]
+    assert filtered(labelled, BODY)[1].headers.set == ()
+
+
 def test_json_that_cannot_be_filtered_is_refused_never_passed() -> None:
     for headers, body, eos in [
         (JSON, b"{not json", True),

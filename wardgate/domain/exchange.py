@@ -98,6 +98,19 @@ def _valid_value(value: str) -> bool:
     return _HEADER_VALUE.fullmatch(value) is not None
 
 
+def utf8_label(content_type: str) -> str | None:
+    """``content_type`` saying ``charset=utf-8`` where it names another charset (a filtered
+    answer is written in UTF-8, whatever the upstream's was: JSON in UTF-16 is read as such);
+    None when it needs no change."""
+    media, *params = content_type.split(";")
+    kept = [p.strip() for p in params if p.strip()]
+    charsets = [p for p in kept if p.partition("=")[0].strip().lower() == "charset"]
+    if all(p.partition("=")[2].strip().strip('"').lower() == "utf-8" for p in charsets):
+        return None
+    others = [p for p in kept if p not in charsets]
+    return "; ".join([media.strip(), *others, "charset=utf-8"])
+
+
 def is_json(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or (
@@ -134,6 +147,7 @@ class Exchange:
         self._status = 0
         self._resp_headers: list[tuple[str, str]] = []
         self._json = False  # this response's body is filtered by response_json
+        self._content_type = ""
         self._encoding = ""
 
     def _count(self, what: str, value: str) -> None:
@@ -323,6 +337,7 @@ class Exchange:
                     self._count("transform", "json_refused_encoding")
                     return self.refused(f"the answer is encoded with {self._encoding!r}")
                 self._json = True
+                self._content_type = headers.get("content-type", "")
             else:
                 self._count("transform", "json_not_json")
         self._decide_storing(headers)
@@ -387,11 +402,17 @@ class Exchange:
         filtered = self._filter_json(body)
         if filtered is None:
             return self.refused("the answer is not JSON that can be filtered")
-        await self._store(filtered)
         # Envoy drops content-length itself (the body changed): the answer goes chunked.
         removes = ("content-encoding",) if self._encoding in _DECODABLE else ()
+        relabel = utf8_label(self._content_type)
+        sets = (("content-type", relabel),) if relabel else ()
+        if relabel:
+            self._resp_headers = [
+                (k, relabel if k == "content-type" else v) for k, v in self._resp_headers
+            ]
+        await self._store(filtered)
         self._count("transform", "json_filtered")
-        return Continue(HeaderChanges((), removes), body=filtered)
+        return Continue(HeaderChanges(sets, removes), body=filtered)
 
     def _filter_json(self, body: bytes) -> bytes | None:
         json_filter = self.policy.response_json
