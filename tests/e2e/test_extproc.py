@@ -219,6 +219,9 @@ def test_json_fields_are_hidden_and_what_cannot_be_filtered_is_refused(
         assert "password" not in body and body["internal"] == {}
         assert body["items"] == [{"id": 1}, {"id": 2}] and body["profile"]["phone"] == "555"
         assert "accept-encoding" not in body["headers"]  # the processor must read the body
+        # A browser's accept: a negotiating upstream would answer HTML it cannot filter.
+        browsed = http.get("/xp/hide/a", headers={"accept": "text/html,*/*;q=0.8"}).json()
+        assert browsed["headers"]["accept"] == "application/json"
         assert http.get("/xp/include/a").json() == {"id": 7, "items": [{"id": 1}, {"id": 2}]}
         # A gzip answer sent anyway is read, filtered and sent plain.
         zipped = http.get("/xp/hide/z", params={"gzip": 1})

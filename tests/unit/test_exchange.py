@@ -157,6 +157,33 @@ def test_a_filtered_answer_is_utf8_and_says_so() -> None:
     assert filtered(labelled, BODY)[1].headers.set == ()
 
 
+def test_a_route_that_hides_json_fields_asks_the_upstream_for_json_only() -> None:
+    """A negotiating upstream asked for HTML (a browser's accept) or XML answers the same
+    fields in a body the filter cannot read, and that would pass untouched."""
+    p = policy(transform={"response_json": {"exclude": ["password"]}})
+    for accept, sent in [
+        ("text/html,application/xhtml+xml,*/*;q=0.8", "application/json"),
+        ("*/*", "application/json"),
+        ("application/vnd.api+json, text/csv", "application/vnd.api+json"),
+        ("application/json;q=0.9, application/problem+json", None),
+        (None, None),
+    ]:
+        extra = {"accept": accept} if accept is not None else {}
+        action = run(exchange(p).request_headers(request(**extra)))
+        assert isinstance(action, Continue)
+        assert dict(action.headers.set).get("accept") == sent, accept
+    # Only where fields are hidden; and a transform that sets accept itself decides.
+    plain = policy(transform={"request_headers": {"set": {"x-a": "{user}"}}})
+    assert run(exchange(plain).request_headers(request(accept="text/html"))).headers.set == ()
+    own = policy(
+        transform={
+            "request_headers": {"set": {"accept": "application/xml"}},
+            "response_json": {"include": ["id"]},
+        }
+    )
+    assert run(exchange(own).request_headers(request(accept="text/html"))).headers.set == ()
+
+
 def test_json_that_cannot_be_filtered_is_refused_never_passed() -> None:
     for headers, body, eos in [
         (JSON, b"{not json", True),

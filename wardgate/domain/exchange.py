@@ -182,7 +182,7 @@ class Exchange:
         )
         if self.policy.parts:
             return Slow(lambda: self._compose(headers))
-        changes = self._request_changes()
+        changes = self._request_changes(headers)
         if self._cache is None or self.policy.cache is None:
             return Continue(changes)
         begun = await self._cache_begin(headers)
@@ -200,12 +200,30 @@ class Exchange:
             return self._hit_answer(hit)
         return Continue(changes, response_phases=self._response_phases())
 
-    def _request_changes(self) -> HeaderChanges:
+    def _request_changes(self, headers: Mapping[str, str]) -> HeaderChanges:
         edit = self.policy.request_headers
-        if edit is None:
-            return HeaderChanges()
-        sets, removes = self._render(edit, only_placeholders=True)
+        sets: tuple[tuple[str, str], ...] = ()
+        removes: tuple[str, ...] = ()
+        if edit is not None:
+            sets, removes = self._render(edit, only_placeholders=True)
+        accept = self._json_accept(headers.get("accept"))
+        if accept is not None and not (edit and any(n == "accept" for n, _ in edit.set)):
+            sets += (("accept", accept),)
         return HeaderChanges(sets, removes)
+
+    def _json_accept(self, accept: str | None) -> str | None:
+        """On a route that hides fields of JSON answers, the client may ask for JSON only:
+        an upstream that negotiates would otherwise answer ``accept: text/html`` (a browser's)
+        or ``application/xml`` with the same fields in a body the filter cannot read, passed
+        untouched (Django REST framework's browsable API is such an HTML page). The client's
+        JSON media ranges are kept; none: ``application/json``. None: no change."""
+        if self.policy.response_json is None or accept is None:
+            return None
+        ranges = [r.strip() for r in accept.split(",") if r.strip()]
+        kept = [r for r in ranges if is_json(r)]
+        if kept and len(kept) == len(ranges):
+            return None
+        return ", ".join(kept) or "application/json"
 
     def _render(
         self, edit: HeaderEdit, *, only_placeholders: bool
