@@ -332,6 +332,51 @@ def test_parts_are_composed_with_the_callers_identity() -> None:
     assert "cookie" not in headers and "authorization" not in headers
 
 
+def test_a_value_never_makes_a_dot_segment_or_an_empty_one() -> None:
+    """Percent-encoding leaves dots alone: a user named '..' would send /users/../orders,
+    which the backend (or anything normalizing between) reads as /orders."""
+    dotted = {
+        "profile": {"backend": "users", "path": "/users/{user}/orders"},
+        "orders": {"backend": "orders", "path": "/o/.{header:x-q}/x?u={header:x-q}"},
+    }
+    answers = {"profile": PartResponse(200, b"{}"), "orders": PartResponse(200, b"{}")}
+    for user, q, sent in [
+        ("..", "fine", {"orders": "/o/.fine/x?u=fine"}),
+        (".", "fine", {"orders": "/o/.fine/x?u=fine"}),
+        ("alice", ".", {"profile": "/users/alice/orders"}),  # '/o/../x' never sent
+        ("alice", "", {"profile": "/users/alice/orders"}),  # '/o/./x' never sent
+        ("a.b", "..x", {"profile": "/users/a.b/orders", "orders": "/o/...x/x?u=..x"}),
+    ]:
+        parts = Parts(answers)
+        ex = exchange(
+            policy("session", compose=dotted),
+            composer=Composer(fetcher=parts, max_bytes=4096),
+            via="127.0.0.1:1",
+        )
+        identity = {**ALICE, "x-user-id": user}
+        answer = run(settled(ex, request("/r", **identity, **{"x-q": q})))
+        assert isinstance(answer, Respond)
+        assert {r.part: r.path for r in parts.requests} == sent, (user, q)
+
+
+def test_an_empty_value_is_no_value_in_a_part_path() -> None:
+    parts = Parts({"profile": PartResponse(200, b"{}"), "orders": PartResponse(200, b"{}")})
+    ex = exchange(
+        policy(
+            "session",
+            compose={
+                "profile": {"backend": "users", "path": "/users/{user}"},
+                "orders": {"backend": "orders", "path": "/a/{header:x-q}/b", "optional": True},
+            },
+        ),
+        composer=Composer(fetcher=parts, max_bytes=4096),
+        via="127.0.0.1:1",
+    )
+    answer = run(settled(ex, request("/r", **ALICE, **{"x-q": ""})))
+    assert isinstance(answer, Respond) and dict(answer.headers)["x-compose-partial"] == "orders"
+    assert [r.path for r in parts.requests] == ["/users/alice"]  # never /a//b
+
+
 def test_a_failing_optional_part_is_null_and_a_required_one_fails_the_answer() -> None:
     answer, _ = composed(
         {"profile": PartResponse(200, b"{}"), "orders": PartResponse(error="timeout")}
