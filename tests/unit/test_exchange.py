@@ -377,6 +377,26 @@ def test_an_empty_value_is_no_value_in_a_part_path() -> None:
     assert [r.path for r in parts.requests] == ["/users/alice"]  # never /a//b
 
 
+def test_a_part_header_copied_from_the_client_must_be_a_header_value() -> None:
+    """As on the upstream's request: a client's obs-text, tab or 9 KiB never reach a part's
+    headers (the header is left out, as when it has no value)."""
+    edit = {"request_headers": {"set": {"x-copy": "v={header:x-src}"}}}
+    for value, sent in [
+        ("fine value", "v=fine value"),
+        ("caf\xc3\xa9", None),
+        ("a\tb", None),
+        ("x" * 9000, None),
+    ]:
+        parts = Parts({"profile": PartResponse(200, b"{}"), "orders": PartResponse(200, b"{}")})
+        ex = exchange(
+            policy("session", compose=COMPOSE, transform=edit),
+            composer=Composer(fetcher=parts, max_bytes=4096),
+            via="127.0.0.1:1",
+        )
+        run(settled(ex, request("/r", **ALICE, **{"x-src": value, "x-q": "q"})))
+        assert dict(parts.requests[0].headers).get("x-copy") == sent, value[:10]
+
+
 def test_a_failing_optional_part_is_null_and_a_required_one_fails_the_answer() -> None:
     answer, _ = composed(
         {"profile": PartResponse(200, b"{}"), "orders": PartResponse(error="timeout")}

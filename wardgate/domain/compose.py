@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from wardgate.domain.extproc_policy import HeaderEdit, PartPolicy, Policy
 from wardgate.domain.jsontext import loads
-from wardgate.domain.templates import Facts, Placeholder
+from wardgate.domain.templates import Facts, Placeholder, valid_header_value
 
 IDENTITY = ("x-user-id", "x-user-roles", "x-auth-method")
 KEY_HEADER = "x-wardgate-compose-key"
@@ -121,7 +121,7 @@ def part_headers(facts: Facts, host: str, edit: HeaderEdit | None) -> tuple[tupl
             headers.pop(name, None)
         for name, template in edit.set:
             rendered = template.render(facts.value)
-            if rendered is None:
+            if rendered is None or not valid_header_value(rendered):
                 headers.pop(name, None)
             else:
                 headers[name] = rendered

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
@@ -31,7 +30,7 @@ from wardgate.domain.http_cache import (
 )
 from wardgate.domain.jsontext import loads
 from wardgate.domain.response_cache import Fetch, Hit, Lead, ResponseCache, Waiting
-from wardgate.domain.templates import Facts
+from wardgate.domain.templates import Facts, valid_header_value
 
 JSON_ERROR = (("content-type", "application/json"), ("cache-control", "no-store"))
 _DECODABLE = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
@@ -87,15 +86,6 @@ def header_map(items: list[tuple[str, str]]) -> dict[str, str]:
         name = key.lower()
         out[name] = f"{out[name]},{value}" if name in out else value
     return out
-
-
-_HEADER_VALUE = re.compile(r"[!-~](?:[ -~]{0,8190}[!-~])?")
-
-
-def _valid_value(value: str) -> bool:
-    """Visible ASCII, spaces only inside, at most 8 KiB (a value from a client's header may
-    be anything Envoy let through)."""
-    return _HEADER_VALUE.fullmatch(value) is not None
 
 
 def utf8_label(content_type: str) -> str | None:
@@ -235,7 +225,7 @@ class Exchange:
         # The constant ones Envoy sets itself (xds/extproc.py), except on a local answer.
         for name, template in edit.dynamic if only_placeholders else edit.set:
             value = template.render(self.facts.value)
-            if value is None or not _valid_value(value):
+            if value is None or not valid_header_value(value):
                 self._count("transform", "no_value" if value is None else "bad_value")
                 removes.append(name)
             else:
