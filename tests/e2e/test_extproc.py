@@ -269,6 +269,16 @@ def test_a_miss_then_hits_with_one_trip_upstream(xp: tuple[Stack, int]) -> None:
     assert counts(port)["/xp/cache/one?q=1"] == 1
 
 
+def test_a_hit_is_the_answer_with_every_value_of_a_repeated_header(xp: tuple[Stack, int]) -> None:
+    stack, _ = xp
+    with stack.client() as http:
+        first = http.get("/xp/cache/links", params={"links": 1})
+        hit = http.get("/xp/cache/links", params={"links": 1})
+    assert first.headers["x-cache"] == "MISS" and hit.headers["x-cache"] == "HIT"
+    assert hit.headers.get_list("link") == ["</a.css>; rel=preload", "</b.js>; rel=preload"]
+    assert hit.headers.get_list("link") == first.headers.get_list("link")
+
+
 def test_what_the_cache_must_not_keep_or_answer(xp: tuple[Stack, int]) -> None:
     stack, port = xp
 

@@ -251,6 +251,62 @@ def test_a_stored_answer_is_served_with_x_cache_age_and_the_response_edit() -> N
     run(go())
 
 
+def test_a_hit_carries_every_value_of_a_repeated_header() -> None:
+    """Two content-security-policy headers are two policies, both enforced: an answer from
+    the cache that kept only the last would weaken the page it serves."""
+
+    async def go() -> None:
+        store = MemoryStore()
+        extra = {"cache": {"ttl": "1m"}, "transform": {"response_headers": {"remove": ["x-b"]}}}
+        ex = cached_exchange(store, auth="none", **extra)
+        await ex.request_headers(request())
+        upstream = [
+            (":status", "200"),
+            ("content-type", "application/json"),
+            ("content-security-policy", "default-src 'self'"),
+            ("link", "</a>; rel=preload"),
+            ("content-security-policy", "script-src 'none'"),
+            ("link", "</b>; rel=preload"),
+            ("x-b", "gone"),
+        ]
+        await ex.response_headers(upstream, False)
+        await ex.response_body(b"{}", True)
+        hit = await cached_exchange(store, auth="none", **extra).request_headers(request())
+        assert isinstance(hit, Respond)
+        assert [v for k, v in hit.headers if k == "content-security-policy"] == [
+            "default-src 'self'",
+            "script-src 'none'",
+        ]
+        assert [v for k, v in hit.headers if k == "link"] == [
+            "</a>; rel=preload",
+            "</b>; rel=preload",
+        ]
+        assert "x-b" not in dict(hit.headers)
+
+    run(go())
+
+
+def test_a_local_answer_adds_a_repeated_header_instead_of_overwriting_it() -> None:
+    from envoy.config.core.v3 import base_pb2
+
+    from wardgate.extproc.processor import immediate
+
+    answer = immediate(Respond(200, (("link", "</a>"), ("x-cache", "HIT"), ("Link", "</b>")), b""))
+    options = answer.immediate_response.headers.set_headers
+    overwrite = base_pb2.HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
+    actions = [
+        (o.header.key, o.header.raw_value, o.append_action == overwrite, o.append.value)
+        for o in options
+    ]
+    # Envoy's ext_proc adds a value only for the deprecated append: APPEND_IF_EXISTS_OR_ADD is
+    # append_action's zero, unset to it, and then it overwrites.
+    assert actions == [
+        ("link", b"</a>", True, False),
+        ("x-cache", b"HIT", True, False),
+        ("Link", b"</b>", False, True),
+    ]
+
+
 def test_answers_that_must_not_be_shared_are_not_stored() -> None:
     async def go(headers: list[tuple[str, str]], request_headers: dict[str, str]) -> bool:
         store = MemoryStore()

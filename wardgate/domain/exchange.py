@@ -300,23 +300,22 @@ class Exchange:
 
     def _hit_answer(self, hit: Hit) -> Respond:
         entry = hit.entry
-        headers = dict(entry.headers)
-        headers["age"] = str(entry.age_at(self._clock()))
-        headers["x-cache"] = "HIT"
-        self._edit_response(headers)
+        # Every header as stored, a repeated one (link, content-security-policy, vary) with
+        # each of its values: an answer from the cache is the answer the upstream gave.
+        headers = [(k, v) for k, v in entry.headers if k not in ("age", "x-cache")]
+        headers += [("age", str(entry.age_at(self._clock()))), ("x-cache", "HIT")]
         body = b"" if self._method == "HEAD" else entry.body
-        return Respond(entry.status, tuple(headers.items()), body)
+        return Respond(entry.status, self._edit_response(headers), body)
 
-    def _edit_response(self, headers: dict[str, str]) -> None:
+    def _edit_response(self, headers: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
         """A local answer gets the whole response edit (Envoy's own header edits may not see
         it)."""
         edit = self.policy.response_headers
         if edit is None:
-            return
+            return tuple(headers)
         sets, removes = self._render(edit, only_placeholders=False)
-        for name in removes:
-            headers.pop(name, None)
-        headers.update(sets)
+        gone = {*removes, *(name for name, _ in sets)}
+        return (*((k, v) for k, v in headers if k not in gone), *sets)
 
     # -- response headers -------------------------------------------------------------------
     async def response_headers(self, items: list[tuple[str, str]], end_of_stream: bool) -> Action:
@@ -509,8 +508,8 @@ class Exchange:
             self._count("compose", "complete")
         if self._cache_active:
             headers["x-cache"] = "MISS"
-        self._edit_response(headers)
-        return Respond(200, tuple(headers.items()), b"" if self._method == "HEAD" else body)
+        answer = self._edit_response(list(headers.items()))
+        return Respond(200, answer, b"" if self._method == "HEAD" else body)
 
     # -- the end ----------------------------------------------------------------------------
     async def close(self) -> None:
