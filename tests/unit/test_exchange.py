@@ -286,6 +286,20 @@ def test_a_hit_carries_every_value_of_a_repeated_header() -> None:
     run(go())
 
 
+def test_a_hit_never_carries_the_request_id_of_the_request_that_stored_it() -> None:
+    async def go() -> None:
+        store = MemoryStore()
+        ex = cached_exchange(store, auth="none", cache={"ttl": "1m"})
+        await ex.request_headers(request())
+        await ex.response_headers([(":status", "200"), ("x-request-id", "rid-1")], False)
+        await ex.response_body(b"{}", True)
+        later = [(k, "rid-2" if k == "x-request-id" else v) for k, v in request()]
+        hit = await cached_exchange(store, auth="none", cache={"ttl": "1m"}).request_headers(later)
+        assert isinstance(hit, Respond) and "rid-1" not in dict(hit.headers).values()
+
+    run(go())
+
+
 def test_a_local_answer_adds_a_repeated_header_instead_of_overwriting_it() -> None:
     from envoy.config.core.v3 import base_pb2
 

@@ -36,6 +36,7 @@ _NOT_STORED = frozenset(
         "x-cache",
         "set-cookie",
         "x-envoy-upstream-service-time",
+        "x-request-id",  # an upstream echoing the request's id: another request's, on a hit
     }
 )
 _DIRECTIVE = re.compile(r'\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*(?:=\s*("[^"]*"|[^,\s]*))?\s*')
