@@ -361,7 +361,9 @@ class Exchange:
         if begun is None or policy is None or begun.epoch is None:
             return
         keyed = {*policy.vary, "accept-encoding"}
-        self._ttl, reason = storable_ttl(self._status, headers, ttl=policy.ttl, keyed_headers=keyed)
+        self._ttl, reason = storable_ttl(
+            self._status, headers, ttl=policy.ttl, keyed_headers=keyed, now=self._clock()
+        )
         if not self._ttl:
             self._count("cache_store", f"not_stored_{reason}")
 
