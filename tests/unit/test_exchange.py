@@ -109,6 +109,20 @@ def test_a_client_header_copied_into_another_must_be_a_header_value() -> None:
     assert counts.seen[("transform", "bad_value")] == 1
 
 
+def test_a_copied_value_is_filled_once_and_a_repeated_header_is_joined() -> None:
+    """A client's value holding '{user}' is text, never a second placeholder; a header sent
+    twice is copied as its values joined with ',' (docs/TRANSFORMS.md); CR, LF and NUL are
+    not header values (the header is removed)."""
+    p = policy("session", transform={"request_headers": {"set": {"x-copy": "{header:x-src}"}}})
+    once = run(exchange(p).request_headers(request(**ALICE, **{"x-src": "{user}-{{x}}"})))
+    assert once.headers.set == (("x-copy", "{user}-{{x}}"),)
+    twice = [*request(**ALICE), ("x-src", "a"), ("X-Src", "b")]
+    assert run(exchange(p).request_headers(twice)).headers.set == (("x-copy", "a,b"),)
+    for bad in ("a\r\nx-evil: 1", "a\x00b", "a\nb"):
+        refused = run(exchange(p).request_headers(request(**ALICE, **{"x-src": bad})))
+        assert refused.headers.set == () and refused.headers.remove == ("x-copy",)
+
+
 # --- response_json ---------------------------------------------------------------------------
 
 JSON = [(":status", "200"), ("content-type", "application/json")]
@@ -189,6 +203,8 @@ def test_json_that_cannot_be_filtered_is_refused_never_passed() -> None:
         (JSON, b"{not json", True),
         (JSON, b'{"a": NaN}' + b" ", True),
         (JSON, b"[" * 100_000 + b"]" * 100_000, True),  # nested too deeply
+        (JSON, b'{"n": 1e400}', True),  # a double's infinity cannot be written back
+        (JSON, b'{"n": ' + b"9" * 5000 + b"}", True),  # past Python's digit limit
         (JSON, BODY, False),  # larger than Envoy buffers: the rest never comes
         (JSON, BODY + b" " * 5000, True),  # larger than extproc_max_body_bytes
     ]:
