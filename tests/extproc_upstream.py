@@ -4,9 +4,9 @@ the requests it received per path and query (``/__count``, ``/__reset``).
 ``python -m tests.extproc_upstream --port N``. Query parameters of any other path:
 ``cc`` (cache-control), ``vary``, ``cookie=1`` (set-cookie), ``status``, ``delay`` (seconds),
 ``gzip=1`` / ``encoding=NAME`` (content-encoding), ``size`` (a padding field of that many
-bytes), ``ctype`` (content-type), ``malformed=1`` (a body that is not JSON), ``age``, ``links=1``
-(two ``link`` headers), ``late`` (seconds between the headers and the body); a ``range:
-bytes=A-B`` header is answered 206 with those bytes.
+bytes), ``ctype`` (content-type), ``malformed=1`` (a body that is not JSON), ``age``,
+``links=1`` (two ``link`` headers), ``late`` (seconds between the headers and the body),
+``empty=1`` (no body); a ``range: bytes=A-B`` header is answered 206 with those bytes.
 The JSON answer holds the caller's identity headers and a field per kind of secret.
 """
 
@@ -52,6 +52,8 @@ def create_app() -> web.Application:
         if "size" in q:
             doc["padding"] = "x" * int(q["size"])
         body = b"{not json" if "malformed" in q else json.dumps(doc).encode()
+        if "empty" in q:
+            body = b""
         headers = {"x-powered-by": "tests", "content-type": q.get("ctype", "application/json")}
         if "cc" in q:
             headers["cache-control"] = q["cc"]

@@ -230,6 +230,9 @@ def test_json_fields_are_hidden_and_what_cannot_be_filtered_is_refused(
         ranged = http.get("/xp/hide/g", headers={"range": "bytes=40-48", "if-range": "x"})
         assert ranged.status_code == 200 and "hunter2" not in ranged.text
         assert "range" not in ranged.json()["headers"]
+        # Nothing to hide: an empty chunked JSON answer passes.
+        empty = http.get("/xp/hide/e", params={"late": 0.1, "empty": 1})
+        assert empty.status_code == 200 and empty.content == b""
         # Not JSON: untouched.
         text = http.get("/xp/hide/t", params={"ctype": "text/plain"})
         assert "hunter2" in text.text

@@ -152,6 +152,14 @@ def test_json_bodies_are_filtered_and_other_bodies_pass_untouched() -> None:
     assert text == Continue()
 
 
+def test_an_empty_json_body_passes_it_has_nothing_to_hide() -> None:
+    """A JSON answer whose body is empty but not known so at its headers (chunked, no data):
+    nothing to filter, and not a 502."""
+    for body in (b"", b" \r\n"):
+        _, done = filtered(JSON, body)
+        assert done == Continue(), body
+
+
 def test_a_filtered_answer_is_utf8_and_says_so() -> None:
     """JSON in UTF-16 (or with a UTF-8 byte order mark) is read; what goes out is UTF-8, and
     its content-type must not still name the upstream's charset."""

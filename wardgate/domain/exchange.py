@@ -405,7 +405,8 @@ class Exchange:
                 self._count("cache_store", "not_stored_too_large")
                 await self._store(b"")
             return Continue()
-        if not self._json:
+        if not self._json or not body.strip():
+            # An empty JSON body (a chunked 200 with no data) holds nothing to hide.
             await self._store(body)
             return Continue()
         filtered = self._filter_json(body)
