@@ -4,7 +4,9 @@ the requests it received per path and query (``/__count``, ``/__reset``).
 ``python -m tests.extproc_upstream --port N``. Query parameters of any other path:
 ``cc`` (cache-control), ``vary``, ``cookie=1`` (set-cookie), ``status``, ``delay`` (seconds),
 ``gzip=1`` / ``encoding=NAME`` (content-encoding), ``size`` (a padding field of that many
-bytes), ``ctype`` (content-type), ``malformed=1`` (a body that is not JSON), ``age``.
+bytes), ``ctype`` (content-type), ``malformed=1`` (a body that is not JSON), ``age``,
+``links=1`` (two ``link`` headers), ``late`` (seconds between the headers and the body),
+``empty=1`` (no body); a ``range: bytes=A-B`` header is answered 206 with those bytes.
 The JSON answer holds the caller's identity headers and a field per kind of secret.
 """
 
@@ -50,6 +52,8 @@ def create_app() -> web.Application:
         if "size" in q:
             doc["padding"] = "x" * int(q["size"])
         body = b"{not json" if "malformed" in q else json.dumps(doc).encode()
+        if "empty" in q:
+            body = b""
         headers = {"x-powered-by": "tests", "content-type": q.get("ctype", "application/json")}
         if "cc" in q:
             headers["cache-control"] = q["cc"]
@@ -64,7 +68,23 @@ def create_app() -> web.Application:
             headers["content-encoding"] = "gzip"
         elif "encoding" in q:
             headers["content-encoding"] = q["encoding"]
-        return web.Response(body=body, status=int(q.get("status", "200")), headers=headers)
+        if "late" in q:  # the headers now, the body later (chunked)
+            streamed = web.StreamResponse(status=int(q.get("status", "200")), headers=headers)
+            await streamed.prepare(request)
+            await asyncio.sleep(min(float(q["late"]), 10.0))
+            await streamed.write(body)
+            await streamed.write_eof()
+            return streamed
+        wanted = request.headers.get("range", "").removeprefix("bytes=").split("-")
+        if len(wanted) == 2 and wanted[0].isdigit() and wanted[1].isdigit():  # as files do
+            part = body[int(wanted[0]) : int(wanted[1]) + 1]
+            headers["content-range"] = f"bytes {wanted[0]}-{wanted[1]}/{len(body)}"
+            return web.Response(body=part, status=206, headers=headers)
+        response = web.Response(body=body, status=int(q.get("status", "200")), headers=headers)
+        if "links" in q:
+            response.headers.add("link", "</a.css>; rel=preload")
+            response.headers.add("link", "</b.js>; rel=preload")
+        return response
 
     app = web.Application()
     app.router.add_get("/__count", count)

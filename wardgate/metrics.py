@@ -232,7 +232,7 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         transform_results=Counter(
             "wardgate_transform_total",
             "Transform outcomes per route: json_filtered, json_not_json (passed untouched), "
-            "json_refused_{malformed,too_large,encoding} (502, fail closed), no_value and "
+            "json_refused_{malformed,too_large,encoding,partial} (502, fail closed), no_value and "
             "bad_value (a header whose placeholder had no usable value, removed).",
             ["route", "result"],
             registry=r,

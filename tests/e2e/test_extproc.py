@@ -219,10 +219,20 @@ def test_json_fields_are_hidden_and_what_cannot_be_filtered_is_refused(
         assert "password" not in body and body["internal"] == {}
         assert body["items"] == [{"id": 1}, {"id": 2}] and body["profile"]["phone"] == "555"
         assert "accept-encoding" not in body["headers"]  # the processor must read the body
+        # A browser's accept: a negotiating upstream would answer HTML it cannot filter.
+        browsed = http.get("/xp/hide/a", headers={"accept": "text/html,*/*;q=0.8"}).json()
+        assert browsed["headers"]["accept"] == "application/json"
         assert http.get("/xp/include/a").json() == {"id": 7, "items": [{"id": 1}, {"id": 2}]}
         # A gzip answer sent anyway is read, filtered and sent plain.
         zipped = http.get("/xp/hide/z", params={"gzip": 1})
         assert "password" not in zipped.json() and "content-encoding" not in zipped.headers
+        # A range of the document is not asked for: bytes 40-48 would be '"hunter2"'.
+        ranged = http.get("/xp/hide/g", headers={"range": "bytes=40-48", "if-range": "x"})
+        assert ranged.status_code == 200 and "hunter2" not in ranged.text
+        assert "range" not in ranged.json()["headers"]
+        # Nothing to hide: an empty chunked JSON answer passes.
+        empty = http.get("/xp/hide/e", params={"late": 0.1, "empty": 1})
+        assert empty.status_code == 200 and empty.content == b""
         # Not JSON: untouched.
         text = http.get("/xp/hide/t", params={"ctype": "text/plain"})
         assert "hunter2" in text.text
@@ -260,6 +270,16 @@ def test_a_miss_then_hits_with_one_trip_upstream(xp: tuple[Stack, int]) -> None:
         assert hit.headers["x-cache"] == "HIT" and int(hit.headers["age"]) >= 0
         assert hit.json() == first.json()
     assert counts(port)["/xp/cache/one?q=1"] == 1
+
+
+def test_a_hit_is_the_answer_with_every_value_of_a_repeated_header(xp: tuple[Stack, int]) -> None:
+    stack, _ = xp
+    with stack.client() as http:
+        first = http.get("/xp/cache/links", params={"links": 1})
+        hit = http.get("/xp/cache/links", params={"links": 1})
+    assert first.headers["x-cache"] == "MISS" and hit.headers["x-cache"] == "HIT"
+    assert hit.headers.get_list("link") == ["</a.css>; rel=preload", "</b.js>; rel=preload"]
+    assert hit.headers.get_list("link") == first.headers.get_list("link")
 
 
 def test_what_the_cache_must_not_keep_or_answer(xp: tuple[Stack, int]) -> None:

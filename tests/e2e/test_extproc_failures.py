@@ -9,6 +9,7 @@ import concurrent.futures
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +150,44 @@ def test_a_compose_listener_on_every_address_is_reached_at_the_envoys_address(
         assert http.get("/fo/dash").json()["a"]["path"] == "/a"
     with httpx.Client(base_url=f"http://127.0.0.1:{compose}", timeout=5) as http:
         assert http.get("/a", headers={"x-wardgate-part": "fo-dash/a"}).status_code == 404
+
+
+def test_the_processor_lost_after_the_response_began_never_passes_a_hidden_field(
+    private_stack: Stack, tmp_path: Path
+) -> None:
+    """The processor answered the request and the response headers, then stops answering
+    (paused, then gone) before the body: Envoy held the headers (the body is buffered for
+    it), so a route that hides fields answers an error, never the unfiltered body; the cache
+    route passes it on."""
+    s = private_stack
+    port = devstack.free_port()
+    s.procs["xp-up"] = start_upstream(port, tmp_path / "xp-upstream.log")
+    s.apply(service("xp-up", port), *routes())
+    http = httpx.Client(base_url=s.base, timeout=20)
+    eventually(lambda: http.get("/fo/hide/warm").status_code == 200, timeout=5)
+    wardgate = s.procs["wardgate"]
+
+    def midway(lose: Any) -> tuple[httpx.Response, httpx.Response]:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            hidden = pool.submit(http.get, "/fo/hide/l", params={"late": 1.5})
+            cached = pool.submit(http.get, "/fo/cache/l", params={"late": 1.5})
+            time.sleep(0.8)  # the response headers are answered; the body comes at 1.5 s
+            lose()
+            return hidden.result(), cached.result()
+
+    try:
+        hidden, cached = midway(lambda: os.kill(wardgate.pid, signal.SIGSTOP))
+    finally:
+        os.kill(wardgate.pid, signal.SIGCONT)
+    assert hidden.status_code == 504 and "hunter2" not in hidden.text
+    assert cached.status_code == 200 and cached.json()["password"] == "hunter2"
+
+    def die() -> None:  # no goodbye: no stream is finished
+        gone = s.procs.pop("wardgate")
+        gone.kill()
+        gone.wait(5)
+
+    hidden, cached = midway(die)
+    assert hidden.status_code == 503 and "hunter2" not in hidden.text
+    assert cached.status_code == 200 and cached.json()["password"] == "hunter2"
+    http.close()

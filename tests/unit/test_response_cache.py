@@ -154,13 +154,28 @@ def test_which_requests_the_cache_answers_or_stores() -> None:
         (200, {"cache-control": "s-maxage=0, max-age=60"}, 0.0, "max_age"),
         (200, {"cache-control": "max-age=10", "age": "4"}, 6.0, ""),
         (200, {"cache-control": "max-age=10", "age": "10"}, 0.0, "max_age"),
+        # Expires, without max-age: until then from Date; not a date (0) or past: stale.
+        (200, {"expires": "0"}, 0.0, "expires"),
+        (200, {"expires": "Thu, 01 Jan 1970 00:00:00 GMT"}, 0.0, "expires"),
+        (
+            200,
+            {"expires": "Sun, 06 Nov 1994 08:49:47 GMT", "date": "Sun, 06 Nov 1994 08:49:37 GMT"},
+            10.0,
+            "",
+        ),
+        (200, {"expires": "Sun, 06 Nov 1994 08:59:37 GMT"}, 30.0, ""),  # now: NOW below
+        (200, {"expires": "0", "cache-control": "max-age=10"}, 10.0, ""),  # max-age wins
     ],
 )
 def test_which_answers_are_stored_and_for_how_long(
     status: int, headers: dict[str, str], ttl: float, reason: str
 ) -> None:
     assert storable_ttl(
-        status, headers, ttl=30.0, keyed_headers={"accept-encoding", "accept-language"}
+        status,
+        headers,
+        ttl=30.0,
+        keyed_headers={"accept-encoding", "accept-language"},
+        now=784111777.0,  # Sun, 06 Nov 1994 08:49:37 GMT
     ) == (ttl, reason)
 
 

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from wardgate.domain.extproc_policy import HeaderEdit, PartPolicy, Policy
 from wardgate.domain.jsontext import loads
-from wardgate.domain.templates import Facts
+from wardgate.domain.templates import Facts, Placeholder, valid_header_value
 
 IDENTITY = ("x-user-id", "x-user-roles", "x-auth-method")
 KEY_HEADER = "x-wardgate-compose-key"
@@ -86,8 +86,21 @@ class Composed:
 
 def part_path(part: PartPolicy, facts: Facts) -> str | None:
     """The part's path with its placeholders filled in, each value percent-encoded whole
-    (a user named ``../admin`` stays one segment); None when a placeholder has no value."""
-    return part.path.render(facts.value, lambda v: urllib.parse.quote(v, safe=""))
+    (a user named ``../admin`` stays one segment); None when a placeholder has no value, is
+    empty (``/users//orders`` is another resource to many servers), or would make a ``.`` or
+    ``..`` segment of the path: percent-encoding leaves dots alone, and a user named ``..``
+    would otherwise send ``/users/../orders`` (the document's own path has none of them,
+    ``doc_extproc.py``)."""
+
+    def value(p: Placeholder) -> str | None:
+        return facts.value(p) or None
+
+    path = part.path.render(value, lambda v: urllib.parse.quote(v, safe=""))
+    if path is None:
+        return None
+    if any(s in (".", "..") for s in path.split("?", 1)[0].split("/")):
+        return None
+    return path
 
 
 def part_headers(facts: Facts, host: str, edit: HeaderEdit | None) -> tuple[tuple[str, str], ...]:
@@ -108,7 +121,7 @@ def part_headers(facts: Facts, host: str, edit: HeaderEdit | None) -> tuple[tupl
             headers.pop(name, None)
         for name, template in edit.set:
             rendered = template.render(facts.value)
-            if rendered is None:
+            if rendered is None or not valid_header_value(rendered):
                 headers.pop(name, None)
             else:
                 headers[name] = rendered

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
@@ -31,7 +30,7 @@ from wardgate.domain.http_cache import (
 )
 from wardgate.domain.jsontext import loads
 from wardgate.domain.response_cache import Fetch, Hit, Lead, ResponseCache, Waiting
-from wardgate.domain.templates import Facts
+from wardgate.domain.templates import Facts, valid_header_value
 
 JSON_ERROR = (("content-type", "application/json"), ("cache-control", "no-store"))
 _DECODABLE = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
@@ -89,13 +88,17 @@ def header_map(items: list[tuple[str, str]]) -> dict[str, str]:
     return out
 
 
-_HEADER_VALUE = re.compile(r"[!-~](?:[ -~]{0,8190}[!-~])?")
-
-
-def _valid_value(value: str) -> bool:
-    """Visible ASCII, spaces only inside, at most 8 KiB (a value from a client's header may
-    be anything Envoy let through)."""
-    return _HEADER_VALUE.fullmatch(value) is not None
+def utf8_label(content_type: str) -> str | None:
+    """``content_type`` saying ``charset=utf-8`` where it names another charset (a filtered
+    answer is written in UTF-8, whatever the upstream's was: JSON in UTF-16 is read as such);
+    None when it needs no change."""
+    media, *params = content_type.split(";")
+    kept = [p.strip() for p in params if p.strip()]
+    charsets = [p for p in kept if p.partition("=")[0].strip().lower() == "charset"]
+    if all(p.partition("=")[2].strip().strip('"').lower() == "utf-8" for p in charsets):
+        return None
+    others = [p for p in kept if p not in charsets]
+    return "; ".join([media.strip(), *others, "charset=utf-8"])
 
 
 def is_json(content_type: str) -> bool:
@@ -134,6 +137,7 @@ class Exchange:
         self._status = 0
         self._resp_headers: list[tuple[str, str]] = []
         self._json = False  # this response's body is filtered by response_json
+        self._content_type = ""
         self._encoding = ""
 
     def _count(self, what: str, value: str) -> None:
@@ -168,7 +172,7 @@ class Exchange:
         )
         if self.policy.parts:
             return Slow(lambda: self._compose(headers))
-        changes = self._request_changes()
+        changes = self._request_changes(headers)
         if self._cache is None or self.policy.cache is None:
             return Continue(changes)
         begun = await self._cache_begin(headers)
@@ -186,12 +190,30 @@ class Exchange:
             return self._hit_answer(hit)
         return Continue(changes, response_phases=self._response_phases())
 
-    def _request_changes(self) -> HeaderChanges:
+    def _request_changes(self, headers: Mapping[str, str]) -> HeaderChanges:
         edit = self.policy.request_headers
-        if edit is None:
-            return HeaderChanges()
-        sets, removes = self._render(edit, only_placeholders=True)
+        sets: tuple[tuple[str, str], ...] = ()
+        removes: tuple[str, ...] = ()
+        if edit is not None:
+            sets, removes = self._render(edit, only_placeholders=True)
+        accept = self._json_accept(headers.get("accept"))
+        if accept is not None and not (edit and any(n == "accept" for n, _ in edit.set)):
+            sets += (("accept", accept),)
         return HeaderChanges(sets, removes)
+
+    def _json_accept(self, accept: str | None) -> str | None:
+        """On a route that hides fields of JSON answers, the client may ask for JSON only:
+        an upstream that negotiates would otherwise answer ``accept: text/html`` (a browser's)
+        or ``application/xml`` with the same fields in a body the filter cannot read, passed
+        untouched (Django REST framework's browsable API is such an HTML page). The client's
+        JSON media ranges are kept; none: ``application/json``. None: no change."""
+        if self.policy.response_json is None or accept is None:
+            return None
+        ranges = [r.strip() for r in accept.split(",") if r.strip()]
+        kept = [r for r in ranges if is_json(r)]
+        if kept and len(kept) == len(ranges):
+            return None
+        return ", ".join(kept) or "application/json"
 
     def _render(
         self, edit: HeaderEdit, *, only_placeholders: bool
@@ -203,7 +225,7 @@ class Exchange:
         # The constant ones Envoy sets itself (xds/extproc.py), except on a local answer.
         for name, template in edit.dynamic if only_placeholders else edit.set:
             value = template.render(self.facts.value)
-            if value is None or not _valid_value(value):
+            if value is None or not valid_header_value(value):
                 self._count("transform", "no_value" if value is None else "bad_value")
                 removes.append(name)
             else:
@@ -278,23 +300,22 @@ class Exchange:
 
     def _hit_answer(self, hit: Hit) -> Respond:
         entry = hit.entry
-        headers = dict(entry.headers)
-        headers["age"] = str(entry.age_at(self._clock()))
-        headers["x-cache"] = "HIT"
-        self._edit_response(headers)
+        # Every header as stored, a repeated one (link, content-security-policy, vary) with
+        # each of its values: an answer from the cache is the answer the upstream gave.
+        headers = [(k, v) for k, v in entry.headers if k not in ("age", "x-cache")]
+        headers += [("age", str(entry.age_at(self._clock()))), ("x-cache", "HIT")]
         body = b"" if self._method == "HEAD" else entry.body
-        return Respond(entry.status, tuple(headers.items()), body)
+        return Respond(entry.status, self._edit_response(headers), body)
 
-    def _edit_response(self, headers: dict[str, str]) -> None:
+    def _edit_response(self, headers: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
         """A local answer gets the whole response edit (Envoy's own header edits may not see
         it)."""
         edit = self.policy.response_headers
         if edit is None:
-            return
+            return tuple(headers)
         sets, removes = self._render(edit, only_placeholders=False)
-        for name in removes:
-            headers.pop(name, None)
-        headers.update(sets)
+        gone = {*removes, *(name for name, _ in sets)}
+        return (*((k, v) for k, v in headers if k not in gone), *sets)
 
     # -- response headers -------------------------------------------------------------------
     async def response_headers(self, items: list[tuple[str, str]], end_of_stream: bool) -> Action:
@@ -315,11 +336,15 @@ class Exchange:
         )
         self._encoding = headers.get("content-encoding", "").strip().lower()
         if self.policy.response_json is not None and has_body:
+            if self._status == 206:  # a range of the document: not what the paths name
+                self._count("transform", "json_refused_partial")
+                return self.refused("a part of an answer (206) cannot be filtered")
             if is_json(headers.get("content-type", "")):
                 if self._encoding not in ("", "identity", *_DECODABLE):
                     self._count("transform", "json_refused_encoding")
                     return self.refused(f"the answer is encoded with {self._encoding!r}")
                 self._json = True
+                self._content_type = headers.get("content-type", "")
             else:
                 self._count("transform", "json_not_json")
         self._decide_storing(headers)
@@ -336,7 +361,9 @@ class Exchange:
         if begun is None or policy is None or begun.epoch is None:
             return
         keyed = {*policy.vary, "accept-encoding"}
-        self._ttl, reason = storable_ttl(self._status, headers, ttl=policy.ttl, keyed_headers=keyed)
+        self._ttl, reason = storable_ttl(
+            self._status, headers, ttl=policy.ttl, keyed_headers=keyed, now=self._clock()
+        )
         if not self._ttl:
             self._count("cache_store", f"not_stored_{reason}")
 
@@ -378,17 +405,24 @@ class Exchange:
                 self._count("cache_store", "not_stored_too_large")
                 await self._store(b"")
             return Continue()
-        if not self._json:
+        if not self._json or not body.strip():
+            # An empty JSON body (a chunked 200 with no data) holds nothing to hide.
             await self._store(body)
             return Continue()
         filtered = self._filter_json(body)
         if filtered is None:
             return self.refused("the answer is not JSON that can be filtered")
-        await self._store(filtered)
         # Envoy drops content-length itself (the body changed): the answer goes chunked.
         removes = ("content-encoding",) if self._encoding in _DECODABLE else ()
+        relabel = utf8_label(self._content_type)
+        sets = (("content-type", relabel),) if relabel else ()
+        if relabel:
+            self._resp_headers = [
+                (k, relabel if k == "content-type" else v) for k, v in self._resp_headers
+            ]
+        await self._store(filtered)
         self._count("transform", "json_filtered")
-        return Continue(HeaderChanges((), removes), body=filtered)
+        return Continue(HeaderChanges(sets, removes), body=filtered)
 
     def _filter_json(self, body: bytes) -> bytes | None:
         json_filter = self.policy.response_json
@@ -477,8 +511,8 @@ class Exchange:
             self._count("compose", "complete")
         if self._cache_active:
             headers["x-cache"] = "MISS"
-        self._edit_response(headers)
-        return Respond(200, tuple(headers.items()), b"" if self._method == "HEAD" else body)
+        answer = self._edit_response(list(headers.items()))
+        return Respond(200, answer, b"" if self._method == "HEAD" else body)
 
     # -- the end ----------------------------------------------------------------------------
     async def close(self) -> None:

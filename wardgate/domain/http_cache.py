@@ -13,10 +13,12 @@ answer that sets a cookie, or varies on a header the key does not hold, is never
 from __future__ import annotations
 
 import dataclasses
+import email.utils
 import hashlib
 import json
 import re
 import struct
+import time
 from collections.abc import Iterable, Mapping
 
 CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
@@ -36,6 +38,7 @@ _NOT_STORED = frozenset(
         "x-cache",
         "set-cookie",
         "x-envoy-upstream-service-time",
+        "x-request-id",  # an upstream echoing the request's id: another request's, on a hit
     }
 )
 _DIRECTIVE = re.compile(r'\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*(?:=\s*("[^"]*"|[^,\s]*))?\s*')
@@ -101,6 +104,7 @@ def storable_ttl(
     *,
     ttl: float,
     keyed_headers: Iterable[str],
+    now: float | None = None,
 ) -> tuple[float, str]:
     """How long an answer may be kept (seconds; 0 when it may not, with the reason)."""
     if status != 200:
@@ -117,12 +121,42 @@ def storable_ttl(
     limit = _seconds(cc.get("s-maxage"))
     if limit is None:
         limit = _seconds(cc.get("max-age"))
+    if limit is None and "expires" in headers:
+        # RFC 9111 section 5.3: without max-age, Expires (less Date) is how long it is
+        # fresh; one that is not a date (`Expires: 0`) means already stale.
+        limit = _expires_in(headers["expires"], headers.get("date"), now)
+        if limit < 1:
+            return 0.0, "expires"
     if limit is not None:
         age = _seconds(headers.get("age")) or 0
         ttl = min(ttl, limit - age)
     if ttl < 1:
         return 0.0, "max_age"
     return ttl, ""
+
+
+def _http_date(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return when.timestamp()
+
+
+def _expires_in(expires: str, date: str | None, now: float | None) -> int:
+    """Seconds from the answer's ``Date`` (else now) to its ``Expires``; 0 when Expires is not
+    a date or is past."""
+    until = _http_date(expires)
+    if until is None:
+        return 0
+    since = _http_date(date)
+    if since is None:
+        since = time.time() if now is None else now
+    return max(0, min(int(until - since), 2**31))
 
 
 def normalized_encoding(value: str | None) -> str:

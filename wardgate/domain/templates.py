@@ -24,6 +24,7 @@ SECRET_HEADERS = frozenset({"cookie", "authorization", "proxy-authorization", "x
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
 _PIECE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]|[^{}]+")
 MAX_TEMPLATE = 1024
+_HEADER_VALUE = re.compile(r"[!-~](?:[ -~]{0,8190}[!-~])?")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -133,3 +134,10 @@ class Facts:
             return self.headers.get(p.arg)
         value: str = getattr(self, p.name)
         return value or None
+
+
+def valid_header_value(value: str) -> bool:
+    """Visible ASCII, spaces only inside, at most 8 KiB: what a filled template may set as a
+    header (a value from a client's header may be anything Envoy let through: obs-text, a
+    tab, 60 KiB)."""
+    return _HEADER_VALUE.fullmatch(value) is not None

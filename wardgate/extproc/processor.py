@@ -25,7 +25,7 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from envoy.type.v3 import http_status_pb2
-from google.protobuf import duration_pb2, struct_pb2
+from google.protobuf import duration_pb2, struct_pb2, wrappers_pb2
 
 from wardgate.domain.compose import Composer
 from wardgate.domain.exchange import Action, Continue, Exchange, Respond, Slow
@@ -40,6 +40,7 @@ PEER = "peer"  # x-wardgate-compose: peer:<port> (xds/extproc.py ComposeAddress)
 OWN_NAMESPACE = "wardgate.extproc"  # dynamic metadata: the local reply keeps our JSON body
 AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
 OVERWRITE = base_pb2.HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
+_TRUE = wrappers_pb2.BoolValue(value=True)
 _MODE = processing_mode_pb2.ProcessingMode
 _OWN_BODY = struct_pb2.Struct()
 _OWN_BODY.update({OWN_NAMESPACE: {"own_body": True}})
@@ -53,16 +54,21 @@ def _headers(header_map: Any) -> list[tuple[str, str]]:
 
 
 def _mutation(sets: tuple[tuple[str, str], ...], removes: tuple[str, ...]) -> ep.HeaderMutation:
-    return ep.HeaderMutation(
-        set_headers=[
-            base_pb2.HeaderValueOption(
-                header=base_pb2.HeaderValue(key=k, raw_value=v.encode("latin-1")),
-                append_action=OVERWRITE,
-            )
-            for k, v in sets
-        ],
-        remove_headers=list(removes),
-    )
+    """Each name's first value replaces what is there, its further values are added (an
+    answer from the cache with two ``link`` headers keeps both). Added with the deprecated
+    ``append``: ``APPEND_IF_EXISTS_OR_ADD`` is ``append_action``'s zero, which ext_proc
+    cannot tell from unset, and it then overwrites."""
+    seen: set[str] = set()
+    options = []
+    for k, v in sets:
+        name = k.lower()
+        header = base_pb2.HeaderValue(key=k, raw_value=v.encode("latin-1"))
+        if name in seen:
+            options.append(base_pb2.HeaderValueOption(header=header, append=_TRUE))
+        else:
+            options.append(base_pb2.HeaderValueOption(header=header, append_action=OVERWRITE))
+        seen.add(name)
+    return ep.HeaderMutation(set_headers=options, remove_headers=list(removes))
 
 
 def _common(action: Continue) -> ep.CommonResponse:
