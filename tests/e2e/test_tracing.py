@@ -35,6 +35,14 @@ def test_envoy_and_wardgate_spans_share_trace_ids(private_stack: Stack) -> None:
                 rate_limits=[{"by": "ip", "requests": 1000, "per": "minute"}],
             ),
         )
+        # The tracer comes with a new listener: a connection opened before it arrived keeps
+        # the old one (no tracing) until it closes. So wait for it, then connect.
+        eventually(
+            lambda: (
+                "envoy.tracers.opentelemetry" in s.admin("/config_dump?resource=dynamic_listeners")
+            ),
+            timeout=15,
+        )
         with s.client() as http:
             eventually(lambda: http.get("/tr/auth").status_code == 401, timeout=15)
             eventually(lambda: http.get("/tr/limit").status_code == 200, timeout=15)
