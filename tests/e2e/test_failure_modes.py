@@ -208,6 +208,15 @@ def test_subscriptions_come_back_after_a_cold_start_against_a_stalled_redis(
     devstack.wait_http(f"http://127.0.0.1:{s.http_port}/readyz", timeout=30)
     eventually(lambda: _gauge(s, "wardgate_subscriptions", "keyspace") == 1, timeout=15)
     eventually(lambda: _gauge(s, "wardgate_subscriptions", "revocations") == 1, timeout=15)
+    # Envoy's ADS stream was sent away while the store could not be read (a replica that
+    # cannot check its snapshot serves none); it comes back after Envoy's retry backoff.
+    eventually(
+        lambda: (
+            "control_plane.connected_state: 1"
+            in s.admin("/stats?filter=control_plane.connected_state")
+        ),
+        timeout=30,
+    )
     with s.client() as http:
         s.redis().hset(
             f"{s.prefix}routes",
