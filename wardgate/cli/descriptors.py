@@ -18,8 +18,7 @@ import google.api
 import grpc_tools
 
 from wardgate.cli.base import CliError, redis_for, run_async
-from wardgate.cli.documents import print_changes
-from wardgate.domain.catalog import plan_apply, plan_delete
+from wardgate.cli.documents import delete_document, store_documents
 from wardgate.domain.doc_descriptor import Descriptor
 from wardgate.domain.documents import parse_document
 from wardgate.domain.grpc_api import MAX_DESCRIPTOR_BYTES
@@ -97,13 +96,9 @@ async def descriptors_put(
     except DocumentError as exc:
         raise CliError(f"{file}: {exc}") from None
     assert isinstance(doc, Descriptor)
-    async with redis_for(ctx) as (redis, keys):
-        store = RedisDocumentStore(redis=redis, keys=keys)
-        if dry_run:
-            print_changes(plan_apply(await store.load(), [doc]), dry_run=False)
-            return
-        revision, changes = await store.commit(lambda current: plan_apply(current, [doc]))
-    print_changes(changes, dry_run=False, revision=revision)
+    await store_documents(ctx, [doc], dry_run=dry_run)
+    if dry_run:
+        return
     click.echo(f"{doc.size} bytes; services: {', '.join(sorted(doc.api.services))}")
 
 
@@ -162,9 +157,4 @@ async def descriptors_list(ctx: click.Context, output: str) -> None:
 @run_async
 async def descriptors_delete(ctx: click.Context, name: str) -> None:
     """Delete descriptor NAME (refused while a route transcodes with it)."""
-    async with redis_for(ctx) as (redis, keys):
-        store = RedisDocumentStore(redis=redis, keys=keys)
-        revision, changes = await store.commit(
-            lambda current: [plan_delete(current, "Descriptor", name)]
-        )
-    print_changes(changes, dry_run=False, revision=revision)
+    await delete_document(ctx, "Descriptor", name)

@@ -166,14 +166,27 @@ def print_changes(changes: list[Change], *, dry_run: bool, revision: int | None 
 @run_async
 async def apply(ctx: click.Context, paths: tuple[str, ...], dry_run: bool) -> None:
     """Validate every document, then apply all of them or none."""
-    docs = read_documents(paths)
+    await store_documents(ctx, read_documents(paths), dry_run=dry_run)
+
+
+async def store_documents(ctx: click.Context, docs: list[Document], *, dry_run: bool) -> None:
+    """Apply ``docs`` in one commit (or, with ``dry_run``, show what that would change), and
+    print the changes: ``apply``, ``descriptors put``, ``secrets put``."""
     async with redis_for(ctx) as (redis, keys):
         store = RedisDocumentStore(redis=redis, keys=keys)
         if dry_run:
             print_changes(plan_apply(await store.load(), docs), dry_run=True)
             return
         revision, changes = await store.commit(lambda current: plan_apply(current, docs))
-        print_changes(changes, dry_run=False, revision=revision)
+    print_changes(changes, dry_run=False, revision=revision)
+
+
+async def delete_document(ctx: click.Context, kind: str, name: str) -> None:
+    """Delete one document in one commit (refused while others use it) and print it."""
+    async with redis_for(ctx) as (redis, keys):
+        store = RedisDocumentStore(redis=redis, keys=keys)
+        revision, changes = await store.commit(lambda current: [plan_delete(current, kind, name)])
+    print_changes(changes, dry_run=False, revision=revision)
 
 
 @click.command()
@@ -287,11 +300,7 @@ async def get(ctx: click.Context, kind: str, name: str | None, output: str) -> N
 @run_async
 async def delete(ctx: click.Context, kind: str, name: str) -> None:
     """Delete a route or a service (refused while a route uses the service)."""
-    k = _kind(kind)
-    async with redis_for(ctx) as (redis, keys):
-        store = RedisDocumentStore(redis=redis, keys=keys)
-        revision, changes = await store.commit(lambda current: [plan_delete(current, k, name)])
-        print_changes(changes, dry_run=False, revision=revision)
+    await delete_document(ctx, _kind(kind), name)
 
 
 @click.command()

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import click
 
-from wardgate.cli.base import CliError, redis_for, run_async
-from wardgate.cli.documents import print_changes
-from wardgate.domain.catalog import plan_apply, plan_delete
+from wardgate.cli.base import CliError, run_async
+from wardgate.cli.documents import delete_document, store_documents
 from wardgate.domain.doc_secret import encode_pem
 from wardgate.domain.documents import Secret, parse_document
 from wardgate.domain.tls_material import MAX_PEM
 from wardgate.errors import DocumentError
 from wardgate.files import read_bounded_file
-from wardgate.store.documents import RedisDocumentStore
 
 
 @click.group()
@@ -58,13 +56,9 @@ async def secrets_put(
     except DocumentError as exc:
         raise CliError(str(exc)) from None
     assert isinstance(doc, Secret)
-    async with redis_for(ctx) as (redis, keys):
-        store = RedisDocumentStore(redis=redis, keys=keys)
-        if dry_run:
-            print_changes(plan_apply(await store.load(), [doc]), dry_run=True)
-            return
-        revision, changes = await store.commit(lambda current: plan_apply(current, [doc]))
-    print_changes(changes, dry_run=False, revision=revision)
+    await store_documents(ctx, [doc], dry_run=dry_run)
+    if dry_run:
+        return
     click.echo(f"{doc.info.subject}, serial {doc.info.serial:x}, valid until {doc.info.not_after}")
 
 
@@ -74,9 +68,4 @@ async def secrets_put(
 @run_async
 async def secrets_delete(ctx: click.Context, name: str) -> None:
     """Delete Secret NAME."""
-    async with redis_for(ctx) as (redis, keys):
-        store = RedisDocumentStore(redis=redis, keys=keys)
-        revision, changes = await store.commit(
-            lambda current: [plan_delete(current, "Secret", name)]
-        )
-    print_changes(changes, dry_run=False, revision=revision)
+    await delete_document(ctx, "Secret", name)
