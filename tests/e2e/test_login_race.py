@@ -30,8 +30,11 @@ def test_sixty_parallel_guesses_at_a_limit_of_ten_check_at_most_ten(stack: Stack
 
     with ThreadPoolExecutor(max_workers=60) as pool:
         statuses = list(pool.map(attempt, guesses))
-    assert set(statuses) <= {401, 429}, statuses
+    # At most ten guesses are checked (401); the rest are refused unchecked (429), or, when
+    # Redis is slower than the login's deadline on a loaded machine, answered 503 before any
+    # check (the attempt count or the user record could not be read).
+    assert set(statuses) <= {401, 429, 503}, statuses
     assert statuses.count(401) <= 10, statuses
-    assert statuses.count(429) >= 50, statuses
+    assert statuses.count(429) + statuses.count(503) >= 50, statuses
     # The right password, too late: refused unchecked.
     assert attempt("the-right-password") == 429
