@@ -1,37 +1,48 @@
-"""xDS at scale: 10,000 routes over 1,000 services.
+"""xDS at scale: 10,000 routes over 1,000 services (or 100,000 over 10,000).
 
     python bench/xds_scale.py [--routes 10000] [--services 1000] [--changes 50]
-                              [--shape one-prefix|per-service]
+                              [--shape one-prefix|per-service] [--write cli|raw]
+                              [--envoys together|apart]
 
 Measures, in one run:
-1. in process: the time and memory to build the full snapshot cold (parse, validate,
-   translate, serialize and hash every document), and to rebuild it after one route changed
-   with the builder's memories (parse memo, per-document translator);
+1. in process: the time to build the full snapshot cold (parse, validate, translate,
+   serialize and hash every document) and the process's peak RSS, and the time to rebuild it
+   after one route changed with the builder's memories (parse memo, per-document translator),
+   told which document changed, as the watcher is after a change by the CLI;
 2. end to end: with a real redis-server, one wardgate worker and two Envoys (one state of the
-   world, one delta), the time from one changed route written to Redis (a raw HSET, picked up
-   by keyspace notification) until each Envoy serves it, p50/p99 over N changes.
+   world, one delta), the time from one changed route written to Redis until each Envoy
+   serves it, p50/p99 over N changes. ``--write cli`` (the default) writes as the CLI does
+   (``RedisDocumentStore.commit``: a transaction with its history entry, then the
+   announcement; timed from the transaction), ``raw`` with one HSET (seen by keyspace
+   notification; the watcher then reads every document). ``--envoys together`` (the
+   default) connects both Envoys at once; ``apart`` measures each alone.
 The baseline for (2) is the same measurement with 10 routes, in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.client
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import tracemalloc
 from pathlib import Path
 
 import redis
+import redis.asyncio
 
 from wardgate import devstack
+from wardgate.domain.catalog import Change
+from wardgate.store.documents import RedisDocumentStore
+from wardgate.store.keys import Keys
 from wardgate.xds.build import SnapshotBuilder
 from wardgate.xds.translate import TranslateOptions
 from wardgate.xds.typeurls import TYPE_ROUTE
@@ -78,27 +89,32 @@ def in_process(routes: int, services: int) -> dict[str, float]:
     hash), cold and then after one changed route, with its memories."""
     raw = documents(routes, services, 8081)
     opts = TranslateOptions()
-    tracemalloc.start()  # memory in one build, time in another (tracemalloc slows Python)
-    first = SnapshotBuilder(opts)
-    first.build(first.parse(raw, {}), {}, revision=0)
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
     t0 = time.perf_counter()
     builder = SnapshotBuilder(opts)
-    builder.build(builder.parse(raw, {}), {}, revision=0)
+    parsed = builder.parse(raw, {})
+    parse = time.perf_counter() - t0
+    builder.build(parsed, {}, revision=0)
     cold = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB
     warm = []
     for k in range(20):
-        changed = {kind: dict(docs) for kind, docs in raw.items()}
+        changed = {**raw, "Route": dict(raw["Route"])}
         doc = json.loads(changed["Route"]["r7"])
         doc["match"]["prefix"] = f"/changed/{k}"
         changed["Route"]["r7"] = json.dumps(doc)
         t0 = time.perf_counter()
-        snapshot = builder.build(builder.parse(changed, {}), {}, revision=k)
+        parsed = builder.parse(changed, {}, hint=[("Route", "r7")])
+        snapshot = builder.build(parsed, {}, revision=k)
         _ = snapshot.get(TYPE_ROUTE).versions  # what delta sends by
         warm.append(time.perf_counter() - t0)
         raw = changed
-    return {"cold_s": cold, "peak_mib": peak / 2**20, "warm_p50_s": statistics.median(warm)}
+    return {
+        "parse_s": parse,
+        "cold_s": cold,
+        "peak_rss_mib": peak,
+        "warm_p50_s": statistics.median(warm),
+        "warm_max_s": max(warm),
+    }
 
 
 class Poller(threading.Thread):
@@ -131,8 +147,39 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
+class Writer:
+    """Writes one route as the CLI does (``RedisDocumentStore.commit``), on its own event
+    loop; ``write`` returns when the transaction was sent (the CLI first reads every
+    document, which is not what is timed)."""
+
+    def __init__(self, url: str) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._redis = redis.asyncio.Redis.from_url(url, decode_responses=True)
+        self._store = RedisDocumentStore(redis=self._redis, keys=Keys("wardgate:"))
+
+    def write(self, name: str, text: str) -> float:
+        started = 0.0
+
+        def plan(current: dict[str, dict[str, str]]) -> list[Change]:
+            nonlocal started
+            started = time.monotonic()
+            return [Change("Route", name, "configured", text, current["Route"].get(name))]
+
+        self._loop.run_until_complete(self._store.commit(plan))
+        return started
+
+    def close(self) -> None:
+        self._loop.run_until_complete(self._redis.aclose())
+        self._loop.close()
+
+
 def propagation(
-    routes: int, services: int, changes: int, work: Path, modes: tuple[str, ...]
+    routes: int,
+    services: int,
+    changes: int,
+    work: Path,
+    modes: tuple[str, ...],
+    write: str = "cli",
 ) -> dict[str, object]:
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -181,12 +228,17 @@ def propagation(
             t.join()
         initial = {m: t.elapsed for m, t in first.items()}
         times: dict[str, list[float]] = {m: [] for m in modes}
+        writer = Writer(url) if write == "cli" else None
         for k in range(changes):
             name = f"r{(k * 7919) % routes}"
             doc = json.loads(raw["Route"][name])
             doc["match"]["prefix"] = f"/changed/{k}"
-            started = time.monotonic()
-            r.hset("wardgate:routes", name, json.dumps(doc))
+            raw["Route"][name] = json.dumps(doc)
+            if writer is not None:
+                started = writer.write(name, raw["Route"][name])
+            else:
+                started = time.monotonic()
+                r.hset("wardgate:routes", name, raw["Route"][name])
             pollers = {m: Poller(p, f"/changed/{k}", started) for m, p in ports.items()}
             for t in pollers.values():
                 t.start()
@@ -197,6 +249,8 @@ def propagation(
                 times[m].append(t.elapsed)
         with open(f"/proc/{wg.pid}/status") as f:
             rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+        if writer is not None:
+            writer.close()
         r.close()
         return {"initial_s": initial, "times": times, "wardgate_rss_mib": rss}
     finally:
@@ -215,6 +269,8 @@ def main() -> None:
         default="one-prefix",
         help="route paths: /r/<i> (default) or /s<service>/r<i>",
     )
+    parser.add_argument("--write", choices=("cli", "raw"), default="cli")
+    parser.add_argument("--envoys", choices=("together", "apart"), default="together")
     args = parser.parse_args()
     global SHAPE
     SHAPE = args.shape
@@ -236,33 +292,41 @@ def main() -> None:
     )
     built = in_process(args.routes, args.services)
     print(
-        f"snapshot build, cold: {built['cold_s'] * 1000:.0f} ms, peak Python memory "
-        f"{built['peak_mib']:.0f} MiB; after one changed route: {built['warm_p50_s'] * 1000:.1f} ms"
+        f"snapshot build in process, cold: {built['cold_s']:.1f} s (parse {built['parse_s']:.1f}"
+        f" s), peak RSS {built['peak_rss_mib']:.0f} MiB; after one changed route: p50"
+        f" {built['warm_p50_s'] * 1000:.1f} ms, max {built['warm_max_s'] * 1000:.1f} ms"
     )
     keep = os.environ.get("BENCH_WORKDIR")
-    runs = []
+    runs: list[tuple[str, tuple[str, ...], dict[str, object]]] = []
+    groups = [("sotw", "delta")] if args.envoys == "together" else [("sotw",), ("delta",)]
     with tempfile.TemporaryDirectory(prefix="wardgate-bench-") as tmp:
         work = Path(keep or tmp)
-        # One Envoy at a time: on two cores, a second Envoy taking the same update would
-        # compete with the first for the CPU and measure the machine, not the protocol.
-        for mode in ("sotw", "delta"):
+        for modes in groups:
             for label, n_routes, n_services in (
                 ("10 routes", 10, 10),
                 (f"{args.routes} routes", args.routes, args.services),
             ):
                 result = propagation(
-                    n_routes, n_services, args.changes, work / f"{mode}-{n_routes}", (mode,)
+                    n_routes,
+                    n_services,
+                    args.changes,
+                    work / f"{'-'.join(modes)}-{n_routes}",
+                    modes,
+                    write=args.write,
                 )
-                runs.append((label, mode, result))
-    for label, mode, result in runs:
+                runs.append((label, modes, result))
+    for label, _modes, result in runs:
         if label != "10 routes":
-            initial = result["initial_s"][mode]  # type: ignore[index]
+            first = result["initial_s"]
+            assert isinstance(first, dict)
+            initial = ", ".join(f"{m} {t:.1f} s" for m, t in first.items())
             rss = result["wardgate_rss_mib"]
-            print(f"{mode}: {label} first served after {initial:.1f} s; wardgate RSS {rss:.0f} MiB")
-    print("\nchange -> served (ms)      p50      p99      max")
-    for label, mode, result in runs:
-        ms = [v * 1000 for v in result["times"][mode]]  # type: ignore[index]
-        print(f"  {label:>12} {mode:<6} {pct(ms, 50):8.1f} {pct(ms, 99):8.1f} {max(ms):8.1f}")
+            print(f"{label}: first served after {initial}; wardgate RSS {rss:.0f} MiB")
+    print(f"\nchange ({args.write}) -> served (ms)      p50      p99      max")
+    for label, modes, result in runs:
+        for mode in modes:
+            ms = [v * 1000 for v in result["times"][mode]]  # type: ignore[index]
+            print(f"  {label:>14} {mode:<6} {pct(ms, 50):8.1f} {pct(ms, 99):8.1f} {max(ms):8.1f}")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ class Metrics:
     ratelimit_overflow: Counter
     snapshot_builds: Counter
     snapshot_seconds: Histogram
+    snapshot_reads: Counter
     documents_refused: Gauge
     documents: Gauge
     # External processing (extproc/processor.py): transform, cache, compose.
@@ -199,6 +200,13 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         snapshot_seconds=Histogram(
             "wardgate_xds_snapshot_build_seconds",
             "Time to read, validate and translate the documents.",
+            registry=r,
+        ),
+        snapshot_reads=Counter(
+            "wardgate_xds_document_reads_total",
+            "Builds by how the documents were read: by_name (the CLI's changes named them) "
+            "or all (start, a raw write, the periodic re-read, a gap in the history).",
+            ["how"],
             registry=r,
         ),
         documents_refused=Gauge(

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.support import with_redis
-from wardgate.domain.catalog import Catalog, plan_apply
+from wardgate.domain.catalog import Catalog, Change, plan_apply
 from wardgate.domain.documents import parse_document
 from wardgate.domain.registry import Instance
 from wardgate.store.document_source import RedisDocumentSource
@@ -153,5 +153,75 @@ def test_a_value_that_is_not_utf8_is_refused_alone(redis_url: str, prefix: str) 
         revision, changes = await store.commit(lambda current: plan_apply(current, [route]))
         assert [str(c) for c in changes] == ["route/ok created"] and revision == 1
         assert await r.ping()
+
+    with_redis(redis_url, body)
+
+
+def _route_doc(name: str, prefix: str) -> Any:
+    return parse_document(
+        {"kind": "Route", "name": name, "match": {"prefix": prefix}, "backend": "s"}
+    )
+
+
+def test_the_clis_changes_are_read_by_name_from_the_history(redis_url: str, prefix: str) -> None:
+    """After a load, ``load_changes`` returns the documents the CLI's commits named (as
+    stored now, deletions as None), how many writes they made, and the new cursor; a gap
+    in the revisions, or an entry that is not the CLI's, gives None (read everything)."""
+    keys = Keys(prefix)
+
+    async def body(r: Any) -> None:
+        store = RedisDocumentStore(redis=r, keys=keys)
+        source = RedisDocumentSource(redis=r, keys=keys)
+        await r.hset(keys.services, "s", SVC)
+        stored = await source.load()
+        assert stored.cursor is not None and stored.cursor.revision == 0
+        await store.commit(lambda cur: plan_apply(cur, [_route_doc("a", "/a")]))
+        await store.commit(
+            lambda cur: plan_apply(cur, [_route_doc("a", "/a2"), _route_doc("b", "/b")])
+        )
+        changes = await source.load_changes(stored.cursor)
+        assert changes is not None
+        assert changes.writes == 3 and changes.cursor.revision == 2
+        assert set(changes.documents) == {("Route", "a"), ("Route", "b")}
+        assert json.loads(changes.documents[("Route", "a")] or "")["match"]["prefix"] == "/a2"
+        assert changes.compose_key == stored.compose_key
+        # Nothing after the newest cursor; a load's cursor is the history's newest entry.
+        after = await source.load_changes(changes.cursor)
+        assert after is not None and after.documents == {} and after.writes == 0
+        assert (await source.load()).cursor == changes.cursor
+        # A deletion, read as None.
+        await store.commit(lambda cur: [Change("Route", "b", "deleted", None, cur["Route"]["b"])])
+        gone = await source.load_changes(changes.cursor)
+        assert gone is not None and gone.documents == {("Route", "b"): None}
+        # The revision moved without an entry: a gap.
+        await r.incr(keys.revision)
+        await store.commit(lambda cur: plan_apply(cur, [_route_doc("c", "/c")]))
+        assert await source.load_changes(gone.cursor) is None
+        # An entry that is not the CLI's.
+        latest = (await source.load()).cursor
+        assert latest is not None
+        await r.xadd(keys.history, {"revision": latest.revision + 1, "changes": "[{"})
+        assert await source.load_changes(latest) is None
+
+    with_redis(redis_url, body)
+
+
+def test_keyspace_events_are_counted_as_writes(redis_url: str, prefix: str) -> None:
+    keys = Keys(prefix)
+
+    async def body(r: Any) -> None:
+        source = RedisDocumentSource(redis=r, keys=keys)
+        store = RedisDocumentStore(redis=r, keys=keys)
+        await r.hset(keys.services, "s", SVC)
+        async with source.subscribe() as notifications:
+            notifications.take_writes()
+            await store.commit(
+                lambda cur: plan_apply(cur, [_route_doc("a", "/a"), _route_doc("b", "/b")])
+            )
+            await _signal_after(notifications, r.hset(keys.routes, "raw", "{}"))
+            for _ in range(10):  # the events may come over several waits
+                await notifications.wait(0.05)
+            assert notifications.take_writes() == 3  # two by the CLI, one raw
+            assert notifications.take_writes() == 0
 
     with_redis(redis_url, body)

@@ -545,3 +545,79 @@ def test_a_new_descriptor_is_checked_off_the_event_loop(monkeypatch: pytest.Monk
         assert threads and loop_thread not in threads
 
     _run(body)
+
+
+# --- reading by name what the CLI changed ---------------------------------------------------
+
+
+def _served_routes(parts: Parts) -> dict[str, Any]:
+    catalog = parts.watcher._builder.catalog
+    assert catalog is not None
+    return catalog.routes
+
+
+def test_cli_changes_are_read_by_name_and_raw_writes_read_everything() -> None:
+    """A change the CLI made (history entry, keyspace events it accounts for) reads only the
+    documents it names; a raw write beside it, which no entry accounts for, reads
+    everything; the result is the same snapshot a fresh build gives."""
+
+    async def body() -> None:
+        source = MemoryDocumentSource(_documents(5))
+        parts = Parts(source)
+        task = asyncio.create_task(parts.watcher.run())
+        await _eventually(lambda: parts.cache.ready)
+        loads = source.loads
+        source.commit({("Route", "r1"): _route("r1", "users", "/moved")})
+        await _eventually(lambda: _served_routes(parts)["r1"].match.prefix == "/moved")
+        source.commit({("Route", "r2"): None, ("Route", "n"): _route("n", "users", "/n")})
+        await _eventually(lambda: "n" in _served_routes(parts))
+        assert "r2" not in _served_routes(parts)
+        assert source.loads == loads  # both by name
+        assert parts.count("wardgate_xds_document_reads_total", how="by_name") == 2
+        # A raw write and a CLI change in one burst: the raw one is not in the history.
+        source.put("Route", "raw", _route("raw", "users", "/raw"), announce=False)
+        source.writes += 1  # its keyspace event, seen with the CLI's
+        source.commit({("Route", "r3"): _route("r3", "users", "/r3b")})
+        await _eventually(lambda: "raw" in _served_routes(parts))
+        assert source.loads == loads + 1
+        fresh = SnapshotBuilder(OPTS)
+        expected = fresh.build(fresh.parse(source.documents, {}), {}, revision=0)
+        got = parts.snapshot()
+        for type_url, resources in expected.resources.items():
+            assert got.get(type_url).versions == resources.versions, type_url
+        task.cancel()
+
+    _run(body)
+
+
+def test_a_gap_in_the_history_reads_everything() -> None:
+    """An entry whose revision does not follow the cursor's (the stream trimmed past it, or
+    the revision written by something else): the documents are read whole."""
+
+    async def body() -> None:
+        source = MemoryDocumentSource(_documents(2))
+        parts = Parts(source)
+        task = asyncio.create_task(parts.watcher.run())
+        await _eventually(lambda: parts.cache.ready)
+        loads = source.loads
+        source.revision += 5  # entries 1-5 lost
+        source.commit({("Route", "r0"): _route("r0", "users", "/gap")})
+        await _eventually(lambda: _served_routes(parts)["r0"].match.prefix == "/gap")
+        assert source.loads == loads + 1
+        task.cancel()
+
+    _run(body)
+
+
+def test_a_read_by_name_of_nothing_changed_builds_nothing() -> None:
+    async def body() -> None:
+        source = MemoryDocumentSource(_documents(2))
+        parts = Parts(source)
+        assert await parts.watcher.sync() is True
+        stored = parts.watcher._stored
+        assert stored is not None and stored.cursor is not None
+        assert await parts.watcher.sync(writes=0) is False
+        assert source.reads_by_name == 1 and source.loads == 1
+        assert parts.count("wardgate_xds_snapshot_builds_total", result="unchanged") == 1
+
+    _run(body)

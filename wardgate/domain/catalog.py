@@ -49,8 +49,24 @@ class Catalog:
     # For each served document, the JSON it was served from (the last good version).
     served: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
     # Set by ``updated``: the only documents whose served version may differ from the
-    # catalog it was patched from (None: any may).
+    # catalog it was patched from (None: any may), and that catalog's routes.
     changed: frozenset[tuple[str, str]] | None = None
+    changed_from: Mapping[str, Route] | None = dataclasses.field(
+        default=None, repr=False, compare=False
+    )
+    # Indexes computed once per catalog (``transcoding_routes``); a patched catalog gets
+    # them patched.
+    _index: dict[str, Any] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def transcoding_routes(self) -> dict[str, Route]:
+        """The routes that transcode, by name."""
+        found: dict[str, Route] | None = self._index.get("transcoding")
+        if found is None:
+            found = {n: r for n, r in self.routes.items() if r.transcode is not None}
+            self._index["transcoding"] = found
+        return found
 
     @classmethod
     def from_raw(
@@ -100,13 +116,21 @@ class Catalog:
         *,
         memo: ParseMemo | None = None,
         limit: int = 200,
+        hint: Iterable[tuple[str, str]] | None = None,
     ) -> Catalog | None:
         """``from_raw(raw, last_good)`` computed from ``previous`` (``from_raw`` of
         ``previous_raw``) when only a few routes changed: the changed routes are checked
         against the services, the others kept as they were. None when that would not give
         the same answer (services or issuers changed, a service is being kept for the routes
-        using it, too many changes): call ``from_raw``."""
-        if any(
+        using it, too many changes): call ``from_raw``.
+
+        ``hint``: the only (kind, name) that can differ between ``previous_raw`` and ``raw``
+        (the watcher read only those), which saves comparing every stored document."""
+        if hint is not None:
+            hint = list(hint)
+            if any(kind != "Route" for kind, _ in hint):
+                return None
+        elif any(
             raw.get(k, {}) != previous_raw.get(k, {})
             for k in ("Service", "Issuer", "Descriptor", "Secret")
         ):
@@ -116,8 +140,11 @@ class Catalog:
         if any(_BINDING in v for v in previous.refused.values()):
             return None  # a route that took a binding may be gone: check every route again
         old, new = previous_raw.get("Route", {}), raw.get("Route", {})
-        changed = {n for n, text in new.items() if old.get(n) != text}
-        changed.update(n for n in old if n not in new)
+        if hint is not None:
+            changed = {n for _, n in hint if old.get(n) != new.get(n)}
+        else:
+            changed = {n for n, text in new.items() if old.get(n) != text}
+            changed.update(n for n in old if n not in new)
         if len(changed) > limit:
             return None
         part = cls.from_raw(
@@ -129,7 +156,10 @@ class Catalog:
         )
         if any(k.startswith(("Service/", "Descriptor/")) for k in part.refused):
             return None  # a changed route keeps a deleted one alive: others may use it
-        if _touches_transcoding(previous.routes, part.routes, changed, previous.descriptors):
+        transcoding = previous.transcoding_routes()
+        if _touches_transcoding(
+            previous.routes, transcoding, part.routes, changed, previous.descriptors
+        ):
             return None  # bindings may reach other routes now: check them all
         if any(
             rule.key
@@ -152,7 +182,7 @@ class Catalog:
             if not k.startswith("Route/") or k[len("Route/") :] not in changed_keys
         }
         refused.update(part.refused)
-        return cls(
+        patched = cls(
             routes=routes,
             services=previous.services,
             refused=refused,
@@ -161,7 +191,11 @@ class Catalog:
             descriptors=previous.descriptors,
             secrets=previous.secrets,
             changed=frozenset(("Route", n) for n in changed),
+            changed_from=previous.routes,
         )
+        # No changed route transcodes, before or now (_touches_transcoding): the same ones do.
+        patched._index["transcoding"] = transcoding
+        return patched
 
 
 class _Parse:
@@ -309,6 +343,7 @@ _BINDING = ") is "  # in every reason binding_problem gives: "GET /x (pkg.S/M) i
 
 def _touches_transcoding(
     before: Mapping[str, Route],
+    transcoding: Mapping[str, Route],
     changed_now: Mapping[str, Route],
     changed: Iterable[str],
     descriptors: Mapping[str, Descriptor],
@@ -321,7 +356,7 @@ def _touches_transcoding(
         return True
     samples = [
         (binding.verb, binding.sample_path())
-        for route in before.values()
+        for route in transcoding.values()
         if route.transcode is not None and route.transcode.descriptor in descriptors
         for service in route.transcode.services
         for method in descriptors[route.transcode.descriptor].api.services.get(service, ())

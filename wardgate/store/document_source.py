@@ -11,12 +11,14 @@ so that node is configured and listened to.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import secrets
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
+from redis.client import NEVER_DECODE
 from redis.exceptions import ResponseError
 
 from wardgate.domain.catalog import KIND_ORDER, RawDocuments
@@ -32,18 +34,37 @@ from wardgate.store.errors import redis_errors
 from wardgate.store.keys import Keys
 from wardgate.store.redis_client import AnyRedis
 from wardgate.store.registry import RedisRegistryStore
-from wardgate.xds.ports import Signal, Stored
+from wardgate.xds.ports import Cursor, Signal, Stored, StoredChanges
 
 log = logging.getLogger("wardgate.watcher")
 
 
+MAX_CHANGES = 100  # history entries read by name at most; more: everything is read again
+COALESCE = 0.001  # seconds of quiet that end a burst of messages
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _cursor(entry: Any, fields: Mapping[Any, Any]) -> Cursor:
+    """The cursor at a history entry; revision -1 when the entry holds none."""
+    revision = fields.get(b"revision", fields.get("revision"))
+    try:
+        return Cursor(_text(entry), int(_text(revision)))
+    except (TypeError, ValueError):
+        return Cursor(_text(entry), -1)
+
+
 class RedisNotifications:
-    """One pub/sub subscription; ``wait`` coalesces a burst of messages into one signal."""
+    """One pub/sub subscription; ``wait`` coalesces a burst of messages into one signal,
+    and counts the keyspace events (``take_writes``)."""
 
     def __init__(self, pubsub: Any, *, registry_channel: str, complete: bool) -> None:
         self._pubsub = pubsub
         self._registry_channel = registry_channel
         self.complete = complete
+        self._writes = 0
 
     async def wait(self, timeout: float) -> Signal:
         signal = Signal.NONE
@@ -54,8 +75,16 @@ class RedisNotifications:
                     signal |= Signal.REGISTRY
                 else:
                     signal |= Signal.DOCUMENTS
-                msg = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.005)
+                    if msg.get("type") == "pmessage":  # a keyspace event: one write
+                        self._writes += 1
+                msg = await self._pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=COALESCE
+                )
         return signal
+
+    def take_writes(self) -> int:
+        writes, self._writes = self._writes, 0
+        return writes
 
 
 class RedisDocumentSource:
@@ -76,14 +105,16 @@ class RedisDocumentSource:
 
     async def load(self) -> Stored:
         """Every document hash, the revision and the compose key, in one round trip (and one
-        more the first time: the first reader creates the key, every other reads it)."""
+        more the first time: the first reader creates the key, every other reads it). The
+        history's newest entry is read first: the documents are no older than it."""
         with redis_errors():
             async with self._r.pipeline(transaction=False) as pipe:
+                pipe.xrevrange(self._k.history, count=1)
                 for kind in KIND_ORDER:
                     queue_documents_read(pipe, self._k.documents(kind))
                 pipe.get(self._k.revision)
                 pipe.get(self._k.compose_key)
-                *hashes, revision, key = await pipe.execute()
+                newest, *hashes, revision, key = await pipe.execute()
             if not key:
                 # This process's key again if it had one (Redis lost it): the Envoys it
                 # configured keep theirs; else a new one. Whoever sets it first wins.
@@ -93,7 +124,56 @@ class RedisDocumentSource:
         key = key.decode() if isinstance(key, bytes) else str(key or "")
         self.compose_key.value = key
         documents = {kind: decode_documents(h) for kind, h in zip(KIND_ORDER, hashes, strict=True)}
-        return Stored(documents, int(revision or 0), key)
+        cursor = Cursor("0-0", 0)
+        if newest:
+            entry, fields = newest[0]
+            cursor = _cursor(entry, fields)
+        return Stored(documents, int(revision or 0), key, cursor if cursor.revision >= 0 else None)
+
+    async def load_changes(self, cursor: Cursor) -> StoredChanges | None:
+        """The documents named by the history's entries after ``cursor``, read with HMGET:
+        what a change costs no longer grows with the number of stored documents. None when
+        the entries' revisions do not follow on from the cursor's (the stream was trimmed
+        past it, or something wrote the revision without an entry), when there are more
+        than ``MAX_CHANGES`` entries, or when the compose key is gone."""
+        with redis_errors():
+            async with self._r.pipeline(transaction=False) as pipe:
+                pipe.xrange(self._k.history, min=f"({cursor.entry}", count=MAX_CHANGES + 1)
+                pipe.get(self._k.compose_key)
+                entries, key = await pipe.execute()
+        if len(entries) > MAX_CHANGES or not key:
+            return None
+        names: dict[str, list[str]] = {}
+        writes, position = 0, cursor
+        for entry, fields in entries:
+            following = _cursor(entry, fields)
+            if following.revision != position.revision + 1:
+                return None
+            position = following
+            try:
+                changes = json.loads(_text(fields.get(b"changes", fields.get("changes", "[]"))))
+                for change in changes:
+                    kind, name = change["kind"], change["name"]
+                    if kind not in KIND_ORDER or not isinstance(name, str):
+                        return None
+                    names.setdefault(kind, []).append(name)
+                    writes += 1
+            except (ValueError, TypeError, KeyError):
+                return None  # not an entry the CLI wrote: read everything
+        documents: dict[tuple[str, str], str | None] = {}
+        if names:
+            with redis_errors():
+                async with self._r.pipeline(transaction=False) as pipe:
+                    for kind, listed in names.items():
+                        pipe.execute_command(
+                            "HMGET", self._k.documents(kind), *listed, **{NEVER_DECODE: True}
+                        )
+                    values = await pipe.execute()
+            for (kind, listed), found in zip(names.items(), values, strict=True):
+                for name, value in zip(listed, found, strict=True):
+                    text = None if value is None else decode_documents({b"": value})[""]
+                    documents[(kind, name)] = text
+        return StoredChanges(documents, writes, position, _text(key))
 
     async def load_last_good(self) -> RawDocuments:
         return await self._documents.load_last_good()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from envoy.config.route.v3 import route_components_pb2, scoped_route_pb2
@@ -137,6 +137,41 @@ class _ServiceResources:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class _Featured:
+    """The routes the layout holds that use a feature with resources of its own (the
+    transcoder's, the compose listener's, the quota filters'), kept up to date route by
+    route so that a change costs what changed, not a pass over every route."""
+
+    transcoding: dict[str, bytes] = dataclasses.field(default_factory=dict)  # placed bytes
+    transcoding_routes: dict[str, Route] = dataclasses.field(default_factory=dict)
+    compose: dict[str, Route] = dataclasses.field(default_factory=dict)
+    quota: dict[str, Route] = dataclasses.field(default_factory=dict)
+
+    def updated(
+        self, removed: Iterable[str], routes: Mapping[str, Route], placed: Mapping[str, Placed]
+    ) -> _Featured:
+        """These sets after ``removed`` left and ``routes`` (placed as ``placed``) came."""
+        new = _Featured(
+            dict(self.transcoding),
+            dict(self.transcoding_routes),
+            dict(self.compose),
+            dict(self.quota),
+        )
+        for n in removed:
+            for table in (new.transcoding, new.transcoding_routes, new.compose, new.quota):
+                table.pop(n, None)
+        for n, route in routes.items():
+            if route.transcode is not None:
+                new.transcoding[n] = placed[n].entry.data
+                new.transcoding_routes[n] = route
+            if route.compose is not None:
+                new.compose[n] = route
+            if any(r.enforce == "quota" for r in route.rate_limits):
+                new.quota[n] = route
+        return new
+
+
 class Translator:
     """Translates documents, remembering each one's serialized result.
 
@@ -159,6 +194,7 @@ class Translator:
         self._layout_routes: dict[str, Route] = {}
         self._hashing: frozenset[str] = frozenset()
         self._uses: Counter[str] = Counter()  # service -> how many routes use it
+        self._featured = _Featured()
         self._services: _ServiceResources | None = None
         self._transcoding: _Transcoding | None = None
         # The compose listener's routes, and the compose routes and key they were built from.
@@ -276,30 +312,41 @@ class Translator:
             ROUTE_CONFIG_NAME, [p.entry.data for p in self._ordered(routes, services)]
         )
 
+    def _route_diff(self, catalog: Catalog) -> tuple[list[str], dict[str, Route]]:
+        """The routes the layout holds that are not in ``catalog`` as the same documents, and
+        those of ``catalog`` it does not hold. A patched catalog says which may differ (when
+        it was patched from what the layout holds); otherwise every route is compared."""
+        old, routes = self._layout_routes, catalog.routes
+        names: Iterable[str]
+        if catalog.changed is not None and catalog.changed_from is old:
+            names = [n for kind, n in catalog.changed if kind == "Route"]
+        else:
+            names = old.keys() | routes.keys()
+        removed = [n for n in names if n in old and routes.get(n) is not old[n]]
+        added = {n: routes[n] for n in names if n in routes and old.get(n) is not routes[n]}
+        return removed, added
+
     def _update_layout(self, catalog: Catalog) -> Layout:
         """The scopes after this catalog: only routes that are not the same documents as last
         time move (the whole layout again when a service's balancing changes how routes
         hash)."""
         routes = catalog.routes
         hashing = frozenset(n for n, s in catalog.services.items() if s.lb in HASHING_LB)
-        # A scope whose head changes (it gains or loses a transcoding route) is rebuilt
-        # because its routes change; the others keep their bytes.
-        self._transcoding_fields = frozenset(
-            self._route_entry(r, bool(hashing) and bool(hashing & set(r.services()))).entry.data
-            for r in routes.values()
-            if r.transcode is not None
-        )
         if self._layout is None or hashing != self._hashing:
             self._layout = Layout(self._marker, self._config)
             self._layout.apply([], self._builtin)
             self._layout_routes, self._uses, self._hashing = {}, Counter(), hashing
-        old = self._layout_routes
-        removed = [n for n, r in old.items() if routes.get(n) is not r]
+            self._featured = _Featured()
+        removed, changed = self._route_diff(catalog)
         added = {
             n: self._route_entry(r, bool(hashing) and bool(hashing & set(r.services())))
-            for n, r in routes.items()
-            if old.get(n) is not r
+            for n, r in changed.items()
         }
+        old = self._layout_routes
+        # A scope whose head changes (it gains or loses a transcoding route) is rebuilt
+        # because its routes change; the others keep their bytes.
+        featured = self._featured.updated(removed, changed, added)
+        self._transcoding_fields = frozenset(featured.transcoding.values())
         try:
             self._layout.apply(removed, added, now=time.monotonic())
         except Exception:
@@ -307,9 +354,9 @@ class Translator:
             raise
         for n in removed:
             self._uses.subtract(old[n].services())
-        for n in added:
+        for n in changed:
             self._uses.update(routes[n].services())
-        self._layout_routes = dict(routes)
+        self._layout_routes, self._featured = routes, featured
         return self._layout
 
     @property
@@ -367,14 +414,14 @@ class Translator:
             depths=dict(layout.depths),
             extension_bytes=[
                 (TRANSCODER, self._transcoder(catalog)),
-                *self._quota.resources(catalog.routes.values()),
+                *self._quota.resources(self._featured.quota.values()),
             ],
         )
 
     def _compose_routes(self, catalog: Catalog) -> bytes:
         """The compose listener's routes (``xds/extproc.py``); the same bytes object while the
         compose routes are the same documents."""
-        routes = tuple(r for _, r in sorted(catalog.routes.items()) if r.compose is not None)
+        routes = tuple(r for _, r in sorted(self._featured.compose.items()))
         prev, key = self._compose, self.compose_key
         if (
             prev is not None
@@ -400,7 +447,7 @@ class Translator:
         """The transcoder's ECDS resource: the descriptors the routes use, merged; the same
         bytes object again while those descriptors and services stay the same objects."""
         used: dict[str, set[str]] = {}
-        for route in catalog.routes.values():
+        for route in self._featured.transcoding_routes.values():
             if route.transcode is not None:
                 used.setdefault(route.transcode.descriptor, set()).update(route.transcode.services)
         descriptors = tuple((n, catalog.descriptors[n]) for n in sorted(used))

@@ -143,6 +143,7 @@ class Parsed:
             refused=refused,
             served=served,
             changed=None,
+            changed_from=None,
         )
         return dataclasses.replace(self, catalog=catalog)
 
@@ -164,6 +165,7 @@ class SnapshotBuilder:
         self._instances: dict[str, list[Instance]] = {}
         self._revision = 0
         self._resources: dict[str, Resources] = {}
+        self._sources: dict[str, list[tuple[str, bytes]]] = {}  # what they were made from
         self._secrets: dict[str, tuple[Secret, bytes]] = {}
 
     @property
@@ -179,23 +181,42 @@ class SnapshotBuilder:
         """Whether routes sit in two placements, to be settled (``settle``) shortly."""
         return self._translator.moving
 
-    def is_current(self, documents: RawDocuments, compose_key: str = "") -> bool:
-        """Whether the last build was made from exactly these documents (and compose key)."""
-        return (
-            self._base is not None
-            and documents == self._documents
-            and compose_key == self._translator.compose_key
+    def is_current(
+        self,
+        documents: RawDocuments,
+        compose_key: str = "",
+        *,
+        hint: Iterable[tuple[str, str]] | None = None,
+    ) -> bool:
+        """Whether the last build was made from exactly these documents (and compose key).
+        ``hint``: the only documents that can differ (the others are not compared)."""
+        if self._base is None or self._documents is None:
+            return False
+        if compose_key != self._translator.compose_key:
+            return False
+        if hint is None:
+            return documents == self._documents
+        before = self._documents
+        return all(
+            documents.get(kind, {}).get(name) == before.get(kind, {}).get(name)
+            for kind, name in hint
         )
 
     def parse(
-        self, documents: RawDocuments, last_good: RawDocuments, *, incremental: bool = True
+        self,
+        documents: RawDocuments,
+        last_good: RawDocuments,
+        *,
+        incremental: bool = True,
+        hint: Iterable[tuple[str, str]] | None = None,
     ) -> Parsed:
         """The catalog of ``documents``: patched from the last one built when only a few
-        routes changed and ``incremental``, else parsed whole."""
+        routes changed and ``incremental``, else parsed whole. ``hint``: the only documents
+        that can differ from the last build's (``Catalog.updated``)."""
         catalog = None
         if incremental and self._catalog is not None and self._documents is not None:
             catalog = Catalog.updated(
-                self._catalog, self._documents, documents, last_good, memo=self._memo
+                self._catalog, self._documents, documents, last_good, memo=self._memo, hint=hint
             )
         if catalog is None:
             catalog = Catalog.from_raw(documents, last_good, memo=self._memo)
@@ -273,17 +294,22 @@ class SnapshotBuilder:
 
     def _snapshot(self) -> Snapshot:
         assert self._base is not None
-        base, before = self._base, self._resources
+        base, before, sources = self._base, self._resources, self._sources
+        self._sources = {
+            TYPE_CLUSTER: base.cluster_bytes,
+            TYPE_ENDPOINT: base.endpoint_bytes,
+            TYPE_SCOPED_ROUTE: base.scope_bytes,
+            TYPE_ROUTE: base.route_bytes,
+            TYPE_EXTENSION_CONFIG: base.extension_bytes,
+            TYPE_SECRET: self._secret_bytes(),
+        }
+        # A list that is the same object as last time (the clusters and endpoints while no
+        # service changed) gives the same resources: ten thousand of them are not looked at.
         self._resources = {
-            t: resources_from_bytes(t, items, before.get(t))
-            for t, items in (
-                (TYPE_CLUSTER, base.cluster_bytes),
-                (TYPE_ENDPOINT, base.endpoint_bytes),
-                (TYPE_SCOPED_ROUTE, base.scope_bytes),
-                (TYPE_ROUTE, base.route_bytes),
-                (TYPE_EXTENSION_CONFIG, base.extension_bytes),
-                (TYPE_SECRET, self._secret_bytes()),
-            )
+            t: before[t]
+            if t in before and sources.get(t) is items
+            else resources_from_bytes(t, items, before.get(t))
+            for t, items in self._sources.items()
         }
         return Snapshot(
             dict(self._resources), revision=self._revision, route_clusters=base.route_clusters

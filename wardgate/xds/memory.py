@@ -14,13 +14,17 @@ from typing import Any
 from wardgate.domain.catalog import RawDocuments
 from wardgate.domain.registry import Instance
 from wardgate.errors import StoreError
-from wardgate.xds.ports import Signal, Stored
+from wardgate.xds.ports import Cursor, Signal, Stored, StoredChanges
 
 
 class MemoryNotifications:
     def __init__(self, source: MemoryDocumentSource) -> None:
         self._source = source
         self.complete = True
+
+    def take_writes(self) -> int:
+        writes, self._source.writes = self._source.writes, 0
+        return writes
 
     async def wait(self, timeout: float) -> Signal:
         self._source.check()
@@ -46,6 +50,10 @@ class MemoryDocumentSource:
         self.announced = asyncio.Event()
         self.pending = Signal.NONE
         self.loads = 0  # how many times the documents were read (for tests)
+        self.reads_by_name = 0  # how many times changes were read by name (for tests)
+        self.writes = 0  # writes not yet taken by the notifications (keyspace events)
+        # The CLI's changes: (revision, the (kind, name) each changed), oldest first.
+        self.history: list[tuple[int, list[tuple[str, str]]]] = []
 
     def check(self) -> None:
         if self.fail:
@@ -53,12 +61,26 @@ class MemoryDocumentSource:
 
     def put(self, kind: str, name: str, text: str | None, *, announce: bool = True) -> None:
         """Write (``text``) or delete (None) one document, as a raw write would."""
+        self._write(kind, name, text)
+        if announce:  # a keyspace event
+            self.writes += 1
+            self.announce(Signal.DOCUMENTS)
+
+    def _write(self, kind: str, name: str, text: str | None) -> None:
         if text is None:
             self.documents[kind].pop(name, None)
         else:
-            self.documents[kind][name] = text
-        if announce:
-            self.announce(Signal.DOCUMENTS)
+            self.documents.setdefault(kind, {})[name] = text
+
+    def commit(self, changes: Mapping[tuple[str, str], str | None]) -> None:
+        """Write as the CLI does: the documents (a keyspace event each), a new revision and
+        its history entry, then the announcement."""
+        for (kind, name), text in changes.items():
+            self._write(kind, name, text)
+            self.writes += 1
+        self.revision += 1
+        self.history.append((self.revision, list(changes)))
+        self.announce(Signal.DOCUMENTS)
 
     def announce(self, signal: Signal) -> None:
         self.pending |= signal
@@ -67,7 +89,23 @@ class MemoryDocumentSource:
     async def load(self) -> Stored:
         self.check()
         self.loads += 1
-        return Stored(copy.deepcopy(self.documents), self.revision)
+        cursor = Cursor(str(len(self.history)), self.history[-1][0] if self.history else 0)
+        return Stored(copy.deepcopy(self.documents), self.revision, cursor=cursor)
+
+    async def load_changes(self, cursor: Cursor) -> StoredChanges | None:
+        self.check()
+        self.reads_by_name += 1
+        documents: dict[tuple[str, str], str | None] = {}
+        position = cursor
+        for index in range(int(cursor.entry), len(self.history)):
+            revision, names = self.history[index]
+            if revision != position.revision + 1:
+                return None
+            position = Cursor(str(index + 1), revision)
+            for kind, name in names:
+                documents[(kind, name)] = self.documents.get(kind, {}).get(name)
+        writes = sum(len(n) for _, n in self.history[int(cursor.entry) :])
+        return StoredChanges(documents, writes, position, "")
 
     async def load_last_good(self) -> RawDocuments:
         self.check()

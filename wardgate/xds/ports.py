@@ -32,6 +32,28 @@ class Stored:
     documents: RawDocuments
     revision: int = 0
     compose_key: str = ""
+    # Where the history of the CLI's changes stood when these were read (the newest entry's
+    # id and revision), for ``load_changes``; None: reads by name are not possible.
+    cursor: Cursor | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Cursor:
+    """A position in the history of changes: an entry's id and its revision ("0-0", 0:
+    before the first)."""
+
+    entry: str
+    revision: int
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredChanges:
+    """What the CLI's changes after a cursor changed, read by name."""
+
+    documents: dict[tuple[str, str], str | None]  # (kind, name) -> the stored text; None: gone
+    writes: int  # document writes they made: one keyspace event each
+    cursor: Cursor  # where the history stands after them
+    compose_key: str
 
 
 class Signal(enum.Flag):
@@ -55,11 +77,24 @@ class Notifications(Protocol):
         ``Signal.NONE``. Raises ``StoreError`` when the subscription is lost."""
         ...
 
+    def take_writes(self) -> int:
+        """How many writes to the document hashes were seen (keyspace events, CLI's and raw
+        alike) since the last call."""
+        ...
+
 
 class DocumentSource(Protocol):
     """Where documents, their last good versions and registry instances are kept."""
 
-    async def load(self) -> Stored: ...
+    async def load(self) -> Stored:
+        """Every document; ``cursor`` no older than the documents (a change after it may
+        already be in them)."""
+        ...
+
+    async def load_changes(self, cursor: Cursor) -> StoredChanges | None:
+        """The documents the CLI's changes after ``cursor`` named, as stored now; None when
+        that cannot be known (the history has a gap, too many changes): read everything."""
+        ...
 
     async def load_last_good(self) -> RawDocuments: ...
 

@@ -28,7 +28,14 @@ from wardgate.xds.assemble import SETTLE_AFTER
 from wardgate.xds.build import LastGood, SnapshotBuilder
 from wardgate.xds.gc_policy import GcPolicy
 from wardgate.xds.issuers import IssuerLoader
-from wardgate.xds.ports import DocumentSource, Notifications, Signal, SnapshotPublisher
+from wardgate.xds.ports import (
+    DocumentSource,
+    Notifications,
+    Signal,
+    SnapshotPublisher,
+    Stored,
+    StoredChanges,
+)
 from wardgate.xds.refused import RefusedReport
 from wardgate.xds.snapshot import Snapshot
 
@@ -66,17 +73,29 @@ class DocumentWatcher:
         # the store was read by the last sync that finished (monotonic).
         self._lock = asyncio.Lock()
         self._read_at = float("-inf")
+        # The documents last built from (or found current), with the history's position then:
+        # where reads by name start. And the writes seen that no CLI change has accounted
+        # for yet (above zero: a raw write), and whether raw writes are seen at all.
+        self._stored: Stored | None = None
+        self._unaccounted = 0
+        self._complete = False
 
     def wake(self) -> None:
         """Sync at the next turn of the loop."""
         self._wake.set()
 
-    async def sync(self) -> bool:
-        """Read, validate, translate, publish. Returns whether the snapshot changed."""
+    async def sync(self, *, writes: int | None = None) -> bool:
+        """Read, validate, translate, publish. Returns whether the snapshot changed.
+
+        ``writes``: the writes to the document hashes seen since the last sync (keyspace
+        events). With it, the documents the CLI's changes name are read by name, when those
+        changes account for every write seen; otherwise (and without it) every document is
+        read."""
         async with self._lock:
             read_at = time.monotonic()
-            changed = await self._sync()
-            self._read_at = read_at
+            changed, everything = await self._sync(writes)
+            if everything:  # raw writes not yet announced may be missing from a read by name
+                self._read_at = read_at
             return changed
 
     async def ensure_current(self, since: float) -> bool:
@@ -95,7 +114,7 @@ class DocumentWatcher:
                     checks.labels("current").inc()
                     return True
                 read_at = time.monotonic()
-                changed = await self._sync()
+                changed, _ = await self._sync(None)
                 self._read_at = read_at
         except StoreError as exc:
             self._last_good = None  # as after the loop's failures: read it again next time
@@ -108,11 +127,33 @@ class DocumentWatcher:
             log.info("new ADS stream: this replica was behind the store; caught up first")
         return True
 
-    async def _sync(self) -> bool:
+    async def _read(self, writes: int | None) -> tuple[Stored, list[tuple[str, str]] | None]:
+        """The stored documents, and the only ones that can differ from those last built
+        (None: any). By name when ``writes`` is given and the CLI's changes since the last
+        read account for every write seen; a write they do not account for is a raw one,
+        which only reading everything finds."""
+        known = self._stored
+        if writes is not None and known is not None and known.cursor is not None:
+            changes = await self._source.load_changes(known.cursor)
+            if changes is not None:
+                # Events and history entries arrive independently: an entry read before its
+                # events came leaves the balance below zero until they do.
+                self._unaccounted += writes - changes.writes
+                if self._unaccounted <= 0 or not self._complete:
+                    return _applied(known, changes), list(changes.documents)
+        self._unaccounted = 0
+        return await self._source.load(), None
+
+    async def _sync(self, writes: int | None) -> tuple[bool, bool]:
+        """One sync; returns whether the snapshot changed, and whether every document was
+        read."""
         started = time.perf_counter()
-        stored = await self._source.load()
-        if self._builder.is_current(stored.documents, stored.compose_key) and self._publisher.ready:
-            return await self._unchanged()
+        stored, hint = await self._read(writes)
+        if self._builder.is_current(stored.documents, stored.compose_key, hint=hint) and (
+            self._publisher.ready
+        ):
+            self._stored = stored
+            return await self._unchanged(), hint is None
         # What was served is read once per subscription (another replica may have moved
         # it), then kept here; a catalog is patched only from one built on it.
         fresh = self._last_good is None
@@ -120,12 +161,13 @@ class DocumentWatcher:
             self._last_good = LastGood(await self._source.load_last_good())
         await self._check_descriptors_ahead(stored.documents, self._last_good.documents)
         parsed = self._builder.parse(
-            stored.documents, self._last_good.documents, incremental=not fresh
+            stored.documents, self._last_good.documents, incremental=not fresh, hint=hint
         )
         live = await self._source.live_instances(parsed.registry_services, now=time.time())
         snapshot = self._builder.build(
             parsed, live, revision=stored.revision, compose_key=stored.compose_key
         )
+        self._stored = stored  # what the next read by name starts from
         catalog = self._builder.catalog  # what the build serves: maybe less than parsed
         assert catalog is not None
         await self._save_last_good(catalog)  # only what really is served
@@ -137,6 +179,7 @@ class DocumentWatcher:
             asyncio.get_running_loop().call_later(SETTLE_AFTER + 0.1, self.wake)
         self._gc.after_build()
         self._metrics.snapshot_seconds.observe(time.perf_counter() - started)
+        self._metrics.snapshot_reads.labels("by_name" if hint is not None else "all").inc()
         self._count_documents(catalog)
         await self._refused.report(refused)
         if changed:
@@ -147,7 +190,7 @@ class DocumentWatcher:
                 len(catalog.services),
                 len(refused),
             )
-        return changed
+        return changed, hint is None
 
     async def _check_descriptors_ahead(self, *documents: RawDocuments) -> None:
         """A descriptor's check runs protoc (hundreds of ms for a large one): new stored
@@ -215,6 +258,7 @@ class DocumentWatcher:
             try:
                 async with self._source.subscribe() as notifications:
                     self._subscribed(True, complete=notifications.complete)
+                    notifications.take_writes()  # this sync reads everything
                     await self.sync()
                     self.last_error = ""
                     backoff = 0.2
@@ -232,6 +276,7 @@ class DocumentWatcher:
             backoff = min(backoff * 2, 5.0)
 
     def _subscribed(self, up: bool, *, complete: bool) -> None:
+        self._complete = complete
         self._metrics.subscriptions.labels("changes").set(int(up))
         self._metrics.subscriptions.labels("keyspace").set(int(up and complete))
 
@@ -242,20 +287,36 @@ class DocumentWatcher:
             self._metrics.store_errors.labels(store).inc()
 
     async def _follow(self, notifications: Notifications) -> None:
-        """A full sync on every document announcement, a wake-up and every resync
-        interval; a registry refresh on registry announcements and every second."""
+        """A sync on every document announcement (reading by name what the CLI changed),
+        and reading everything on a wake-up and every resync interval; a registry refresh
+        on registry announcements and every second."""
         now = time.monotonic()
         resync_at, registry_at = now + self._resync, now + REGISTRY_EVERY
         while True:
             wait = max(0.0, min(resync_at, registry_at) - time.monotonic())
             signal = await notifications.wait(min(wait, 0.5))
             now = time.monotonic()
-            full = self._wake.is_set() or now >= resync_at or Signal.DOCUMENTS in signal
-            if full:
+            full = self._wake.is_set() or now >= resync_at
+            if full or Signal.DOCUMENTS in signal:
                 self._wake.clear()
-                await self.sync()  # also refreshes the registry
+                writes = notifications.take_writes()
+                await self.sync(writes=None if full else writes)  # also refreshes the registry
                 resync_at = time.monotonic() + self._resync
                 registry_at = time.monotonic() + REGISTRY_EVERY
             elif now >= registry_at or Signal.REGISTRY in signal:
                 await self.refresh_instances()
                 registry_at = time.monotonic() + REGISTRY_EVERY
+
+
+def _applied(stored: Stored, changes: StoredChanges) -> Stored:
+    """``stored`` with ``changes`` in it; the kinds changes touch are copies, the others the
+    same dictionaries."""
+    documents = dict(stored.documents)
+    for kind in {kind for kind, _ in changes.documents}:
+        documents[kind] = dict(documents.get(kind, {}))
+    for (kind, name), text in changes.documents.items():
+        if text is None:
+            documents[kind].pop(name, None)
+        else:
+            documents[kind][name] = text
+    return Stored(documents, changes.cursor.revision, changes.compose_key, changes.cursor)
