@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -35,6 +36,7 @@ from wardgate.errors import DocumentError, ReferenceError_
 KIND_ORDER = ("Secret", "Issuer", "Descriptor", "Service", "Route")
 # The documents as stored: kind -> name -> the JSON text.
 RawDocuments = dict[str, dict[str, str]]
+_GENERATIONS = itertools.count(1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,11 +50,13 @@ class Catalog:
 
     # For each served document, the JSON it was served from (the last good version).
     served: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
-    # Set by ``updated``: the only documents whose served version may differ from the
-    # catalog it was patched from (None: any may), and that catalog's routes.
+    # Set by ``patched``: the only documents whose served version may differ from the
+    # catalog it was patched from (None: any may), and that catalog's ``generation``.
     changed: frozenset[tuple[str, str]] | None = None
-    changed_from: Mapping[str, Route] | None = dataclasses.field(
-        default=None, repr=False, compare=False
+    patched_from: int | None = dataclasses.field(default=None, repr=False, compare=False)
+    # This catalog among all made in this process (``patched_from`` names one).
+    generation: int = dataclasses.field(
+        default_factory=lambda: next(_GENERATIONS), init=False, repr=False, compare=False
     )
     # Indexes computed once per catalog (``transcoding_routes``); a patched catalog gets
     # them patched.
@@ -116,39 +120,47 @@ class Catalog:
         *,
         memo: ParseMemo | None = None,
         limit: int = 200,
-        hint: Iterable[tuple[str, str]] | None = None,
     ) -> Catalog | None:
         """``from_raw(raw, last_good)`` computed from ``previous`` (``from_raw`` of
         ``previous_raw``) when only a few routes changed: the changed routes are checked
         against the services, the others kept as they were. None when that would not give
         the same answer (services or issuers changed, a service is being kept for the routes
-        using it, too many changes): call ``from_raw``.
-
-        ``hint``: the only (kind, name) that can differ between ``previous_raw`` and ``raw``
-        (the watcher read only those), which saves comparing every stored document."""
-        if hint is not None:
-            hint = list(hint)
-            if any(kind != "Route" for kind, _ in hint):
-                return None
-        elif any(
+        using it, too many changes): call ``from_raw``."""
+        if any(
             raw.get(k, {}) != previous_raw.get(k, {})
             for k in ("Service", "Issuer", "Descriptor", "Secret")
         ):
             return None
+        old, new = previous_raw.get("Route", {}), raw.get("Route", {})
+        changed = {n for n, text in new.items() if old.get(n) != text}
+        changed.update(n for n in old if n not in new)
+        if len(changed) > limit:
+            return None
+        return cls.patched(previous, {n: new.get(n) for n in changed}, last_good, memo=memo)
+
+    @classmethod
+    def patched(
+        cls,
+        previous: Catalog,
+        routes: Mapping[str, str | None],
+        last_good: Mapping[str, Mapping[str, str]] | None = None,
+        *,
+        memo: ParseMemo | None = None,
+        in_place: bool = False,
+    ) -> Catalog | None:
+        """``previous`` with the stored ``routes`` (name -> text, None: deleted) changed,
+        as ``from_raw`` would give it, or None when only ``from_raw`` can say (see
+        ``updated``). ``in_place``: ``previous``'s tables are changed and shared with the
+        result, instead of copied (a copy of a hundred thousand routes costs tens of
+        milliseconds); ``previous`` must not be used again, the result may be None even
+        then (call ``from_raw``)."""
         if any(k.startswith(("Service/", "Descriptor/")) for k in previous.refused):
             return None
         if any(_BINDING in v for v in previous.refused.values()):
             return None  # a route that took a binding may be gone: check every route again
-        old, new = previous_raw.get("Route", {}), raw.get("Route", {})
-        if hint is not None:
-            changed = {n for _, n in hint if old.get(n) != new.get(n)}
-        else:
-            changed = {n for n, text in new.items() if old.get(n) != text}
-            changed.update(n for n in old if n not in new)
-        if len(changed) > limit:
-            return None
+        changed = set(routes)
         part = cls.from_raw(
-            {"Route": {n: new[n] for n in changed if n in new}},
+            {"Route": {n: text for n, text in routes.items() if text is not None}},
             last_good,
             memo=memo,
             services=previous.services,
@@ -169,12 +181,12 @@ class Catalog:
         ):
             return None  # a shared counter's rules must agree across routes: check them all
         changed_keys = {printable(n) for n in changed}
-        routes = dict(previous.routes)  # a copy and a few deletions: cheaper than a filter
-        served = dict(previous.served)
+        table = previous.routes if in_place else dict(previous.routes)
+        served = previous.served if in_place else dict(previous.served)
         for n in changed:
-            routes.pop(n, None)
+            table.pop(n, None)
             served.pop(("Route", n), None)
-        routes.update(part.routes)
+        table.update(part.routes)
         served.update(part.served)
         refused = {
             k: v
@@ -182,8 +194,8 @@ class Catalog:
             if not k.startswith("Route/") or k[len("Route/") :] not in changed_keys
         }
         refused.update(part.refused)
-        patched = cls(
-            routes=routes,
+        result = cls(
+            routes=table,
             services=previous.services,
             refused=refused,
             served=served,
@@ -191,11 +203,11 @@ class Catalog:
             descriptors=previous.descriptors,
             secrets=previous.secrets,
             changed=frozenset(("Route", n) for n in changed),
-            changed_from=previous.routes,
+            patched_from=previous.generation,
         )
         # No changed route transcodes, before or now (_touches_transcoding): the same ones do.
-        patched._index["transcoding"] = transcoding
-        return patched
+        result._index["transcoding"] = transcoding
+        return result
 
 
 class _Parse:

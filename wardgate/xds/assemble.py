@@ -125,15 +125,18 @@ class _ServiceResources:
     instances: dict[str, list[tuple[str, int, int]]]
     cluster_bytes: list[tuple[str, bytes]]
     endpoint_bytes: list[tuple[str, bytes]]
+    source: Mapping[str, Service]  # the catalog's table (a patched catalog shares it)
 
     def built_from(
         self, services: Mapping[str, Service], instances: Mapping[str, list[tuple[str, int, int]]]
     ) -> bool:
         """Whether these are the same service documents and the same registry instances."""
-        return (
-            self.services.keys() == services.keys()
-            and all(self.services[n] is s for n, s in services.items())
-            and self.instances == instances
+        if self.instances != instances:
+            return False
+        if services is self.source:  # services are never changed in place
+            return True
+        return self.services.keys() == services.keys() and all(
+            self.services[n] is s for n, s in services.items()
         )
 
 
@@ -191,9 +194,15 @@ class Translator:
             for i, e in enumerate(builtin_routes(opts))
         }
         self._layout: Layout | None = None
-        self._layout_routes: dict[str, Route] = {}
+        # The routes laid out (this table is the translator's own: a catalog's may be changed
+        # in place, ``Catalog.patched``), and the catalog they came from.
+        self._held: dict[str, Route] = {}
+        self._generation: int | None = None
         self._hashing: frozenset[str] = frozenset()
         self._uses: Counter[str] = Counter()  # service -> how many routes use it
+        self._route_clusters: frozenset[str] = frozenset()  # those used by at least one
+        self._hashing_of: Mapping[str, Service] | None = None  # services hashing was found in
+        self._hashing_now: frozenset[str] = frozenset()
         self._featured = _Featured()
         self._services: _ServiceResources | None = None
         self._transcoding: _Transcoding | None = None
@@ -314,35 +323,40 @@ class Translator:
 
     def _route_diff(self, catalog: Catalog) -> tuple[list[str], dict[str, Route]]:
         """The routes the layout holds that are not in ``catalog`` as the same documents, and
-        those of ``catalog`` it does not hold. A patched catalog says which may differ (when
-        it was patched from what the layout holds); otherwise every route is compared."""
-        old, routes = self._layout_routes, catalog.routes
+        those of ``catalog`` it does not hold. A catalog patched from the one laid out last
+        says which may differ; otherwise every route is compared."""
+        held, routes = self._held, catalog.routes
         names: Iterable[str]
-        if catalog.changed is not None and catalog.changed_from is old:
+        if catalog.changed is not None and catalog.patched_from == self._generation:
             names = [n for kind, n in catalog.changed if kind == "Route"]
         else:
-            names = old.keys() | routes.keys()
-        removed = [n for n in names if n in old and routes.get(n) is not old[n]]
-        added = {n: routes[n] for n in names if n in routes and old.get(n) is not routes[n]}
+            names = held.keys() | routes.keys()
+        removed = [n for n in names if n in held and routes.get(n) is not held[n]]
+        added = {n: routes[n] for n in names if n in routes and held.get(n) is not routes[n]}
         return removed, added
 
     def _update_layout(self, catalog: Catalog) -> Layout:
         """The scopes after this catalog: only routes that are not the same documents as last
         time move (the whole layout again when a service's balancing changes how routes
         hash)."""
-        routes = catalog.routes
-        hashing = frozenset(n for n, s in catalog.services.items() if s.lb in HASHING_LB)
+        if catalog.services is not self._hashing_of:  # a patched catalog shares its services
+            self._hashing_of = catalog.services
+            self._hashing_now = frozenset(
+                n for n, s in catalog.services.items() if s.lb in HASHING_LB
+            )
+        hashing = self._hashing_now
         if self._layout is None or hashing != self._hashing:
             self._layout = Layout(self._marker, self._config)
             self._layout.apply([], self._builtin)
-            self._layout_routes, self._uses, self._hashing = {}, Counter(), hashing
+            self._held, self._uses, self._hashing = {}, Counter(), hashing
             self._featured = _Featured()
+            self._generation = None
+            self._route_clusters = frozenset()
         removed, changed = self._route_diff(catalog)
         added = {
             n: self._route_entry(r, bool(hashing) and bool(hashing & set(r.services())))
             for n, r in changed.items()
         }
-        old = self._layout_routes
         # A scope whose head changes (it gains or loses a transcoding route) is rebuilt
         # because its routes change; the others keep their bytes.
         featured = self._featured.updated(removed, changed, added)
@@ -352,11 +366,17 @@ class Translator:
         except Exception:
             self._layout = None  # half applied: built again from scratch next time
             raise
+        held, touched = self._held, set()
         for n in removed:
-            self._uses.subtract(old[n].services())
-        for n in changed:
-            self._uses.update(routes[n].services())
-        self._layout_routes, self._featured = routes, featured
+            touched.update(held[n].services())
+            self._uses.subtract(held.pop(n).services())
+        for n, route in changed.items():
+            held[n] = route
+            touched.update(route.services())
+            self._uses.update(route.services())
+        if any((self._uses[s] > 0) != (s in self._route_clusters) for s in touched):
+            self._route_clusters = frozenset(n for n, c in self._uses.items() if c > 0)
+        self._featured, self._generation = featured, catalog.generation
         return self._layout
 
     @property
@@ -395,7 +415,7 @@ class Translator:
             (s.name, self.cluster(s)) for s in services
         ]
         self._services = _ServiceResources(
-            dict(catalog.services), dict(instances), cluster_bytes, endpoint_bytes
+            dict(catalog.services), dict(instances), cluster_bytes, endpoint_bytes, catalog.services
         )
         return cluster_bytes, endpoint_bytes
 
@@ -410,7 +430,7 @@ class Translator:
             endpoint_bytes=endpoint_bytes,
             route_bytes=[*layout.configs(), (COMPOSE_ROUTES, self._compose_routes(catalog))],
             scope_bytes=self._scope_bytes,
-            route_clusters=frozenset(n for n, c in self._uses.items() if c > 0),
+            route_clusters=self._route_clusters,
             depths=dict(layout.depths),
             extension_bytes=[
                 (TRANSCODER, self._transcoder(catalog)),

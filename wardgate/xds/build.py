@@ -37,6 +37,7 @@ from wardgate.xds.typeurls import (
 
 Endpoints = dict[str, list[tuple[str, int, int]]]  # service -> (address, port, weight)
 MAX_UNTRANSLATABLE = 100  # documents one build refuses before giving up
+PATCH_LIMIT = 200  # changed routes a catalog is patched with at most; more: parsed whole
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +144,7 @@ class Parsed:
             refused=refused,
             served=served,
             changed=None,
-            changed_from=None,
+            patched_from=None,
         )
         return dataclasses.replace(self, catalog=catalog)
 
@@ -160,6 +161,9 @@ class SnapshotBuilder:
         self._translator = Translator(options)
         self._memo = ParseMemo()
         self._documents: RawDocuments | None = None  # what the catalog was parsed from
+        # A parse changed the documents (and maybe the catalog) in place and no build has
+        # succeeded since: they are not what was built, nothing is patched from them.
+        self._pending = False
         self._catalog: Catalog | None = None
         self._base: Base | None = None
         self._instances: dict[str, list[Instance]] = {}
@@ -181,43 +185,84 @@ class SnapshotBuilder:
         """Whether routes sit in two placements, to be settled (``settle``) shortly."""
         return self._translator.moving
 
-    def is_current(
-        self,
-        documents: RawDocuments,
-        compose_key: str = "",
-        *,
-        hint: Iterable[tuple[str, str]] | None = None,
-    ) -> bool:
-        """Whether the last build was made from exactly these documents (and compose key).
-        ``hint``: the only documents that can differ (the others are not compared)."""
-        if self._base is None or self._documents is None:
-            return False
-        if compose_key != self._translator.compose_key:
-            return False
-        if hint is None:
-            return documents == self._documents
-        before = self._documents
-        return all(
-            documents.get(kind, {}).get(name) == before.get(kind, {}).get(name)
-            for kind, name in hint
+    def is_current(self, documents: RawDocuments, compose_key: str = "") -> bool:
+        """Whether the last build was made from exactly these documents (and compose key)."""
+        return (
+            self._base is not None
+            and not self._pending
+            and documents == self._documents
+            and compose_key == self._translator.compose_key
         )
 
+    def is_current_with(
+        self, changes: Mapping[tuple[str, str], str | None], compose_key: str = ""
+    ) -> bool:
+        """Whether the last build already has these documents as they are now (kind, name
+        -> text; None: none)."""
+        if self._base is None or self._pending or self._documents is None:
+            return False
+        documents = self._documents
+        return compose_key == self._translator.compose_key and all(
+            documents.get(kind, {}).get(name) == text for (kind, name), text in changes.items()
+        )
+
+    @property
+    def can_take_changes(self) -> bool:
+        """Whether ``parse_changes`` can be used: there is a build to start from."""
+        return self._base is not None and self._documents is not None
+
     def parse(
-        self,
-        documents: RawDocuments,
-        last_good: RawDocuments,
-        *,
-        incremental: bool = True,
-        hint: Iterable[tuple[str, str]] | None = None,
+        self, documents: RawDocuments, last_good: RawDocuments, *, incremental: bool = True
     ) -> Parsed:
         """The catalog of ``documents``: patched from the last one built when only a few
-        routes changed and ``incremental``, else parsed whole. ``hint``: the only documents
-        that can differ from the last build's (``Catalog.updated``)."""
+        routes changed and ``incremental``, else parsed whole. The builder keeps
+        ``documents`` (``parse_changes`` changes them)."""
         catalog = None
-        if incremental and self._catalog is not None and self._documents is not None:
+        if (
+            incremental
+            and self._catalog is not None
+            and self._documents is not None
+            and not self._pending
+        ):
             catalog = Catalog.updated(
-                self._catalog, self._documents, documents, last_good, memo=self._memo, hint=hint
+                self._catalog, self._documents, documents, last_good, memo=self._memo
             )
+        if catalog is None:
+            catalog = Catalog.from_raw(documents, last_good, memo=self._memo)
+        return Parsed(documents, catalog, last_good)
+
+    def parse_changes(
+        self, changes: Mapping[tuple[str, str], str | None], last_good: RawDocuments
+    ) -> Parsed:
+        """The catalog of the last build's documents with ``changes`` (kind, name -> text;
+        None: deleted) in them. The documents and, when only a few routes changed, the last
+        catalog are changed in place, not copied: with a hundred thousand routes a copy
+        costs more than the change. Until a build succeeds, nothing is patched from them."""
+        documents = self._documents
+        assert documents is not None, "parse_changes needs a build to start from"
+        differing = {
+            (kind, name): text
+            for (kind, name), text in changes.items()
+            if documents.get(kind, {}).get(name) != text
+        }
+        for (kind, name), text in differing.items():
+            table = documents.setdefault(kind, {})
+            if text is None:
+                table.pop(name, None)
+            else:
+                table[name] = text
+        catalog = None
+        if (
+            self._catalog is not None
+            and not self._pending
+            and len(differing) <= PATCH_LIMIT
+            and all(kind == "Route" for kind, _ in differing)
+        ):
+            routes = {name: text for (_, name), text in differing.items()}
+            catalog = Catalog.patched(
+                self._catalog, routes, last_good, memo=self._memo, in_place=True
+            )
+        self._pending = True  # the documents (and maybe the catalog) are ahead of the build
         if catalog is None:
             catalog = Catalog.from_raw(documents, last_good, memo=self._memo)
         return Parsed(documents, catalog, last_good)
@@ -247,6 +292,7 @@ class SnapshotBuilder:
                 parsed = parsed.without(exc, self._memo, last_good_too=key not in failed)
                 failed.add(key)
         self._base, self._catalog, self._documents = base, parsed.catalog, parsed.documents
+        self._pending = False
         self._instances = dict(instances)
         self._revision = revision
         return self._snapshot()

@@ -20,20 +20,20 @@ import asyncio
 import logging
 import time
 
-from wardgate.domain.catalog import Catalog, RawDocuments
+from wardgate.domain.catalog import Catalog
 from wardgate.domain.doc_descriptor import check_stored_ahead
 from wardgate.errors import StoreError
 from wardgate.metrics import Metrics
 from wardgate.xds.assemble import SETTLE_AFTER
-from wardgate.xds.build import LastGood, SnapshotBuilder
+from wardgate.xds.build import LastGood, Parsed, SnapshotBuilder
 from wardgate.xds.gc_policy import GcPolicy
 from wardgate.xds.issuers import IssuerLoader
 from wardgate.xds.ports import (
+    Cursor,
     DocumentSource,
     Notifications,
     Signal,
     SnapshotPublisher,
-    Stored,
     StoredChanges,
 )
 from wardgate.xds.refused import RefusedReport
@@ -73,10 +73,10 @@ class DocumentWatcher:
         # the store was read by the last sync that finished (monotonic).
         self._lock = asyncio.Lock()
         self._read_at = float("-inf")
-        # The documents last built from (or found current), with the history's position then:
-        # where reads by name start. And the writes seen that no CLI change has accounted
-        # for yet (above zero: a raw write), and whether raw writes are seen at all.
-        self._stored: Stored | None = None
+        # The history's position when the documents last built from (or found current) were
+        # read: where reads by name start. And the writes seen that no CLI change has
+        # accounted for yet (above zero: a raw write), and whether raw writes are seen at all.
+        self._cursor: Cursor | None = None
         self._unaccounted = 0
         self._complete = False
 
@@ -127,47 +127,78 @@ class DocumentWatcher:
             log.info("new ADS stream: this replica was behind the store; caught up first")
         return True
 
-    async def _read(self, writes: int | None) -> tuple[Stored, list[tuple[str, str]] | None]:
-        """The stored documents, and the only ones that can differ from those last built
-        (None: any). By name when ``writes`` is given and the CLI's changes since the last
-        read account for every write seen; a write they do not account for is a raw one,
-        which only reading everything finds."""
-        known = self._stored
-        if writes is not None and known is not None and known.cursor is not None:
-            changes = await self._source.load_changes(known.cursor)
-            if changes is not None:
-                # Events and history entries arrive independently: an entry read before its
-                # events came leaves the balance below zero until they do.
-                self._unaccounted += writes - changes.writes
-                if self._unaccounted <= 0 or not self._complete:
-                    return _applied(known, changes), list(changes.documents)
-        self._unaccounted = 0
-        return await self._source.load(), None
+    async def _changes(self, writes: int | None) -> StoredChanges | None:
+        """The CLI's changes since the last build, read by name, when ``writes`` is given and
+        they account for every write seen; None: read everything. A write they do not
+        account for is a raw one, which only reading everything finds."""
+        if (
+            writes is None
+            or self._cursor is None
+            or self._last_good is None
+            or not self._builder.can_take_changes
+        ):
+            return None
+        changes = await self._source.load_changes(self._cursor)
+        if changes is None:
+            return None
+        # Events and history entries arrive independently: an entry read before its events
+        # came leaves the balance below zero until they do.
+        self._unaccounted += writes - changes.writes
+        if self._unaccounted > 0 and self._complete:
+            return None
+        return changes
 
     async def _sync(self, writes: int | None) -> tuple[bool, bool]:
         """One sync; returns whether the snapshot changed, and whether every document was
         read."""
         started = time.perf_counter()
-        stored, hint = await self._read(writes)
-        if self._builder.is_current(stored.documents, stored.compose_key, hint=hint) and (
-            self._publisher.ready
-        ):
-            self._stored = stored
-            return await self._unchanged(), hint is None
-        # What was served is read once per subscription (another replica may have moved
-        # it), then kept here; a catalog is patched only from one built on it.
-        fresh = self._last_good is None
-        if self._last_good is None:
-            self._last_good = LastGood(await self._source.load_last_good())
-        await self._check_descriptors_ahead(stored.documents, self._last_good.documents)
-        parsed = self._builder.parse(
-            stored.documents, self._last_good.documents, incremental=not fresh, hint=hint
-        )
+        changes = await self._changes(writes)
+        parsed: Parsed
+        cursor: Cursor | None
+        if changes is not None:
+            if self._builder.is_current_with(changes.documents, changes.compose_key) and (
+                self._publisher.ready
+            ):
+                self._cursor = changes.cursor
+                return await self._unchanged(), False
+            assert self._last_good is not None
+            await self._check_descriptors_ahead(
+                {t for (k, _), t in changes.documents.items() if k == "Descriptor" and t}
+            )
+            parsed = self._builder.parse_changes(changes.documents, self._last_good.documents)
+            revision, compose_key, cursor = (
+                changes.cursor.revision,
+                changes.compose_key,
+                changes.cursor,
+            )
+        else:
+            self._unaccounted = 0
+            stored = await self._source.load()
+            if self._builder.is_current(stored.documents, stored.compose_key) and (
+                self._publisher.ready
+            ):
+                self._cursor = stored.cursor
+                return await self._unchanged(), True
+            # What was served is read once per subscription (another replica may have moved
+            # it), then kept here; a catalog is patched only from one built on it.
+            fresh = self._last_good is None
+            if self._last_good is None:
+                self._last_good = LastGood(await self._source.load_last_good())
+            await self._check_descriptors_ahead(
+                {
+                    t
+                    for docs in (stored.documents, self._last_good.documents)
+                    for t in docs.get("Descriptor", {}).values()
+                },
+                every=True,
+            )
+            parsed = self._builder.parse(
+                stored.documents, self._last_good.documents, incremental=not fresh
+            )
+            revision, compose_key, cursor = stored.revision, stored.compose_key, stored.cursor
         live = await self._source.live_instances(parsed.registry_services, now=time.time())
-        snapshot = self._builder.build(
-            parsed, live, revision=stored.revision, compose_key=stored.compose_key
-        )
-        self._stored = stored  # what the next read by name starts from
+        snapshot = self._builder.build(parsed, live, revision=revision, compose_key=compose_key)
+        self._cursor = cursor  # where the next read by name starts
         catalog = self._builder.catalog  # what the build serves: maybe less than parsed
         assert catalog is not None
         await self._save_last_good(catalog)  # only what really is served
@@ -179,28 +210,28 @@ class DocumentWatcher:
             asyncio.get_running_loop().call_later(SETTLE_AFTER + 0.1, self.wake)
         self._gc.after_build()
         self._metrics.snapshot_seconds.observe(time.perf_counter() - started)
-        self._metrics.snapshot_reads.labels("by_name" if hint is not None else "all").inc()
+        self._metrics.snapshot_reads.labels("by_name" if changes is not None else "all").inc()
         self._count_documents(catalog)
         await self._refused.report(refused)
         if changed:
             log.info(
                 "snapshot: revision %d, %d routes, %d services, %d refused",
-                stored.revision,
+                revision,
                 len(catalog.routes),
                 len(catalog.services),
                 len(refused),
             )
-        return changed, hint is None
+        return changed, changes is None
 
-    async def _check_descriptors_ahead(self, *documents: RawDocuments) -> None:
+    async def _check_descriptors_ahead(self, texts: set[str], *, every: bool = False) -> None:
         """A descriptor's check runs protoc (hundreds of ms for a large one): new stored
         versions are checked from a thread first, so that the parse, on the event loop that
-        also answers ext_authz, finds the result remembered."""
-        texts = {t for docs in documents for t in docs.get("Descriptor", {}).values()}
+        also answers ext_authz, finds the result remembered. ``every``: ``texts`` are all
+        the stored ones (those remembered as checked are then only these)."""
         new = texts - self._descriptors_checked
         if new:
             await asyncio.to_thread(check_stored_ahead, new)
-        self._descriptors_checked = texts
+        self._descriptors_checked = texts if every else self._descriptors_checked | new
 
     async def _save_last_good(self, catalog: Catalog) -> None:
         assert self._last_good is not None
@@ -306,17 +337,3 @@ class DocumentWatcher:
             elif now >= registry_at or Signal.REGISTRY in signal:
                 await self.refresh_instances()
                 registry_at = time.monotonic() + REGISTRY_EVERY
-
-
-def _applied(stored: Stored, changes: StoredChanges) -> Stored:
-    """``stored`` with ``changes`` in it; the kinds changes touch are copies, the others the
-    same dictionaries."""
-    documents = dict(stored.documents)
-    for kind in {kind for kind, _ in changes.documents}:
-        documents[kind] = dict(documents.get(kind, {}))
-    for (kind, name), text in changes.documents.items():
-        if text is None:
-            documents[kind].pop(name, None)
-        else:
-            documents[kind][name] = text
-    return Stored(documents, changes.cursor.revision, changes.compose_key, changes.cursor)
