@@ -17,6 +17,7 @@ The store being down leaves the last snapshot in place; the loop retries by itse
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 
@@ -40,6 +41,17 @@ from wardgate.xds.refused import RefusedReport
 from wardgate.xds.snapshot import Snapshot
 
 log = logging.getLogger("wardgate.watcher")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Read:
+    """Documents read and parsed, ready to build, and where the history stood."""
+
+    parsed: Parsed
+    revision: int
+    compose_key: str
+    cursor: Cursor | None
+
 
 REGISTRY_EVERY = 1.0  # seconds between registry re-reads (heartbeats expire by time)
 
@@ -153,52 +165,13 @@ class DocumentWatcher:
         read."""
         started = time.perf_counter()
         changes = await self._changes(writes)
-        parsed: Parsed
-        cursor: Cursor | None
-        if changes is not None:
-            if self._builder.is_current_with(changes.documents, changes.compose_key) and (
-                self._publisher.ready
-            ):
-                self._cursor = changes.cursor
-                return await self._unchanged(), False
-            assert self._last_good is not None
-            await self._check_descriptors_ahead(
-                {t for (k, _), t in changes.documents.items() if k == "Descriptor" and t}
-            )
-            parsed = self._builder.parse_changes(changes.documents, self._last_good.documents)
-            revision, compose_key, cursor = (
-                changes.cursor.revision,
-                changes.compose_key,
-                changes.cursor,
-            )
-        else:
-            self._unaccounted = 0
-            stored = await self._source.load()
-            if self._builder.is_current(stored.documents, stored.compose_key) and (
-                self._publisher.ready
-            ):
-                self._cursor = stored.cursor
-                return await self._unchanged(), True
-            # What was served is read once per subscription (another replica may have moved
-            # it), then kept here; a catalog is patched only from one built on it.
-            fresh = self._last_good is None
-            if self._last_good is None:
-                self._last_good = LastGood(await self._source.load_last_good())
-            await self._check_descriptors_ahead(
-                {
-                    t
-                    for docs in (stored.documents, self._last_good.documents)
-                    for t in docs.get("Descriptor", {}).values()
-                },
-                every=True,
-            )
-            parsed = self._builder.parse(
-                stored.documents, self._last_good.documents, incremental=not fresh
-            )
-            revision, compose_key, cursor = stored.revision, stored.compose_key, stored.cursor
+        read = await (self._read_all() if changes is None else self._read_changes(changes))
+        if read is None:  # the documents are as last built
+            return await self._unchanged(), changes is None
+        parsed, revision, compose_key = read.parsed, read.revision, read.compose_key
         live = await self._source.live_instances(parsed.registry_services, now=time.time())
         snapshot = self._builder.build(parsed, live, revision=revision, compose_key=compose_key)
-        self._cursor = cursor  # where the next read by name starts
+        self._cursor = read.cursor  # where the next read by name starts
         catalog = self._builder.catalog  # what the build serves: maybe less than parsed
         assert catalog is not None
         await self._save_last_good(catalog)  # only what really is served
@@ -222,6 +195,43 @@ class DocumentWatcher:
                 len(refused),
             )
         return changed, changes is None
+
+    async def _read_changes(self, changes: StoredChanges) -> _Read | None:
+        """The CLI's changes, parsed into the last build; None if it has them already."""
+        if self._builder.is_current_with(changes.documents, changes.compose_key) and (
+            self._publisher.ready
+        ):
+            self._cursor = changes.cursor
+            return None
+        assert self._last_good is not None
+        await self._check_descriptors_ahead(
+            {t for (k, _), t in changes.documents.items() if k == "Descriptor" and t}
+        )
+        parsed = self._builder.parse_changes(changes.documents, self._last_good.documents)
+        return _Read(parsed, changes.cursor.revision, changes.compose_key, changes.cursor)
+
+    async def _read_all(self) -> _Read | None:
+        """Every document, parsed; None if they are the last build's."""
+        self._unaccounted = 0
+        stored = await self._source.load()
+        if self._builder.is_current(stored.documents, stored.compose_key) and (
+            self._publisher.ready
+        ):
+            self._cursor = stored.cursor
+            return None
+        # What was served is read once per subscription (another replica may have moved
+        # it), then kept here; a catalog is patched only from one built on it.
+        fresh = self._last_good is None
+        if self._last_good is None:
+            self._last_good = LastGood(await self._source.load_last_good())
+        descriptors = (stored.documents, self._last_good.documents)
+        await self._check_descriptors_ahead(
+            {t for docs in descriptors for t in docs.get("Descriptor", {}).values()}, every=True
+        )
+        parsed = self._builder.parse(
+            stored.documents, self._last_good.documents, incremental=not fresh
+        )
+        return _Read(parsed, stored.revision, stored.compose_key, stored.cursor)
 
     async def _check_descriptors_ahead(self, texts: set[str], *, every: bool = False) -> None:
         """A descriptor's check runs protoc (hundreds of ms for a large one): new stored
