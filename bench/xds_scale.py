@@ -170,6 +170,18 @@ class Writer:
         self._loop.close()
 
 
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def _envoy_allocated_mib(admin_port: int) -> float:
+    """What Envoy's allocator holds (admin ``/memory``): its configuration, mostly."""
+    conn = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=5)
+    conn.request("GET", "/memory")
+    return int(json.loads(conn.getresponse().read())["allocated"]) / 2**20
+
+
 def propagation(
     routes: int,
     services: int,
@@ -202,9 +214,10 @@ def propagation(
         }
         wg = devstack.start_wardgate(env=env, http_port=http_port, log=work / "wardgate.log")
         procs.append(wg)
-        ports = {}
+        ports, admins = {}, {}
         for mode in modes:
             listen, admin = devstack.free_port(), devstack.free_port()
+            admins[mode] = admin
             procs.append(
                 devstack.start_envoy(
                     workdir=work,
@@ -244,12 +257,17 @@ def propagation(
                 if t.elapsed is None:
                     raise RuntimeError(f"change {k} never reached the {m} Envoy")
                 times[m].append(t.elapsed)
-        with open(f"/proc/{wg.pid}/status") as f:
-            rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+        rss = _rss_mib(wg.pid)
+        envoy_mib = {m: _envoy_allocated_mib(a) for m, a in admins.items()}
         if writer is not None:
             writer.close()
         r.close()
-        return {"initial_s": initial, "times": times, "wardgate_rss_mib": rss}
+        return {
+            "initial_s": initial,
+            "times": times,
+            "wardgate_rss_mib": rss,
+            "envoy_allocated_mib": envoy_mib,
+        }
     finally:
         for p in reversed(procs):
             devstack.stop(p)
@@ -313,12 +331,14 @@ def main() -> None:
                 )
                 runs.append((label, modes, result))
     for label, _modes, result in runs:
-        if label != "10 routes":
-            first = result["initial_s"]
-            assert isinstance(first, dict)
-            initial = ", ".join(f"{m} {t:.1f} s" for m, t in first.items())
-            rss = result["wardgate_rss_mib"]
-            print(f"{label}: first served after {initial}; wardgate RSS {rss:.0f} MiB")
+        first = result["initial_s"]
+        envoy = result["envoy_allocated_mib"]
+        assert isinstance(first, dict) and isinstance(envoy, dict)
+        initial = ", ".join(f"{m} {t:.1f} s" for m, t in first.items())
+        held = ", ".join(f"{m} {v:.0f} MiB" for m, v in envoy.items())
+        rss = result["wardgate_rss_mib"]
+        print(f"{label}: first served after {initial}; wardgate RSS {rss:.0f} MiB;")
+        print(f"{'':>{len(label)}}  Envoy's allocated memory {held}")
     print(f"\nchange ({args.write}) -> served (ms)      p50      p99      max")
     for label, modes, result in runs:
         for mode in modes:
