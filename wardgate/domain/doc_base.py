@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from typing import Annotated, Any
@@ -199,6 +200,19 @@ class _Doc(BaseModel):
 
 
 def _duration(value: Any) -> str:
+    if type(value) is str:
+        return _checked_duration(value)
+    return _check_duration(value)
+
+
+# Thousands of documents write the same few durations ('5s'): each is checked once, and the
+# documents share the one string. A duration that is refused is not remembered.
+@functools.lru_cache(maxsize=1024)
+def _checked_duration(value: str) -> str:
+    return _check_duration(value)
+
+
+def _check_duration(value: Any) -> str:
     seconds = parse_duration(value)
     if not 0 < seconds <= 86400:
         raise ValueError(f"'{value}' must be more than 0 and at most 1d")
@@ -214,3 +228,4 @@ def _cidrs(value: list[str] | None) -> list[str] | None:
         except ValueError:
             raise ValueError(f"'{cidr}' is not an IP address or CIDR block") from None
     return value
+
