@@ -380,7 +380,7 @@ def parse_stored(kind: str, name: str, text: str) -> Document:
         ) from None
     except ValueError as exc:
         raise DocumentError(f"not valid JSON: {exc}", kind=kind, name=name) from None
-    doc = parse_document(data, expect_kind=kind)
+    doc = parse_document(data, expect_kind=kind, source=text)
     if doc.name != name:
         raise DocumentError(
             f"stored under field {shown(name)} but named '{doc.name}'",

@@ -152,14 +152,32 @@ def _unprintable_string(raw: dict[str, Any], *, quote: bool = True) -> str | Non
     return None
 
 
+# The same question asked of the JSON text a document was parsed from (by ``jsontext.loads``,
+# which refuses a raw C0 control character inside a string): a parsed string can hold a
+# control character or a lone surrogate only if the text holds one raw (DEL, C1, U+2028/9; a
+# surrogate cannot be in text that was checked to be UTF-8, but is listed all the same) or
+# writes one as an escape (\b, \f, \n, \r, \t, or \u with a code in those ranges). No match:
+# no string of the document holds one. A match may be a false alarm (an escaped backslash
+# before 'n', a surrogate pair); the walk then decides.
+_TEXT_SUSPECT = re.compile(
+    r"[\x7f-\x9f\u2028\u2029\ud800-\udfff]"
+    r"|\\(?:[bfnrt]|u(?:00[01][0-9a-f]|007f|00[89][0-9a-f]|202[89]|d[89a-f]))",
+    re.IGNORECASE,
+)
+
+
 def _unquoted(where: str) -> str:
     field = where.split(".")[0]
     named = field if field in Secret.model_fields else "a field"
     return f"{named}: holds a control character or a lone surrogate (not shown: a Secret)"
 
 
-def parse_document(raw: Any, *, expect_kind: str | None = None) -> Document:
-    """Validate one document (a mapping); raise ``DocumentError`` with a one-line reason."""
+def parse_document(
+    raw: Any, *, expect_kind: str | None = None, source: str | None = None
+) -> Document:
+    """Validate one document (a mapping); raise ``DocumentError`` with a one-line reason.
+    ``source``: the JSON text ``raw`` was parsed from by ``jsontext.loads``, read once for
+    control characters instead of walking every string of ``raw``."""
     if not isinstance(raw, dict):
         raise DocumentError(f"a document is a mapping, not {type(raw).__name__}")
     kind = raw.get("kind")
@@ -179,7 +197,8 @@ def parse_document(raw: Any, *, expect_kind: str | None = None) -> Document:
         raise DocumentError(f"kind must be one of {', '.join(KINDS)}, not {shown_kind}", name=name)
     if expect_kind is not None and kind != expect_kind:
         raise DocumentError(f"expected kind {expect_kind}, found {kind}", kind=kind, name=name)
-    if why := _unprintable_string(raw, quote=kind != "Secret"):
+    suspect = source is None or _TEXT_SUSPECT.search(source) is not None
+    if suspect and (why := _unprintable_string(raw, quote=kind != "Secret")):
         raise DocumentError(why, kind=kind, name=name)
     try:
         return KINDS[kind].model_validate(raw)
