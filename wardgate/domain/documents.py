@@ -155,15 +155,25 @@ def _unprintable_string(raw: dict[str, Any], *, quote: bool = True) -> str | Non
 # The same question asked of the JSON text a document was parsed from (by ``jsontext.loads``,
 # which refuses a raw C0 control character inside a string): a parsed string can hold a
 # control character or a lone surrogate only if the text holds one raw (DEL, C1, U+2028/9; a
-# surrogate cannot be in text that was checked to be UTF-8, but is listed all the same) or
-# writes one as an escape (\b, \f, \n, \r, \t, or \u with a code in those ranges). No match:
-# no string of the document holds one. A match may be a false alarm (an escaped backslash
-# before 'n', a surrogate pair); the walk then decides.
-_TEXT_SUSPECT = re.compile(
-    r"[\x7f-\x9f\u2028\u2029\ud800-\udfff]"
-    r"|\\(?:[bfnrt]|u(?:00[01][0-9a-f]|007f|00[89][0-9a-f]|202[89]|d[89a-f]))",
-    re.IGNORECASE,
+# surrogate cannot be in text that was checked to be UTF-8, but is looked for all the same)
+# or writes one as an escape (\b, \f, \n, \r, \t, or \u with a code in those ranges).
+_RAW_SUSPECT = re.compile(r"[\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# An escape, read from the left as JSON reads it: an escaped backslash (group 1) is passed
+# over, so the 'n' of an escaped backslash followed by 'n' is not taken for a line feed.
+_ESCAPE_SUSPECT = re.compile(
+    r"\\(?:(\\)|[bfnrt]|u(?:00[01][0-9a-fA-F]|007[fF]|00[89][0-9a-fA-F]|202[89]|[dD][89a-fA-F]))"
 )
+
+
+def _text_suspect(text: str) -> bool:
+    """Whether a string parsed from the JSON ``text`` may hold a control character or a lone
+    surrogate. False: none does. True may be a false alarm (a surrogate pair written as two
+    escapes): the walk decides."""
+    if "\x7f" in text or (not text.isascii() and _RAW_SUSPECT.search(text)):
+        return True
+    if "\\" not in text:
+        return False
+    return any(m.group(1) is None for m in _ESCAPE_SUSPECT.finditer(text))
 
 
 def _unquoted(where: str) -> str:
@@ -197,8 +207,9 @@ def parse_document(
         raise DocumentError(f"kind must be one of {', '.join(KINDS)}, not {shown_kind}", name=name)
     if expect_kind is not None and kind != expect_kind:
         raise DocumentError(f"expected kind {expect_kind}, found {kind}", kind=kind, name=name)
-    suspect = source is None or _TEXT_SUSPECT.search(source) is not None
-    if suspect and (why := _unprintable_string(raw, quote=kind != "Secret")):
+    if (source is None or _text_suspect(source)) and (
+        why := _unprintable_string(raw, quote=kind != "Secret")
+    ):
         raise DocumentError(why, kind=kind, name=name)
     try:
         return KINDS[kind].model_validate(raw)
