@@ -13,6 +13,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
     WithJsonSchema,
 )
 
@@ -229,3 +231,59 @@ def _cidrs(value: list[str] | None) -> list[str] | None:
             raise ValueError(f"'{cidr}' is not an IP address or CIDR block") from None
     return value
 
+
+# --- parts written alike, validated once and shared -----------------------------------------
+# Thousands of routes write the same auth, rate limits or methods. A part's validated value
+# depends on what is written there and on nothing else (no validator reads another field or
+# a context), and it is frozen, so the documents that write a part alike share one validated
+# value: validated once, held once. Only what JSON holds is recognised (dict, list, str, int,
+# bool, None, with their types: 1, 1.0 and true are different inputs); anything else, and any
+# part that is refused, goes through validation every time.
+_SHARED: dict[tuple[Any, ...], Any] = {}
+_SHARED_MAX = 16384
+
+
+class _Unkeyable(Exception):
+    pass
+
+
+_DICT, _LIST, _TRUE, _FALSE = object(), object(), object(), object()
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable stand-in for ``value``, equal to another's only for the same JSON value
+    written with the same types."""
+    kind = type(value)
+    if kind is str or kind is int or value is None:
+        return value
+    if kind is bool:
+        return _TRUE if value else _FALSE
+    if kind is dict:
+        out: list[Any] = [_DICT]
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _Unkeyable()
+            out.append(key)
+            out.append(_frozen(item))
+        return tuple(out)
+    if kind is list:
+        return (_LIST, *[_frozen(item) for item in value])
+    raise _Unkeyable()  # a float (0.0 and -0.0 are equal), a model, anything else
+
+
+def shared(
+    cls: type[BaseModel], value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+) -> Any:
+    """A wrap validator: ``value`` validated, or the value validated before from the same
+    input to the same field of ``cls``."""
+    try:
+        key = (cls, info.field_name, info.mode, _frozen(value))
+    except (_Unkeyable, RecursionError):
+        return handler(value)
+    found = _SHARED.get(key, _SHARED)
+    if found is _SHARED:
+        found = handler(value)
+        if len(_SHARED) >= _SHARED_MAX:
+            _SHARED.clear()
+        _SHARED[key] = found
+    return found

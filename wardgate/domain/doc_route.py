@@ -17,6 +17,7 @@ from wardgate.domain.doc_base import (
     _cidrs,
     _Doc,
     _duration,
+    shared,
 )
 from wardgate.domain.doc_extproc import Cache, Compose, Transform, check_compose
 from wardgate.domain.doc_match import Match, check_path_chars
@@ -170,6 +171,10 @@ class Route(_Doc):
 
     _timeout = field_validator("timeout")(classmethod(lambda cls, v: v and _duration(v)))
     _ip = field_validator("ip_deny", "ip_allow")(classmethod(lambda cls, v: _cidrs(v)))
+    # Last, so that it wraps the validators above.
+    _shared = field_validator(
+        "backends", "retries", "auth", "rate_limits", "cors", "ip_deny", "ip_allow", mode="wrap"
+    )(classmethod(shared))
 
     @model_validator(mode="after")
     def _one_backend(self) -> Route:

@@ -1,0 +1,240 @@
+"""The shortcuts of document parsing answer as the long way does: the one regex over a path
+(``check_path_chars``), the one search of a stored JSON text for control characters, and the
+parts that documents written alike share. Each is checked against the long way on hostile
+and random input: what one refuses the other refuses, with the same reason."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from wardgate.domain import doc_base
+from wardgate.domain.catalog import parse_stored
+from wardgate.domain.doc_base import unprintable
+from wardgate.domain.doc_match import check_path_chars
+from wardgate.domain.documents import (
+    _text_suspect,
+    _unprintable_string,
+    parse_document,
+    to_json_dict,
+)
+from wardgate.errors import DocumentError
+
+PROPERTY = settings(
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+# --- match.prefix and match.path -------------------------------------------------------------
+
+_PCHAR = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/\[\]]|%[0-9A-Fa-f]{2})*")
+_PLAIN = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%\[\]]")
+_DECODED = re.compile(r"%(?:[46][1-9A-Fa-f]|[57][0-9Aa]|3[0-9]|2[DdEeFf]|5[CcFf]|7[Ee])")
+
+
+def _slow_path_ok(value: str) -> bool:
+    """The checks of ``check_path_chars`` without its shortcut."""
+    if any(not _PLAIN.fullmatch(c) for c in value):
+        return False
+    return bool(_PCHAR.fullmatch(value)) and not _DECODED.search(value)
+
+
+def _path_ok(value: str) -> bool:
+    try:
+        check_path_chars(value, "match.prefix")
+    except ValueError:
+        return False
+    return True
+
+
+PATHS = st.text(alphabet=st.sampled_from("/aZ09-._~!$&'()*+,;=:@[]%2fFeE7 ?#\n\x00é|\u2028"))
+
+
+@PROPERTY
+@given(PATHS)
+def test_a_path_passes_the_shortcut_only_if_it_passes_every_check(value: str) -> None:
+    assert _path_ok(value) == _slow_path_ok(value)
+
+
+# --- control characters in a stored JSON text -----------------------------------------------
+
+
+def test_every_character_a_document_refuses_makes_its_json_text_suspect() -> None:
+    refused = [chr(c) for c in range(0x110000) if unprintable(chr(c))]
+    assert len(refused) == 0x20 + 0x21 + 2 + 0x800  # C0, DEL and C1, U+2028/9, surrogates
+    for char in refused:
+        for ensure_ascii in (True, False):
+            text = json.dumps({"name": f"a{char}b"}, ensure_ascii=ensure_ascii)
+            assert _text_suspect(text), (char, text)
+        assert _text_suspect(json.dumps({f"k{char}": 1}))
+    # JSON's other ways of writing some: upper-case hex, the short escapes.
+    for escape in ("\\u001F", "\\u007F", "\\u009f", "\\u2028", "\\uD800", "\\uDfFf"):
+        assert _text_suspect(f'{{"a": "x{escape}"}}')
+    for escape in "bfnrt":
+        text = f'{{"a": "x\\{escape}"}}'
+        assert unprintable(json.loads(text)["a"]) and _text_suspect(text)
+
+
+def test_a_text_with_no_control_character_is_not_suspect() -> None:
+    text = json.dumps(
+        {"name": "café ☃ 😀", "path": "/a\\b\\\\n", "regex": "^/x\\d+$"}, ensure_ascii=False
+    )
+    assert not _text_suspect(text)
+    assert not _text_suspect(json.dumps({"name": "café ☃"}, indent=2))
+
+
+HOSTILE_TEXT = st.text(
+    alphabet=st.one_of(
+        st.sampled_from('\x00\t\n\r\x1f\x7f\x85\x9f\xa0\u2028\u2029\ud800\udc00\\"u/bfnrt0a'),
+        st.characters(codec="utf-8"),
+        st.characters(),
+    ),
+    max_size=12,
+)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | HOSTILE_TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(HOSTILE_TEXT, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@PROPERTY
+@given(JSON_VALUES, st.booleans(), st.sampled_from([None, 2]))
+def test_a_text_that_is_not_suspect_holds_no_control_character(
+    value: Any, ensure_ascii: bool, indent: int | None
+) -> None:
+    text = json.dumps(
+        {"kind": "Route", "name": "r", "x": value}, ensure_ascii=ensure_ascii, indent=indent
+    )
+    if not _text_suspect(text):
+        assert _unprintable_string(json.loads(text)) is None
+
+
+def _outcome(call: Any) -> str:
+    try:
+        return repr(call())
+    except DocumentError as exc:
+        return f"refused: {exc.reason}"
+
+
+@PROPERTY
+@given(JSON_VALUES, st.sampled_from(["Route", "Service", "Secret"]), st.booleans())
+def test_a_document_read_with_its_text_is_refused_or_accepted_as_without(
+    value: Any, kind: str, as_name: bool
+) -> None:
+    raw = {"kind": kind, "name": value if as_name else "r", "x": value}
+    text = json.dumps(raw, ensure_ascii=False)
+    data = json.loads(text)
+    with_text = _outcome(lambda: parse_document(data, expect_kind=kind, source=text))
+    assert with_text == _outcome(lambda: parse_document(data, expect_kind=kind))
+
+
+def test_a_stored_route_with_a_control_character_is_refused_for_it() -> None:
+    text = json.dumps({"kind": "Route", "name": "r", "match": {"prefix": "/a\u2028"}})
+    with pytest.raises(DocumentError, match=r"match.prefix: '/a\\u2028' holds the control"):
+        parse_stored("Route", "r", text)
+
+
+# --- parts written alike are validated once and shared --------------------------------------
+
+ROUTE = {
+    "kind": "Route",
+    "name": "r0",
+    "match": {"prefix": "/r/0", "methods": ["get", "POST"]},
+    "backend": "s0",
+    "timeout": "5s",
+    "auth": {"require": "session", "roles": ["admin"]},
+    "rate_limits": [{"by": ["ip", "header:X-Tenant"], "requests": 10, "per": "minute"}],
+}
+
+
+def test_routes_written_alike_share_their_parts_and_keep_their_own_fields() -> None:
+    first = parse_document(ROUTE)
+    second = parse_document({**ROUTE, "name": "r1", "match": {**ROUTE["match"], "prefix": "/b"}})
+    assert second.auth is first.auth
+    assert second.rate_limits is first.rate_limits
+    assert second.match.methods is first.match.methods == ["GET", "POST"]
+    assert second.match.prefix == "/b"
+    assert to_json_dict(second)["match"] == {"prefix": "/b", "methods": ["GET", "POST"]}
+    bare = parse_document({"kind": "Route", "name": "r2", "match": {"prefix": "/"}, "backend": "s"})
+    assert to_json_dict(bare) == {
+        "kind": "Route",
+        "name": "r2",
+        "match": {"prefix": "/"},
+        "backend": "s",
+    }
+
+
+def test_a_part_refused_once_is_refused_every_time_and_a_shared_one_does_not_hide_it() -> None:
+    good = parse_document(ROUTE)
+    bad = {**ROUTE, "rate_limits": [{"by": ["ip", "ip"], "requests": 10, "per": "minute"}]}
+    for _ in range(2):
+        with pytest.raises(DocumentError, match=r"rate_limits\.0\.by: rate_limits\.by names a dim"):
+            parse_document(bad)
+    # The same values with other types are other inputs: true is not 1, "10" is not 10.
+    for requests in (True, "10", 10.0):
+        rules = [{"by": ["ip", "header:X-Tenant"], "requests": requests, "per": "minute"}]
+        doc = parse_document({**ROUTE, "rate_limits": rules})
+        assert doc.rate_limits is not good.rate_limits
+    assert (
+        parse_document({**ROUTE, "rate_limits": ROUTE["rate_limits"]}).rate_limits
+        is good.rate_limits
+    )
+    with pytest.raises(DocumentError, match=r"auth: auth\.roles needs auth\.require"):
+        parse_document({**ROUTE, "auth": {"require": "none", "roles": ["admin"]}})
+
+
+PART_VALUES = {
+    "auth": [
+        {"require": "none"},
+        {"require": "session", "roles": ["a"]},
+        {"require": "none", "roles": ["a"]},
+        {"require": "jwt", "roles": []},
+        {"require": "nobody"},
+        {"require": "jwt", "roles": ["a b"]},
+    ],
+    "rate_limits": [
+        [],
+        [{"by": "ip", "requests": 1, "per": "second"}],
+        [{"by": "IP", "requests": True, "per": "minute"}],
+        [{"by": ["user"], "requests": 5, "per": "30s", "enforce": "quota"}],
+        [{"by": ["ip"], "requests": 5, "per": "30s", "enforce": "quota"}],
+        [{"by": "ip", "requests": 5, "per": "1.5s"}],
+        [{"by": "ip", "requests": 0, "per": "minute", "tiers": {"gold": 1}}],
+        [{"by": "ip", "requests": 2, "per": "minute", "shadow": 1}],
+        [{"by": "ip", "requests": 2, "per": "minute", "shadow": True}],
+    ],
+    "retries": [None, {"attempts": 2}, {"attempts": 2, "on": ["5xx"]}, {"attempts": 11}],
+    "ip_allow": [None, ["10.0.0.0/8"], ["10.0.0.0/33"], []],
+    "match": [
+        {"prefix": "/a", "methods": ["get"]},
+        {"prefix": "/a", "methods": ["GET"]},
+        {"prefix": "/a", "methods": ["FETCH"]},
+        {"path": "/a", "headers": {"X-A": "1"}},
+        {"path": "/a", "headers": {"x-user-id": "1"}},
+        {"regex": "^/a$", "hosts": ["Example.com", "*.b.org"]},
+        {"prefix": "/a", "hosts": ["a b"]},
+    ],
+}
+
+
+@PROPERTY
+@given(st.lists(st.fixed_dictionaries({k: st.sampled_from(v) for k, v in PART_VALUES.items()})))
+def test_documents_parsed_in_a_row_answer_as_each_parsed_alone(parts: list[dict[str, Any]]) -> None:
+    docs = []
+    for i, chosen in enumerate(parts):
+        raw = {"kind": "Route", "name": f"r{i}", "backend": "s"}
+        raw.update({k: v for k, v in chosen.items() if v is not None})
+        docs.append(raw)
+    in_a_row = [_outcome(lambda raw=raw: to_json_dict(parse_document(raw))) for raw in docs]
+    alone = []
+    for raw in docs:
+        doc_base._SHARED.clear()
+        alone.append(_outcome(lambda raw=raw: to_json_dict(parse_document(raw))))
+    assert in_a_row == alone
