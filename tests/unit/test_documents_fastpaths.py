@@ -238,3 +238,13 @@ def test_documents_parsed_in_a_row_answer_as_each_parsed_alone(parts: list[dict[
         doc_base._SHARED.clear()
         alone.append(_outcome(lambda raw=raw: to_json_dict(parse_document(raw))))
     assert in_a_row == alone
+
+
+def test_documents_that_set_the_same_fields_share_the_set_and_a_copy_changes_only_its_own() -> None:
+    first = parse_document(ROUTE)
+    second = parse_document({**ROUTE, "name": "r1"})
+    assert first.model_fields_set is second.model_fields_set
+    changed = first.model_copy(update={"priority": 5})
+    assert to_json_dict(changed)["priority"] == 5
+    assert "priority" not in to_json_dict(second)
+    assert "priority" not in to_json_dict(parse_document({**ROUTE, "name": "r2"}))
