@@ -248,3 +248,12 @@ def test_documents_that_set_the_same_fields_share_the_set_and_a_copy_changes_onl
     assert to_json_dict(changed)["priority"] == 5
     assert "priority" not in to_json_dict(second)
     assert "priority" not in to_json_dict(parse_document({**ROUTE, "name": "r2"}))
+
+
+def test_routes_without_auth_or_rate_limits_share_the_defaults_and_store_neither() -> None:
+    bare = {"kind": "Route", "match": {"prefix": "/"}, "backend": "s"}
+    first = parse_document({**bare, "name": "a"})
+    second = parse_document({**bare, "name": "b"})
+    assert first.auth is second.auth and first.auth.require == "none"
+    assert first.rate_limits is second.rate_limits == []
+    assert to_json_dict(second) == {**bare, "name": "b"}

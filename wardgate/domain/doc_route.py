@@ -32,6 +32,12 @@ from wardgate.domain.doc_route_parts import (
 from wardgate.domain.extproc_policy import encode_policy
 
 
+# The defaults of a route that sets no auth or no rate_limits, shared by all such routes (a
+# document is frozen, and nothing changes its lists).
+_PUBLIC = Auth()
+_NO_RATE_LIMITS: list[RateLimit] = []
+
+
 class Route(_Doc):
     """A Route document: which requests go to which service, and the policies on the way.
     Each route becomes one route of the route table Envoy receives, split into scopes by path."""
@@ -88,14 +94,14 @@ class Route(_Doc):
         description="Retry policy (Envoy route.retry_policy). Unset: no retries.",
     )
     auth: Auth = Field(
-        default_factory=Auth,
+        default_factory=lambda: _PUBLIC,
         description=(
             "Who may pass (per-route ext_authz configuration). Default: require none, a "
             "public route."
         ),
     )
     rate_limits: list[RateLimit] = Field(
-        default_factory=list,
+        default_factory=lambda: _NO_RATE_LIMITS,
         max_length=16,
         description=(
             "Rate limits, at most 16; a refused request gets 429. Each is judged as its "
