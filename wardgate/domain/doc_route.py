@@ -31,7 +31,6 @@ from wardgate.domain.doc_route_parts import (
 )
 from wardgate.domain.extproc_policy import encode_policy
 
-
 # The defaults of a route that sets no auth or no rate_limits, shared by all such routes (a
 # document is frozen, and nothing changes its lists).
 _PUBLIC = Auth()
