@@ -331,24 +331,44 @@ def _touches_transcoding(
 
 
 class ParseMemo:
-    """Remembers each stored text's parse (document or error), so that re-reading thousands
-    of unchanged documents costs a dictionary look-up each, not a validation."""
+    """Remembers the parse (document or error) of each stored document's latest texts, so that
+    re-reading thousands of unchanged documents costs a look-up and a string comparison each,
+    not a validation. Per kind and name it keeps the two texts parsed last (a refused document
+    and its last good version are both read on every pass), each as its latest copy, so that
+    a re-read of the store does not keep the previous read's strings alive."""
 
     def __init__(self, *, max_entries: int = 200_000) -> None:
-        self._seen: dict[tuple[str, str, str], Document | str] = {}  # document or reason
+        # kind -> name -> (text, document or reason) or, with an older text, four items.
+        self._seen: dict[str, dict[str, tuple[Any, ...]]] = {}
+        self._entries = 0
         self._max = max_entries
 
     def parse(self, kind: str, name: str, text: str) -> Document:
-        key = (kind, name, text)
-        found = self._seen.get(key)
+        names = self._seen.get(kind)
+        if names is None:
+            names = self._seen[kind] = {}
+        entry = names.get(name)
+        found: Document | str | None = None
+        if entry is not None:
+            if entry[0] == text:
+                found = entry[1]
+                if entry[0] is not text:
+                    names[name] = (text, found, *entry[2:])
+            elif len(entry) == 4 and entry[2] == text:
+                found = entry[3]
+                names[name] = (text, found, entry[0], entry[1])
         if found is None:
             try:
                 found = parse_stored(kind, name, text)
             except DocumentError as exc:
                 found = exc.reason
-            if len(self._seen) >= self._max:
-                self._seen.clear()
-            self._seen[key] = found
+            if entry is None:
+                if self._entries >= self._max:
+                    self._seen.clear()
+                    self._entries = 0
+                    names = self._seen[kind] = {}
+                self._entries += 1
+            names[name] = (text, found) if entry is None else (text, found, entry[0], entry[1])
         if isinstance(found, str):
             raise DocumentError(found, kind=kind, name=name)
         return found
