@@ -268,22 +268,28 @@ _DICT, _LIST, _TRUE, _FALSE = object(), object(), object(), object()
 
 def _frozen(value: Any) -> Any:
     """A hashable stand-in for ``value``, equal to another's only for the same JSON value
-    written with the same types."""
+    written with the same types. (Strings, integers and None stand for themselves, also
+    inside a dict or a list, without a call.)"""
     kind = type(value)
-    if kind is str or kind is int or value is None:
-        return value
-    if kind is bool:
-        return _TRUE if value else _FALSE
     if kind is dict:
         out: list[Any] = [_DICT]
         for key, item in value.items():
             if type(key) is not str:
                 raise _Unkeyable()
             out.append(key)
-            out.append(_frozen(item))
+            kind = type(item)
+            out.append(item if kind is str or kind is int or item is None else _frozen(item))
         return tuple(out)
     if kind is list:
-        return (_LIST, *[_frozen(item) for item in value])
+        out = [_LIST]
+        for item in value:
+            kind = type(item)
+            out.append(item if kind is str or kind is int or item is None else _frozen(item))
+        return tuple(out)
+    if kind is str or kind is int or value is None:
+        return value
+    if kind is bool:
+        return _TRUE if value else _FALSE
     raise _Unkeyable()  # a float (0.0 and -0.0 are equal), a model, anything else
 
 
