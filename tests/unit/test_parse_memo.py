@@ -45,8 +45,8 @@ def test_a_text_read_again_is_not_parsed_again_and_the_latest_copy_is_kept(
     assert again is not first
     assert memo.parse("Route", "r", again) is doc
     assert parses == [first]
-    held = memo._seen["Route"]["r"]
-    assert held[0] is again and len(held) == 2
+    held = memo._kinds["Route"]
+    assert held.text["r"] is again and not held.older
 
 
 def test_a_refused_text_and_its_last_good_version_are_each_parsed_once(

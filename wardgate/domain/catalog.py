@@ -338,40 +338,63 @@ class ParseMemo:
     a re-read of the store does not keep the previous read's strings alive."""
 
     def __init__(self, *, max_entries: int = 200_000) -> None:
-        # kind -> name -> (text, document or reason) or, with an older text, four items.
-        self._seen: dict[str, dict[str, tuple[Any, ...]]] = {}
+        self._kinds: dict[str, _Parses] = {}
         self._entries = 0
         self._max = max_entries
 
     def parse(self, kind: str, name: str, text: str) -> Document:
-        names = self._seen.get(kind)
-        if names is None:
-            names = self._seen[kind] = {}
-        entry = names.get(name)
-        found: Document | str | None = None
-        if entry is not None:
-            if entry[0] == text:
-                found = entry[1]
-                if entry[0] is not text:
-                    names[name] = (text, found, *entry[2:])
-            elif len(entry) == 4 and entry[2] == text:
-                found = entry[3]
-                names[name] = (text, found, entry[0], entry[1])
+        parses = self._kinds.get(kind)
+        if parses is None:
+            parses = self._kinds[kind] = _Parses()
+        found = parses.get(name, text)
         if found is None:
             try:
                 found = parse_stored(kind, name, text)
             except DocumentError as exc:
                 found = exc.reason
-            if entry is None:
+            if name not in parses.text:
                 if self._entries >= self._max:
-                    self._seen.clear()
+                    self._kinds.clear()
                     self._entries = 0
-                    names = self._seen[kind] = {}
+                    parses = self._kinds[kind] = _Parses()
                 self._entries += 1
-            names[name] = (text, found) if entry is None else (text, found, entry[0], entry[1])
+            parses.put(name, text, found)
         if isinstance(found, str):
             raise DocumentError(found, kind=kind, name=name)
         return found
+
+
+class _Parses:
+    """The parses of one kind's documents: the latest text of each name and its parse in two
+    flat dictionaries (no object per document for the garbage collector to visit), the one
+    before in a third."""
+
+    def __init__(self) -> None:
+        self.text: dict[str, str] = {}
+        self.found: dict[str, Document | str] = {}
+        self.older: dict[str, tuple[str, Document | str]] = {}
+
+    def get(self, name: str, text: str) -> Document | str | None:
+        """The parse of ``text`` if it is one of the two parsed last; it becomes the latest."""
+        latest = self.text.get(name)
+        if latest is None:
+            return None
+        if latest == text:
+            if latest is not text:
+                self.text[name] = text  # the latest copy: the older one may be freed
+            return self.found[name]
+        older = self.older.get(name)
+        if older is None or older[0] != text:
+            return None
+        self.put(name, text, older[1])
+        return older[1]
+
+    def put(self, name: str, text: str, found: Document | str) -> None:
+        latest = self.text.get(name)
+        if latest is not None:
+            self.older[name] = (latest, self.found[name])
+        self.text[name] = text
+        self.found[name] = found
 
 
 class _NoMemo(ParseMemo):
