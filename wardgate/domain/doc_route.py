@@ -202,6 +202,7 @@ class Route(_Doc):
             if not self.rewrite_prefix.startswith("/"):
                 raise ValueError("rewrite_prefix must start with '/'")
             check_path_chars(self.rewrite_prefix, "rewrite_prefix")
+        self._quota_slots()
         return self
 
     def _check_extproc(self) -> None:
@@ -225,15 +226,13 @@ class Route(_Doc):
             timeout=self.timeout,
         )
 
-    @model_validator(mode="after")
-    def _quota_slots(self) -> Route:
+    def _quota_slots(self) -> None:
         quota = [r for r in self.rate_limits if r.enforce == "quota"]
         if len(quota) > QUOTA_SLOTS:
             raise ValueError(
                 f"a route takes at most {QUOTA_SLOTS} rate limits with enforce: quota "
                 f"(it has {len(quota)})"
             )
-        return self
 
     def services(self) -> list[str]:
         if self.backend is not None:
