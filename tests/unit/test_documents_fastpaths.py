@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +22,7 @@ from wardgate.domain.doc_match import check_path_chars
 from wardgate.domain.documents import (
     _text_suspect,
     _unprintable_string,
+    parse_clean_json,
     parse_document,
     to_json_dict,
 )
@@ -257,3 +260,108 @@ def test_routes_without_auth_or_rate_limits_share_the_defaults_and_store_neither
     assert first.auth is second.auth and first.auth.require == "none"
     assert first.rate_limits is second.rate_limits == []
     assert to_json_dict(second) == {**bare, "name": "b"}
+
+
+# --- a stored document validated straight from its JSON text --------------------------------
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+SEEDS: list[dict[str, Any]] = [
+    doc
+    for file in ("demo.yaml", "greeter-descriptor.yaml")
+    for doc in yaml.safe_load_all((EXAMPLES / file).read_text())
+    if doc
+] + [
+    ROUTE,
+    {"kind": "Service", "name": "s", "endpoints": [{"address": "10.0.0.1", "port": 80}]},
+    {
+        "kind": "Issuer",
+        "name": "i",
+        "issuer": "https://idp",
+        "audiences": ["api"],
+        "hs256_secret_env": "K",
+    },
+    {"kind": "Secret", "name": "gw", "certificate": "AAAA", "private_key": "AAAA"},
+]
+ODD_VALUES = st.one_of(
+    st.sampled_from(
+        [1, 0, -1, 1.0, 1.5, -0.0, 1e2, 1e30, float("inf"), float("nan"), 10**30, True, False]
+    ),
+    st.sampled_from(["", "1", "1.0", "true", "yes", "none", "GET", "/", "5s", "ip", "s", "r0"]),
+    JSON_VALUES,
+)
+
+
+def _mutated(seed: dict[str, Any], data: st.DataObject) -> dict[str, Any]:
+    doc = json.loads(json.dumps(seed))
+    for _ in range(data.draw(st.integers(0, 3))):
+        place: Any = doc
+        while isinstance(place, dict | list) and place and data.draw(st.booleans()):
+            keys = list(place) if isinstance(place, dict) else list(range(len(place)))
+            inner = place[data.draw(st.sampled_from(keys))]
+            if not isinstance(inner, dict | list) or not inner:
+                break
+            place = inner
+        if isinstance(place, list) and place:
+            place[data.draw(st.integers(0, len(place) - 1))] = data.draw(ODD_VALUES)
+        elif isinstance(place, dict):
+            key = data.draw(st.sampled_from([*place, "extra"]))
+            if data.draw(st.integers(0, 4)) == 0:
+                place.pop(key, None)
+            else:
+                place[key] = data.draw(ODD_VALUES)
+    return doc
+
+
+def _reference_parse(kind: str, name: str, text: str) -> str:
+    """``parse_stored`` the long way: the JSON parsed to a dict, every string walked."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return "not JSON"
+    try:
+        doc = parse_document(data, expect_kind=kind)
+    except DocumentError as exc:
+        return f"refused: {exc.reason}"
+    if doc.name != name:
+        return "misnamed"
+    return _shown(doc)
+
+
+def _shown(doc: Any) -> str:
+    return repr((type(doc), doc.model_dump(), sorted(doc.model_fields_set), to_json_dict(doc)))
+
+
+@PROPERTY
+@given(st.sampled_from(SEEDS), st.data(), st.booleans())
+def test_a_stored_document_read_straight_from_its_text_is_the_one_the_long_way_reads(
+    seed: dict[str, Any], data: st.DataObject, duplicate: bool
+) -> None:
+    doc = _mutated(seed, data)
+    kind = seed["kind"]
+    text = json.dumps(doc)
+    if duplicate and isinstance(doc, dict) and doc:
+        key = data.draw(st.sampled_from(list(doc)))
+        text = "{" + json.dumps(key) + ": " + json.dumps(data.draw(ODD_VALUES)) + ", " + text[1:]
+    name = seed["name"]
+    expected = _reference_parse(kind, name, text)
+    quick = parse_clean_json(text, kind=kind)
+    if quick is not None:
+        assert expected == _shown(quick) or (expected == "misnamed" and quick.name != name)
+    try:
+        got = _shown(parse_stored(kind, name, text))
+    except DocumentError as exc:
+        got = "not JSON" if exc.reason.startswith("not valid JSON") else f"refused: {exc.reason}"
+        if exc.reason.startswith("stored under field"):
+            got = "misnamed"
+    assert got == expected
+
+
+def test_a_valid_stored_document_takes_the_straight_path_and_a_suspect_one_does_not() -> None:
+    assert parse_clean_json(json.dumps(ROUTE), kind="Route") == parse_document(ROUTE)
+    assert parse_clean_json(json.dumps({**ROUTE, "backend": "s\n"}), kind="Route") is None
+    assert parse_clean_json(json.dumps({**ROUTE, "backend": "S"}), kind="Route") is None
+    assert (
+        parse_clean_json(json.dumps({k: v for k, v in ROUTE.items() if k != "kind"}), kind="Route")
+        is None
+    )
+    assert parse_clean_json(json.dumps(ROUTE), kind="Bogus") is None

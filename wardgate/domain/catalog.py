@@ -17,6 +17,7 @@ from wardgate.domain.documents import (
     Secret,
     Service,
     check_references,
+    parse_clean_json,
     parse_document,
     printable,
     shown,
@@ -415,6 +416,9 @@ def parse_stored(kind: str, name: str, text: str) -> Document:
             kind=kind,
             name=name,
         ) from None
+    doc = parse_clean_json(text, kind=kind)
+    if doc is not None and doc.name == name:
+        return doc
     try:
         data = jsontext.loads(text)
     except json.JSONDecodeError as exc:

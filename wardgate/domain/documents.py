@@ -79,6 +79,7 @@ __all__ = [
     "check_envoy_regex",
     "check_references",
     "host_regex",
+    "parse_clean_json",
     "parse_document",
     "printable",
     "shown",
@@ -215,6 +216,24 @@ def parse_document(
         return KINDS[kind].model_validate(raw)
     except ValidationError as exc:
         raise DocumentError(_reason(exc), kind=kind, name=name) from None
+
+
+def parse_clean_json(text: str, *, kind: str) -> Document | None:
+    """The document of ``kind`` the JSON ``text`` holds, validated straight from the text
+    (pydantic's JSON parser: no dict built, and the garbage collector sees no containers of
+    it), when the text holds no control character and the document is valid; None otherwise,
+    and ``parse_document`` of the parsed text then says why. JSON and Python validation agree
+    on what JSON can hold (the unit tests compare them); only a valid document is taken from
+    this path, so every refusal and its reason come from ``parse_document``."""
+    model = KINDS.get(kind)
+    if model is None or _text_suspect(text):
+        return None
+    try:
+        doc = model.model_validate_json(text)
+    except ValidationError:
+        return None
+    # Without kind, ``parse_document`` writes it in, and it counts as set.
+    return doc if "kind" in doc.model_fields_set else None
 
 
 def check_references(routes: dict[str, Route], services: dict[str, Service]) -> None:
