@@ -18,6 +18,7 @@ from wardgate.domain.documents import (
     Secret,
     Service,
     check_references,
+    parse_clean_json,
     parse_document,
     printable,
     shown,
@@ -378,27 +379,70 @@ def _touches_transcoding(
 
 
 class ParseMemo:
-    """Remembers each stored text's parse (document or error), so that re-reading thousands
-    of unchanged documents costs a dictionary look-up each, not a validation."""
+    """Remembers the parse (document or error) of each stored document's latest texts, so that
+    re-reading thousands of unchanged documents costs a look-up and a string comparison each,
+    not a validation. Per kind and name it keeps the two texts parsed last (a refused document
+    and its last good version are both read on every pass), each as its latest copy, so that
+    a re-read of the store does not keep the previous read's strings alive."""
 
     def __init__(self, *, max_entries: int = 200_000) -> None:
-        self._seen: dict[tuple[str, str, str], Document | str] = {}  # document or reason
+        self._kinds: dict[str, _Parses] = {}
+        self._entries = 0
         self._max = max_entries
 
     def parse(self, kind: str, name: str, text: str) -> Document:
-        key = (kind, name, text)
-        found = self._seen.get(key)
+        parses = self._kinds.get(kind)
+        if parses is None:
+            parses = self._kinds[kind] = _Parses()
+        found = parses.get(name, text)
         if found is None:
             try:
                 found = parse_stored(kind, name, text)
             except DocumentError as exc:
                 found = exc.reason
-            if len(self._seen) >= self._max:
-                self._seen.clear()
-            self._seen[key] = found
+            if name not in parses.text:
+                if self._entries >= self._max:
+                    self._kinds.clear()
+                    self._entries = 0
+                    parses = self._kinds[kind] = _Parses()
+                self._entries += 1
+            parses.put(name, text, found)
         if isinstance(found, str):
             raise DocumentError(found, kind=kind, name=name)
         return found
+
+
+class _Parses:
+    """The parses of one kind's documents: the latest text of each name and its parse in two
+    flat dictionaries (no object per document for the garbage collector to visit), the one
+    before in a third."""
+
+    def __init__(self) -> None:
+        self.text: dict[str, str] = {}
+        self.found: dict[str, Document | str] = {}
+        self.older: dict[str, tuple[str, Document | str]] = {}
+
+    def get(self, name: str, text: str) -> Document | str | None:
+        """The parse of ``text`` if it is one of the two parsed last; it becomes the latest."""
+        latest = self.text.get(name)
+        if latest is None:
+            return None
+        if latest == text:
+            if latest is not text:
+                self.text[name] = text  # the latest copy: the older one may be freed
+            return self.found[name]
+        older = self.older.get(name)
+        if older is None or older[0] != text:
+            return None
+        self.put(name, text, older[1])
+        return older[1]
+
+    def put(self, name: str, text: str, found: Document | str) -> None:
+        latest = self.text.get(name)
+        if latest is not None:
+            self.older[name] = (latest, self.found[name])
+        self.text[name] = text
+        self.found[name] = found
 
 
 class _NoMemo(ParseMemo):
@@ -419,6 +463,9 @@ def parse_stored(kind: str, name: str, text: str) -> Document:
             kind=kind,
             name=name,
         ) from None
+    doc = parse_clean_json(text, kind=kind)
+    if doc is not None and doc.name == name:
+        return doc
     try:
         data = jsontext.loads(text)
     except json.JSONDecodeError as exc:
@@ -427,7 +474,7 @@ def parse_stored(kind: str, name: str, text: str) -> Document:
         ) from None
     except ValueError as exc:
         raise DocumentError(f"not valid JSON: {exc}", kind=kind, name=name) from None
-    doc = parse_document(data, expect_kind=kind)
+    doc = parse_document(data, expect_kind=kind, source=text)
     if doc.name != name:
         raise DocumentError(
             f"stored under field {shown(name)} but named '{doc.name}'",

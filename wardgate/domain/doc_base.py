@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from typing import Annotated, Any
@@ -12,6 +13,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
     WithJsonSchema,
 )
 
@@ -197,8 +200,37 @@ def host_regex(hosts: list[str]) -> str:
 class _Doc(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    def model_post_init(self, context: Any, /) -> None:
+        # Which fields were set, a set per document (728 bytes for a route's seven): documents
+        # that set the same fields share one. Pydantic only reads it, and copies it before
+        # changing a copy's (``model_copy``).
+        key = frozenset(self.__pydantic_fields_set__)
+        found = _FIELDS_SET.get(key)
+        if found is None:
+            if len(_FIELDS_SET) >= _FIELDS_SET_MAX:
+                _FIELDS_SET.clear()
+            found = _FIELDS_SET[key] = set(key)
+        object.__setattr__(self, "__pydantic_fields_set__", found)
+
+
+_FIELDS_SET: dict[frozenset[str], set[str]] = {}
+_FIELDS_SET_MAX = 4096
+
 
 def _duration(value: Any) -> str:
+    if type(value) is str:
+        return _checked_duration(value)
+    return _check_duration(value)
+
+
+# Thousands of documents write the same few durations ('5s'): each is checked once, and the
+# documents share the one string. A duration that is refused is not remembered.
+@functools.lru_cache(maxsize=1024)
+def _checked_duration(value: str) -> str:
+    return _check_duration(value)
+
+
+def _check_duration(value: Any) -> str:
     seconds = parse_duration(value)
     if not 0 < seconds <= 86400:
         raise ValueError(f"'{value}' must be more than 0 and at most 1d")
@@ -214,3 +246,66 @@ def _cidrs(value: list[str] | None) -> list[str] | None:
         except ValueError:
             raise ValueError(f"'{cidr}' is not an IP address or CIDR block") from None
     return value
+
+
+# --- parts written alike, validated once and shared -----------------------------------------
+# Thousands of routes write the same auth, rate limits or methods. A part's validated value
+# depends on what is written there and on nothing else (no validator reads another field or
+# a context), and it is frozen, so the documents that write a part alike share one validated
+# value: validated once, held once. Only what JSON holds is recognised (dict, list, str, int,
+# bool, None, with their types: 1, 1.0 and true are different inputs); anything else, and any
+# part that is refused, goes through validation every time.
+_SHARED: dict[tuple[Any, ...], Any] = {}
+_SHARED_MAX = 16384
+
+
+class _Unkeyable(Exception):
+    pass
+
+
+_DICT, _LIST, _TRUE, _FALSE = object(), object(), object(), object()
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable stand-in for ``value``, equal to another's only for the same JSON value
+    written with the same types. (Strings, integers and None stand for themselves, also
+    inside a dict or a list, without a call.)"""
+    kind = type(value)
+    if kind is dict:
+        out: list[Any] = [_DICT]
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _Unkeyable()
+            out.append(key)
+            kind = type(item)
+            out.append(item if kind is str or kind is int or item is None else _frozen(item))
+        return tuple(out)
+    if kind is list:
+        out = [_LIST]
+        for item in value:
+            kind = type(item)
+            out.append(item if kind is str or kind is int or item is None else _frozen(item))
+        return tuple(out)
+    if kind is str or kind is int or value is None:
+        return value
+    if kind is bool:
+        return _TRUE if value else _FALSE
+    raise _Unkeyable()  # a float (0.0 and -0.0 are equal), a model, anything else
+
+
+def shared(
+    cls: type[BaseModel], value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+) -> Any:
+    """A wrap validator: ``value`` validated, or the value validated before from the same
+    input to the same field of ``cls``."""
+    try:
+        key = (cls, info.field_name, info.mode, _frozen(value))
+    except (_Unkeyable, RecursionError):
+        return handler(value)
+    found = _SHARED.get(key, _SHARED)
+    if found is _SHARED:
+        found = handler(value)
+        if len(_SHARED) >= _SHARED_MAX:
+            _SHARED.clear()
+        _SHARED[key] = found
+    return found

@@ -19,6 +19,7 @@ from wardgate.domain.doc_base import (
     _Doc,
     check_envoy_regex,
     host_regex,
+    shared,
     shown,
 )
 
@@ -29,12 +30,17 @@ _PLAIN = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%\[\]]")
 HOST_PATTERN = r"^(\*\.)?[A-Za-z0-9.-]+$"
 _HOST = re.compile(HOST_PATTERN)
 _DECODED = re.compile(r"%(?:[46][1-9A-Fa-f]|[57][0-9Aa]|3[0-9]|2[DdEeFf]|5[CcFf]|7[Ee])")
+# The common case in one match: path characters and no '%' at all (so no percent-encoding
+# to check); anything else takes the checks below, which say what is wrong.
+_PLAIN_NO_PERCENT = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/\[\]]*")
 
 
 def check_path_chars(value: str, where: str) -> None:
     """A path as Envoy compares it: URL path characters, others percent-encoded; and no
     percent-encoded letter, digit, '-._~' or slash, which Envoy decodes (or redirects)
     before routing, so that the encoded form would never match."""
+    if _PLAIN_NO_PERCENT.fullmatch(value):
+        return
     bad = next((c for c in value if not _PLAIN.fullmatch(c)), None)
     if bad is not None:
         encoded = "".join(f"%{b:02X}" for b in bad.encode())
@@ -55,6 +61,12 @@ def check_path_chars(value: str, where: str) -> None:
             f"{where} holds {m.group(0)}: Envoy decodes it to {decoded!r} before routing; "
             f"write {decoded!r}"
         )
+
+
+def _check_path(value: str, key: str) -> None:
+    if not value.startswith("/") or "?" in value or "#" in value or " " in value:
+        raise ValueError(f"match.{key} must start with '/' and hold no '?', '#' or space")
+    check_path_chars(value, f"match.{key}")
 
 
 class Match(_Doc):
@@ -118,17 +130,15 @@ class Match(_Doc):
 
     @model_validator(mode="after")
     def _one_path_matcher(self) -> Match:
-        given = [k for k in ("prefix", "path", "regex") if getattr(self, k) is not None]
-        if len(given) != 1:
+        prefix, path, regex = self.prefix, self.path, self.regex
+        if (prefix is None) + (path is None) + (regex is None) != 2:
             raise ValueError("match needs exactly one of prefix, path or regex")
-        for key in ("prefix", "path"):
-            value = getattr(self, key)
-            if value is not None and (not value.startswith("/") or any(c in value for c in "?# ")):
-                raise ValueError(f"match.{key} must start with '/' and hold no '?', '#' or space")
-            if value is not None:
-                check_path_chars(value, f"match.{key}")
-        if self.regex is not None:
-            check_envoy_regex(self.regex, "match.regex")
+        if prefix is not None:
+            _check_path(prefix, "prefix")
+        elif path is not None:
+            _check_path(path, "path")
+        elif regex is not None:
+            check_envoy_regex(regex, "match.regex")
         return self
 
     @field_validator("methods")
@@ -169,3 +179,6 @@ class Match(_Doc):
         hosts = [h.lower() for h in value]
         check_envoy_regex(host_regex(hosts), "match.hosts (as a regex)")
         return hosts
+
+    # Last, so that it wraps the validators above.
+    _shared = field_validator("methods", "headers", "hosts", mode="wrap")(classmethod(shared))

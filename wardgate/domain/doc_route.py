@@ -17,6 +17,7 @@ from wardgate.domain.doc_base import (
     _cidrs,
     _Doc,
     _duration,
+    shared,
 )
 from wardgate.domain.doc_extproc import Cache, Compose, Transform, check_compose
 from wardgate.domain.doc_match import Match, check_path_chars
@@ -29,6 +30,11 @@ from wardgate.domain.doc_route_parts import (
     WeightedBackend,
 )
 from wardgate.domain.extproc_policy import encode_policy
+
+# The defaults of a route that sets no auth or no rate_limits, shared by all such routes (a
+# document is frozen, and nothing changes its lists).
+_PUBLIC = Auth()
+_NO_RATE_LIMITS: list[RateLimit] = []
 
 
 class Route(_Doc):
@@ -87,14 +93,14 @@ class Route(_Doc):
         description="Retry policy (Envoy route.retry_policy). Unset: no retries.",
     )
     auth: Auth = Field(
-        default_factory=Auth,
+        default_factory=lambda: _PUBLIC,
         description=(
             "Who may pass (per-route ext_authz configuration). Default: require none, a "
             "public route."
         ),
     )
     rate_limits: list[RateLimit] = Field(
-        default_factory=list,
+        default_factory=lambda: _NO_RATE_LIMITS,
         max_length=16,
         description=(
             "Rate limits, at most 16; a refused request gets 429. Each is judged as its "
@@ -170,6 +176,10 @@ class Route(_Doc):
 
     _timeout = field_validator("timeout")(classmethod(lambda cls, v: v and _duration(v)))
     _ip = field_validator("ip_deny", "ip_allow")(classmethod(lambda cls, v: _cidrs(v)))
+    # Last, so that it wraps the validators above.
+    _shared = field_validator(
+        "backends", "retries", "auth", "rate_limits", "cors", "ip_deny", "ip_allow", mode="wrap"
+    )(classmethod(shared))
 
     @model_validator(mode="after")
     def _one_backend(self) -> Route:
@@ -192,6 +202,7 @@ class Route(_Doc):
             if not self.rewrite_prefix.startswith("/"):
                 raise ValueError("rewrite_prefix must start with '/'")
             check_path_chars(self.rewrite_prefix, "rewrite_prefix")
+        self._quota_slots()
         return self
 
     def _check_extproc(self) -> None:
@@ -215,15 +226,13 @@ class Route(_Doc):
             timeout=self.timeout,
         )
 
-    @model_validator(mode="after")
-    def _quota_slots(self) -> Route:
+    def _quota_slots(self) -> None:
         quota = [r for r in self.rate_limits if r.enforce == "quota"]
         if len(quota) > QUOTA_SLOTS:
             raise ValueError(
                 f"a route takes at most {QUOTA_SLOTS} rate limits with enforce: quota "
                 f"(it has {len(quota)})"
             )
-        return self
 
     def services(self) -> list[str]:
         if self.backend is not None:

@@ -3,6 +3,7 @@ policies on the way (``Retries``, ``Auth``, ``RateLimit``, ``Cors``)."""
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Annotated, Literal
 
@@ -202,20 +203,9 @@ class RateLimit(_Doc):
     @field_validator("by")
     @classmethod
     def _by(cls, value: str | list[str]) -> str | list[str]:
-        values = [value] if isinstance(value, str) else list(value)
-        if not values or len(values) > 4:
-            raise ValueError("rate_limits.by: one to four dimensions")
-        out = []
-        for v in values:
-            v = _no_control(v).strip().lower()
-            if not RATE_DIMENSIONS_RE.fullmatch(v):
-                raise ValueError(
-                    f"rate_limits.by {shown(v)}: use ip, user, api_key, route or header:NAME"
-                )
-            out.append(v)
-        if len(set(out)) != len(out):
-            raise ValueError("rate_limits.by names a dimension twice")
-        return out[0] if isinstance(value, str) else out
+        if isinstance(value, str):
+            return _checked_by((value,))[0]
+        return list(_checked_by(tuple(value)))
 
     @field_validator("tiers")
     @classmethod
@@ -256,12 +246,36 @@ class RateLimit(_Doc):
     @field_validator("per")
     @classmethod
     def _per(cls, value: str) -> str:
-        parse_period(value)
-        return value
+        return _checked_period(value)
 
     @property
     def period_seconds(self) -> int:
         return int(parse_period(self.per))
+
+
+# Rules repeat across routes (by: ip, per: minute): each value is checked once, and the rules
+# share its strings. A value that is refused is not remembered.
+@functools.lru_cache(maxsize=1024)
+def _checked_by(values: tuple[str, ...]) -> tuple[str, ...]:
+    if not values or len(values) > 4:
+        raise ValueError("rate_limits.by: one to four dimensions")
+    out = []
+    for v in values:
+        v = _no_control(v).strip().lower()
+        if not RATE_DIMENSIONS_RE.fullmatch(v):
+            raise ValueError(
+                f"rate_limits.by {shown(v)}: use ip, user, api_key, route or header:NAME"
+            )
+        out.append(v)
+    if len(set(out)) != len(out):
+        raise ValueError("rate_limits.by names a dimension twice")
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=1024)
+def _checked_period(value: str) -> str:
+    parse_period(value)
+    return value
 
 
 ORIGIN_PATTERN = EXACT_ORIGIN_PATTERN

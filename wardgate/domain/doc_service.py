@@ -16,6 +16,7 @@ from wardgate.domain.doc_base import (
     Name,
     _Doc,
     _duration,
+    shared,
     shown,
 )
 from wardgate.domain.doc_upstream_tls import UpstreamTls
@@ -268,6 +269,9 @@ class Service(_Doc):
     )
 
     _ct = field_validator("connect_timeout")(classmethod(lambda cls, v: _duration(v)))
+    _shared = field_validator(
+        "endpoints", "health_check", "circuit_breaker", "outlier_detection", "tls", mode="wrap"
+    )(classmethod(shared))
 
     @model_validator(mode="after")
     def _endpoints(self) -> Service:

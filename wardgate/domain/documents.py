@@ -79,6 +79,7 @@ __all__ = [
     "check_envoy_regex",
     "check_references",
     "host_regex",
+    "parse_clean_json",
     "parse_document",
     "printable",
     "shown",
@@ -152,14 +153,42 @@ def _unprintable_string(raw: dict[str, Any], *, quote: bool = True) -> str | Non
     return None
 
 
+# The same question asked of the JSON text a document was parsed from (by ``jsontext.loads``,
+# which refuses a raw C0 control character inside a string): a parsed string can hold a
+# control character or a lone surrogate only if the text holds one raw (DEL, C1, U+2028/9; a
+# surrogate cannot be in text that was checked to be UTF-8, but is looked for all the same)
+# or writes one as an escape (\b, \f, \n, \r, \t, or \u with a code in those ranges).
+_RAW_SUSPECT = re.compile(r"[\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# An escape, read from the left as JSON reads it: an escaped backslash (group 1) is passed
+# over, so the 'n' of an escaped backslash followed by 'n' is not taken for a line feed.
+_ESCAPE_SUSPECT = re.compile(
+    r"\\(?:(\\)|[bfnrt]|u(?:00[01][0-9a-fA-F]|007[fF]|00[89][0-9a-fA-F]|202[89]|[dD][89a-fA-F]))"
+)
+
+
+def _text_suspect(text: str) -> bool:
+    """Whether a string parsed from the JSON ``text`` may hold a control character or a lone
+    surrogate. False: none does. True may be a false alarm (a surrogate pair written as two
+    escapes): the walk decides."""
+    if "\x7f" in text or (not text.isascii() and _RAW_SUSPECT.search(text)):
+        return True
+    if "\\" not in text:
+        return False
+    return any(m.group(1) is None for m in _ESCAPE_SUSPECT.finditer(text))
+
+
 def _unquoted(where: str) -> str:
     field = where.split(".")[0]
     named = field if field in Secret.model_fields else "a field"
     return f"{named}: holds a control character or a lone surrogate (not shown: a Secret)"
 
 
-def parse_document(raw: Any, *, expect_kind: str | None = None) -> Document:
-    """Validate one document (a mapping); raise ``DocumentError`` with a one-line reason."""
+def parse_document(
+    raw: Any, *, expect_kind: str | None = None, source: str | None = None
+) -> Document:
+    """Validate one document (a mapping); raise ``DocumentError`` with a one-line reason.
+    ``source``: the JSON text ``raw`` was parsed from by ``jsontext.loads``, read once for
+    control characters instead of walking every string of ``raw``."""
     if not isinstance(raw, dict):
         raise DocumentError(f"a document is a mapping, not {type(raw).__name__}")
     kind = raw.get("kind")
@@ -179,12 +208,32 @@ def parse_document(raw: Any, *, expect_kind: str | None = None) -> Document:
         raise DocumentError(f"kind must be one of {', '.join(KINDS)}, not {shown_kind}", name=name)
     if expect_kind is not None and kind != expect_kind:
         raise DocumentError(f"expected kind {expect_kind}, found {kind}", kind=kind, name=name)
-    if why := _unprintable_string(raw, quote=kind != "Secret"):
+    if (source is None or _text_suspect(source)) and (
+        why := _unprintable_string(raw, quote=kind != "Secret")
+    ):
         raise DocumentError(why, kind=kind, name=name)
     try:
         return KINDS[kind].model_validate(raw)
     except ValidationError as exc:
         raise DocumentError(_reason(exc), kind=kind, name=name) from None
+
+
+def parse_clean_json(text: str, *, kind: str) -> Document | None:
+    """The document of ``kind`` the JSON ``text`` holds, validated straight from the text
+    (pydantic's JSON parser: no dict built, and the garbage collector sees no containers of
+    it), when the text holds no control character and the document is valid; None otherwise,
+    and ``parse_document`` of the parsed text then says why. JSON and Python validation agree
+    on what JSON can hold (the unit tests compare them); only a valid document is taken from
+    this path, so every refusal and its reason come from ``parse_document``."""
+    model = KINDS.get(kind)
+    if model is None or _text_suspect(text):
+        return None
+    try:
+        doc = model.model_validate_json(text)
+    except ValidationError:
+        return None
+    # Without kind, ``parse_document`` writes it in, and it counts as set.
+    return doc if "kind" in doc.model_fields_set else None
 
 
 def check_references(routes: dict[str, Route], services: dict[str, Service]) -> None:
