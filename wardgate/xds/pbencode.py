@@ -431,42 +431,54 @@ def _map_writer(field: Any, entry: Any) -> Callable[[_Field, Any], bytes]:
     return write
 
 
+_Spec = tuple[int, Callable[[_Field, Any], bytes], _Field, "str | None"]
+
+
 class _Message:
     """How to write one message type from its dict."""
 
-    __slots__ = ("fields", "full_name")
+    __slots__ = ("aliases", "fields", "full_name", "specs")
 
     def __init__(self, desc: Descriptor) -> None:
         self.full_name = desc.full_name
-        self.fields: dict[str, _Field] = {}
-        for f in desc.fields:
-            self.fields[f.name] = _Field(f)
-        for f in desc.fields:
-            self.fields.setdefault(f.json_name, self.fields[f.name])
+        self.fields: dict[str, _Field] = {f.name: _Field(f) for f in desc.fields}
+        # by name: (number, writer, field, oneof), what the loop below needs at hand
+        self.specs: dict[str, _Spec] = {
+            name: (f.number, f.write, f, f.oneof) for name, f in self.fields.items()
+        }
+        self.aliases: dict[str, _Spec] = {
+            f.json_name: self.specs[f.name] for f in desc.fields if f.json_name != f.name
+        }
 
     def __call__(self, value: Any) -> bytes:
         if not isinstance(value, dict):
             raise ParseError(f"{self.full_name}: expected an object, got {value!r}")
         parts: list[tuple[int, bytes]] = []
-        oneofs: set[str] | None = None
-        fields = self.fields
+        oneofs: list[str] | None = None
+        aliased = False
+        specs = self.specs
         for key, item in value.items():
             if item is None:
                 continue
-            f = fields.get(key)
-            if f is None:
-                raise ParseError(f"{self.full_name} has no field {key!r}")
-            if f.oneof is not None:
-                oneofs = oneofs or set()
-                if f.oneof in oneofs:
-                    raise ParseError(f"{self.full_name}: more than one of {f.oneof!r}")
-                oneofs.add(f.oneof)
-            parts.append((f.number, f.write(f, item)))
-        if len(parts) > 1:
-            parts.sort(key=lambda p: p[0])
-            if len({n for n, _ in parts}) < len(parts):
-                raise ParseError(f"{self.full_name}: a field given twice")
-        return b"".join(data for _, data in parts)
+            spec = specs.get(key)
+            if spec is None:
+                spec = self.aliases.get(key)
+                if spec is None:
+                    raise ParseError(f"{self.full_name} has no field {key!r}")
+                aliased = True  # the same field may come under both its names
+            number, write, f, oneof = spec
+            if oneof is not None:
+                if oneofs is None:
+                    oneofs = [oneof]
+                elif oneof in oneofs:
+                    raise ParseError(f"{self.full_name}: more than one of {oneof!r}")
+                else:
+                    oneofs.append(oneof)
+            parts.append((number, write(f, item)))
+        if aliased and len({n for n, _ in parts}) < len(parts):
+            raise ParseError(f"{self.full_name}: a field given twice")
+        parts.sort()
+        return b"".join([data for _, data in parts])
 
 
 _encoders: dict[str, Encoder] = {}
