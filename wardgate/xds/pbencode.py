@@ -292,7 +292,7 @@ class _Field:
         if type(value) is _SharedDict:
             found = value.written.get(self)
             if found is None:
-                found = value.written[self] = self._encode(value)
+                found = value.written[self] = (self.payload or self._payload())(value)
             return found
         memo = self.memo
         if memo.on:
@@ -301,19 +301,17 @@ class _Field:
             if found is not None:
                 memo.hits += 1
                 return found
-            payload = self._encode(value)
+            payload = (self.payload or self._payload())(value)
             memo.miss(key, payload)
             return payload
-        return self._encode(value)
+        return (self.payload or self._payload())(value)
 
-    def _encode(self, value: Any) -> bytes:
-        enc = self.payload
-        if enc is None:
-            kind = self.descriptor.message_type
-            if kind.GetOptions().map_entry:  # a map's values
-                kind = kind.fields_by_name["value"].message_type
-            enc = self.payload = _encoder(kind)
-        return enc(value)
+    def _payload(self) -> Encoder:
+        kind = self.descriptor.message_type
+        if kind.GetOptions().map_entry:  # a map's values
+            kind = kind.fields_by_name["value"].message_type
+        enc = self.payload = _encoder(kind)
+        return enc
 
 
 def _writer(field: Any) -> Callable[[_Field, Any], bytes]:
@@ -339,14 +337,16 @@ def _writer(field: Any) -> Callable[[_Field, Any], bytes]:
                 out = []
                 for item in value:
                     payload = f.message(item)
-                    out.append(tag + _length(payload) + payload)
+                    n = len(payload)
+                    out.append(tag + (_SMALL[n] if n < 0x80 else _varint(n)) + payload)
                 return b"".join(out)
 
             return repeated_messages
 
         def message(f: _Field, value: Any) -> bytes:
             payload = f.message(value)
-            return tag + _length(payload) + payload
+            n = len(payload)
+            return tag + (_SMALL[n] if n < 0x80 else _varint(n)) + payload
 
         return message
     if field.type not in _SCALARS:
@@ -378,6 +378,8 @@ def _writer(field: Any) -> Callable[[_Field, Any], bytes]:
 
         return repeated
     tag = _tag(number, wire)
+    if field.type == _F.TYPE_STRING:
+        return _string_writer(field, tag)
     if field.has_presence:
 
         def present(f: _Field, value: Any) -> bytes:
@@ -390,6 +392,22 @@ def _writer(field: Any) -> Callable[[_Field, Any], bytes]:
         return b"" if default else tag + data
 
     return implicit
+
+
+def _string_writer(field: Any, tag: bytes) -> Callable[[_Field, Any], bytes]:
+    """A singular string field's writer (the commonest field, so written out)."""
+    present = field.has_presence
+
+    def string(f: _Field, value: Any) -> bytes:
+        if not isinstance(value, str):
+            raise _bad(field, "a string", value)
+        if not value and not present:
+            return b""
+        data = value.encode()
+        n = len(data)
+        return tag + (_SMALL[n] if n < 0x80 else _varint(n)) + data
+
+    return string
 
 
 def _map_writer(field: Any, entry: Any) -> Callable[[_Field, Any], bytes]:
