@@ -211,3 +211,14 @@ def test_any_route_document_gives_the_bytes_of_fastpb(raw: dict[str, Any], hashi
     for _ in range(2):
         expected = _reference(copy.deepcopy(entry), route_components_pb2.Route)
         assert pbencode.encode(entry, ROUTE) == expected
+
+
+def test_keys_left_none_are_not_written_whatever_else_the_dict_holds() -> None:
+    for entry in (
+        {"match": {"prefix": "/", "path": None}, "name": "a"},
+        {"match": {"path": None, "prefix": "/"}, "name": None},
+        {"match": {"prefix": "/", "path_separated_prefix": None}, "name": "b"},
+    ):
+        for _ in range(2):  # a planned sequence of keys the second time
+            expected = _reference(entry, route_components_pb2.Route)
+            assert pbencode.encode(entry, ROUTE) == expected

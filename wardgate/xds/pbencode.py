@@ -455,7 +455,7 @@ _Spec = tuple[int, Callable[[_Field, Any], bytes], _Field, "str | None"]
 class _Message:
     """How to write one message type from its dict."""
 
-    __slots__ = ("aliases", "fields", "full_name", "specs")
+    __slots__ = ("aliases", "fields", "full_name", "plans", "specs")
 
     def __init__(self, desc: Descriptor) -> None:
         self.full_name = desc.full_name
@@ -467,10 +467,47 @@ class _Message:
         self.aliases: dict[str, _Spec] = {
             f.json_name: self.specs[f.name] for f in desc.fields if f.json_name != f.name
         }
+        # Per sequence of keys (most dicts of a type come with the same ones): the fields in
+        # number order, or None where two keys might name one field or two of a oneof.
+        self.plans: dict[tuple[str, ...], list[tuple[str, Any, _Field]] | None] = {}
 
     def __call__(self, value: Any) -> bytes:
         if not isinstance(value, dict):
             raise ParseError(f"{self.full_name}: expected an object, got {value!r}")
+        keys = tuple(value)
+        try:
+            plan = self.plans[keys]
+        except KeyError:
+            plan = self._plan(keys)
+        if plan is None:
+            return self._checked(value)
+        out = []
+        for key, write, f in plan:
+            item = value[key]
+            if item is not None:
+                out.append(write(f, item))
+        return b"".join(out)
+
+    def _plan(self, keys: tuple[str, ...]) -> list[tuple[str, Any, _Field]] | None:
+        specs = []
+        for key in keys:
+            spec = self.specs.get(key) or self.aliases.get(key)
+            if spec is None:
+                raise ParseError(f"{self.full_name} has no field {key!r}")
+            specs.append((key, spec))
+        oneofs = [spec[3] for _, spec in specs if spec[3] is not None]
+        numbers = [spec[0] for _, spec in specs]
+        plan = None
+        if len(set(oneofs)) == len(oneofs) and len(set(numbers)) == len(numbers):
+            ordered = sorted(specs, key=lambda ks: ks[1][0])
+            plan = [(key, spec[1], spec[2]) for key, spec in ordered]
+        if len(self.plans) >= 256:
+            self.plans.clear()
+        self.plans[keys] = plan
+        return plan
+
+    def _checked(self, value: dict[str, Any]) -> bytes:
+        """``value`` written with its keys checked one by one (two keys might clash)."""
         parts: list[tuple[int, bytes]] = []
         oneofs: list[str] | None = None
         aliased = False
