@@ -638,7 +638,7 @@ def _message_type(type_url: str) -> Descriptor:
     return found
 
 
-def encode(entry: dict[str, Any], desc: Descriptor) -> bytes:
+def encode(entry: dict[str, Any], desc: Any) -> bytes:
     """``entry`` (Envoy's JSON form of a ``desc`` message) serialized: the bytes of
     ``fastpb.parse`` into a new message, serialized deterministically."""
     return _encoder(desc)(entry)
