@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 import yaml
 from envoy.config.route.v3 import route_components_pb2
-from google.protobuf import json_format
+from google.protobuf import json_format, message_factory
 from google.protobuf.message import Message
 
 from tests.unit.test_documents import PRODUCT_ROUTE, PRODUCT_SERVICE
-from wardgate.xds import canonical, fastpb
+from wardgate.xds import canonical, fastpb, pbencode
 from wardgate.xds.build import SnapshotBuilder
 from wardgate.xds.listener import build_listener
 from wardgate.xds.translate import TranslateOptions
@@ -41,13 +41,13 @@ def _documents() -> dict[str, dict[str, str]]:
 
 def _recorded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[dict[str, Any], type[Message]]]:
     seen: list[tuple[dict[str, Any], type[Message]]] = []
-    real = fastpb.parse
+    real = pbencode.encode  # what every configuration goes through (canonical.parse too)
 
-    def record(entry: Any, message: Message) -> Message:
-        seen.append((copy.deepcopy(entry), type(message)))
-        return real(entry, message)
+    def record(entry: Any, desc: Any) -> bytes:
+        seen.append((copy.deepcopy(entry), message_factory.GetMessageClass(desc)))
+        return real(entry, desc)
 
-    monkeypatch.setattr(fastpb, "parse", record)
+    monkeypatch.setattr(pbencode, "encode", record)
     builder = SnapshotBuilder(TranslateOptions())
     builder.build(builder.parse(_documents(), {}), {}, revision=1)
     build_listener("0.0.0.0", 10000, TranslateOptions())

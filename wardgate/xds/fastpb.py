@@ -34,7 +34,7 @@ _INTS = {
     _F.TYPE_SFIXED64,
 }
 _FLOATS = {_F.TYPE_DOUBLE, _F.TYPE_FLOAT}
-_WRAPPERS = {
+WRAPPERS = {
     f"google.protobuf.{n}Value"
     for n in ("Double", "Float", "Int64", "UInt64", "Int32", "UInt32", "Bool", "String", "Bytes")
 }
@@ -86,7 +86,7 @@ def _message(msg: Message, value: Any) -> None:
             raise ParseError(f"{full}: expected a string, got {value!r}")
         msg.FromJsonString(value)  # type: ignore[attr-defined]
         return
-    if full in _WRAPPERS:
+    if full in WRAPPERS:
         field = desc.fields_by_name["value"]
         msg.value = _scalar(field, value)  # type: ignore[attr-defined]
         return
@@ -191,7 +191,7 @@ def _any(msg: Message, value: Any) -> None:
     inner = _class(type_url)()
     body = {k: v for k, v in value.items() if k != "@type"}
     full = inner.DESCRIPTOR.full_name
-    if full in _TIMES or full in _WRAPPERS or full.startswith("google.protobuf."):
+    if full in _TIMES or full in WRAPPERS or full.startswith("google.protobuf."):
         if "value" not in body:
             raise ParseError(f"Any of {full}: expected a 'value'")
         _message(inner, body["value"])

@@ -18,6 +18,7 @@ still admits at most that many per client, plus the refill (docs/DECISIONS.md).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -26,6 +27,7 @@ from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb
 
 from wardgate.domain.documents import RateLimit
 from wardgate.domain.ratelimit import RULE_KEY, TIER_KEY
+from wardgate.xds.pbencode import shared
 from wardgate.xds.typeurls import T_LOCAL_RATELIMIT
 
 F_LOCAL_RATELIMIT = "envoy.filters.http.local_ratelimit"
@@ -93,11 +95,56 @@ def guard_bucket(rule_value: str, rule: RateLimit, burst: float) -> GuardBucket:
     key as a wildcard: one bucket per distinct value) and the bucket. A rule with tiers gets
     the largest of its limits."""
     requests = max([rule.requests, *(rule.tiers or {}).values()])
-    bucket = token_bucket(requests, rule.period_seconds)
-    bucket["max_tokens"] = capacity(requests, rule.algorithm, burst)
-    entries = [{"key": RULE_KEY, "value": rule_value}]
-    entries += [{"key": key, "value": ""} for key in descriptor_keys(rule)]
-    return GuardBucket({"entries": entries, "token_bucket": bucket}, requests, rule.period_seconds)
+    period = rule.period_seconds
+    entries = [
+        {"key": RULE_KEY, "value": rule_value},
+        *_client_entries(tuple(descriptor_keys(rule))),
+    ]
+    bucket = _bucket(requests, period, capacity(requests, rule.algorithm, burst))
+    return GuardBucket({"entries": entries, "token_bucket": bucket}, requests, period)
+
+
+# What many routes' guards share, built once (``pbencode.shared``: written once per field).
+
+
+@functools.lru_cache(maxsize=1024)
+def _client_entries(keys: tuple[str, ...]) -> tuple[dict[str, str], ...]:
+    return tuple(shared({"key": key, "value": ""}) for key in keys)
+
+
+@functools.lru_cache(maxsize=1024)
+def _bucket(requests: int, period: int, max_tokens: int) -> dict[str, Any]:
+    bucket = token_bucket(requests, period)
+    bucket["max_tokens"] = max_tokens
+    return shared(bucket)  # type: ignore[no-any-return]
+
+
+@functools.lru_cache(maxsize=1024)
+def _guard_common(requests: int, period: int) -> dict[str, Any]:
+    """The guard's configuration but for its stage, descriptors and clients."""
+    wait = max(1, math.ceil(period / requests))
+    headers = {
+        "retry-after": str(wait),
+        "x-ratelimit-limit": str(requests),
+        "x-ratelimit-remaining": "0",
+        "x-ratelimit-reset": str(wait),
+    }
+    return shared(  # type: ignore[no-any-return]
+        {
+            # Required per route; never limits: only the descriptors' buckets do.
+            "token_bucket": {
+                "max_tokens": MAX_TOKENS,
+                "tokens_per_fill": MAX_TOKENS,
+                "fill_interval": f"{TICK_MS / 1000:.3f}s",
+            },
+            "filter_enabled": {**_ALL, "runtime_key": "wardgate.guard.enabled"},
+            "filter_enforced": {**_ALL, "runtime_key": "wardgate.guard.enforced"},
+            "response_headers_to_add": [
+                {"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+                for k, v in headers.items()
+            ],
+        }
+    )
 
 
 def route_guard(
@@ -109,32 +156,18 @@ def route_guard(
     only when the exact check could not answer, adds fixed ones to its 429: the rule with the
     slowest refill, and when one of its tokens comes back."""
     tightest = max(buckets, key=lambda b: b.period / b.requests)
-    wait = max(1, math.ceil(tightest.period / tightest.requests))
-    headers = {
-        "retry-after": str(wait),
-        "x-ratelimit-limit": str(tightest.requests),
-        "x-ratelimit-remaining": "0",
-        "x-ratelimit-reset": str(wait),
-    }
+    common = _guard_common(tightest.requests, tightest.period)
     return {
         "@type": T_LOCAL_RATELIMIT,
         "stat_prefix": STAT_PREFIX,
         "stage": stage,  # the descriptors of the route's actions of this stage
-        # Required per route; never limits: only the descriptors' buckets do.
-        "token_bucket": {
-            "max_tokens": MAX_TOKENS,
-            "tokens_per_fill": MAX_TOKENS,
-            "fill_interval": f"{TICK_MS / 1000:.3f}s",
-        },
-        "filter_enabled": {**_ALL, "runtime_key": "wardgate.guard.enabled"},
-        "filter_enforced": {**_ALL, "runtime_key": "wardgate.guard.enforced"},
+        "token_bucket": common["token_bucket"],
+        "filter_enabled": common["filter_enabled"],
+        "filter_enforced": common["filter_enforced"],
         "descriptors": [b.descriptor for b in buckets],
         "always_consume_default_token_bucket": False,
         "max_dynamic_descriptors": opts.clients,
-        "response_headers_to_add": [
-            {"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
-            for k, v in headers.items()
-        ],
+        "response_headers_to_add": common["response_headers_to_add"],
     }
 
 

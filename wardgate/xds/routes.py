@@ -7,6 +7,7 @@ places them in scopes.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from typing import Any
@@ -29,6 +30,7 @@ from wardgate.xds.extproc import route_filters as extproc_filters
 from wardgate.xds.local_guard import F_LOCAL_RATELIMIT, guard_bucket, route_guard
 from wardgate.xds.local_limits import F_LOCAL_LIMITS, route_local_limits
 from wardgate.xds.native_auth import route_filters as native_auth_filters
+from wardgate.xds.pbencode import shared
 from wardgate.xds.quota import F_QUOTA_KEYS, route_quota_keys, route_rules
 from wardgate.xds.scope_key import SCOPE_HEADER
 from wardgate.xds.transcoder import route_filters as transcoding_filters
@@ -72,11 +74,10 @@ def _route_match(route: Route) -> dict[str, Any]:
         match[key] = prefix
     headers: list[dict[str, Any]] = []
     if m.methods:
-        methods = list(m.methods)
-        if route.cors is not None and "OPTIONS" not in methods:
-            methods.append("OPTIONS")  # the CORS preflight must reach the CORS filter
-        regex = f"^({_regex_alternatives(methods)})$"
-        headers.append({"name": ":method", "string_match": {"safe_regex": {"regex": regex}}})
+        if not m.headers and not m.hosts:
+            match["headers"] = _methods_alone(tuple(m.methods), route.cors is not None)
+            return match
+        headers.append(_methods(tuple(m.methods), route.cors is not None))
     for name, value in (m.headers or {}).items():
         headers.append({"name": name, "string_match": {"exact": value}})
     if m.hosts:
@@ -86,6 +87,23 @@ def _route_match(route: Route) -> dict[str, Any]:
     if headers:
         match["headers"] = headers
     return match
+
+
+@functools.lru_cache(maxsize=256)
+def _methods(methods: tuple[str, ...], cors: bool) -> dict[str, Any]:
+    """The header matcher for a route's methods (many routes share it)."""
+    names = list(methods)
+    if cors and "OPTIONS" not in names:
+        names.append("OPTIONS")  # the CORS preflight must reach the CORS filter
+    regex = f"^({_regex_alternatives(names)})$"
+    return shared(  # type: ignore[no-any-return]
+        {"name": ":method", "string_match": {"safe_regex": {"regex": regex}}}
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _methods_alone(methods: tuple[str, ...], cors: bool) -> list[dict[str, Any]]:
+    return shared([_methods(methods, cors)])  # type: ignore[no-any-return]
 
 
 def _metadata_action(key: str, field: str, default: str | None = None) -> dict[str, Any]:
@@ -121,31 +139,38 @@ def _rate_limit_actions(
     out = []
     for value, rule in rules:
         actions: list[dict[str, Any]] = [
-            {"generic_key": {"descriptor_key": RULE_KEY, "descriptor_value": value}}
+            {"generic_key": {"descriptor_key": RULE_KEY, "descriptor_value": value}},
+            *_client_actions(tuple(rule.dimensions), bool(rule.tiers)),
         ]
-        for dim in rule.dimensions:
-            if dim == "ip":
-                actions.append({"remote_address": {}})
-            elif dim == "user":
-                # The user as the upstream sees it: set by ext_authz, or by Envoy from a
-                # session ticket or JWT (native_auth.py); a client's own value is removed
-                # first. No identity (a public route): no descriptor, no limit.
-                actions.append(
-                    {"request_headers": {"header_name": "x-user-id", "descriptor_key": dim}}
-                )
-            elif dim == "api_key":
-                # No API key (a public route, or another credential): no descriptor, no limit.
-                actions.append(_metadata_action(dim, dim))
-            elif dim.startswith("header:"):
-                # Keyed "header:NAME": a header named "user" or "remote_address" cannot pass
-                # for the entries the gateway itself sets.
-                name = dim.split(":", 1)[1]
-                actions.append({"request_headers": {"header_name": name, "descriptor_key": dim}})
-        if rule.tiers:
-            actions.append(_metadata_action(TIER_KEY, "tier", default="default"))
         stage = 1 if (rule.failure_mode or default) != default else 0
         out.append({"stage": stage, "actions": actions} if stage else {"actions": actions})
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _client_actions(dimensions: tuple[str, ...], tiers: bool) -> tuple[dict[str, Any], ...]:
+    """A rule's actions after its own entry: its client, and its tier (many rules share
+    them)."""
+    actions: list[dict[str, Any]] = []
+    for dim in dimensions:
+        if dim == "ip":
+            actions.append({"remote_address": {}})
+        elif dim == "user":
+            # The user as the upstream sees it: set by ext_authz, or by Envoy from a
+            # session ticket or JWT (native_auth.py); a client's own value is removed
+            # first. No identity (a public route): no descriptor, no limit.
+            actions.append({"request_headers": {"header_name": "x-user-id", "descriptor_key": dim}})
+        elif dim == "api_key":
+            # No API key (a public route, or another credential): no descriptor, no limit.
+            actions.append(_metadata_action(dim, dim))
+        elif dim.startswith("header:"):
+            # Keyed "header:NAME": a header named "user" or "remote_address" cannot pass
+            # for the entries the gateway itself sets.
+            name = dim.split(":", 1)[1]
+            actions.append({"request_headers": {"header_name": name, "descriptor_key": dim}})
+    if tiers:
+        actions.append(_metadata_action(TIER_KEY, "tier", default="default"))
+    return tuple(shared(a) for a in actions)
 
 
 def _guard(rules: list[tuple[str, RateLimit]], opts: TranslateOptions) -> dict[str, Any] | None:
@@ -225,10 +250,16 @@ def _origin_matcher(origin: str) -> dict[str, Any]:
     return {"exact": origin}
 
 
-def _route_action(route: Route, hashing: bool, opts: TranslateOptions) -> dict[str, Any]:
+_HASH_BY_CLIENT = shared([{"connection_properties": {"source_ip": True}}])
+_WEBSOCKET = shared([{"upgrade_type": "websocket"}])
+
+
+def _route_action(
+    route: Route, rules: list[tuple[str, RateLimit]], hashing: bool, opts: TranslateOptions
+) -> dict[str, Any]:
     action: dict[str, Any] = {}
     if hashing:
-        action["hash_policy"] = [{"connection_properties": {"source_ip": True}}]
+        action["hash_policy"] = _HASH_BY_CLIENT
     if route.backend is not None:
         action["cluster"] = route.backend
     elif route.compose is not None:
@@ -248,14 +279,16 @@ def _route_action(route: Route, hashing: bool, opts: TranslateOptions) -> dict[s
         if route.retries.per_try_timeout:
             policy["per_try_timeout"] = envoy_duration(route.retries.per_try_timeout)
         action["retry_policy"] = policy
-    if exact := _exact(_rules(route)):
+    if exact := _exact(rules):
         action["rate_limits"] = _rate_limit_actions(exact, opts)
     if route.websocket:
-        action["upgrade_configs"] = [{"upgrade_type": "websocket"}]
+        action["upgrade_configs"] = _WEBSOCKET
     return action
 
 
-def _per_filter_config(route: Route, opts: TranslateOptions) -> dict[str, Any]:
+def _per_filter_config(
+    route: Route, rules: list[tuple[str, RateLimit]], opts: TranslateOptions
+) -> dict[str, Any]:
     """The route's own configuration of the listener's filters; empty for most routes.
 
     Public routes and routes without max_body_bytes carry no ext_authz or buffer config:
@@ -277,7 +310,6 @@ def _per_filter_config(route: Route, opts: TranslateOptions) -> dict[str, Any]:
         per_filter[F_CORS] = cors
     if rbac := _rbac(route):
         per_filter[F_RBAC] = rbac
-    rules = _rules(route)
     if limits := _guard(_exact(rules), opts):
         per_filter[F_LOCAL_RATELIMIT] = limits
     if local := route_local_limits(rules, clients=opts.guard.clients):
@@ -300,9 +332,10 @@ def route_entry(
 ) -> dict[str, Any]:
     """One route in Envoy's JSON form. ``hashing``: a backend balances by consistent hashing
     (ring_hash, maglev), so the route says what to hash: the client's address."""
-    action = _route_action(route, hashing, opts)
+    rules = _rules(route)
+    action = _route_action(route, rules, hashing, opts)
     entry: dict[str, Any] = {"name": route.name, "match": _route_match(route), "route": action}
-    if per_filter := _per_filter_config(route, opts):
+    if per_filter := _per_filter_config(route, rules, opts):
         entry["typed_per_filter_config"] = per_filter
     return entry
 

@@ -13,10 +13,11 @@ from typing import Any
 
 from envoy.config.route.v3 import route_components_pb2
 
-from wardgate.xds import canonical
+from wardgate.xds import pbencode
 
 # Field numbers: RouteConfiguration.name, .virtual_hosts; VirtualHost.routes.
 _CONFIG_NAME, _CONFIG_VHOSTS, _VHOST_ROUTES = 1, 2, 3
+_ROUTE = route_components_pb2.Route.DESCRIPTOR
 
 
 def _varint(n: int) -> bytes:
@@ -38,8 +39,7 @@ def _field(number: int, payload: bytes) -> bytes:
 
 def route_field(entry: dict[str, Any]) -> bytes:
     """A route in Envoy's JSON form, serialized as a ``VirtualHost.routes`` field."""
-    msg = canonical.parse(entry, route_components_pb2.Route())
-    return _field(_VHOST_ROUTES, msg.SerializeToString(deterministic=True))
+    return _field(_VHOST_ROUTES, pbencode.encode(entry, _ROUTE))
 
 
 def route_configuration(name: str, vhost_head: bytes, routes: list[bytes]) -> bytes:
