@@ -7,7 +7,7 @@ Static Envoys (no wardgate, no upstream: every route is a ``direct_response`` 20
 
   one-1       one route table holding one route (prefix /): the baseline.
   scoped-1    the same route in wardgate's scopes: the ``wardgate.scope`` Lua filter first,
-              201 scopes, the route copied into each scope of depth 1.
+              every scope (3 depths x BUCKETS), the route copied into each scope of depth 1.
   one-N       one table of N routes shaped like bench/xds_scale.py's (``/r/<i>``, methods
               GET and POST), requested on the route Envoy tries last: a full linear scan.
   scoped-N    the same N routes placed by ``wardgate.xds.scope_layout.Layout`` (here: the first

@@ -18,7 +18,7 @@ import dataclasses
 import json
 from collections.abc import Sequence
 
-BUCKETS = 67  # prime: a polynomial hash spreads evenly over a prime count
+BUCKETS = 251  # prime: a polynomial hash spreads evenly over a prime count
 MAX_DEPTH = 3
 SCOPE_HEADER = "x-wardgate-scope"
 SEGMENT_HASH_BYTES = 64  # only a segment's first bytes are hashed: long paths cost no more
