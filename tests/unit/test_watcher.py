@@ -683,3 +683,23 @@ def test_a_read_by_name_of_nothing_changed_builds_nothing() -> None:
         assert parts.count("wardgate_xds_snapshot_builds_total", result="unchanged") == 1
 
     _run(body)
+
+
+def test_gc_is_paused_around_a_whole_read_and_restored_after() -> None:
+    import gc
+
+    policy = GcPolicy()
+    assert gc.isenabled()
+    with policy.paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()  # a caller that had it off keeps it off
+    try:
+        with policy.paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    with pytest.raises(RuntimeError), policy.paused():
+        raise RuntimeError("a failed build")
+    assert gc.isenabled()

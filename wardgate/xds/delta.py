@@ -114,7 +114,7 @@ def _response(
         del watch.known[name]
     watch.nonce = nonce
     watch.nonce_version = res.version
-    seq.sent(type_url, nonce, snapshot, dict(items), send)
+    seq.sent(type_url, nonce, snapshot, items, send)
     return response, res.version
 
 

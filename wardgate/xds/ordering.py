@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from google.protobuf import any_pb2
 
@@ -30,7 +30,7 @@ class Sequencer:
         self._route_names: dict[str, frozenset[str]] = {}  # RDS nonce -> configurations in it
         self._refused_routes: set[str] = set()  # configurations whose last version was NACKed
         self.routes_in_use: frozenset[str] = frozenset()  # clusters of the accepted routes
-        self.sent_clusters: dict[str, any_pb2.Any] = {}
+        self.sent_clusters: Mapping[str, any_pb2.Any] = {}
 
     def hold(self, type_url: str) -> bool:
         """Whether a response of ``type_url`` must wait for an answer to an earlier one."""
@@ -42,7 +42,7 @@ class Sequencer:
         pending = frozenset().union(*self._route_uses.values()) if self._route_uses else frozenset()
         return self.routes_in_use | pending
 
-    def clusters(self, snapshot: Snapshot) -> tuple[dict[str, any_pb2.Any], str]:
+    def clusters(self, snapshot: Snapshot) -> tuple[Mapping[str, any_pb2.Any], str]:
         """The clusters to send: the snapshot's, plus any removed one still routed to."""
         res = snapshot.get(TYPE_CLUSTER)
         keep = sorted(n for n in self.in_use() if n not in res.items and n in self.sent_clusters)
@@ -59,7 +59,7 @@ class Sequencer:
         type_url: str,
         nonce: str,
         snapshot: Snapshot,
-        clusters: dict[str, any_pb2.Any],
+        clusters: Mapping[str, any_pb2.Any],
         names: Iterable[str] = (),
     ) -> None:
         """A response went out; ``names``: the route configurations it carries."""
@@ -69,7 +69,7 @@ class Sequencer:
         else:
             self._pending.pop(type_url, None)
         if type_url == TYPE_CLUSTER:
-            self.sent_clusters = dict(clusters)
+            self.sent_clusters = clusters  # never changed: a snapshot's, or a fresh dict
         elif type_url == TYPE_ROUTE:
             self._route_uses[nonce] = snapshot.route_clusters
             self._route_names[nonce] = frozenset(names)

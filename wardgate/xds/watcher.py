@@ -167,7 +167,15 @@ class DocumentWatcher:
         read."""
         started = time.perf_counter()
         changes = await self._changes(writes)
-        read = await (self._read_all() if changes is None else self._read_changes(changes))
+        if changes is None:
+            with self._gc.paused():  # a whole parse and build, maybe
+                return await self._build(await self._read_all(), None, started)
+        return await self._build(await self._read_changes(changes), changes, started)
+
+    async def _build(
+        self, read: _Read | None, changes: StoredChanges | None, started: float
+    ) -> tuple[bool, bool]:
+        """Build and publish what was read (None: nothing new)."""
         if read is None:  # the documents are as last built
             return await self._unchanged(), changes is None
         parsed, revision, compose_key = read.parsed, read.revision, read.compose_key
