@@ -184,11 +184,13 @@ class DocumentWatcher:
         self._cursor = read.cursor  # where the next read by name starts
         catalog = self._builder.catalog  # what the build serves: maybe less than parsed
         assert catalog is not None
-        await self._save_last_good(catalog)  # only what really is served
         refused = dict(catalog.refused)
-        if self._issuers is not None:
+        if self._issuers is not None:  # before Envoy routes to them (no wait if unchanged)
             refused.update(await self._issuers.load(catalog.issuers))
         changed = self._publish(snapshot)
+        # What is served now, recorded after it went out: a round trip to Redis less
+        # between a change and Envoy.
+        await self._save_last_good(catalog)
         if self._builder.moving:  # finish the move once every Envoy had time to take it
             asyncio.get_running_loop().call_later(SETTLE_AFTER + 0.1, self.wake)
         self._gc.after_build()
