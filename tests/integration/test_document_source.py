@@ -225,3 +225,22 @@ def test_keyspace_events_are_counted_as_writes(redis_url: str, prefix: str) -> N
             assert notifications.take_writes() == 0
 
     with_redis(redis_url, body)
+
+
+def test_a_large_route_hash_is_read_whole_in_slices(redis_url: str, prefix: str) -> None:
+    """Routes are read with HSCAN, a slice at a time: every field comes back, decoded as
+    HGETALL's were (a value that is not UTF-8 is kept for the parse to refuse alone)."""
+    keys = Keys(prefix)
+
+    async def body(r: Any) -> None:
+        routes = {f"r{i}": json.dumps({"kind": "Route", "name": f"r{i}"}) for i in range(2_600)}
+        await r.hset(keys.routes, mapping=routes)
+        await r.hset(keys.routes, "bad", b'{"kind": "Route"\xff}')
+        await r.hset(keys.services, "s", SVC)
+        stored = await RedisDocumentSource(redis=r, keys=keys).load()
+        assert stored.documents["Route"].keys() == {*routes, "bad"}
+        assert stored.documents["Route"]["r2599"] == routes["r2599"]
+        assert stored.documents["Service"] == {"s": SVC}
+        assert "not UTF-8" in Catalog.from_raw(stored.documents).refused["Route/bad"]
+
+    with_redis(redis_url, body)

@@ -40,6 +40,8 @@ log = logging.getLogger("wardgate.watcher")
 
 
 MAX_CHANGES = 100  # history entries read by name at most; more: everything is read again
+SCAN_COUNT = 1000  # route fields per HSCAN slice of a full read
+_HASHES_READ_WHOLE = tuple(k for k in KIND_ORDER if k != "Route")  # with one HGETALL each
 COALESCE = 0.001  # seconds of quiet that end a burst of messages
 
 
@@ -104,17 +106,19 @@ class RedisDocumentSource:
         self._manage_events = manage_keyspace_events
 
     async def load(self) -> Stored:
-        """Every document hash, the revision and the compose key, in one round trip (and one
-        more the first time: the first reader creates the key, every other reads it). The
-        history's newest entry is read first: the documents are no older than it."""
+        """Every document hash, the revision and the compose key: the history's newest entry
+        first (the documents are no older than it), then every kind but routes in one round
+        trip, then the routes in slices (``_scan``). One more round trip the first time: the
+        first reader creates the compose key, every other reads it."""
         with redis_errors():
             async with self._r.pipeline(transaction=False) as pipe:
                 pipe.xrevrange(self._k.history, count=1)
-                for kind in KIND_ORDER:
+                for kind in _HASHES_READ_WHOLE:
                     queue_documents_read(pipe, self._k.documents(kind))
                 pipe.get(self._k.revision)
                 pipe.get(self._k.compose_key)
                 newest, *hashes, revision, key = await pipe.execute()
+            routes = await self._scan(self._k.documents("Route"))
             if not key:
                 # This process's key again if it had one (Redis lost it): the Envoys it
                 # configured keep theirs; else a new one. Whoever sets it first wins.
@@ -123,12 +127,30 @@ class RedisDocumentSource:
                 key = await self._r.get(self._k.compose_key)
         key = key.decode() if isinstance(key, bytes) else str(key or "")
         self.compose_key.value = key
-        documents = {kind: decode_documents(h) for kind, h in zip(KIND_ORDER, hashes, strict=True)}
+        documents = {
+            kind: decode_documents(h) for kind, h in zip(_HASHES_READ_WHOLE, hashes, strict=True)
+        }
+        documents["Route"] = routes
         cursor = Cursor("0-0", 0)
         if newest:
             entry, fields = newest[0]
             cursor = _cursor(entry, fields)
         return Stored(documents, int(revision or 0), key, cursor if cursor.revision >= 0 else None)
+
+    async def _scan(self, key: str) -> dict[str, str]:
+        """A document hash read ``SCAN_COUNT`` fields at a time (HSCAN), the event loop free
+        between slices: one HGETALL of 100,000 routes held it (and the ext_authz checks
+        waiting on it) ~0.2 s. A field written meanwhile may come in either version; that
+        write's keyspace event or history entry brings the newer one at the next sync."""
+        out: dict[str, str] = {}
+        position: Any = 0
+        while True:
+            position, chunk = await self._r.execute_command(
+                "HSCAN", key, position, "COUNT", SCAN_COUNT, **{NEVER_DECODE: True}
+            )
+            out.update(decode_documents(chunk))
+            if int(position) == 0:
+                return out
 
     async def load_changes(self, cursor: Cursor) -> StoredChanges | None:
         """The documents named by the history's entries after ``cursor``, read with HMGET:
