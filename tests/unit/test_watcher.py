@@ -703,3 +703,26 @@ def test_gc_is_paused_around_a_whole_read_and_restored_after() -> None:
     with pytest.raises(RuntimeError), policy.paused():
         raise RuntimeError("a failed build")
     assert gc.isenabled()
+
+
+def test_a_steady_stream_of_cli_changes_does_not_put_off_the_periodic_full_read() -> None:
+    """A raw write no keyspace event announced (events off, a managed Redis; a DEL where the
+    'g' class is off) is found only by the periodic full read: CLI changes read by name
+    more often than the resync interval must not keep putting that read off."""
+
+    async def body() -> None:
+        source = MemoryDocumentSource(_documents(2))
+        parts = Parts(source, resync=0.3)
+        task = asyncio.create_task(parts.watcher.run())
+        await _eventually(lambda: parts.cache.ready)
+        source.put("Route", "quiet", _route("quiet", "users", "/quiet"), announce=False)
+        deadline = asyncio.get_running_loop().time() + 2.0
+        step = 0
+        while "quiet" not in _served_routes(parts):
+            assert asyncio.get_running_loop().time() < deadline, "the raw write was never read"
+            step += 1
+            source.commit({("Route", "r0"): _route("r0", "users", f"/s{step}")})
+            await asyncio.sleep(0.1)
+        task.cancel()
+
+    _run(body)
