@@ -10,6 +10,7 @@ import json
 import random
 import threading
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -533,6 +534,60 @@ def test_a_document_that_cannot_be_translated_is_refused_alone(
         assert parts.watcher.last_error == ""
 
     _run(body)
+
+
+def test_an_untranslatable_route_falls_back_only_to_a_last_good_version_that_still_works(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A route that cannot be translated is served in its last good version only if that
+    version's service (and descriptor) still exist: else the route went out to a cluster
+    that is gone, and a transcoding one whose descriptor is gone failed every build."""
+    import wardgate.xds.assemble as assemble
+
+    real = assemble.route_entry
+
+    def fragile(route: Any, **kw: Any) -> dict[str, Any]:
+        if route.match.prefix == "/explodes":
+            raise OverflowError("a value Envoy cannot hold")
+        return real(route, **kw)
+
+    monkeypatch.setattr(assemble, "route_entry", fragile)
+    demo = Path(__file__).resolve().parents[2] / "wardgate" / "_proto" / "demo.pb"
+    grpc = {"protocol": "grpc"}
+    transcode = {"descriptor": "demo", "services": ["wardgate.demo.v1.Greeter"]}
+    last_good = {
+        "Route": {
+            "plain": _route("plain", "gone", "/plain"),
+            "rest": _route("rest", "g", "/v1", transcode=transcode),
+        }
+    }
+    docs = _documents(0)
+    docs["Service"]["g"] = _svc("g", **grpc)
+    docs["Route"] = {n: _route(n, "users", "/explodes") for n in ("plain", "rest")}
+    builder = SnapshotBuilder(OPTS)
+    snapshot = builder.build(builder.parse(docs, last_good), {}, revision=1)
+    catalog = builder.catalog
+    assert catalog is not None and not catalog.routes
+    assert "gone" not in snapshot.route_clusters
+    for name in ("plain", "rest"):
+        assert "cannot be translated" in catalog.refused[f"Route/{name}"]
+        assert "last good" not in catalog.refused[f"Route/{name}"]
+    # With what it uses there, the last good version is served.
+    docs["Service"]["gone"] = _svc("gone")
+    docs["Descriptor"] = {
+        "demo": json.dumps(
+            {
+                "kind": "Descriptor",
+                "name": "demo",
+                "descriptor_set": base64.b64encode(demo.read_bytes()).decode(),
+            }
+        )
+    }
+    builder = SnapshotBuilder(OPTS)
+    builder.build(builder.parse(docs, last_good), {}, revision=2)
+    catalog = builder.catalog
+    assert catalog is not None and set(catalog.routes) == {"plain", "rest"}
+    assert "still serving the last good version" in catalog.refused["Route/rest"]
 
 
 def test_a_stuck_key_file_never_starves_other_reads() -> None:
