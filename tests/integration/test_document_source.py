@@ -244,3 +244,30 @@ def test_a_large_route_hash_is_read_whole_in_slices(redis_url: str, prefix: str)
         assert "not UTF-8" in Catalog.from_raw(stored.documents).refused["Route/bad"]
 
     with_redis(redis_url, body)
+
+
+def test_a_hash_deleted_whole_is_announced_whatever_event_classes_were_on(
+    redis_url: str, prefix: str
+) -> None:
+    """Hash events alone ('Kh', set by someone else) announce HSET and HDEL, not a DEL of
+    the whole hash (a generic event, class 'g'): the watcher turns on what it misses, or
+    such a DEL waits for the periodic full read."""
+    keys = Keys(prefix)
+
+    async def body(r: Any) -> None:
+        before = (await r.config_get("notify-keyspace-events"))["notify-keyspace-events"]
+        await r.config_set("notify-keyspace-events", "Kh")
+        try:
+            await r.hset(keys.routes, "x", "{}")
+            source = RedisDocumentSource(redis=r, keys=keys)
+            async with source.subscribe() as notifications:
+                assert notifications.complete
+                notifications.take_writes()
+                assert await _signal_after(notifications, r.delete(keys.routes)) == (
+                    Signal.DOCUMENTS
+                )
+                assert notifications.take_writes() == 1
+        finally:
+            await r.config_set("notify-keyspace-events", before)
+
+    with_redis(redis_url, body)

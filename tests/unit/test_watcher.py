@@ -10,6 +10,7 @@ import json
 import random
 import threading
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -155,6 +156,125 @@ def test_changes_by_name_in_place_give_what_a_fresh_build_gives() -> None:
         assert warm.catalog.refused == cold.catalog.refused, step
         assert warm.is_current(docs)
     assert patched >= 20  # most steps were patched in place, not parsed whole
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_patches_with_features_and_failed_builds_give_what_a_fresh_build_gives(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, with what the test above leaves out: transcoding routes (and routes that
+    take their bindings), a descriptor and a gRPC service deleted and restored, compose
+    routes, shared rate-limit keys, maglev, routes that cannot be translated (served in
+    their last good version, or not), builds that fail after the layout was changed, and
+    full parses between the patches. Refusal reasons may differ (a route refused in its
+    last good version loses that version, and a fresh parse then gives the stored one's
+    reason); what is refused and what is served may not."""
+    import wardgate.xds.assemble as assemble
+
+    real_entry, real_transcoder = assemble.route_entry, assemble.Translator._transcoder
+    fail_once = [False]
+
+    def entry(route: Any, **kw: Any) -> dict[str, Any]:
+        if (route.match.prefix or "").startswith("/boom"):
+            raise OverflowError("a value Envoy cannot hold")
+        return real_entry(route, **kw)
+
+    def transcoder(self: Any, catalog: Any) -> bytes:
+        if fail_once[0]:
+            fail_once[0] = False
+            raise RuntimeError("a bug after the layout changed")
+        return real_transcoder(self, catalog)
+
+    monkeypatch.setattr(assemble, "route_entry", entry)
+    monkeypatch.setattr(assemble.Translator, "_transcoder", transcoder)
+    demo = Path(__file__).resolve().parents[2] / "wardgate" / "_proto" / "demo.pb"
+    descriptor = json.dumps(
+        {
+            "kind": "Descriptor",
+            "name": "demo",
+            "descriptor_set": base64.b64encode(demo.read_bytes()).decode(),
+        }
+    )
+    grpc = _svc("g", protocol="grpc")
+    transcode = {"descriptor": "demo", "services": ["wardgate.demo.v1.Greeter"]}
+    route_extra: list[dict[str, Any]] = [
+        {},
+        {},
+        {"rate_limits": [{"by": "user", "requests": 5, "per": "minute", "enforce": "quota"}]},
+        {"rate_limits": [{"by": "ip", "requests": 5, "per": "minute", "key": "k"}]},
+        {"rate_limits": [{"by": "ip", "requests": 7, "per": "minute", "key": "k"}]},
+    ]
+    rng = random.Random(seed)
+    docs = _documents(routes=20)
+    docs["Service"].update(other=_svc("other"), g=grpc)
+    docs["Descriptor"] = {"demo": descriptor}
+    last_good = LastGood({})
+    warm = SnapshotBuilder(OPTS)
+    warm.build(warm.parse(copy.deepcopy(docs), last_good.documents), {}, revision=0)
+    last_good.apply(last_good.diff(warm.catalog))  # type: ignore[arg-type]
+    for step in range(50):
+        changes: dict[tuple[str, str], str | None] = {}
+        for _ in range(rng.choice((1, 1, 2, 3))):
+            name = f"r{rng.randrange(25)}"
+            what = rng.random()
+            if what < 0.1:
+                changes[("Route", name)] = None
+            elif what < 0.15:
+                changes[("Route", name)] = json.dumps({"kind": "Route", "name": name})
+            elif what < 0.2:
+                svc = rng.choice(("users", "other"))
+                lb = rng.choice(({}, {"lb": "ring_hash"}, {"lb": "maglev"}, {"timeout": "3s"}))
+                changes[("Service", svc)] = _svc(svc, **lb)
+            elif what < 0.23:
+                changes[("Descriptor", "demo")] = rng.choice((None, descriptor))
+            elif what < 0.26:
+                changes[("Service", "g")] = rng.choice((None, grpc))
+            elif what < 0.36:
+                prefix = rng.choice(("/v1", "/v1/greeter", "/v1/notes"))
+                changes[("Route", name)] = _route(name, "g", prefix, transcode=transcode)
+            elif what < 0.42:
+                backend = rng.choice(("users", "missing"))
+                doc = {
+                    "kind": "Route",
+                    "name": name,
+                    "match": {"path": f"/c/{name}", "methods": ["GET"]},
+                    "compose": {"a": {"backend": backend, "path": "/a"}},
+                }
+                changes[("Route", name)] = json.dumps(doc)
+            elif what < 0.47:
+                changes[("Route", name)] = _route(name, "users", f"/boom/{name}")
+            else:
+                backend = rng.choice(("users", "other", "missing", "g"))
+                prefix = rng.choice((f"/p{rng.randrange(9)}/{name}", "/v1/greeter/x", "/v1"))
+                changes[("Route", name)] = _route(name, backend, prefix, **rng.choice(route_extra))
+        for (kind, name), text in changes.items():
+            if text is None:
+                docs[kind].pop(name, None)
+            else:
+                docs[kind][name] = text
+        before = copy.deepcopy(last_good.documents)
+        how = rng.random()
+        if how < 0.15:
+            parsed = warm.parse(copy.deepcopy(docs), last_good.documents)  # a full read
+        else:
+            parsed = warm.parse_changes(changes, last_good.documents)
+        if how > 0.9:
+            continue  # never built: the next parse must not patch from it
+        if how > 0.8:
+            fail_once[0] = True
+            with pytest.raises(RuntimeError):
+                warm.build(parsed, {}, revision=step)
+            parsed = warm.parse(copy.deepcopy(docs), last_good.documents)  # read again
+        got = warm.build(parsed, {}, revision=step)
+        last_good.apply(last_good.diff(warm.catalog))  # type: ignore[arg-type]
+        cold = SnapshotBuilder(OPTS)
+        fresh = cold.build(cold.parse(copy.deepcopy(docs), before), {}, revision=step)
+        assert warm.catalog is not None and cold.catalog is not None
+        assert warm.catalog.refused.keys() == cold.catalog.refused.keys(), step
+        assert warm.catalog.served == cold.catalog.served, step
+        assert _versions(got) == _versions(fresh), step
+        assert got.route_clusters == fresh.route_clusters, step
+        assert warm.is_current(docs)
 
 
 def test_same_documents_give_the_same_versions_in_every_builder() -> None:
@@ -535,6 +655,60 @@ def test_a_document_that_cannot_be_translated_is_refused_alone(
     _run(body)
 
 
+def test_an_untranslatable_route_falls_back_only_to_a_last_good_version_that_still_works(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A route that cannot be translated is served in its last good version only if that
+    version's service (and descriptor) still exist: else the route went out to a cluster
+    that is gone, and a transcoding one whose descriptor is gone failed every build."""
+    import wardgate.xds.assemble as assemble
+
+    real = assemble.route_entry
+
+    def fragile(route: Any, **kw: Any) -> dict[str, Any]:
+        if route.match.prefix == "/explodes":
+            raise OverflowError("a value Envoy cannot hold")
+        return real(route, **kw)
+
+    monkeypatch.setattr(assemble, "route_entry", fragile)
+    demo = Path(__file__).resolve().parents[2] / "wardgate" / "_proto" / "demo.pb"
+    grpc = {"protocol": "grpc"}
+    transcode = {"descriptor": "demo", "services": ["wardgate.demo.v1.Greeter"]}
+    last_good = {
+        "Route": {
+            "plain": _route("plain", "gone", "/plain"),
+            "rest": _route("rest", "g", "/v1", transcode=transcode),
+        }
+    }
+    docs = _documents(0)
+    docs["Service"]["g"] = _svc("g", **grpc)
+    docs["Route"] = {n: _route(n, "users", "/explodes") for n in ("plain", "rest")}
+    builder = SnapshotBuilder(OPTS)
+    snapshot = builder.build(builder.parse(docs, last_good), {}, revision=1)
+    catalog = builder.catalog
+    assert catalog is not None and not catalog.routes
+    assert "gone" not in snapshot.route_clusters
+    for name in ("plain", "rest"):
+        assert "cannot be translated" in catalog.refused[f"Route/{name}"]
+        assert "last good" not in catalog.refused[f"Route/{name}"]
+    # With what it uses there, the last good version is served.
+    docs["Service"]["gone"] = _svc("gone")
+    docs["Descriptor"] = {
+        "demo": json.dumps(
+            {
+                "kind": "Descriptor",
+                "name": "demo",
+                "descriptor_set": base64.b64encode(demo.read_bytes()).decode(),
+            }
+        )
+    }
+    builder = SnapshotBuilder(OPTS)
+    builder.build(builder.parse(docs, last_good), {}, revision=2)
+    catalog = builder.catalog
+    assert catalog is not None and set(catalog.routes) == {"plain", "rest"}
+    assert "still serving the last good version" in catalog.refused["Route/rest"]
+
+
 def test_a_stuck_key_file_never_starves_other_reads() -> None:
     """Issue 10 review: each re-read of a key file on a stuck mount took another thread of
     the shared pool until logins (password hashing) and healthy issuers starved."""
@@ -703,3 +877,26 @@ def test_gc_is_paused_around_a_whole_read_and_restored_after() -> None:
     with pytest.raises(RuntimeError), policy.paused():
         raise RuntimeError("a failed build")
     assert gc.isenabled()
+
+
+def test_a_steady_stream_of_cli_changes_does_not_put_off_the_periodic_full_read() -> None:
+    """A raw write no keyspace event announced (events off, a managed Redis; a DEL where the
+    'g' class is off) is found only by the periodic full read: CLI changes read by name
+    more often than the resync interval must not keep putting that read off."""
+
+    async def body() -> None:
+        source = MemoryDocumentSource(_documents(2))
+        parts = Parts(source, resync=0.3)
+        task = asyncio.create_task(parts.watcher.run())
+        await _eventually(lambda: parts.cache.ready)
+        source.put("Route", "quiet", _route("quiet", "users", "/quiet"), announce=False)
+        deadline = asyncio.get_running_loop().time() + 2.0
+        step = 0
+        while "quiet" not in _served_routes(parts):
+            assert asyncio.get_running_loop().time() < deadline, "the raw write was never read"
+            step += 1
+            source.commit({("Route", "r0"): _route("r0", "users", f"/s{step}")})
+            await asyncio.sleep(0.1)
+        task.cancel()
+
+    _run(body)

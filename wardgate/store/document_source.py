@@ -240,10 +240,11 @@ class RedisDocumentSource:
         return self._r.pubsub()
 
     async def _enable_keyspace_events(self) -> bool:
-        """Turn on keyspace events for hashes (keeping any flags already set). False when
-        that is not ours to do, or Redis refuses the command (a managed Redis without
-        CONFIG); a Redis that does not answer raises ``StoreError``, so that the whole
-        subscription is tried again rather than left without keyspace events for good."""
+        """Turn on keyspace events for hashes and generic commands (keeping any flags
+        already set). False when that is not ours to do, or Redis refuses the command (a
+        managed Redis without CONFIG); a Redis that does not answer raises ``StoreError``,
+        so that the whole subscription is tried again rather than left without keyspace
+        events for good."""
         if not self._manage_events:
             return False
         try:
@@ -253,7 +254,8 @@ class RedisDocumentSource:
                     "notify-keyspace-events", ""
                 )
                 flags = set(current)
-                if not {"K", "h"} <= flags and not {"K", "A"} <= flags:
+                # 'g' too: a DEL of a whole document hash is a generic event, not a hash one.
+                if not {"K", "h", "g"} <= flags and not {"K", "A"} <= flags:
                     await self._r.config_set(
                         "notify-keyspace-events", "".join(sorted(flags | {"K", "h", "g"})), **target
                     )

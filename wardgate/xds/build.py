@@ -21,6 +21,7 @@ from typing import Any
 from wardgate.domain.catalog import Catalog, ParseMemo, RawDocuments
 from wardgate.domain.documents import Route, Secret, Service
 from wardgate.domain.registry import Instance
+from wardgate.domain.transcoding import reference_problem
 from wardgate.errors import DocumentError
 from wardgate.xds.assemble import Base, TranslationError, Translator
 from wardgate.xds.listener_secrets import secret_bytes
@@ -113,12 +114,23 @@ class Parsed:
         previous = self.last_good.get(kind, {}).get(name)
         if last_good_too and previous is not None and previous != served.get((kind, name)):
             try:
-                table[name] = memo.parse(kind, name, previous)
+                doc = memo.parse(kind, name, previous)
+            except DocumentError:
+                doc = None
+            # A route's last good version, as in ``Catalog.from_raw``, only while what it
+            # uses is there: else it routes to a cluster that is gone, or transcodes with a
+            # descriptor that is gone (which fails every build).
+            if doc is not None and not (
+                isinstance(doc, Route)
+                and (
+                    any(s not in services for s in doc.services())
+                    or reference_problem(doc, self.catalog.descriptors, services) is not None
+                )
+            ):
+                table[name] = doc
                 served[(kind, name)] = previous
                 refused[f"{kind}/{name}"] = reason + " (still serving the last good version)"
                 return self._with(routes, services, refused, served)
-            except DocumentError:
-                pass
         table.pop(name, None)
         served.pop((kind, name), None)
         refused[f"{kind}/{name}"] = reason

@@ -346,8 +346,9 @@ class DocumentWatcher:
 
     async def _follow(self, notifications: Notifications) -> None:
         """A sync on every document announcement and wake-up (reading by name what the CLI
-        changed) and every resync interval, which reads every document when a full read is
-        due (``_full_at``); a registry refresh on registry announcements and every second."""
+        changed) and every resync interval; any of them reads every document once a full
+        read is due (``_full_at``); a registry refresh on registry announcements and every
+        second."""
         now = time.monotonic()
         resync_at, registry_at = now + self._resync, now + REGISTRY_EVERY
         while True:
@@ -358,7 +359,9 @@ class DocumentWatcher:
             if tick or self._wake.is_set() or Signal.DOCUMENTS in signal:
                 self._wake.clear()
                 writes = notifications.take_writes()
-                full = tick and now >= self._full_at
+                # Due by time, whatever woke us: CLI changes read by name more often than
+                # the resync interval must not put off the read that finds raw writes.
+                full = now >= self._full_at
                 await self.sync(writes=None if full else writes)  # also refreshes the registry
                 resync_at = time.monotonic() + self._resync
                 registry_at = time.monotonic() + REGISTRY_EVERY
