@@ -900,3 +900,39 @@ def test_a_steady_stream_of_cli_changes_does_not_put_off_the_periodic_full_read(
         task.cancel()
 
     _run(body)
+
+
+def test_the_background_check_holds_up_no_change_and_finds_unannounced_writes() -> None:
+    """The periodic read of every document runs beside the syncs: a change by the CLI made
+    while it is stuck reading is served by name at once; what it finds that no
+    announcement brought (a raw write without a keyspace event) is then read whole."""
+
+    class SlowSource(MemoryDocumentSource):
+        def __init__(self, documents: dict[str, dict[str, str]]) -> None:
+            super().__init__(documents)
+            self.hold: asyncio.Event | None = None
+
+        async def load(self) -> Any:
+            stored = await super().load()
+            if self.hold is not None:
+                await self.hold.wait()
+            return stored
+
+    async def body() -> None:
+        source = SlowSource(_documents(3))
+        parts = Parts(source, resync=0.2)
+        task = asyncio.create_task(parts.watcher.run())
+        await _eventually(lambda: parts.cache.ready)
+        source.hold = asyncio.Event()
+        source.put("Route", "quiet", _route("quiet", "users", "/quiet"), announce=False)
+        parts.watcher._full_at = 0.0  # the check is due: it starts, and waits in load()
+        await _eventually(lambda: parts.watcher._checking is not None)
+        source.commit({("Route", "r1"): _route("r1", "users", "/moved")})
+        await _eventually(lambda: _served_routes(parts)["r1"].match.prefix == "/moved")
+        assert parts.watcher._checking is not None  # still reading
+        assert "quiet" not in _served_routes(parts)
+        source.hold.set()
+        await _eventually(lambda: "quiet" in _served_routes(parts))
+        task.cancel()
+
+    _run(body)

@@ -92,7 +92,11 @@ class DocumentWatcher:
         self._cursor: Cursor | None = None
         self._unaccounted = 0
         self._complete = False
-        self._full_at = 0.0  # when the periodic full read is next due (monotonic)
+        # When the background check of every document is next due (monotonic), the check
+        # running now, and whether the last one found the store differs from the build.
+        self._full_at = time.monotonic() + resync_interval
+        self._checking: asyncio.Task[None] | None = None
+        self._stale = False
 
     def wake(self) -> None:
         """Sync at the next turn of the loop."""
@@ -345,26 +349,56 @@ class DocumentWatcher:
             self._metrics.store_errors.labels(store).inc()
 
     async def _follow(self, notifications: Notifications) -> None:
-        """A sync on every document announcement and wake-up (reading by name what the CLI
-        changed) and every resync interval; any of them reads every document once a full
-        read is due (``_full_at``); a registry refresh on registry announcements and every
-        second."""
+        """A sync on every document announcement, wake-up and resync interval, reading by
+        name what the CLI changed; every document is read when a check in the background
+        (``_check_whole``, due by time whatever else happens) found the store differs from
+        the last build. A registry refresh on registry announcements and every second."""
         now = time.monotonic()
         resync_at, registry_at = now + self._resync, now + REGISTRY_EVERY
-        while True:
-            wait = max(0.0, min(resync_at, registry_at) - time.monotonic())
-            signal = await notifications.wait(min(wait, 0.5))
-            now = time.monotonic()
-            tick = now >= resync_at
-            if tick or self._wake.is_set() or Signal.DOCUMENTS in signal:
-                self._wake.clear()
-                writes = notifications.take_writes()
-                # Due by time, whatever woke us: CLI changes read by name more often than
-                # the resync interval must not put off the read that finds raw writes.
-                full = now >= self._full_at
-                await self.sync(writes=None if full else writes)  # also refreshes the registry
-                resync_at = time.monotonic() + self._resync
-                registry_at = time.monotonic() + REGISTRY_EVERY
-            elif now >= registry_at or Signal.REGISTRY in signal:
-                await self.refresh_instances()
-                registry_at = time.monotonic() + REGISTRY_EVERY
+        try:
+            while True:
+                wait = max(0.0, min(resync_at, registry_at, self._full_at) - time.monotonic())
+                signal = await notifications.wait(min(wait, 0.5))
+                now = time.monotonic()
+                if now >= self._full_at and self._checking is None:
+                    self._checking = asyncio.create_task(self._check_whole())
+                tick = now >= resync_at
+                if tick or self._wake.is_set() or Signal.DOCUMENTS in signal:
+                    self._wake.clear()
+                    writes = notifications.take_writes()
+                    full, self._stale = self._stale, False
+                    await self.sync(writes=None if full else writes)  # refreshes the registry
+                    resync_at = time.monotonic() + self._resync
+                    registry_at = time.monotonic() + REGISTRY_EVERY
+                elif now >= registry_at or Signal.REGISTRY in signal:
+                    await self.refresh_instances()
+                    registry_at = time.monotonic() + REGISTRY_EVERY
+        finally:
+            if self._checking is not None:
+                self._checking.cancel()
+                self._checking = None
+
+    async def _check_whole(self) -> None:
+        """Read every document, outside the sync's lock, and compare them with the last
+        build: a difference (a raw write no keyspace event announced: events off, a class
+        of them missing, a forged history entry) makes the next sync read everything.
+        Changes by name go on meanwhile; one that lands during the check may show as a
+        difference, which costs a whole read, never a missed write. Due again after
+        ``resync_interval``, or ``FULL_READ_SHARE`` times as long as this read took."""
+        started = time.monotonic()
+        try:
+            stored = await self._source.load()
+            if not self._builder.is_current(stored.documents, stored.compose_key):
+                self._stale = True
+                self.wake()
+            took = time.monotonic() - started
+            self._full_at = time.monotonic() + max(self._resync, FULL_READ_SHARE * took)
+        except StoreError as exc:  # the syncs meet the store's failures and recover
+            log.debug("background check of the documents: %s", exc)
+            self._full_at = time.monotonic() + self._resync
+        except Exception:  # a bug here must not end the checks: read everything instead
+            log.exception("background check of the documents failed")
+            self._stale = True
+            self._full_at = time.monotonic() + self._resync
+        finally:
+            self._checking = None
