@@ -364,7 +364,12 @@ def main() -> None:
     for label, modes, result in runs:
         for mode in modes:
             ms = [v * 1000 for v in result["times"][mode]]  # type: ignore[index]
-            print(f"  {label:>14} {mode:<6} {pct(ms, 50):8.1f} {pct(ms, 99):8.1f} {max(ms):8.1f}")
+            slowest = sorted(range(len(ms)), key=lambda i: -ms[i])[:3]
+            worst = ", ".join(f"#{i} {ms[i]:.0f}" for i in slowest)
+            print(
+                f"  {label:>14} {mode:<6} {pct(ms, 50):8.1f} {pct(ms, 99):8.1f} {max(ms):8.1f}"
+                f"   slowest: {worst}"
+            )
 
 
 if __name__ == "__main__":
