@@ -271,3 +271,21 @@ def test_a_hash_deleted_whole_is_announced_whatever_event_classes_were_on(
             await r.config_set("notify-keyspace-events", before)
 
     with_redis(redis_url, body)
+
+
+def test_scan_gives_every_document_a_slice_at_a_time(redis_url: str, prefix: str) -> None:
+    keys = Keys(prefix)
+
+    async def body(r: Any) -> None:
+        routes = {f"r{i}": json.dumps({"kind": "Route", "name": f"r{i}"}) for i in range(2_500)}
+        await r.hset(keys.routes, mapping=routes)
+        await r.hset(keys.services, "s", SVC)
+        seen: dict[str, dict[str, str]] = {}
+        slices = 0
+        async for kind, part in RedisDocumentSource(redis=r, keys=keys).scan():
+            seen.setdefault(kind, {}).update(part)
+            slices += kind == "Route"
+        assert seen["Route"] == routes and seen["Service"] == {"s": SVC}
+        assert slices >= 2  # more than one slice of routes
+
+    with_redis(redis_url, body)

@@ -912,11 +912,11 @@ def test_the_background_check_holds_up_no_change_and_finds_unannounced_writes() 
             super().__init__(documents)
             self.hold: asyncio.Event | None = None
 
-        async def load(self) -> Any:
-            stored = await super().load()
-            if self.hold is not None:
-                await self.hold.wait()
-            return stored
+        async def scan(self) -> Any:
+            async for kind, part in super().scan():
+                if self.hold is not None:
+                    await self.hold.wait()
+                yield kind, part
 
     async def body() -> None:
         source = SlowSource(_documents(3))
@@ -934,5 +934,28 @@ def test_the_background_check_holds_up_no_change_and_finds_unannounced_writes() 
         source.hold.set()
         await _eventually(lambda: "quiet" in _served_routes(parts))
         task.cancel()
+
+    _run(body)
+
+
+def test_the_check_finds_any_difference_between_the_store_and_the_build() -> None:
+    async def body() -> None:
+        source = MemoryDocumentSource(_documents(3))
+        parts = Parts(source)
+        assert await parts.watcher.sync() is True
+        differs = parts.watcher._store_differs
+        assert await differs() is False
+        source.put("Route", "r1", _route("r1", "users", "/other"), announce=False)
+        assert await differs() is True  # a value
+        source.put("Route", "r1", _route("r1", "users", "/r1"), announce=False)
+        assert await differs() is False
+        source.put("Route", "r2", None, announce=False)
+        assert await differs() is True  # a document gone
+        source.put("Route", "r2", _route("r2", "users", "/r2"), announce=False)
+        source.put("Issuer", "new", "{}", announce=False)
+        assert await differs() is True  # a document more, of a kind that had none
+        source.put("Issuer", "new", None, announce=False)
+        assert await differs() is False
+        assert source.scans == 6
 
     _run(body)

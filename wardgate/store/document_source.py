@@ -137,20 +137,39 @@ class RedisDocumentSource:
             cursor = _cursor(entry, fields)
         return Stored(documents, int(revision or 0), key, cursor if cursor.revision >= 0 else None)
 
+    async def scan(self) -> AsyncIterator[tuple[str, dict[str, str]]]:
+        """Every kind but routes whole (one round trip), then the routes a slice at a time."""
+        with redis_errors():
+            async with self._r.pipeline(transaction=False) as pipe:
+                for kind in _HASHES_READ_WHOLE:
+                    queue_documents_read(pipe, self._k.documents(kind))
+                hashes = await pipe.execute()
+        for kind, found in zip(_HASHES_READ_WHOLE, hashes, strict=True):
+            yield kind, decode_documents(found)
+        async for part in self._slices(self._k.documents("Route")):
+            yield "Route", part
+
+    async def _slices(self, key: str) -> AsyncIterator[dict[str, str]]:
+        """A document hash, ``SCAN_COUNT`` fields at a time (HSCAN)."""
+        position: Any = 0
+        while True:
+            with redis_errors():
+                position, chunk = await self._r.execute_command(
+                    "HSCAN", key, position, "COUNT", SCAN_COUNT, **{NEVER_DECODE: True}
+                )
+            yield decode_documents(chunk)
+            if int(position) == 0:
+                return
+
     async def _scan(self, key: str) -> dict[str, str]:
         """A document hash read ``SCAN_COUNT`` fields at a time (HSCAN), the event loop free
         between slices: one HGETALL of 100,000 routes held it (and the ext_authz checks
         waiting on it) ~0.2 s. A field written meanwhile may come in either version; that
         write's keyspace event or history entry brings the newer one at the next sync."""
         out: dict[str, str] = {}
-        position: Any = 0
-        while True:
-            position, chunk = await self._r.execute_command(
-                "HSCAN", key, position, "COUNT", SCAN_COUNT, **{NEVER_DECODE: True}
-            )
-            out.update(decode_documents(chunk))
-            if int(position) == 0:
-                return out
+        async for part in self._slices(key):
+            out.update(part)
+        return out
 
     async def load_changes(self, cursor: Cursor) -> StoredChanges | None:
         """The documents named by the history's entries after ``cursor``, read with HMGET:

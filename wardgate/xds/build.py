@@ -219,6 +219,12 @@ class SnapshotBuilder:
         )
 
     @property
+    def documents(self) -> Mapping[str, Mapping[str, str]] | None:
+        """The documents as last parsed (changes by name written in): for comparing with
+        the store. Not to be changed."""
+        return self._documents
+
+    @property
     def can_take_changes(self) -> bool:
         """Whether ``parse_changes`` can be used: there is a build to start from."""
         return self._base is not None and self._documents is not None

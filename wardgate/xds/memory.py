@@ -51,6 +51,7 @@ class MemoryDocumentSource:
         self.pending = Signal.NONE
         self.loads = 0  # how many times the documents were read (for tests)
         self.reads_by_name = 0  # how many times changes were read by name (for tests)
+        self.scans = 0  # how many times every document was compared, a slice at a time
         self.writes = 0  # writes not yet taken by the notifications (keyspace events)
         # The CLI's changes: (revision, the (kind, name) each changed), oldest first.
         self.history: list[tuple[int, list[tuple[str, str]]]] = []
@@ -91,6 +92,12 @@ class MemoryDocumentSource:
         self.loads += 1
         cursor = Cursor(str(len(self.history)), self.history[-1][0] if self.history else 0)
         return Stored(copy.deepcopy(self.documents), self.revision, cursor=cursor)
+
+    async def scan(self) -> AsyncIterator[tuple[str, dict[str, str]]]:
+        self.check()
+        self.scans += 1
+        for kind, docs in list(self.documents.items()):
+            yield kind, dict(docs)
 
     async def load_changes(self, cursor: Cursor) -> StoredChanges | None:
         self.check()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -89,6 +89,12 @@ class DocumentSource(Protocol):
     async def load(self) -> Stored:
         """Every document; ``cursor`` no older than the documents (a change after it may
         already be in them)."""
+        ...
+
+    def scan(self) -> AsyncIterator[tuple[str, dict[str, str]]]:
+        """Every document, a slice at a time: (kind, name -> text). A kind may come in
+        several slices and, when written meanwhile, a name in more than one (in either
+        version). For comparing without holding every document at once."""
         ...
 
     async def load_changes(self, cursor: Cursor) -> StoredChanges | None:

@@ -387,8 +387,7 @@ class DocumentWatcher:
         ``resync_interval``, or ``FULL_READ_SHARE`` times as long as this read took."""
         started = time.monotonic()
         try:
-            stored = await self._source.load()
-            if not self._builder.is_current(stored.documents, stored.compose_key):
+            if await self._store_differs():
                 self._stale = True
                 self.wake()
             took = time.monotonic() - started
@@ -402,3 +401,24 @@ class DocumentWatcher:
             self._full_at = time.monotonic() + self._resync
         finally:
             self._checking = None
+
+    async def _store_differs(self) -> bool:
+        """Whether the stored documents differ from those last parsed, compared a slice at
+        a time (never every document held twice). Those last parsed are read afresh for
+        each slice: a change by name meanwhile writes into them."""
+        seen: dict[str, set[str]] = {}
+        async for kind, part in self._source.scan():
+            built = self._builder.documents
+            if built is None:
+                return True
+            mine = built.get(kind, {})
+            names = seen.setdefault(kind, set())
+            for name, text in part.items():
+                if mine.get(name) != text:
+                    return True
+                names.add(name)
+        built = self._builder.documents
+        if built is None:
+            return True
+        kinds = {k for k, docs in built.items() if docs} | {k for k, n in seen.items() if n}
+        return any(seen.get(kind, set()) != built.get(kind, {}).keys() for kind in kinds)
