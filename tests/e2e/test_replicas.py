@@ -122,6 +122,12 @@ def test_an_envoy_moving_to_a_lagging_replica_never_gets_an_older_snapshot(
             time.sleep(0.05)
         assert "/v1/x" not in seen
         assert seen[-1] == "/v2/x"
-        assert 'wardgate_xds_stream_checks_total{result="synced"} 1.0' in metrics
+        # The stream is counted as connected at its first request, before the check that
+        # answers it has finished reading the store: wait for that check's count.
+        synced = 'wardgate_xds_stream_checks_total{result="synced"} 1.0'
+        eventually(
+            lambda: synced in httpx.get(f"http://127.0.0.1:{b.http_port}/metrics", timeout=5).text,
+            timeout=5,
+        )
         assert envoy.poll() is None
         r.config_set("notify-keyspace-events", "Khg")
