@@ -959,3 +959,26 @@ def test_the_check_finds_any_difference_between_the_store_and_the_build() -> Non
         assert source.scans == 6
 
     _run(body)
+
+
+def test_a_route_changed_many_times_leaves_one_translation_behind() -> None:
+    """A replaced route's translation is dropped with it: the memory holds what is served,
+    not every version ever served (once full it was cleared whole, and every route had to
+    be translated again)."""
+    builder = SnapshotBuilder(OPTS)
+    builder.build(builder.parse(_documents(5), {}), {}, revision=0)
+    translator = builder._translator
+    before = len(translator._routes)
+    for k in range(40):
+        parsed = builder.parse_changes({("Route", "r1"): _route("r1", "users", f"/v{k}")}, {})
+        builder.build(parsed, {}, revision=k + 1)
+    assert len(translator._routes) == before
+    svc_before = len(translator._clusters)
+    for k in range(10):
+        endpoints = [{"address": "10.0.0.1", "port": 81 + k}]
+        parsed = builder.parse_changes(
+            {("Service", "users"): _svc("users", endpoints=endpoints)}, {}
+        )
+        builder.build(parsed, {}, revision=100 + k)
+        assert builder.catalog is not None and "users" in builder.catalog.services
+    assert len(translator._clusters) == svc_before

@@ -236,11 +236,11 @@ class Translator:
         ).SerializeToString(deterministic=True)
         self.translated = 0  # documents translated, not served from memory (for tests)
 
-    def _trim(self) -> None:
-        if len(self._routes) + len(self._clusters) + len(self._endpoints) > self._max:
-            self._routes.clear()
-            self._clusters.clear()
-            self._endpoints.clear()
+    def _trim(self, table: dict[Any, Any]) -> None:
+        """A memory that outgrew its bound starts over; the others are kept (a registry's
+        churn of endpoints must not cost every route its translation)."""
+        if len(table) >= self._max:
+            table.clear()
 
     def _route_entry(self, route: Route, hashing: bool) -> Placed:
         found = self._routes.get(id(route))
@@ -252,7 +252,7 @@ class Translator:
         except Exception as exc:  # whatever it is, it is this document's: refuse it alone
             raise TranslationError("Route", route.name, f"{type(exc).__name__}: {exc}") from exc
         self.translated += 1
-        self._trim()
+        self._trim(self._routes)
         self._routes[id(route)] = _TranslatedRoute(route, hashing, placed)
         return placed
 
@@ -273,7 +273,7 @@ class Translator:
         except Exception as exc:  # whatever it is, it is this document's: refuse it alone
             raise TranslationError("Service", svc.name, f"{type(exc).__name__}: {exc}") from exc
         self.translated += 1
-        self._trim()
+        self._trim(self._clusters)
         self._clusters[id(svc)] = _TranslatedService(svc, data)
         return data
 
@@ -282,7 +282,7 @@ class Translator:
         data = self._endpoints.get(key)
         if data is None:
             data = build_load_assignment(name, endpoints).SerializeToString(deterministic=True)
-            self._trim()
+            self._trim(self._endpoints)
             self._endpoints[key] = data
         return data
 
@@ -368,8 +368,14 @@ class Translator:
             raise
         held, touched = self._held, set()
         for n in removed:
-            touched.update(held[n].services())
-            self._uses.subtract(held.pop(n).services())
+            gone = held.pop(n)
+            touched.update(gone.services())
+            self._uses.subtract(gone.services())
+            # Its translation goes with it: a route changed a hundred thousand times must not
+            # fill the memory until it is cleared whole (every route translated again).
+            found = self._routes.get(id(gone))
+            if found is not None and found.document is gone:
+                del self._routes[id(gone)]
         for n, route in changed.items():
             held[n] = route
             touched.update(route.services())
@@ -414,6 +420,8 @@ class Translator:
         cluster_bytes = [(HTTP_CLUSTER, self._auth_cluster)] + [
             (s.name, self.cluster(s)) for s in services
         ]
+        # Only the services there are now keep their translation.
+        self._clusters = {id(s): self._clusters[id(s)] for s in services if id(s) in self._clusters}
         self._services = _ServiceResources(
             dict(catalog.services), dict(instances), cluster_bytes, endpoint_bytes, catalog.services
         )
