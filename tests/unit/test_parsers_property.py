@@ -224,3 +224,15 @@ def test_an_origin_of_another_host_is_refused_and_of_the_same_host_allowed(
     assert isinstance(foreign, Deny) and foreign.code == "csrf"
     cors = _decide({header: source}, "app.example.com", f"{scheme.lower()}://{netloc}")
     assert isinstance(cors, Allow)
+
+
+def test_a_token_that_is_not_ascii_is_malformed() -> None:
+    """A lone surrogate (or any non-ASCII character) is refused as malformed, not left to
+    raise UnicodeEncodeError from inside the JWT library (hypothesis found '..\\ud800')."""
+    for text in ("..\ud800", "a.b.\u00e9", "\u2028.x.y"):
+        try:
+            VERIFIER.verify(text)
+        except TokenError as exc:
+            assert "malformed" in str(exc)
+        else:
+            raise AssertionError(f"{text!r} was accepted")

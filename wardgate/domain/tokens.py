@@ -74,8 +74,8 @@ class JwtVerifier:
 
 def _unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Header and claims, not yet trusted: only to find the issuer and its key."""
-    if not token or len(token) > MAX_TOKEN or token.count(".") != 2:
-        raise TokenError("malformed token")
+    if not token or len(token) > MAX_TOKEN or token.count(".") != 2 or not token.isascii():
+        raise TokenError("malformed token")  # base64url and dots only: ASCII
     try:
         header = jwt.get_unverified_header(token)
         claims = jwt.decode(token, options={"verify_signature": False})
