@@ -4,7 +4,6 @@ and registering the Envoy behind the stream."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import itertools
 import logging
@@ -100,8 +99,14 @@ async def request_batches(
                     batch = [waiter.result()]
                 else:
                     waiter.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
+                    try:
                         await waiter
+                    except asyncio.CancelledError:
+                        # The waiter's own cancellation is expected; this stream's (the
+                        # server stopping) must not be swallowed with it.
+                        current = asyncio.current_task()
+                        if current is not None and current.cancelling():
+                            raise
                     batch = []
                 pending = set()
             else:
